@@ -1,0 +1,99 @@
+//! all-MiniLM-L6-v2 on candle's BERT: tokenize, forward, mean-pool over the attention mask, L2-normalise.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::{Embedder, Error, Result};
+
+/// Longest input the encoder sees, in tokens; longer texts are truncated.
+pub const MAX_TOKENS: usize = 256;
+/// Texts per forward pass when embedding many.
+const BATCH: usize = 32;
+
+pub struct MiniLmEncoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dim: usize,
+}
+
+impl MiniLmEncoder {
+    /// Loads from a folder holding `model.safetensors`, `config.json` and `tokenizer.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let device = Device::Cpu;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::Missing(p.display().to_string())
+                } else {
+                    Error::io(&p, e)
+                }
+            })
+        };
+        let config: Config = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| Error::Other(format!("encoder config.json: {e}")))?;
+        let weights = read("model.safetensors")?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
+        let model = BertModel::load(vb, &config)?;
+        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Self { model, tokenizer, device, dim: config.hidden_size })
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let n = encodings.len();
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in &encodings {
+            ids.extend_from_slice(e.get_ids());
+            mask.extend_from_slice(e.get_attention_mask());
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (n, len, dim)
+        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
+        let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let unit = mean.broadcast_div(&norm)?;
+        Ok(unit.to_vec2::<f32>()?)
+    }
+}
+
+impl Embedder for MiniLmEncoder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(BATCH) {
+            out.extend(self.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+
+    fn name(&self) -> &str {
+        "all-MiniLM-L6-v2"
+    }
+}

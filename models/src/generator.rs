@@ -1,0 +1,165 @@
+//! Qwen2.5-Coder-0.5B-Instruct (GGUF) on candle's quantized qwen2: ChatML prompt, greedy decoding,
+//! stop on `<|im_end|>`, text streamed as it is decoded.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_qwen2::ModelWeights;
+use tokenizers::Tokenizer;
+
+use crate::{AnswerGenerator, Error, GenerationRequest, GenerationStats, Result};
+
+/// Longest prompt accepted, in tokens (the model allows far more; answers need little).
+pub const MAX_PROMPT_TOKENS: usize = 2048;
+
+pub struct QwenGenerator {
+    // The KV cache lives in the weights, so one generation runs at a time; the rest queue here.
+    model: Mutex<ModelWeights>,
+    tokenizer: Tokenizer,
+    eos: u32,
+    device: Device,
+}
+
+impl QwenGenerator {
+    pub fn load(path: &Path) -> Result<Self> {
+        let device = Device::Cpu;
+        let f = File::open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Missing(path.display().to_string())
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        let mut reader = BufReader::new(f);
+        let content = gguf_file::Content::read(&mut reader)?;
+        let (tokenizer, eos) = crate::qwen_tokenizer::from_gguf(&content)?;
+        let model = ModelWeights::from_gguf(content, &mut reader, &device)?;
+        Ok(Self { model: Mutex::new(model), tokenizer, eos, device })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The ChatML prompt for one request.
+    pub fn prompt(request: &GenerationRequest) -> String {
+        format!(
+            "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            request.system, request.user
+        )
+    }
+}
+
+impl AnswerGenerator for QwenGenerator {
+    fn generate(
+        &self,
+        request: &GenerationRequest,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationStats> {
+        let start = Instant::now();
+        let prompt = Self::prompt(request);
+        let enc = self
+            .tokenizer
+            .encode_fast(prompt.as_str(), false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let prompt_ids = enc.get_ids().to_vec();
+        if prompt_ids.len() > MAX_PROMPT_TOKENS {
+            return Err(Error::Other(format!(
+                "prompt has {} tokens, more than {MAX_PROMPT_TOKENS}",
+                prompt_ids.len()
+            )));
+        }
+        let mut model = self.model.lock().map_err(|_| Error::Other("generator poisoned".into()))?;
+        model.clear_kv_cache();
+        let mut stats = GenerationStats { prompt_tokens: prompt_ids.len(), ..Default::default() };
+        let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+        let input = Tensor::new(prompt_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let logits = model.forward(&input, 0)?.squeeze(0)?;
+        let mut next = sampler.sample(&logits)?;
+        stats.time_to_first_token_ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut generated: Vec<u32> = vec![];
+        let mut emitted = 0usize; // bytes of decoded text already handed out
+        while next != self.eos && generated.len() < request.max_tokens {
+            generated.push(next);
+            let text = self
+                .tokenizer
+                .decode(&generated, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            // A multi-byte character split across tokens decodes to U+FFFD until complete.
+            if text.len() > emitted && !text.ends_with('\u{FFFD}') {
+                if on_text(&text[emitted..]).is_break() {
+                    stats.stopped_by_consumer = true;
+                    break;
+                }
+                emitted = text.len();
+            }
+            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+            let pos = prompt_ids.len() + generated.len() - 1;
+            let logits = model.forward(&input, pos)?.squeeze(0)?;
+            next = sampler.sample(&logits)?;
+        }
+        model.clear_kv_cache();
+        stats.generated_tokens = generated.len();
+        stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok(stats)
+    }
+
+    fn name(&self) -> &str {
+        "Qwen2.5-Coder-0.5B-Instruct"
+    }
+}
+
+/// Rewrites a GGUF so that tensors in quantisation types without a fast CPU kernel in candle
+/// (Q5_0, Q5_1, Q4_1) become Q8_0. Done once, at pull time; the result is cached.
+pub fn requantize_for_cpu(src: &Path, dest: &Path, progress: bool) -> Result<()> {
+    let f = File::open(src).map_err(|e| Error::io(src, e))?;
+    let mut reader = BufReader::new(f);
+    let content = gguf_file::Content::read(&mut reader)?;
+    let device = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(names.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("re-quantising for CPU [{bar:30}] {pos}/{len} tensors")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let t = content.tensor(&mut reader, name, &device)?;
+        let t = match t.dtype() {
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q4_1 => {
+                let full = t.dequantize(&device)?;
+                QTensor::quantize(&full, GgmlDType::Q8_0)?
+            }
+            _ => t,
+        };
+        tensors.push((name.clone(), t));
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let tmp = dest.with_extension("partial");
+    {
+        let mut out = BufWriter::new(File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
+        gguf_file::write(&mut out, &metadata, &refs)?;
+        std::io::Write::flush(&mut out).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+}

@@ -1,0 +1,415 @@
+//! One visitor turn, from text to guarded reply:
+//!
+//! 1. classify the message into intents, each with the clause that carries it;
+//! 2. per intent, decide **in code** what answers it: a knowledge-base fact that covers every
+//!    content word of the clause, the accounts table (account-owner questions), a hand-off, or
+//!    nothing ("I don't have that information");
+//! 3. only if something is covered, prompt the generator with just those facts and just the
+//!    covered clauses, and release each generated sentence only after the [`guard`] verified it;
+//!    a failing sentence is replaced by the fact's own authored answer;
+//! 4. append the authored answer of any cited fact the model left out, then the honest
+//!    "I don't have that" line for what no fact covers.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use closer_kb::{Account, Fact, Rep};
+use closer_models::intent::{IntentFlag, OUT_OF_SCOPE};
+use closer_models::{GenerationRequest, IntentPrediction};
+use closer_proto::v1 as pb;
+
+use crate::coverage::uncovered_terms;
+use crate::error::Result;
+use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
+use crate::state::{Engine, Tenant};
+
+/// Said when part of a question is not covered by any fact.
+pub const DONT_KNOW: &str = "I don't have that information, but I can connect you with a rep who does.";
+const HANDOFF_ACK: &str = "Sure, I'm letting the team know, and a rep will join this chat shortly.";
+const UNKNOWN_ACCOUNT: &str =
+    "I couldn't find your company in our records, but I can connect you with a rep who can help.";
+
+/// Facts retrieved per clause before the coverage check.
+const CANDIDATES: usize = 3;
+/// A clause classified out of scope may still be answered by a fact this similar to it.
+const OOS_RESCUE_DENSE: f32 = 0.55;
+
+/// What is known of the visitor for the whole conversation.
+#[derive(Debug, Clone, Default)]
+pub struct Visitor {
+    pub domain: Option<String>,
+    pub email: Option<String>,
+    pub page_url: Option<String>,
+}
+
+impl Visitor {
+    pub fn from_proto(v: Option<&pb::VisitorContext>) -> Self {
+        let Some(v) = v else { return Self::default() };
+        let clean = |s: &Option<String>| s.as_ref().map(|x| x.trim().to_string()).filter(|x| !x.is_empty());
+        let email = clean(&v.email);
+        let domain = clean(&v.company_domain)
+            .or_else(|| email.as_ref().and_then(|e| e.rsplit_once('@').map(|(_, d)| d.to_string())))
+            .map(|d| d.to_ascii_lowercase().trim_start_matches("www.").to_string());
+        Self { domain, email, page_url: clean(&v.page_url) }
+    }
+}
+
+/// Settings of the answer path.
+#[derive(Debug, Clone)]
+pub struct AnswerConfig {
+    pub max_new_tokens: usize,
+}
+
+/// What answers one intent's clause.
+#[derive(Debug, Clone)]
+enum Plan {
+    Fact(Fact),
+    Owner { account: Account, rep: Rep },
+    UnknownAccount,
+    Uncovered,
+    Handoff,
+    Canned(&'static str),
+}
+
+/// An authored fact as the generator and the guard see it.
+#[derive(Debug, Clone)]
+struct Cited {
+    id: String,
+    /// The text that may be stated (and that replaces a failing sentence).
+    answer: String,
+    /// Everything that backs claims about this fact.
+    evidence: String,
+}
+
+fn account_fact(account: &Account, rep: &Rep) -> Cited {
+    let answer = format!("{} is the account owner for {}.", rep.name, account.domain);
+    let evidence = format!("{answer} {} {} {}", account.name, rep.name, rep.email);
+    Cited { id: format!("account:{}", account.domain), answer, evidence }
+}
+
+fn canned(name: &str, flags: &[IntentFlag], company: &str) -> Option<&'static str> {
+    let _ = company;
+    if flags.contains(&IntentFlag::Disqualify) {
+        return Some("Thanks for letting me know! We build for business teams, and I'm happy to answer questions about the product.");
+    }
+    match name {
+        "greeting" => Some("Hi! Ask me anything about pricing, security, integrations, or booking a demo."),
+        "just_browsing" => Some("No problem, take your time. I'm here if a question comes up."),
+        _ => None,
+    }
+}
+
+fn plan_for(tenant: &Tenant, visitor: &Visitor, text: &str, intent: &IntentPrediction) -> Result<Plan> {
+    let clause = &text[intent.span.0..intent.span.1];
+    let flags: &[IntentFlag] = tenant.intents.get(&intent.name).map(|d| d.flags.as_slice()).unwrap_or(&[]);
+    if flags.contains(&IntentFlag::AccountOwner) {
+        let found = visitor.domain.as_deref().and_then(|d| tenant.kb.account(d)).and_then(|a| {
+            tenant.kb.rep(&a.owner_rep_id).map(|r| Plan::Owner { account: a.clone(), rep: r.clone() })
+        });
+        return Ok(found.unwrap_or(Plan::UnknownAccount));
+    }
+    if flags.contains(&IntentFlag::Handoff) {
+        return Ok(Plan::Handoff);
+    }
+    let knowledge = flags.contains(&IntentFlag::Knowledge);
+    let oos = intent.name == OUT_OF_SCOPE;
+    if knowledge || oos {
+        let hits = tenant.kb.search(clause, CANDIDATES, knowledge.then_some(intent.name.as_str()))?;
+        for hit in hits {
+            if oos && hit.dense < OOS_RESCUE_DENSE {
+                continue;
+            }
+            let evidence = format!(
+                "{} {} {} {} {}",
+                hit.fact.evidence_text(),
+                hit.fact.kind,
+                hit.fact.intents.join(" "),
+                tenant.kb.profile.company,
+                tenant.kb.profile.names.join(" ")
+            );
+            if uncovered_terms(clause, &evidence).is_empty() {
+                return Ok(Plan::Fact(hit.fact));
+            }
+        }
+        return Ok(Plan::Uncovered);
+    }
+    Ok(canned(&intent.name, flags, &tenant.kb.profile.company).map(Plan::Canned).unwrap_or(Plan::Uncovered))
+}
+
+/// True when the reply already states this fact: all its amounts, and at least half of its other
+/// checkable details.
+fn is_stated(fact: &Cited, reply_claims: &[Claim]) -> bool {
+    let fact_claims = claims(&fact.answer);
+    if fact_claims.is_empty() {
+        return !reply_claims.is_empty();
+    }
+    let mut others = 0;
+    let mut others_found = 0;
+    for c in &fact_claims {
+        let found = reply_claims.contains(c);
+        match c {
+            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) if !found => return false,
+            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) => {}
+            _ => {
+                others += 1;
+                others_found += usize::from(found);
+            }
+        }
+    }
+    others == 0 || others_found * 2 >= others
+}
+
+/// Runs one turn and emits its events in protocol order. `emit` returning `Break` means the
+/// client is gone: stop, including generation.
+pub fn run_turn(
+    engine: &Engine,
+    tenant: &Tenant,
+    cfg: &AnswerConfig,
+    visitor: &Visitor,
+    turn: u32,
+    text: &str,
+    account_live_pending: bool,
+    emit: &mut dyn FnMut(pb::converse_response::Event) -> ControlFlow<()>,
+) -> Result<()> {
+    use pb::converse_response::Event;
+    let started = Instant::now();
+    let intents = closer_models::IntentClassifier::classify(&tenant.classifier, text)?;
+    let detected = pb::IntentsDetected { turn, intents: intents.iter().map(|i| to_pb_intent(text, i)).collect() };
+    if emit(Event::Intents(detected)).is_break() {
+        return Ok(());
+    }
+
+    let account = visitor.domain.as_deref().and_then(|d| tenant.kb.account(d));
+    let owner = account.and_then(|a| tenant.kb.rep(&a.owner_rep_id));
+    if account_live_pending {
+        if let (Some(a), Some(r)) = (account, owner) {
+            let h = pb::HandoffSignal {
+                turn,
+                kind: pb::HandoffKind::AccountLive as i32,
+                rep_id: Some(r.id.clone()),
+                rep_name: Some(r.name.clone()),
+                account_domain: Some(a.domain.clone()),
+                message: format!("account owner {}: your account {} is live in chat", r.name, a.domain),
+                reason: "account owner".into(),
+            };
+            if emit(Event::Handoff(h)).is_break() {
+                return Ok(());
+            }
+        }
+    }
+
+    // Plan every intent, in the order the visitor wrote them.
+    let mut ordered: Vec<&IntentPrediction> = intents.iter().collect();
+    ordered.sort_by_key(|i| i.span.0);
+    let mut cited: Vec<Cited> = vec![];
+    let mut covered_clauses: Vec<&str> = vec![];
+    let mut tail: Vec<&'static str> = vec![];
+    let mut handoff_reason: Option<&'static str> = None;
+    let mut unanswered = false;
+    for intent in &ordered {
+        let clause = &text[intent.span.0..intent.span.1];
+        match plan_for(tenant, visitor, text, intent)? {
+            Plan::Fact(f) => {
+                if !cited.iter().any(|c| c.id == f.id) {
+                    cited.push(Cited { id: f.id.clone(), answer: f.answer.clone(), evidence: f.evidence_text() });
+                }
+                covered_clauses.push(clause);
+            }
+            Plan::Owner { account, rep } => {
+                cited.push(account_fact(&account, &rep));
+                covered_clauses.push(clause);
+            }
+            Plan::UnknownAccount => {
+                tail.push(UNKNOWN_ACCOUNT);
+                handoff_reason.get_or_insert("rep asked for, account unknown");
+            }
+            Plan::Uncovered => {
+                unanswered = true;
+                tail.push(DONT_KNOW);
+                handoff_reason.get_or_insert("unanswered question");
+            }
+            Plan::Handoff => {
+                tail.push(HANDOFF_ACK);
+                handoff_reason = Some("asked for a person");
+            }
+            Plan::Canned(line) => {
+                if ordered.len() == 1 {
+                    tail.push(line);
+                }
+            }
+        }
+    }
+    tail.dedup();
+    if tail.is_empty() && cited.is_empty() {
+        tail.push(DONT_KNOW);
+        unanswered = true;
+        handoff_reason.get_or_insert("unanswered question");
+    }
+
+    if let Some(reason) = handoff_reason {
+        let h = pb::HandoffSignal {
+            turn,
+            kind: pb::HandoffKind::RepRequested as i32,
+            rep_id: owner.map(|r| r.id.clone()),
+            rep_name: owner.map(|r| r.name.clone()),
+            account_domain: visitor.domain.clone(),
+            message: format!(
+                "visitor{} needs a rep: {reason}: \"{}\"",
+                visitor.domain.as_ref().map(|d| format!(" from {d}")).unwrap_or_default(),
+                text.chars().take(200).collect::<String>()
+            ),
+            reason: reason.into(),
+        };
+        if emit(Event::Handoff(h)).is_break() {
+            return Ok(());
+        }
+    }
+
+    let mut released: Vec<String> = vec![];
+    let mut guard_replaced = false;
+    let mut gone = false;
+    {
+        let mut send = |s: &str, released: &mut Vec<String>| -> ControlFlow<()> {
+            let text = if released.is_empty() { s.to_string() } else { format!(" {s}") };
+            released.push(s.to_string());
+            emit(Event::Delta(pb::ReplyDelta { turn, text }))
+        };
+
+        if !cited.is_empty() {
+            let mut evidence = Evidence::new(cited.iter().map(|c| c.evidence.as_str()));
+            evidence.add(&tenant.kb.profile.company);
+            for n in &tenant.kb.profile.names {
+                evidence.add(n);
+            }
+            let owner_cited = cited.iter().any(|c| c.id.starts_with("account:"));
+            let instructions = instructions(tenant, account.filter(|_| owner_cited));
+            let request = GenerationRequest {
+                system: system_prompt(&instructions, &cited),
+                user: covered_clauses.join(" "),
+                max_tokens: cfg.max_new_tokens,
+            };
+            let mut splitter = SentenceSplitter::default();
+            let mut replaced_with: Vec<String> = vec![];
+            let mut handle = |sentence: String, released: &mut Vec<String>, replaced: &mut bool| -> ControlFlow<()> {
+                if leaks_prompt(&sentence, &instructions) {
+                    *replaced = true;
+                    tracing::info!(tenant = %tenant.kb.profile.id, "guard dropped a sentence that recites the prompt");
+                    return ControlFlow::Continue(());
+                }
+                let bad = evidence.unsupported(&sentence);
+                if bad.is_empty() {
+                    return send(&sentence, released);
+                }
+                *replaced = true;
+                tracing::info!(tenant = %tenant.kb.profile.id, unsupported = ?bad.iter().map(ToString::to_string).collect::<Vec<_>>(), "guard replaced a sentence");
+                // The authored answer closest to what the sentence tried to say, once.
+                let best = cited
+                    .iter()
+                    .filter(|c| !replaced_with.contains(&c.id))
+                    .max_by_key(|c| overlap(&sentence, &c.answer));
+                match best {
+                    Some(c) if overlap(&sentence, &c.answer) > 0 => {
+                        replaced_with.push(c.id.clone());
+                        send(&c.answer, released)
+                    }
+                    _ => ControlFlow::Continue(()),
+                }
+            };
+            let result = engine.models.generator.generate(&request, &mut |piece| {
+                for s in splitter.push(piece) {
+                    if handle(s, &mut released, &mut guard_replaced).is_break() {
+                        gone = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+            if gone {
+                return Ok(());
+            }
+            if let Some(s) = splitter.finish() {
+                if handle(s, &mut released, &mut guard_replaced).is_break() {
+                    return Ok(());
+                }
+            }
+            tracing::debug!(prompt_tokens = result.prompt_tokens, generated = result.generated_tokens, ttft_ms = result.time_to_first_token_ms, "generated");
+            // Whatever the model left out is stated in the team's own words.
+            let said: Vec<Claim> = released.iter().flat_map(|s| claims(s)).collect();
+            for c in &cited {
+                if !released.iter().any(|r| r == &c.answer) && !is_stated(c, &said) {
+                    if send(&c.answer, &mut released).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        for line in &tail {
+            if send(line, &mut released).is_break() {
+                return Ok(());
+            }
+        }
+    }
+
+    let final_ = pb::ReplyFinal {
+        turn,
+        text: released.join(" "),
+        fact_ids: cited.iter().map(|c| c.id.clone()).collect(),
+        guard_replaced,
+        unanswered,
+        latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+    };
+    let _ = emit(Event::Final(final_));
+    Ok(())
+}
+
+fn overlap(a: &str, b: &str) -> usize {
+    let words = |s: &str| crate::coverage::content_terms(s);
+    let bw = words(b);
+    words(a).iter().filter(|w| bw.contains(w)).count()
+}
+
+/// The instructions part of the system prompt (facts follow it).
+fn instructions(tenant: &Tenant, account: Option<&Account>) -> String {
+    let mut s = format!(
+        "You are the website chat assistant of {company}. Answer the visitor in one to three short \
+         sentences using only these facts:\n",
+        company = tenant.kb.profile.company
+    );
+    if let Some(a) = account {
+        s = format!("{s}(The visitor works at {} ({}).)\n", a.name, a.domain);
+    }
+    s
+}
+
+fn system_prompt(instructions: &str, cited: &[Cited]) -> String {
+    let mut s = instructions.to_string();
+    for c in cited {
+        s.push_str(&format!("- {}\n", c.answer));
+    }
+    s
+}
+
+/// True when a sentence repeats five or more consecutive words of the instructions: the model is
+/// reciting its prompt rather than answering.
+fn leaks_prompt(sentence: &str, instructions: &str) -> bool {
+    let words = |t: &str| -> Vec<String> {
+        t.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (s, i) = (words(sentence), words(instructions));
+    s.windows(5).any(|w| i.windows(5).any(|x| x == w))
+}
+
+/// The proto form of a prediction; spans are byte offsets into `text`.
+pub fn to_pb_intent(text: &str, i: &IntentPrediction) -> pb::Intent {
+    pb::Intent {
+        name: i.name.clone(),
+        confidence: i.confidence,
+        span_start: i.span.0 as u32,
+        span_end: i.span.1 as u32,
+        span_text: text.get(i.span.0..i.span.1).unwrap_or_default().to_string(),
+    }
+}

@@ -1,0 +1,67 @@
+//! Configuration: one struct, one flag and one environment variable per field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Settings of `closer serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CLOSER_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+
+    /// Folder holding tenants (written by `closer kb load`).
+    #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+
+    /// Folder holding ready model files (written by `closer models pull`).
+    #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
+    pub model_dir: PathBuf,
+
+    /// Longest visitor message accepted, in characters.
+    #[arg(long, env = "CLOSER_MAX_MESSAGE_CHARS", default_value_t = 2000)]
+    pub max_message_chars: usize,
+
+    /// Most visitor turns in one conversation.
+    #[arg(long, env = "CLOSER_MAX_TURNS", default_value_t = 200)]
+    pub max_turns: u32,
+
+    /// Most tokens generated for one reply.
+    #[arg(long, env = "CLOSER_MAX_NEW_TOKENS", default_value_t = 160)]
+    pub max_new_tokens: usize,
+
+    /// Replies being generated or waiting for the generator at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CLOSER_MAX_PENDING_REPLIES", default_value_t = 64)]
+    pub max_pending_replies: usize,
+
+    /// Events buffered per stream before the server waits for a slow client.
+    #[arg(long, env = "CLOSER_STREAM_BUFFER", default_value_t = 64)]
+    pub stream_buffer: usize,
+
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "CLOSER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("closer")
+}
+
+impl ServeConfig {
+    /// A config for tests and tools: loopback with an OS-chosen port.
+    pub fn for_tests(data_dir: PathBuf, model_dir: PathBuf) -> Self {
+        Self {
+            addr: "127.0.0.1:0".parse().expect("loopback address"),
+            data_dir,
+            model_dir,
+            max_message_chars: 2000,
+            max_turns: 200,
+            max_new_tokens: 160,
+            max_pending_replies: 64,
+            stream_buffer: 64,
+            log_format: "text".into(),
+        }
+    }
+}

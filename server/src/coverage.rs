@@ -1,0 +1,122 @@
+//! Whether a fact actually answers a question, decided in code before any generation: every
+//! content word of the question must be found in the fact (question, answer, tags, kind, intents),
+//! allowing plural/derived forms and one-letter typos. "Do you offer a 50% discount for startups?"
+//! is not covered by the seat-price fact, whatever the retrieval score says.
+
+use std::collections::HashSet;
+
+const STOPWORDS: &[&str] = &[
+    "a", "about", "actually", "all", "also", "am", "an", "and", "any", "anything", "are", "as", "at", "be",
+    "been", "being", "but", "by", "can", "could", "currently", "did", "do", "does", "each", "etc", "ever",
+    "for", "from", "get", "give", "got", "had", "has", "have", "hello", "hey", "hi", "how", "i", "if", "in",
+    "info", "information", "is", "it", "its", "just", "know", "let", "like", "many", "may", "me", "more",
+    "much", "my", "need", "no", "not", "now", "of", "offer", "ok", "on", "one", "or", "our", "ours", "out",
+    "please", "provide", "question", "really", "s", "should", "so", "some", "something", "still", "tell",
+    "than", "thanks", "that", "the", "their", "them", "there", "these", "they", "this", "those", "to", "too",
+    "up", "us", "very", "want", "was", "we", "were", "what", "whats", "when", "where", "which", "who",
+    "whom", "why", "will", "with", "would", "yes", "you", "your", "yours", "guys", "folks", "wondering",
+    "curious", "quick", "re", "ve", "ll", "d", "m", "t", "there's", "it's", "i'm", "we're", "you're",
+];
+
+/// Lower-cased content words of a text, stopwords removed.
+pub fn content_terms(text: &str) -> Vec<String> {
+    let stop: HashSet<&str> = STOPWORDS.iter().copied().collect();
+    terms(text).into_iter().filter(|t| !stop.contains(t.as_str())).collect()
+}
+
+fn terms(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\'').to_string())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
+}
+
+fn within_one_edit(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let (mut i, mut j, mut edits) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] == b[j] {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        edits += 1;
+        if edits > 1 {
+            return false;
+        }
+        match a.len().cmp(&b.len()) {
+            std::cmp::Ordering::Greater => i += 1,
+            std::cmp::Ordering::Less => j += 1,
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    edits + (a.len() - i) + (b.len() - j) <= 1
+}
+
+/// Same word up to inflection ("integrate"/"integrations", "seat"/"seats") or one typo.
+pub fn term_matches(q: &str, f: &str) -> bool {
+    if q == f {
+        return true;
+    }
+    let (ql, fl) = (q.chars().count(), f.chars().count());
+    let shorter = ql.min(fl);
+    let p = common_prefix(q, f);
+    if shorter >= 4 && p >= 4 && (p as f32) >= 0.75 * shorter as f32 {
+        return true;
+    }
+    // Digits must match exactly: "50" is not a typo of "30".
+    shorter >= 4 && !q.chars().any(|c| c.is_ascii_digit()) && within_one_edit(q, f)
+}
+
+/// The question's content words that the evidence does not contain.
+pub fn uncovered_terms(question: &str, evidence: &str) -> Vec<String> {
+    let ev: Vec<String> = terms(evidence);
+    content_terms(question)
+        .into_iter()
+        .filter(|q| !ev.iter().any(|f| term_matches(q, f)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEAT: &str = "How much does each seat cost? Each seat costs $80 per user per month. price, pricing, cost, seat";
+
+    #[test]
+    fn seed_questions_are_covered() {
+        assert!(uncovered_terms("How much does each seat cost?", SEAT).is_empty());
+        assert!(uncovered_terms("How much does each seet cost?", SEAT).is_empty(), "one-letter typo");
+        assert!(uncovered_terms(
+            "Are you SOC II compliant?",
+            "Is Applinks SOC 2 compliant? Applinks is SOC 2 Type II compliant. soc ii, compliance"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn discount_question_is_not_covered_by_seat_price() {
+        let missing = uncovered_terms("Do you offer a 50% discount for startups?", SEAT);
+        assert_eq!(missing, ["50", "discount", "startups"]);
+    }
+
+    #[test]
+    fn matching_rules() {
+        assert!(term_matches("integrate", "integrations"));
+        assert!(term_matches("compliant", "compliance"));
+        assert!(!term_matches("50", "30"));
+        assert!(!term_matches("hipaa", "gdpr"));
+        assert!(!term_matches("cat", "car"));
+    }
+}

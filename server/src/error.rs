@@ -1,0 +1,63 @@
+//! The server's errors and their one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is missing or wrong; the message starts with the field's name.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("the service is starting: models are loading")]
+    NotReady,
+    #[error("model: {0}")]
+    Model(#[from] closer_models::Error),
+    #[error("knowledge base: {0}")]
+    Kb(#[from] closer_kb::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Error::Invalid { field: field.to_string(), message: message.into() }
+    }
+
+    /// A stable label, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Invalid { .. } => "invalid_argument",
+            Error::UnknownTenant(_) => "unknown_tenant",
+            Error::Overloaded(_) => "overloaded",
+            Error::NotReady => "not_ready",
+            Error::Model(_) => "model",
+            Error::Kb(closer_kb::Error::UnknownTenant(_)) => "unknown_tenant",
+            Error::Kb(_) => "knowledge_base",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Invalid { .. } => Code::InvalidArgument,
+            Error::UnknownTenant(_) | Error::Kb(closer_kb::Error::UnknownTenant(_)) => Code::NotFound,
+            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::NotReady => Code::Unavailable,
+            Error::Model(_) | Error::Kb(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        if e.code() == Code::Internal {
+            tracing::error!(kind = e.kind(), error = %e, "request failed");
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}

@@ -1,0 +1,13 @@
+//! The Closer service: gRPC transport, the answer path (coverage, generation, fact guard), and
+//! the tools behind the `closer` command.
+
+pub mod answer;
+pub mod bench;
+pub mod chat;
+pub mod config;
+pub mod coverage;
+pub mod error;
+pub mod guard;
+pub mod server;
+pub mod service;
+pub mod state;

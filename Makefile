@@ -1,0 +1,36 @@
+# Closer — the two commands a user needs: `make run` and `make test`.
+SHELL      := /bin/bash
+CARGO      ?= cargo
+DATA_DIR   ?= $(HOME)/.local/share/closer
+ADDR       ?= 127.0.0.1:50051
+CLOSER     := target/release/closer
+
+.PHONY: run test build models demo bench eval fmt clippy
+
+build:
+	$(CARGO) build --release --workspace --all-targets
+
+# Fetch and verify the pinned models (idempotent), load the demo tenant, serve gRPC.
+run: build models demo
+	$(CLOSER) serve --addr $(ADDR) --data-dir $(DATA_DIR)
+
+models: build
+	$(CLOSER) models pull
+
+demo: build
+	$(CLOSER) kb load knowledge-base/examples/applinks --data-dir $(DATA_DIR)
+
+# Every test, including those that run the real models (which `models` fetches first).
+# The real-model tests share 2 cores: run test threads serially to avoid oversubscription.
+test: models
+	set -o pipefail; $(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
+
+bench: models demo
+	$(CLOSER) bench --data-dir $(DATA_DIR) --json target/bench.json
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --release --workspace --all-targets

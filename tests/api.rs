@@ -1,0 +1,434 @@
+//! In-process integration tests: each test starts a server on 127.0.0.1:0 and talks to it with
+//! the generated client. Tests named `real_*` use the real models (run `closer models pull`
+//! first; `make test` does); the others use the deterministic fakes.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use closer_models::fake::{HashEmbedder, ScriptedGenerator};
+use closer_models::source::ModelPaths;
+use closer_models::AnswerGenerator;
+use closer_proto::v1 as pb;
+use closer_server::config::ServeConfig;
+use closer_server::server::{start, ModelSource, RunningServer};
+use closer_server::state::Models;
+use pb::converse_response::Event;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+const SEED: &str = "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
+const DISCOUNT: &str = "Do you offer a 50% discount for startups?";
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../knowledge-base/examples/applinks")
+}
+
+/// A data dir holding the demo tenant (and a second tenant for isolation checks).
+fn demo_data() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    closer_kb::load::load_dir(&example_dir(), dir.path(), None).unwrap();
+    dir
+}
+
+fn model_paths() -> ModelPaths {
+    let paths = ModelPaths::new(ModelPaths::default_root());
+    if let Err(e) = paths.check() {
+        panic!("the real-model tests need the models: {e}");
+    }
+    paths
+}
+
+/// The real models, loaded once for the whole test binary.
+fn real_models() -> Models {
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    MODELS.get_or_init(|| Models::load(&model_paths()).expect("load real models")).clone()
+}
+
+fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
+    Models { embedder: Arc::new(HashEmbedder::default()), generator }
+}
+
+struct TestServer {
+    _server: RunningServer,
+    _data: tempfile::TempDir,
+    url: String,
+}
+
+async fn spawn(models: Models) -> TestServer {
+    let data = demo_data();
+    let cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    let mut server = start(cfg, ModelSource::Ready(models)).await.unwrap();
+    server.wait_ready().await.unwrap();
+    let url = format!("http://{}", server.addr);
+    TestServer { _server: server, _data: data, url }
+}
+
+impl TestServer {
+    async fn assistant(&self) -> pb::assistant_client::AssistantClient<tonic::transport::Channel> {
+        pb::assistant_client::AssistantClient::connect(self.url.clone()).await.unwrap()
+    }
+}
+
+fn start_event(tenant: &str, domain: Option<&str>) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        event: Some(pb::converse_request::Event::Start(pb::Start {
+            tenant: tenant.into(),
+            conversation_id: "test-conversation".into(),
+            visitor: Some(pb::VisitorContext {
+                company_domain: domain.map(str::to_string),
+                ..Default::default()
+            }),
+        })),
+    }
+}
+
+fn message(text: &str) -> pb::ConverseRequest {
+    pb::ConverseRequest {
+        event: Some(pb::converse_request::Event::Message(pb::VisitorMessage { text: text.into() })),
+    }
+}
+
+/// Sends one turn and collects its events up to and including the final one.
+async fn one_turn(ts: &TestServer, domain: Option<&str>, text: &str) -> Result<Vec<Event>, tonic::Status> {
+    let mut client = ts.assistant().await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(start_event("applinks", domain)).await.unwrap();
+    tx.send(message(text)).await.unwrap();
+    let mut stream = client.converse(ReceiverStream::new(rx)).await?.into_inner();
+    let mut events = vec![];
+    while let Some(r) = stream.message().await? {
+        let e = r.event.expect("event set");
+        let done = matches!(e, Event::Final(_) | Event::Error(_));
+        events.push(e);
+        if done {
+            break;
+        }
+    }
+    drop(tx);
+    Ok(events)
+}
+
+fn final_of(events: &[Event]) -> &pb::ReplyFinal {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Final(f) => Some(f),
+            _ => None,
+        })
+        .expect("a final event")
+}
+
+fn deltas(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delta(d) => Some(d.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn handoffs(events: &[Event]) -> Vec<&pb::HandoffSignal> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Handoff(h) => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Event kinds in order, for checking the protocol order.
+fn shape(events: &[Event]) -> String {
+    let mut s = String::new();
+    for e in events {
+        let c = match e {
+            Event::Intents(_) => 'I',
+            Event::Handoff(_) => 'H',
+            Event::Delta(_) => 'D',
+            Event::Final(_) => 'F',
+            Event::Error(_) => 'E',
+        };
+        if !(c == 'D' && s.ends_with('D')) {
+            s.push(c);
+        }
+    }
+    s
+}
+
+// ---------------------------------------------------------------- real models
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_seed_question_end_to_end() {
+    let ts = spawn(real_models()).await;
+    let events = one_turn(&ts, Some("acme.com"), SEED).await.unwrap();
+    assert_eq!(shape(&events), "IHDF", "protocol order: intents, hand-off, deltas, final: {events:?}");
+
+    let Event::Intents(intents) = &events[0] else { unreachable!() };
+    let names: Vec<&str> = intents.intents.iter().map(|i| i.name.as_str()).collect();
+    for want in ["pricing", "security_compliance", "account_owner"] {
+        assert!(names.contains(&want), "intent {want} missing from {names:?}");
+    }
+    for i in &intents.intents {
+        assert!(i.confidence > 0.5 && i.confidence <= 1.0, "{i:?}");
+        assert_eq!(&SEED[i.span_start as usize..i.span_end as usize], i.span_text);
+    }
+    let pricing = intents.intents.iter().find(|i| i.name == "pricing").unwrap();
+    assert!(pricing.span_text.contains("seat cost"), "{pricing:?}");
+
+    let h = handoffs(&events);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0].kind, pb::HandoffKind::AccountLive as i32);
+    assert_eq!(h[0].rep_name.as_deref(), Some("Chelsea Ward"));
+    assert_eq!(h[0].message, "account owner Chelsea Ward: your account acme.com is live in chat");
+
+    let f = final_of(&events);
+    assert_eq!(deltas(&events), f.text, "the deltas add up to the final text");
+    let deltas_count = events.iter().filter(|e| matches!(e, Event::Delta(_))).count();
+    assert!(deltas_count >= 2, "the reply is streamed in several deltas, got {deltas_count}");
+    for want in ["$80", "per user per month", "$960", "per user per year", "SOC 2 Type II", "Chelsea Ward"] {
+        assert!(f.text.contains(want), "reply lacks {want:?}: {}", f.text);
+    }
+    for id in ["pricing-seat", "compliance-soc2", "account:acme.com"] {
+        assert!(f.fact_ids.iter().any(|x| x == id), "fact {id} not cited: {:?}", f.fact_ids);
+    }
+    assert!(!f.unanswered);
+    assert!(!f.text.contains("- ") && !f.text.contains("visitor works"), "prompt leaked: {}", f.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_unanswerable_discount_is_refused_with_handoff() {
+    let ts = spawn(real_models()).await;
+    let events = one_turn(&ts, Some("acme.com"), DISCOUNT).await.unwrap();
+    let f = final_of(&events);
+    assert!(f.unanswered, "{f:?}");
+    assert!(f.text.contains("I don't have that information"), "{}", f.text);
+    assert!(f.text.contains("connect you with a rep"), "{}", f.text);
+    let lower = f.text.to_lowercase();
+    for invented in ["50", "%", "percent", "yes", "no,", "discount"] {
+        assert!(!lower.contains(invented), "reply states {invented:?}: {}", f.text);
+    }
+    assert!(f.fact_ids.is_empty(), "{:?}", f.fact_ids);
+    let h = handoffs(&events);
+    assert!(h.iter().any(|h| h.kind == pb::HandoffKind::RepRequested as i32), "{h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_invalid_input_gets_the_right_status() {
+    let ts = spawn(real_models()).await;
+    let mut client = ts.assistant().await;
+    // Classify: empty text, over-long text, unknown tenant, bad tenant id.
+    let classify = |tenant: &str, text: String| pb::ClassifyRequest { tenant: tenant.into(), text };
+    let e = client.classify(classify("applinks", "  ".into())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("text:"), "{}", e.message());
+    let e = client.classify(classify("applinks", "a".repeat(2001))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("text:") && e.message().contains("2001"), "{}", e.message());
+    let e = client.classify(classify("nobody", "hello".into())).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = client.classify(classify("../etc", "hello".into())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("tenant:"), "{}", e.message());
+
+    // Converse: unknown tenant, empty message, over-long message, no start.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(start_event("nobody", None)).await.unwrap();
+    let e = client.converse(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    for (text, field) in [("", "message.text"), (&*"x".repeat(2001), "message.text")] {
+        let err = one_turn(&ts, None, text).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(message("hi")).await.unwrap();
+    let e = client.converse(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("start:"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_health_is_serving_only_after_models_load() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let data = demo_data();
+    let cfg = ServeConfig::for_tests(data.path().to_path_buf(), model_paths().root);
+    // The real loading path: models from files, tenants from the data dir.
+    let mut server = start(cfg, ModelSource::Files(model_paths())).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let check = |svc: &str| tonic_health::pb::HealthCheckRequest { service: svc.into() };
+    let status = health.check(check("closer.v1.Assistant")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::NotServing as i32, "loading takes seconds; must not be SERVING yet");
+    let mut assistant = pb::assistant_client::AssistantClient::new(channel.clone());
+    let e = assistant
+        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "hi".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+
+    server.wait_ready().await.unwrap();
+    for svc in ["", "closer.v1.Assistant", "closer.v1.Knowledge"] {
+        let status = health.check(check(svc)).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{svc}");
+    }
+    let ok = assistant
+        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "Is there a free trial?".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.intents[0].name, "trial");
+
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(health.check(check("")).await.is_err() || {
+        let s = health.check(check("")).await.unwrap().into_inner().status;
+        s == ServingStatus::NotServing as i32
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_knowledge_search_and_classify() {
+    let ts = spawn(real_models()).await;
+    let mut kb = pb::knowledge_client::KnowledgeClient::connect(ts.url.clone()).await.unwrap();
+    let r = kb
+        .search(pb::SearchRequest { tenant: "applinks".into(), query: "are you soc2 certified".into(), limit: 3, intent: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.facts[0].fact.as_ref().unwrap().id, "compliance-soc2", "{r:?}");
+    assert!(r.facts.len() <= 3);
+    // Query syntax from a visitor is just text.
+    let r = kb
+        .search(pb::SearchRequest { tenant: "applinks".into(), query: "price AND (\"seat OR".into(), limit: 0, intent: Some("pricing".into()) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.facts[0].fact.as_ref().unwrap().id, "pricing-seat");
+    let e = kb
+        .search(pb::SearchRequest { tenant: "applinks".into(), query: "x".into(), limit: 51, intent: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("limit:"));
+
+    let mut client = ts.assistant().await;
+    let r = client
+        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: SEED.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.intents.len(), 3, "{r:?}");
+    let r = client
+        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "What's the weather in Paris tomorrow?".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.intents[0].name, "out_of_scope", "{r:?}");
+}
+
+// ---------------------------------------------------------------- fakes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_generator_never_reaches_the_client() {
+    // The generator invents a discount, does wrong arithmetic, names a rep and a link nobody wrote.
+    let liar = ScriptedGenerator::fixed(
+        "Each seat costs $80 per user per month billed monthly. Startups get a 50% discount, so 10 seats cost $400. \
+         Your rep is Bob Smith, reach him at bob@evil.example or https://evil.example/deal. We are also ISO 27001 certified.",
+    );
+    let ts = spawn(fake_models(Arc::new(liar))).await;
+    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?").await.unwrap();
+    let f = final_of(&events);
+    assert_eq!(deltas(&events), f.text);
+    for bad in ["50%", "$400", "Bob", "evil.example", "ISO", "27001", "discount"] {
+        assert!(!f.text.contains(bad), "unverified {bad:?} reached the client: {}", f.text);
+    }
+    assert!(f.text.contains("$80") && f.text.contains("$960"), "the authored answer stands in: {}", f.text);
+    assert!(f.guard_replaced);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generator_reciting_its_prompt_is_dropped() {
+    let reciter = ScriptedGenerator::new(Arc::new(|req: &closer_models::GenerationRequest| req.system.clone()));
+    let ts = spawn(fake_models(Arc::new(reciter))).await;
+    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?").await.unwrap();
+    let f = final_of(&events);
+    assert!(!f.text.contains("website chat assistant"), "{}", f.text);
+    assert!(f.text.contains("$80"), "{}", f.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_leaves_stops_generation() {
+    let words = "Each seat costs $80 per user per month billed monthly. ".repeat(200);
+    let stopped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    struct Counting {
+        inner: ScriptedGenerator,
+        stopped: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl AnswerGenerator for Counting {
+        fn generate(
+            &self,
+            r: &closer_models::GenerationRequest,
+            f: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        ) -> closer_models::Result<closer_models::GenerationStats> {
+            let s = self.inner.generate(r, f)?;
+            if s.stopped_by_consumer {
+                self.stopped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(s)
+        }
+        fn name(&self) -> &str {
+            "counting"
+        }
+    }
+    let mut inner = ScriptedGenerator::fixed(&words);
+    inner.delay = Duration::from_millis(2);
+    let ts = spawn(fake_models(Arc::new(Counting { inner, stopped: stopped.clone() }))).await;
+    let mut client = ts.assistant().await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(start_event("applinks", None)).await.unwrap();
+    tx.send(message("How much does each seat cost?")).await.unwrap();
+    let mut stream = client.converse(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    loop {
+        if let Some(Event::Delta(_)) = stream.message().await.unwrap().and_then(|r| r.event) {
+            break;
+        }
+    }
+    drop(stream);
+    drop(tx);
+    for _ in 0..200 {
+        if stopped.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("generation went on after the client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_public_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let channel = tonic::transport::Endpoint::from_shared(ts.url.clone()).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut resp = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["closer.v1.Assistant", "closer.v1.Knowledge", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+}

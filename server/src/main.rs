@@ -79,6 +79,13 @@ fn init_tracing(json: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = run(cli, &rt);
+    // A model still loading on a blocking thread must not hold up exit after a signal.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
             init_tracing(cfg.log_format == "json");

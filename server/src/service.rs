@@ -53,6 +53,18 @@ fn check_tenant_field(tenant: &str) -> Result<()> {
     closer_kb::load::validate_tenant_id(tenant).map_err(|m| Error::invalid("tenant", m))
 }
 
+/// Runs model or index work off the async threads.
+async fn blocking<T, E>(f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    E: Into<Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
+        .map_err(Into::into)
+}
+
 pub struct AssistantService {
     pub state: Arc<AppState>,
 }
@@ -184,13 +196,11 @@ impl pb::assistant_server::Assistant for AssistantService {
         self.state.check_text("text", &req.text)?;
         let tenant = engine.tenant(&req.tenant)?;
         let text = req.text;
-        let intents = tokio::task::spawn_blocking(move || {
+        let intents = blocking(move || {
             closer_models::IntentClassifier::classify(&tenant.classifier, &text)
                 .map(|v| v.iter().map(|i| to_pb_intent(&text, i)).collect::<Vec<_>>())
         })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .map_err(Error::from)?;
+        .await?;
         Ok(Response::new(pb::ClassifyResponse { intents }))
     }
 }
@@ -214,10 +224,7 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
         }
         let limit = if req.limit == 0 { 5 } else { req.limit as usize };
         let tenant = engine.tenant(&req.tenant)?;
-        let hits = tokio::task::spawn_blocking(move || tenant.kb.search(&req.query, limit, req.intent.as_deref()))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(Error::from)?;
+        let hits = blocking(move || tenant.kb.search(&req.query, limit, req.intent.as_deref())).await?;
         let facts = hits
             .into_iter()
             .map(|h| pb::ScoredFact {

@@ -110,7 +110,7 @@ pub struct HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { epochs: 300, learning_rate: 0.05, l2: 1e-4, min_confidence: 0.40 }
+        Self { epochs: 1000, learning_rate: 0.05, l2: 1e-5, min_confidence: 0.40 }
     }
 }
 
@@ -122,60 +122,93 @@ pub struct SoftmaxHead {
     /// Row-major (labels × dim).
     pub weights: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Logits are divided by this before the softmax (temperature scaling for calibration).
+    #[serde(default = "one")]
+    pub temperature: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl SoftmaxHead {
-    /// Full-batch Adam on cross-entropy with L2. Deterministic (zero init, fixed order).
+    /// Full-batch Adam on cross-entropy with L2, as matrix products (candle's CPU gemm).
+    /// Deterministic: zero init, no shuffling.
     pub fn train(x: &[Vec<f32>], y: &[usize], labels: Vec<String>, cfg: &HeadConfig) -> Self {
         let k = labels.len();
         let d = x.first().map(|v| v.len()).unwrap_or(0);
-        let n = x.len().max(1) as f32;
-        let mut w = vec![0f32; k * d];
-        let mut b = vec![0f32; k];
-        let (mut mw, mut vw) = (vec![0f32; k * d], vec![0f32; k * d]);
-        let (mut mb, mut vb) = (vec![0f32; k], vec![0f32; k]);
-        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
-        let mut probs = vec![0f32; k];
-        for epoch in 1..=cfg.epochs {
-            let mut gw = vec![0f32; k * d];
-            let mut gb = vec![0f32; k];
-            for (xi, &yi) in x.iter().zip(y) {
-                logits_into(&w, &b, xi, &mut probs);
-                softmax_in_place(&mut probs);
-                for c in 0..k {
-                    let g = probs[c] - if c == yi { 1.0 } else { 0.0 };
-                    gb[c] += g;
-                    let row = &mut gw[c * d..(c + 1) * d];
-                    for (r, xv) in row.iter_mut().zip(xi) {
-                        *r += g * xv;
-                    }
-                }
-            }
-            let t = epoch as i32;
-            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            for i in 0..k * d {
-                let g = gw[i] / n + cfg.l2 * w[i];
-                mw[i] = b1 * mw[i] + (1.0 - b1) * g;
-                vw[i] = b2 * vw[i] + (1.0 - b2) * g * g;
-                w[i] -= cfg.learning_rate * (mw[i] / c1) / ((vw[i] / c2).sqrt() + eps);
-            }
-            for c in 0..k {
-                let g = gb[c] / n;
-                mb[c] = b1 * mb[c] + (1.0 - b1) * g;
-                vb[c] = b2 * vb[c] + (1.0 - b2) * g * g;
-                b[c] -= cfg.learning_rate * (mb[c] / c1) / ((vb[c] / c2).sqrt() + eps);
+        match train_dense(x, y, k, d, cfg) {
+            Ok((weights, bias)) => Self { labels, dim: d, weights, bias, temperature: 1.0 },
+            // Only shape errors can land here, which the callers rule out; an untrained head
+            // predicts uniformly, which the out-of-scope threshold then catches.
+            Err(e) => {
+                tracing::error!(error = %e, "intent head training failed");
+                Self { labels, dim: d, weights: vec![0.0; k * d], bias: vec![0.0; k], temperature: 1.0 }
             }
         }
-        Self { labels, dim: d, weights: w, bias: b }
     }
 
     /// Probabilities over `labels`.
     pub fn predict(&self, x: &[f32]) -> Vec<f32> {
         let mut p = vec![0f32; self.labels.len()];
         logits_into(&self.weights, &self.bias, x, &mut p);
+        if self.temperature != 1.0 {
+            p.iter_mut().for_each(|v| *v /= self.temperature);
+        }
         softmax_in_place(&mut p);
         p
     }
+
+    /// Raw logits (before temperature).
+    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let mut p = vec![0f32; self.labels.len()];
+        logits_into(&self.weights, &self.bias, x, &mut p);
+        p
+    }
+}
+
+fn train_dense(
+    x: &[Vec<f32>],
+    y: &[usize],
+    k: usize,
+    d: usize,
+    cfg: &HeadConfig,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    use candle_core::{DType, Device, Tensor, D};
+    let dev = Device::Cpu;
+    let n = x.len();
+    if n == 0 || k == 0 {
+        return Ok((vec![0.0; k * d], vec![0.0; k]));
+    }
+    let flat: Vec<f32> = x.iter().flat_map(|v| v.iter().copied()).collect();
+    let xt = Tensor::from_vec(flat, (n, d), &dev)?;
+    let mut onehot = vec![0f32; n * k];
+    for (i, &c) in y.iter().enumerate() {
+        onehot[i * k + c] = 1.0;
+    }
+    let yt = Tensor::from_vec(onehot, (n, k), &dev)?;
+    let mut w = Tensor::zeros((k, d), DType::F32, &dev)?;
+    let mut b = Tensor::zeros(k, DType::F32, &dev)?;
+    let (mut mw, mut vw) = (w.zeros_like()?, w.zeros_like()?);
+    let (mut mb, mut vb) = (b.zeros_like()?, b.zeros_like()?);
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let lr = f64::from(cfg.learning_rate);
+    for epoch in 1..=cfg.epochs {
+        let logits = xt.matmul(&w.t()?)?.broadcast_add(&b)?;
+        let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let g = ((p - &yt)? / n as f64)?;
+        let gw = (g.t()?.matmul(&xt)? + (&w * f64::from(cfg.l2))?)?;
+        let gb = g.sum(0)?;
+        let t = epoch as i32;
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        mw = ((&mw * b1)? + (&gw * (1.0 - b1))?)?;
+        vw = ((&vw * b2)? + (gw.sqr()? * (1.0 - b2))?)?;
+        w = (&w - (((&mw / c1)? / ((&vw / c2)?.sqrt()? + eps)?)? * lr)?)?;
+        mb = ((&mb * b1)? + (&gb * (1.0 - b1))?)?;
+        vb = ((&vb * b2)? + (gb.sqr()? * (1.0 - b2))?)?;
+        b = (&b - (((&mb / c1)? / ((&vb / c2)?.sqrt()? + eps)?)? * lr)?)?;
+    }
+    Ok((w.flatten_all()?.to_vec1()?, b.to_vec1()?))
 }
 
 fn logits_into(w: &[f32], b: &[f32], x: &[f32], out: &mut [f32]) {

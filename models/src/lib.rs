@@ -33,6 +33,8 @@ pub enum Error {
     Download { package: String, detail: String },
     #[error("not enough disk space in {dir}: {needed_mib} MiB needed, {free_mib} MiB free")]
     NoSpace { dir: String, needed_mib: u64, free_mib: u64 },
+    #[error("the disk filled up while writing {0}; free some space and run `closer models pull` again")]
+    DiskFull(String),
     #[error("invalid intent set: {0}")]
     IntentSet(String),
     #[error("model error: {0}")]
@@ -48,11 +50,7 @@ pub enum Error {
 impl Error {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::StorageFull {
-            return Error::NoSpace {
-                dir: path.as_ref().display().to_string(),
-                needed_mib: 0,
-                free_mib: 0,
-            };
+            return Error::DiskFull(path.as_ref().display().to_string());
         }
         Error::Io { path: path.as_ref().display().to_string(), source }
     }

@@ -87,8 +87,7 @@ fn account_fact(account: &Account, rep: &Rep) -> Cited {
     Cited { id: format!("account:{}", account.domain), answer, evidence }
 }
 
-fn canned(name: &str, flags: &[IntentFlag], company: &str) -> Option<&'static str> {
-    let _ = company;
+fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
     if flags.contains(&IntentFlag::Disqualify) {
         return Some("Thanks for letting me know! We build for business teams, and I'm happy to answer questions about the product.");
     }
@@ -133,7 +132,7 @@ fn plan_for(tenant: &Tenant, visitor: &Visitor, text: &str, intent: &IntentPredi
         }
         return Ok(Plan::Uncovered);
     }
-    Ok(canned(&intent.name, flags, &tenant.kb.profile.company).map(Plan::Canned).unwrap_or(Plan::Uncovered))
+    Ok(canned(&intent.name, flags).map(Plan::Canned).unwrap_or(Plan::Uncovered))
 }
 
 /// True when the reply already states this fact: all its amounts, and at least half of its other

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["closer/v1/assistant.proto", "closer/v1/knowledge.proto"];
+    let files = [
+        "closer/v1/assistant.proto",
+        "closer/v1/knowledge.proto",
+        "closer/v1/intents.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-const SEED: &str = "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
+const SEED: &str =
+    "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
 const DISCOUNT: &str = "Do you offer a 50% discount for startups?";
 
 fn example_dir() -> PathBuf {
@@ -44,11 +45,16 @@ fn model_paths() -> ModelPaths {
 /// The real models, loaded once for the whole test binary.
 fn real_models() -> Models {
     static MODELS: OnceLock<Models> = OnceLock::new();
-    MODELS.get_or_init(|| Models::load(&model_paths()).expect("load real models")).clone()
+    MODELS
+        .get_or_init(|| Models::load(&model_paths()).expect("load real models"))
+        .clone()
 }
 
 fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
-    Models { embedder: Arc::new(HashEmbedder::default()), generator }
+    Models {
+        embedder: Arc::new(HashEmbedder::default()),
+        generator,
+    }
 }
 
 struct TestServer {
@@ -58,17 +64,27 @@ struct TestServer {
 }
 
 async fn spawn(models: Models) -> TestServer {
-    let data = demo_data();
+    spawn_in(models, demo_data()).await
+}
+
+/// A server over an existing data dir (to restart on the same data).
+async fn spawn_in(models: Models, data: tempfile::TempDir) -> TestServer {
     let cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
     let mut server = start(cfg, ModelSource::Ready(models)).await.unwrap();
     server.wait_ready().await.unwrap();
     let url = format!("http://{}", server.addr);
-    TestServer { _server: server, _data: data, url }
+    TestServer {
+        _server: server,
+        _data: data,
+        url,
+    }
 }
 
 impl TestServer {
     async fn assistant(&self) -> pb::assistant_client::AssistantClient<tonic::transport::Channel> {
-        pb::assistant_client::AssistantClient::connect(self.url.clone()).await.unwrap()
+        pb::assistant_client::AssistantClient::connect(self.url.clone())
+            .await
+            .unwrap()
     }
 }
 
@@ -87,12 +103,18 @@ fn start_event(tenant: &str, domain: Option<&str>) -> pb::ConverseRequest {
 
 fn message(text: &str) -> pb::ConverseRequest {
     pb::ConverseRequest {
-        event: Some(pb::converse_request::Event::Message(pb::VisitorMessage { text: text.into() })),
+        event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
+            text: text.into(),
+        })),
     }
 }
 
 /// Sends one turn and collects its events up to and including the final one.
-async fn one_turn(ts: &TestServer, domain: Option<&str>, text: &str) -> Result<Vec<Event>, tonic::Status> {
+async fn one_turn(
+    ts: &TestServer,
+    domain: Option<&str>,
+    text: &str,
+) -> Result<Vec<Event>, tonic::Status> {
     let mut client = ts.assistant().await;
     let (tx, rx) = mpsc::channel(4);
     tx.send(start_event("applinks", domain)).await.unwrap();
@@ -151,6 +173,7 @@ fn shape(events: &[Event]) -> String {
             Event::Delta(_) => 'D',
             Event::Final(_) => 'F',
             Event::Error(_) => 'E',
+            Event::Slots(_) => 'S',
         };
         if !(c == 'D' && s.ends_with('D')) {
             s.push(c);
@@ -165,38 +188,82 @@ fn shape(events: &[Event]) -> String {
 async fn real_seed_question_end_to_end() {
     let ts = spawn(real_models()).await;
     let events = one_turn(&ts, Some("acme.com"), SEED).await.unwrap();
-    assert_eq!(shape(&events), "IHDF", "protocol order: intents, hand-off, deltas, final: {events:?}");
+    assert_eq!(
+        shape(&events),
+        "IHDF",
+        "protocol order: intents, hand-off, deltas, final: {events:?}"
+    );
 
-    let Event::Intents(intents) = &events[0] else { unreachable!() };
+    let Event::Intents(intents) = &events[0] else {
+        unreachable!()
+    };
     let names: Vec<&str> = intents.intents.iter().map(|i| i.name.as_str()).collect();
     for want in ["pricing", "security_compliance", "account_owner"] {
-        assert!(names.contains(&want), "intent {want} missing from {names:?}");
+        assert!(
+            names.contains(&want),
+            "intent {want} missing from {names:?}"
+        );
     }
     for i in &intents.intents {
         assert!(i.confidence > 0.5 && i.confidence <= 1.0, "{i:?}");
-        assert_eq!(&SEED[i.span_start as usize..i.span_end as usize], i.span_text);
+        assert_eq!(
+            &SEED[i.span_start as usize..i.span_end as usize],
+            i.span_text
+        );
     }
-    let pricing = intents.intents.iter().find(|i| i.name == "pricing").unwrap();
+    let pricing = intents
+        .intents
+        .iter()
+        .find(|i| i.name == "pricing")
+        .unwrap();
     assert!(pricing.span_text.contains("seat cost"), "{pricing:?}");
 
     let h = handoffs(&events);
     assert_eq!(h.len(), 1, "{h:?}");
     assert_eq!(h[0].kind, pb::HandoffKind::AccountLive as i32);
     assert_eq!(h[0].rep_name.as_deref(), Some("Chelsea Ward"));
-    assert_eq!(h[0].message, "account owner Chelsea Ward: your account acme.com is live in chat");
+    assert_eq!(
+        h[0].message,
+        "account owner Chelsea Ward: your account acme.com is live in chat"
+    );
 
     let f = final_of(&events);
-    assert_eq!(deltas(&events), f.text, "the deltas add up to the final text");
-    let deltas_count = events.iter().filter(|e| matches!(e, Event::Delta(_))).count();
-    assert!(deltas_count >= 2, "the reply is streamed in several deltas, got {deltas_count}");
-    for want in ["$80", "per user per month", "$960", "per user per year", "SOC 2 Type II", "Chelsea Ward"] {
+    assert_eq!(
+        deltas(&events),
+        f.text,
+        "the deltas add up to the final text"
+    );
+    let deltas_count = events
+        .iter()
+        .filter(|e| matches!(e, Event::Delta(_)))
+        .count();
+    assert!(
+        deltas_count >= 2,
+        "the reply is streamed in several deltas, got {deltas_count}"
+    );
+    for want in [
+        "$80",
+        "per user per month",
+        "$960",
+        "per user per year",
+        "SOC 2 Type II",
+        "Chelsea Ward",
+    ] {
         assert!(f.text.contains(want), "reply lacks {want:?}: {}", f.text);
     }
     for id in ["pricing-seat", "compliance-soc2", "account:acme.com"] {
-        assert!(f.fact_ids.iter().any(|x| x == id), "fact {id} not cited: {:?}", f.fact_ids);
+        assert!(
+            f.fact_ids.iter().any(|x| x == id),
+            "fact {id} not cited: {:?}",
+            f.fact_ids
+        );
     }
     assert!(!f.unanswered);
-    assert!(!f.text.contains("- ") && !f.text.contains("visitor works"), "prompt leaked: {}", f.text);
+    assert!(
+        !f.text.contains("- ") && !f.text.contains("visitor works"),
+        "prompt leaked: {}",
+        f.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,15 +272,27 @@ async fn real_unanswerable_discount_is_refused_with_handoff() {
     let events = one_turn(&ts, Some("acme.com"), DISCOUNT).await.unwrap();
     let f = final_of(&events);
     assert!(f.unanswered, "{f:?}");
-    assert!(f.text.contains("I don't have that information"), "{}", f.text);
+    assert!(
+        f.text.contains("I don't have that information"),
+        "{}",
+        f.text
+    );
     assert!(f.text.contains("connect you with a rep"), "{}", f.text);
     let lower = f.text.to_lowercase();
     for invented in ["50", "%", "percent", "yes", "no,", "discount"] {
-        assert!(!lower.contains(invented), "reply states {invented:?}: {}", f.text);
+        assert!(
+            !lower.contains(invented),
+            "reply states {invented:?}: {}",
+            f.text
+        );
     }
     assert!(f.fact_ids.is_empty(), "{:?}", f.fact_ids);
     let h = handoffs(&events);
-    assert!(h.iter().any(|h| h.kind == pb::HandoffKind::RepRequested as i32), "{h:?}");
+    assert!(
+        h.iter()
+            .any(|h| h.kind == pb::HandoffKind::RepRequested as i32),
+        "{h:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,16 +300,35 @@ async fn real_invalid_input_gets_the_right_status() {
     let ts = spawn(real_models()).await;
     let mut client = ts.assistant().await;
     // Classify: empty text, over-long text, unknown tenant, bad tenant id.
-    let classify = |tenant: &str, text: String| pb::ClassifyRequest { tenant: tenant.into(), text };
-    let e = client.classify(classify("applinks", "  ".into())).await.unwrap_err();
+    let classify = |tenant: &str, text: String| pb::ClassifyRequest {
+        tenant: tenant.into(),
+        text,
+    };
+    let e = client
+        .classify(classify("applinks", "  ".into()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("text:"), "{}", e.message());
-    let e = client.classify(classify("applinks", "a".repeat(2001))).await.unwrap_err();
+    let e = client
+        .classify(classify("applinks", "a".repeat(2001)))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("text:") && e.message().contains("2001"), "{}", e.message());
-    let e = client.classify(classify("nobody", "hello".into())).await.unwrap_err();
+    assert!(
+        e.message().contains("text:") && e.message().contains("2001"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .classify(classify("nobody", "hello".into()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    let e = client.classify(classify("../etc", "hello".into())).await.unwrap_err();
+    let e = client
+        .classify(classify("../etc", "hello".into()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("tenant:"), "{}", e.message());
 
@@ -266,12 +364,26 @@ async fn real_health_is_serving_only_after_models_load() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let check = |svc: &str| tonic_health::pb::HealthCheckRequest { service: svc.into() };
-    let status = health.check(check("closer.v1.Assistant")).await.unwrap().into_inner().status;
-    assert_eq!(status, ServingStatus::NotServing as i32, "loading takes seconds; must not be SERVING yet");
+    let check = |svc: &str| tonic_health::pb::HealthCheckRequest {
+        service: svc.into(),
+    };
+    let status = health
+        .check(check("closer.v1.Assistant"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        ServingStatus::NotServing as i32,
+        "loading takes seconds; must not be SERVING yet"
+    );
     let mut assistant = pb::assistant_client::AssistantClient::new(channel.clone());
     let e = assistant
-        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "hi".into() })
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: "hi".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
@@ -282,39 +394,65 @@ async fn real_health_is_serving_only_after_models_load() {
         assert_eq!(status, ServingStatus::Serving as i32, "{svc}");
     }
     let ok = assistant
-        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "Is there a free trial?".into() })
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: "Is there a free trial?".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(ok.intents[0].name, "trial");
 
     server.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(health.check(check("")).await.is_err() || {
-        let s = health.check(check("")).await.unwrap().into_inner().status;
-        s == ServingStatus::NotServing as i32
-    });
+    assert!(
+        health.check(check("")).await.is_err() || {
+            let s = health.check(check("")).await.unwrap().into_inner().status;
+            s == ServingStatus::NotServing as i32
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_knowledge_search_and_classify() {
     let ts = spawn(real_models()).await;
-    let mut kb = pb::knowledge_client::KnowledgeClient::connect(ts.url.clone()).await.unwrap();
+    let mut kb = pb::knowledge_client::KnowledgeClient::connect(ts.url.clone())
+        .await
+        .unwrap();
     let r = kb
-        .search(pb::SearchRequest { tenant: "applinks".into(), query: "are you soc2 certified".into(), limit: 3, intent: None })
+        .search(pb::SearchRequest {
+            tenant: "applinks".into(),
+            query: "are you soc2 certified".into(),
+            limit: 3,
+            intent: None,
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.facts[0].fact.as_ref().unwrap().id, "compliance-soc2", "{r:?}");
+    assert_eq!(
+        r.facts[0].fact.as_ref().unwrap().id,
+        "compliance-soc2",
+        "{r:?}"
+    );
     assert!(r.facts.len() <= 3);
     // Query syntax from a visitor is just text.
     let r = kb
-        .search(pb::SearchRequest { tenant: "applinks".into(), query: "price AND (\"seat OR".into(), limit: 0, intent: Some("pricing".into()) })
+        .search(pb::SearchRequest {
+            tenant: "applinks".into(),
+            query: "price AND (\"seat OR".into(),
+            limit: 0,
+            intent: Some("pricing".into()),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.facts[0].fact.as_ref().unwrap().id, "pricing-seat");
     let e = kb
-        .search(pb::SearchRequest { tenant: "applinks".into(), query: "x".into(), limit: 51, intent: None })
+        .search(pb::SearchRequest {
+            tenant: "applinks".into(),
+            query: "x".into(),
+            limit: 51,
+            intent: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -322,17 +460,194 @@ async fn real_knowledge_search_and_classify() {
 
     let mut client = ts.assistant().await;
     let r = client
-        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: SEED.into() })
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: SEED.into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.intents.len(), 3, "{r:?}");
     let r = client
-        .classify(pb::ClassifyRequest { tenant: "applinks".into(), text: "What's the weather in Paris tomorrow?".into() })
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: "What's the weather in Paris tomorrow?".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.intents[0].name, "out_of_scope", "{r:?}");
+    // Slots come with Classify.
+    let r = client
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: "I'm jane@globex.io, we're 250 employees in Germany and need 40 seats this quarter. What does it cost?".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.intents[0].name, "pricing", "{r:?}");
+    let slot = |n: &str| {
+        r.slots
+            .iter()
+            .find(|s| s.name == n)
+            .map(|s| (s.value.as_str(), s.detail.as_str()))
+    };
+    assert_eq!(slot("email"), Some(("jane@globex.io", "business")));
+    assert_eq!(slot("company_domain"), Some(("globex.io", "")));
+    assert_eq!(slot("company_size"), Some(("250", "")));
+    assert_eq!(slot("country"), Some(("DE", "")));
+    assert_eq!(slot("seats"), Some(("40", "")));
+    assert_eq!(slot("timeline"), Some(("this quarter", "")));
+}
+
+async fn upload(
+    url: &str,
+    format: pb::IntentFormat,
+    content: String,
+) -> Result<Vec<pb::training_progress::Event>, tonic::Status> {
+    let mut client = pb::intents_client::IntentsClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let mut stream = client
+        .upload(pb::UploadIntentsRequest {
+            tenant: "applinks".into(),
+            format: format as i32,
+            content,
+        })
+        .await?
+        .into_inner();
+    let mut events = vec![];
+    while let Some(p) = stream.message().await? {
+        events.push(p.event.expect("event set"));
+    }
+    Ok(events)
+}
+
+async fn top_intent(ts: &TestServer, text: &str) -> String {
+    let r = ts
+        .assistant()
+        .await
+        .classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: text.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.intents[0].name.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_intent_upload_retrains_without_restart_and_persists() {
+    use pb::training_progress::Event as P;
+    let data = demo_data();
+    let data_path = data.path().to_path_buf();
+    let ts = spawn_in(real_models(), data).await;
+    let question = "Can we run Applinks on our own servers, on-premise?";
+    assert_ne!(top_intent(&ts, question).await, "deployment");
+
+    // A bad file is rejected naming the line, and nothing changes.
+    let mut yaml = std::fs::read_to_string(example_dir().join("intents.yaml")).unwrap();
+    let bad = yaml.replacen("  - name: pricing", "  - nme: pricing", 1);
+    let e = upload(&ts.url, pb::IntentFormat::Yaml, bad)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("content: line "), "{}", e.message());
+    let e = upload(
+        &ts.url,
+        pb::IntentFormat::Jsonl,
+        "{\"text\": \"hi\", \"intent\": \"a\"}\n{\"text\": \"\", \"intent\": \"a\"}\n".into(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message().contains("line 2") && e.message().contains("`text`"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        top_intent(&ts, "How much does each seat cost?").await,
+        "pricing"
+    );
+
+    // A new intent: uploaded, retrained with progress, serving on the next call.
+    yaml.push_str(
+        "  - name: deployment
+    description: Where Applinks runs.
+    flags: [knowledge]
+    examples:
+      - Can we self-host it?
+      - Do you offer an on-premise version?
+      - Can it run on our own servers?
+      - Is there an on-prem deployment option?
+      - Can we install it in our private cloud?
+      - Do you support self-hosted installs?
+      - Can we deploy it in our own data center?
+      - Is a self-managed version available?
+      - Can I host Applinks myself?
+      - Do you have an on premises edition?
+",
+    );
+    let events = upload(&ts.url, pb::IntentFormat::Yaml, yaml).await.unwrap();
+    assert!(
+        matches!(events.first(), Some(P::Validated(v)) if v.intents == 16),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, P::Embedding(_))));
+    assert!(events.iter().any(|e| matches!(e, P::Training(_))));
+    let Some(P::Done(done)) = events.last() else {
+        panic!("no done event: {events:?}")
+    };
+    assert!(done.holdout_accuracy > 0.7, "{done:?}");
+    assert!(done.oos_threshold > 0.0 && done.oos_threshold < 1.0);
+    assert_eq!(top_intent(&ts, question).await, "deployment");
+    assert_eq!(
+        top_intent(&ts, "How much does each seat cost?").await,
+        "pricing"
+    );
+
+    let mut intents = pb::intents_client::IntentsClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    let got = intents
+        .get(pb::GetIntentsRequest {
+            tenant: "applinks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got
+        .intents
+        .iter()
+        .any(|i| i.name == "deployment" && i.examples == 10));
+    assert_eq!(got.model.as_ref().unwrap().version, done.version);
+
+    // Restart on the same data: the stored model is loaded, not retrained.
+    let TestServer {
+        _server: server,
+        _data: data,
+        ..
+    } = ts;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(data_path.join("tenants/applinks/intent-model.bin").exists());
+    let ts = spawn_in(real_models(), data).await;
+    let mut intents = pb::intents_client::IntentsClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    let again = intents
+        .get(pb::GetIntentsRequest {
+            tenant: "applinks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.model, got.model,
+        "same version and the same recorded training time: loaded, not retrained"
+    );
+    assert_eq!(top_intent(&ts, question).await, "deployment");
 }
 
 // ---------------------------------------------------------------- fakes
@@ -345,21 +660,43 @@ async fn adversarial_generator_never_reaches_the_client() {
          Your rep is Bob Smith, reach him at bob@evil.example or https://evil.example/deal. We are also ISO 27001 certified.",
     );
     let ts = spawn(fake_models(Arc::new(liar))).await;
-    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?").await.unwrap();
+    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?")
+        .await
+        .unwrap();
     let f = final_of(&events);
     assert_eq!(deltas(&events), f.text);
-    for bad in ["50%", "$400", "Bob", "evil.example", "ISO", "27001", "discount"] {
-        assert!(!f.text.contains(bad), "unverified {bad:?} reached the client: {}", f.text);
+    for bad in [
+        "50%",
+        "$400",
+        "Bob",
+        "evil.example",
+        "ISO",
+        "27001",
+        "discount",
+    ] {
+        assert!(
+            !f.text.contains(bad),
+            "unverified {bad:?} reached the client: {}",
+            f.text
+        );
     }
-    assert!(f.text.contains("$80") && f.text.contains("$960"), "the authored answer stands in: {}", f.text);
+    assert!(
+        f.text.contains("$80") && f.text.contains("$960"),
+        "the authored answer stands in: {}",
+        f.text
+    );
     assert!(f.guard_replaced);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_reciting_its_prompt_is_dropped() {
-    let reciter = ScriptedGenerator::new(Arc::new(|req: &closer_models::GenerationRequest| req.system.clone()));
+    let reciter = ScriptedGenerator::new(Arc::new(|req: &closer_models::GenerationRequest| {
+        req.system.clone()
+    }));
     let ts = spawn(fake_models(Arc::new(reciter))).await;
-    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?").await.unwrap();
+    let events = one_turn(&ts, Some("acme.com"), "How much does each seat cost?")
+        .await
+        .unwrap();
     let f = final_of(&events);
     assert!(!f.text.contains("website chat assistant"), "{}", f.text);
     assert!(f.text.contains("$80"), "{}", f.text);
@@ -381,7 +718,8 @@ async fn client_that_leaves_stops_generation() {
         ) -> closer_models::Result<closer_models::GenerationStats> {
             let s = self.inner.generate(r, f)?;
             if s.stopped_by_consumer {
-                self.stopped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.stopped
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             Ok(s)
         }
@@ -391,12 +729,22 @@ async fn client_that_leaves_stops_generation() {
     }
     let mut inner = ScriptedGenerator::fixed(&words);
     inner.delay = Duration::from_millis(2);
-    let ts = spawn(fake_models(Arc::new(Counting { inner, stopped: stopped.clone() }))).await;
+    let ts = spawn(fake_models(Arc::new(Counting {
+        inner,
+        stopped: stopped.clone(),
+    })))
+    .await;
     let mut client = ts.assistant().await;
     let (tx, rx) = mpsc::channel(4);
     tx.send(start_event("applinks", None)).await.unwrap();
-    tx.send(message("How much does each seat cost?")).await.unwrap();
-    let mut stream = client.converse(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(message("How much does each seat cost?"))
+        .await
+        .unwrap();
+    let mut stream = client
+        .converse(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     loop {
         if let Some(Event::Delta(_)) = stream.message().await.unwrap().and_then(|r| r.event) {
             break;
@@ -420,15 +768,33 @@ async fn reflection_lists_the_public_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
-    let channel = tonic::transport::Endpoint::from_shared(ts.url.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(ts.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut resp = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response else {
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
         panic!("no service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["closer.v1.Assistant", "closer.v1.Knowledge", "grpc.health.v1.Health"] {
+    for want in [
+        "closer.v1.Assistant",
+        "closer.v1.Knowledge",
+        "closer.v1.Intents",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }

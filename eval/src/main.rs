@@ -1,19 +1,32 @@
-//! `closer-eval`: evaluation suites for Closer.
+//! `closer-eval`: Closer's evaluation suites.
 //!
-//! `closer-eval intents --train TRAIN.jsonl --test TEST.jsonl` trains the intent head exactly as
-//! the server does (MiniLM embeddings + softmax head) and reports accuracy, macro F1, training
-//! time and per-message latency. JSONL rows are `{"text": "...", "intent": "..."}`. The full
-//! suite (OOS calibration, multi-intent sets, plots, `--server`) arrives with the intent issue.
+//! `closer-eval intents` trains the intent classifier exactly as the server does (MiniLM
+//! embeddings + n-gram TF-IDF, linear head, held-out calibration of temperature and the
+//! out-of-scope threshold) and evaluates it; or, with `--server`, sends the test set through a
+//! running server's Classify RPC. See README.md, "Evaluating intents".
 
-use std::collections::BTreeMap;
-use std::io::BufRead;
+mod data;
+mod metrics;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
-use closer_models::intent::{HeadConfig, SoftmaxHead};
-use closer_models::Embedder;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use closer_models::head::{Features, HeadConfig};
+use closer_models::intent::{
+    ClassifierConfig, Decision, HeadClassifier, TrainProgress, TrainedHead, TrainingData,
+    OUT_OF_SCOPE,
+};
+use closer_models::ngrams::NgramConfig;
+use closer_models::{Embedder, IntentClassifier};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::{MultiRow, Row};
+use crate::report::{ConfusedPair, MultiIntentScores, Report, ThresholdRow};
 
 #[derive(Parser)]
 #[command(name = "closer-eval", about = "Closer's evaluation suites")]
@@ -24,60 +37,112 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train on one labelled file, evaluate on another.
-    Intents {
-        #[arg(long)]
-        train: PathBuf,
-        #[arg(long)]
-        test: PathBuf,
-        /// Folder of ready models (`closer models pull`).
-        #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
-        model_dir: PathBuf,
-        /// Evaluate at most this many test rows (0 = all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
-        /// The label of out-of-scope rows (CLINC150: `oos`).
-        #[arg(long)]
-        oos_label: Option<String>,
-        /// Below this top probability a message is out of scope (with --oos-label).
-        #[arg(long, default_value_t = 0.4)]
-        threshold: f32,
-        /// Head training: epochs, learning rate, L2.
-        #[arg(long)]
-        epochs: Option<usize>,
-        #[arg(long)]
-        lr: Option<f32>,
-        #[arg(long)]
-        l2: Option<f32>,
-        /// Keep embeddings here, keyed by model and text, so repeated runs skip the encoder.
-        #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
-        cache_dir: PathBuf,
-    },
+    /// Train and evaluate the intent classifier (or evaluate a running server's).
+    Intents(IntentArgs),
 }
 
-#[derive(serde::Deserialize)]
-struct Row {
-    text: String,
-    intent: String,
+#[derive(Args, Clone)]
+struct IntentArgs {
+    /// Training rows: JSONL `{"text","intent"}`, or a tenant intent file (.yaml).
+    #[arg(long)]
+    train: PathBuf,
+    /// Test rows (same formats). Without it, use --folds.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// K-fold cross-validation on --train (stratified, seeded).
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Train on N examples per intent only (seeded), for few-shot curves.
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Fixes every split, sample and shuffle.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The label of out-of-scope rows (CLINC150: `oos`); they train the out-of-scope class and
+    /// are scored by the CLINC150 convention.
+    #[arg(long)]
+    oos_label: Option<String>,
+    /// A fixed out-of-scope threshold instead of the one calibrated on held-out examples.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Also build this many multi-intent messages from the test rows and score them.
+    #[arg(long, default_value_t = 0)]
+    multi: usize,
+    /// Where report.json, report.md, confusion.svg and confidence.svg go.
+    #[arg(long, default_value = "eval-report")]
+    out: PathBuf,
+    /// Evaluate a running server's Classify RPC at this address (e.g. http://127.0.0.1:50051)
+    /// instead of training here.
+    #[arg(long)]
+    server: Option<String>,
+    /// The tenant to classify as, with --server.
+    #[arg(long, default_value = "applinks")]
+    tenant: String,
+    /// Evaluate at most this many test rows (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Folder of ready models (`closer models pull`).
+    #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
+    model_dir: PathBuf,
+    /// Keep embeddings here, keyed by model and texts, so repeated runs skip the encoder.
+    #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
+    cache_dir: PathBuf,
+    /// Head training overrides (defaults are the server's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    l2: Option<f32>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    word_weight: Option<f32>,
+    #[arg(long)]
+    char_weight: Option<f32>,
+    /// Use the sentence embedding alone (no n-gram features).
+    #[arg(long)]
+    no_ngrams: bool,
 }
 
-fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
-    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut rows = vec![];
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+impl IntentArgs {
+    fn config(&self) -> ClassifierConfig {
+        let mut cfg = ClassifierConfig::default();
+        let h: &mut HeadConfig = &mut cfg.head;
+        h.epochs = self.epochs.unwrap_or(h.epochs);
+        h.learning_rate = self.lr.unwrap_or(h.learning_rate);
+        h.l2 = self.l2.unwrap_or(h.l2);
+        h.batch = self.batch.unwrap_or(h.batch);
+        h.seed = self.seed;
+        if self.no_ngrams {
+            h.ngrams = None;
+        } else {
+            let n: &mut NgramConfig = h.ngrams.get_or_insert_with(NgramConfig::default);
+            n.word_weight = self.word_weight.unwrap_or(n.word_weight);
+            n.char_weight = self.char_weight.unwrap_or(n.char_weight);
         }
-        let row: Row = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
-        rows.push(row);
+        cfg.fixed_threshold = self.threshold;
+        cfg
     }
-    Ok(rows)
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
 }
 
 /// Embeds texts, reusing vectors cached under `dir` for the same model and texts.
-fn cached_embed(encoder: &dyn Embedder, texts: &[&str], dir: &Path) -> anyhow::Result<Vec<Vec<f32>>> {
+fn cached_embed(
+    encoder: &dyn Embedder,
+    texts: &[&str],
+    dir: &Path,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(encoder.name().as_bytes());
@@ -89,175 +154,466 @@ fn cached_embed(encoder: &dyn Embedder, texts: &[&str], dir: &Path) -> anyhow::R
     let d = encoder.dim();
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() == texts.len() * d * 4 {
-            let flat: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let flat: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             return Ok(flat.chunks(d).map(<[f32]>::to_vec).collect());
         }
     }
-    let v = encoder.embed(texts)?;
+    let pb = bar(texts.len(), "embedding");
+    let mut v = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(128) {
+        v.extend(encoder.embed(chunk)?);
+        pb.set_position(v.len() as u64);
+    }
+    pb.finish_and_clear();
     std::fs::create_dir_all(dir)?;
     let bytes: Vec<u8> = v.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(&path, bytes)?;
     Ok(v)
 }
 
-/// Expected calibration error of the top-class confidence, over equal-width bins.
-fn expected_calibration_error(conf: &[f32], correct: &[bool], bins: usize) -> f64 {
-    let mut sum_c = vec![0f64; bins];
-    let mut sum_a = vec![0f64; bins];
-    let mut count = vec![0usize; bins];
-    for (&c, &ok) in conf.iter().zip(correct) {
-        let b = ((c as f64 * bins as f64) as usize).min(bins - 1);
-        sum_c[b] += c as f64;
-        sum_a[b] += if ok { 1.0 } else { 0.0 };
-        count[b] += 1;
-    }
-    let n = conf.len().max(1) as f64;
-    (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (count[b] as f64 / n) * ((sum_a[b] - sum_c[b]) / count[b] as f64).abs())
-        .sum()
+/// Label names as the classifier sees them: the dataset's OOS label becomes `out_of_scope`.
+struct LabelMap {
+    oos: Option<String>,
 }
 
-/// Macro F1 over the labels that occur in `gold`.
-fn macro_f1(gold: &[usize], pred: &[usize], k: usize) -> f64 {
-    let (mut tp, mut fp, mut fneg) = (vec![0f64; k], vec![0f64; k], vec![0f64; k]);
-    for (&g, &p) in gold.iter().zip(pred) {
-        if g == p {
-            tp[g] += 1.0;
+impl LabelMap {
+    fn to_model<'a>(&self, l: &'a str) -> &'a str {
+        if self.oos.as_deref() == Some(l) {
+            OUT_OF_SCOPE
         } else {
-            fp[p] += 1.0;
-            fneg[g] += 1.0;
+            l
         }
     }
-    let present: Vec<usize> = (0..k).filter(|&c| tp[c] + fneg[c] > 0.0).collect();
-    let sum: f64 = present
+    fn from_model(&self, l: &str) -> String {
+        match &self.oos {
+            Some(o) if l == OUT_OF_SCOPE => o.clone(),
+            _ => l.to_string(),
+        }
+    }
+}
+
+/// What one prediction pass produced, in dataset label names.
+struct Predictions {
+    pred: Vec<String>,
+    /// Top-class calibrated probability.
+    conf: Vec<f32>,
+    /// Top class ignoring the out-of-scope threshold (for the sweep).
+    top: Vec<String>,
+}
+
+struct Local {
+    encoder: Arc<dyn Embedder>,
+    args: IntentArgs,
+    map: LabelMap,
+}
+
+impl Local {
+    fn train(&self, rows: &[Row]) -> anyhow::Result<(TrainedHead, f64)> {
+        let t = Instant::now();
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for r in rows {
+            names.insert(self.map.to_model(&r.intent));
+        }
+        let labels: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        let y = rows
+            .iter()
+            .map(|r| index[self.map.to_model(&r.intent)])
+            .collect();
+        let x = cached_embed(self.encoder.as_ref(), &texts, &self.args.cache_dir)?;
+        let data = TrainingData { texts, y, labels };
+        let cfg = self.args.config();
+        let pb = bar(cfg.head.epochs * 2, "training");
+        let trained = TrainedHead::train(&data, x, self.encoder.name(), &cfg, &mut |p| {
+            if let TrainProgress::Training { epoch, epochs } = p {
+                pb.set_length(epochs as u64);
+                pb.set_position(epoch as u64);
+            }
+        });
+        pb.finish_and_clear();
+        Ok((trained, t.elapsed().as_secs_f64()))
+    }
+
+    fn predict(&self, trained: &TrainedHead, rows: &[Row]) -> anyhow::Result<Predictions> {
+        let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+        let x = cached_embed(self.encoder.as_ref(), &texts, &self.args.cache_dir)?;
+        let feats: Vec<Features> = trained.head.features(&texts, x);
+        let mut out = Predictions {
+            pred: vec![],
+            conf: vec![],
+            top: vec![],
+        };
+        let has_oos = self.map.oos.is_some();
+        for f in &feats {
+            let p = trained.head.predict(f);
+            let (best, bp) =
+                p.iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+            let top = self.map.from_model(&trained.head.labels[best]);
+            let pred = match trained.decide(&p) {
+                Decision::OutOfScope { .. } if has_oos => self.map.from_model(OUT_OF_SCOPE),
+                _ => top.clone(),
+            };
+            out.pred.push(pred);
+            out.conf.push(bp);
+            out.top.push(top);
+        }
+        Ok(out)
+    }
+
+    fn latency(&self, trained: &TrainedHead, rows: &[Row]) -> anyhow::Result<Vec<f64>> {
+        let mut lat = vec![];
+        for r in rows.iter().take(200) {
+            let t = Instant::now();
+            let v = self.encoder.embed(&[r.text.as_str()])?;
+            let f = trained.head.features(&[r.text.as_str()], v);
+            let _ = trained.decide(&trained.head.predict(&f[0]));
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(lat)
+    }
+}
+
+/// Scores predictions and fills a report.
+fn score(
+    args: &IntentArgs,
+    mode: &str,
+    gold_rows: &[Row],
+    p: &Predictions,
+    train_rows: usize,
+) -> Report {
+    let mut labels: BTreeSet<String> = gold_rows.iter().map(|r| r.intent.clone()).collect();
+    labels.extend(p.pred.iter().cloned());
+    let labels: Vec<String> = labels.into_iter().collect();
+    let idx: BTreeMap<&str, usize> = labels
         .iter()
-        .map(|&c| {
-            let denom = 2.0 * tp[c] + fp[c] + fneg[c];
-            if denom == 0.0 { 0.0 } else { 2.0 * tp[c] / denom }
-        })
-        .sum();
-    sum / present.len().max(1) as f64
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let gold: Vec<usize> = gold_rows.iter().map(|r| idx[r.intent.as_str()]).collect();
+    let pred: Vec<usize> = p.pred.iter().map(|l| idx[l.as_str()]).collect();
+    let m = metrics::confusion(&gold, &pred, labels.len());
+    let per = metrics::per_label(&m, &labels);
+    let (macro_f1, weighted_f1) = metrics::f1_averages(&per);
+    let correct: Vec<bool> = gold_rows
+        .iter()
+        .zip(&p.top)
+        .map(|(r, t)| &r.intent == t)
+        .collect();
+    let oos_idx = args.oos_label.as_deref().and_then(|l| idx.get(l).copied());
+    let mut sweep = vec![];
+    if let Some(o) = oos_idx {
+        for step in 0..=9 {
+            let t = step as f32 / 10.0;
+            let pr: Vec<usize> = p
+                .top
+                .iter()
+                .zip(&p.conf)
+                .map(|(l, &c)| {
+                    if c < t {
+                        o
+                    } else {
+                        idx.get(l.as_str()).copied().unwrap_or(o)
+                    }
+                })
+                .collect();
+            let s = metrics::oos_scores(&gold, &pr, o);
+            sweep.push(ThresholdRow {
+                threshold: t,
+                in_scope_accuracy: s.in_scope_accuracy,
+                oos_recall: s.oos_recall,
+                oos_precision: s.oos_precision,
+            });
+        }
+    }
+    Report {
+        mode: mode.into(),
+        train: args.train.display().to_string(),
+        test: args.test.as_ref().map_or_else(
+            || format!("{} folds of --train", args.folds.unwrap_or(0)),
+            |t| t.display().to_string(),
+        ),
+        seed: args.seed,
+        train_rows,
+        test_rows: gold_rows.len(),
+        accuracy: metrics::accuracy(&gold, &pred),
+        macro_f1,
+        weighted_f1,
+        most_confused: metrics::confused_pairs(&m, 15)
+            .into_iter()
+            .map(|(g, p, count)| ConfusedPair {
+                gold: labels[g].clone(),
+                predicted: labels[p].clone(),
+                count,
+            })
+            .collect(),
+        per_intent: per,
+        confusion: m,
+        oos: oos_idx.map(|o| metrics::oos_scores(&gold, &pred, o)),
+        threshold: None,
+        threshold_sweep: sweep,
+        expected_calibration_error: metrics::expected_calibration_error(&p.conf, &correct, 10),
+        confidence_histogram: metrics::confidence_histogram(&p.conf, &correct, 10)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, b))| (i as f32 / 10.0, a, b))
+            .collect(),
+        fold_accuracies: vec![],
+        training_seconds: 0.0,
+        latency_ms_p50: f64::NAN,
+        latency_ms_p99: f64::NAN,
+        multi_intent: None,
+        labels,
+        settings: serde_json::to_value(args.config()).unwrap_or_default(),
+    }
+}
+
+fn score_multi(rows: &[MultiRow], got: Vec<Vec<String>>) -> MultiIntentScores {
+    let mut exact = 0;
+    let mut recall: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut errors = vec![];
+    for (r, g) in rows.iter().zip(got) {
+        for want in &r.intents {
+            let e = recall.entry(want.clone()).or_default();
+            e.1 += 1;
+            e.0 += usize::from(g.contains(want));
+        }
+        if g == r.intents {
+            exact += 1;
+        } else if errors.len() < 25 {
+            errors.push((r.text.clone(), r.intents.clone(), g));
+        }
+    }
+    MultiIntentScores {
+        messages: rows.len(),
+        exact_set_accuracy: exact as f64 / rows.len().max(1) as f64,
+        per_intent_recall: recall
+            .into_iter()
+            .map(|(l, (hit, n))| (l, hit as f64 / n.max(1) as f64, n))
+            .collect(),
+        errors,
+    }
+}
+
+fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
+    let s: BTreeSet<String> = names.filter(|n| n != skip).collect();
+    s.into_iter().collect()
+}
+
+fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
+    let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
+    let encoder: Arc<dyn Embedder> = Arc::new(closer_models::encoder::MiniLmEncoder::load(
+        &paths.encoder_dir(),
+    )?);
+    let mut train_rows = data::read_rows(&args.train)?;
+    if let Some(n) = args.shots {
+        train_rows = data::shots(&train_rows, n, args.seed);
+    }
+    let local = Local {
+        encoder,
+        map: LabelMap {
+            oos: args.oos_label.clone(),
+        },
+        args: args.clone(),
+    };
+    if let Some(k) = args.folds {
+        anyhow::ensure!(k >= 2, "--folds must be 2 or more");
+        anyhow::ensure!(args.test.is_none(), "use either --test or --folds");
+        let fold = data::folds(&train_rows, k, args.seed);
+        let mut pred = Predictions {
+            pred: vec![String::new(); train_rows.len()],
+            conf: vec![0.0; train_rows.len()],
+            top: vec![String::new(); train_rows.len()],
+        };
+        let (mut secs, mut accs, mut threshold) = (0.0, vec![], 0.0);
+        for f in 0..k {
+            let tr: Vec<Row> = train_rows
+                .iter()
+                .zip(&fold)
+                .filter(|(_, &g)| g != f)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let te_idx: Vec<usize> = (0..train_rows.len()).filter(|&i| fold[i] == f).collect();
+            let te: Vec<Row> = te_idx.iter().map(|&i| train_rows[i].clone()).collect();
+            let (trained, s) = local.train(&tr)?;
+            secs += s;
+            threshold += trained.threshold / k as f32;
+            let p = local.predict(&trained, &te)?;
+            accs.push(
+                te.iter()
+                    .zip(&p.pred)
+                    .filter(|(r, l)| &r.intent == *l)
+                    .count() as f64
+                    / te.len().max(1) as f64,
+            );
+            for (j, &i) in te_idx.iter().enumerate() {
+                pred.pred[i] = p.pred[j].clone();
+                pred.conf[i] = p.conf[j];
+                pred.top[i] = p.top[j].clone();
+            }
+            eprintln!("fold {}/{k}: accuracy {:.2} %", f + 1, accs[f] * 100.0);
+        }
+        let mut r = score(
+            &args,
+            "local, cross-validation",
+            &train_rows,
+            &pred,
+            train_rows.len() * (k - 1) / k,
+        );
+        r.fold_accuracies = accs;
+        r.training_seconds = secs / k as f64;
+        r.threshold = args.oos_label.as_ref().map(|_| threshold);
+        return Ok(r);
+    }
+    let test = args
+        .test
+        .as_ref()
+        .context("give --test FILE or --folds K")?;
+    let mut test_rows = data::read_rows(test)?;
+    if args.limit > 0 {
+        test_rows.truncate(args.limit);
+    }
+    let (trained, secs) = local.train(&train_rows)?;
+    eprintln!(
+        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, temperature {:.2}, OOS threshold {:.2})",
+        train_rows.len(),
+        trained.report.holdout_accuracy * 100.0,
+        trained.report.temperature,
+        trained.threshold
+    );
+    let known: BTreeSet<&str> = train_rows.iter().map(|r| r.intent.as_str()).collect();
+    let unknown = test_rows
+        .iter()
+        .filter(|r| !known.contains(r.intent.as_str()))
+        .count();
+    if unknown > 0 {
+        eprintln!(
+            "warning: {unknown} test rows have intents absent from training; they count as errors"
+        );
+    }
+    let p = local.predict(&trained, &test_rows)?;
+    let mut r = score(&args, "local", &test_rows, &p, train_rows.len());
+    let mut lat = local.latency(&trained, &test_rows)?;
+    lat.sort_by(f64::total_cmp);
+    r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
+    r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
+    r.training_seconds = secs;
+    r.threshold = args.oos_label.as_ref().map(|_| trained.threshold);
+    if args.multi > 0 {
+        let multi =
+            data::multi_intent(&test_rows, args.multi, args.seed, args.oos_label.as_deref());
+        let clf = HeadClassifier::from_trained(local.encoder.clone(), trained);
+        let pb = bar(multi.len(), "multi-intent");
+        let mut got = vec![];
+        for m in &multi {
+            let found = clf.classify(&m.text)?;
+            got.push(sorted_set(
+                found.into_iter().map(|i| local.map.from_model(&i.name)),
+                &local.map.from_model(OUT_OF_SCOPE),
+            ));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        r.multi_intent = Some(score_multi(&multi, got));
+    }
+    Ok(r)
+}
+
+async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
+    use closer_proto::v1 as pb;
+    let test = args.test.as_ref().context("--server needs --test FILE")?;
+    let mut rows = data::read_rows(test)?;
+    if args.limit > 0 {
+        rows.truncate(args.limit);
+    }
+    let mut client = pb::assistant_client::AssistantClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let map = LabelMap {
+        oos: args.oos_label.clone(),
+    };
+    let oos_name = map.from_model(OUT_OF_SCOPE);
+    let mut classify = async |text: &str| -> anyhow::Result<(Vec<pb::Intent>, f64)> {
+        let t = Instant::now();
+        let resp = client
+            .classify(pb::ClassifyRequest {
+                tenant: args.tenant.clone(),
+                text: text.to_string(),
+            })
+            .await
+            .with_context(|| format!("Classify {text:?}"))?;
+        Ok((resp.into_inner().intents, t.elapsed().as_secs_f64() * 1e3))
+    };
+    let pb_ = bar(rows.len(), "classifying");
+    let mut p = Predictions {
+        pred: vec![],
+        conf: vec![],
+        top: vec![],
+    };
+    let mut lat = vec![];
+    for r in &rows {
+        let (intents, ms) = classify(&r.text).await?;
+        lat.push(ms);
+        let top = intents
+            .first()
+            .map_or_else(|| oos_name.clone(), |i| map.from_model(&i.name));
+        p.conf.push(intents.first().map_or(0.0, |i| i.confidence));
+        p.pred.push(top.clone());
+        p.top.push(top);
+        pb_.inc(1);
+    }
+    pb_.finish_and_clear();
+    let mut multi_scores = None;
+    if args.multi > 0 {
+        let multi = data::multi_intent(&rows, args.multi, args.seed, args.oos_label.as_deref());
+        let mut got = vec![];
+        for m in &multi {
+            let (intents, _) = classify(&m.text).await?;
+            got.push(sorted_set(
+                intents.into_iter().map(|i| map.from_model(&i.name)),
+                &oos_name,
+            ));
+        }
+        multi_scores = Some(score_multi(&multi, got));
+    }
+    let mut r = score(
+        &args,
+        &format!("server {addr}, tenant {}", args.tenant),
+        &rows,
+        &p,
+        0,
+    );
+    lat.sort_by(f64::total_cmp);
+    r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
+    r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
+    r.multi_intent = multi_scores;
+    r.threshold_sweep.clear();
+    Ok(r)
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Intents { train, test, model_dir, limit, oos_label, threshold, epochs, lr, l2, cache_dir } => {
-            let paths = closer_models::source::ModelPaths::new(model_dir);
-            let encoder: Arc<dyn Embedder> = Arc::new(closer_models::encoder::MiniLmEncoder::load(&paths.encoder_dir())?);
-            let train_rows = read_rows(&train)?;
-            let mut test_rows = read_rows(&test)?;
-            if limit > 0 {
-                test_rows.truncate(limit);
-            }
-            let mut labels: BTreeMap<String, usize> = BTreeMap::new();
-            for r in &train_rows {
-                let n = labels.len();
-                labels.entry(r.intent.clone()).or_insert(n);
-            }
-            let t = Instant::now();
-            let texts: Vec<&str> = train_rows.iter().map(|r| r.text.as_str()).collect();
-            let x = cached_embed(encoder.as_ref(), &texts, &cache_dir)?;
-            let y: Vec<usize> = train_rows.iter().map(|r| labels[&r.intent]).collect();
-            let mut names = vec![String::new(); labels.len()];
-            for (name, &i) in &labels {
-                names[i] = name.clone();
-            }
-            let mut cfg = HeadConfig::default();
-            cfg.epochs = epochs.unwrap_or(cfg.epochs);
-            cfg.learning_rate = lr.unwrap_or(cfg.learning_rate);
-            cfg.l2 = l2.unwrap_or(cfg.l2);
-            let head = SoftmaxHead::train(&x, &y, names, &cfg);
-            let train_s = t.elapsed().as_secs_f64();
-            eprintln!("trained on {} rows, {} intents in {train_s:.1} s", train_rows.len(), labels.len());
-
-            // Latency: the encoder on one message at a time, as the server sees it.
-            let mut lat = vec![];
-            for r in test_rows.iter().take(200) {
-                let t = Instant::now();
-                let v = encoder.embed(&[r.text.as_str()])?.pop().unwrap_or_default();
-                let _ = head.predict(&v);
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let test_texts: Vec<&str> = test_rows.iter().map(|r| r.text.as_str()).collect();
-            let tx = cached_embed(encoder.as_ref(), &test_texts, &cache_dir)?;
-            let probs: Vec<Vec<f32>> = tx.iter().map(|v| head.predict(v)).collect();
-            let oos_idx = oos_label.as_ref().and_then(|l| labels.get(l).copied());
-            let is_oos = |r: &Row| oos_label.as_deref() == Some(r.intent.as_str());
-            let decide = |p: &[f32], t: f32| -> usize {
-                let (best, bp) = p.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
-                match oos_idx {
-                    Some(o) if bp < t => o,
-                    _ => best,
-                }
+        Command::Intents(args) => {
+            let out = args.out.clone();
+            let report = match args.server.clone() {
+                Some(addr) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(run_server(args, addr))?,
+                None => run_local(args)?,
             };
-            let (mut gold, mut pred) = (vec![], vec![]);
-            let (mut conf, mut correct) = (vec![], vec![]);
-            for (r, p) in test_rows.iter().zip(&probs) {
-                let Some(&g) = labels.get(&r.intent) else { continue };
-                let d = decide(p, if oos_idx.is_some() { threshold } else { 0.0 });
-                gold.push(g);
-                pred.push(d);
-                let top = p.iter().cloned().fold(0f32, f32::max);
-                conf.push(top);
-                correct.push(p.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0 == g);
-            }
-            let acc = gold.iter().zip(&pred).filter(|(g, p)| g == p).count() as f64 / gold.len().max(1) as f64;
-            let f1 = macro_f1(&gold, &pred, labels.len());
-            let ece = expected_calibration_error(&conf, &correct, 10);
-            lat.sort_by(f64::total_cmp);
-            let pct = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-            println!("| figure | value |\n|---|---|");
-            println!("| train rows / intents | {} / {} |", train_rows.len(), labels.len());
-            println!("| test rows | {} |", test_rows.len());
-            println!("| accuracy | {:.2} % |", acc * 100.0);
-            println!("| macro F1 | {:.2} % |", f1 * 100.0);
-            println!("| expected calibration error (10 bins, top class) | {:.4} |", ece);
-            println!("| training time (embedding + head) | {train_s:.1} s |");
-            println!("| latency p50 / p99 (one message) | {:.1} / {:.1} ms |", pct(0.5), pct(0.99));
-            if let Some(o) = oos_idx {
-                println!("\n| threshold | in-scope accuracy | OOS recall | OOS precision |\n|---|---|---|---|");
-                for t in [0.0f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
-                    let (mut ins, mut ins_ok, mut oos, mut oos_hit, mut flagged) = (0, 0, 0, 0, 0);
-                    for (r, p) in test_rows.iter().zip(&probs) {
-                        let d = decide(p, t);
-                        if d == o {
-                            flagged += 1;
-                        }
-                        if is_oos(r) {
-                            oos += 1;
-                            oos_hit += usize::from(d == o);
-                        } else if let Some(&g) = labels.get(&r.intent) {
-                            ins += 1;
-                            ins_ok += usize::from(d == g);
-                        }
-                    }
-                    println!(
-                        "| {t:.1} | {:.2} % | {:.1} % | {:.1} % |",
-                        100.0 * ins_ok as f64 / ins.max(1) as f64,
-                        100.0 * oos_hit as f64 / oos.max(1) as f64,
-                        100.0 * oos_hit as f64 / flagged.max(1) as f64
-                    );
-                }
-            }
+            report.write(&out)?;
+            println!("{}", report.summary());
+            eprintln!(
+                "report written to {}/report.{{json,md}}, confusion.svg, confidence.svg",
+                out.display()
+            );
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn macro_f1_matches_a_hand_computed_case() {
-        // class 0: tp 1, fn 1 -> F1 2/3; class 1: tp 1, fp 1 -> F1 2/3
-        let f = super::macro_f1(&[0, 0, 1], &[0, 1, 1], 2);
-        assert!((f - 2.0 / 3.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn ece_matches_a_hand_computed_case() {
-        // bin 0.9: conf 0.9, 0.9 with one right -> |0.5 - 0.9| * 2/4; bin 0.6: conf 0.6, 0.6 both right -> |1 - 0.6| * 2/4
-        let e = super::expected_calibration_error(&[0.9, 0.9, 0.6, 0.6], &[true, false, true, true], 10);
-        assert!((e - (0.4 * 0.5 + 0.4 * 0.5)).abs() < 1e-6, "{e}");
     }
 }

@@ -24,13 +24,21 @@ pub enum Error {
     #[error("unknown tenant {0:?}")]
     UnknownTenant(String),
     #[error("{file}: line {line}: {field}: {message}")]
-    Invalid { file: String, line: usize, field: String, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
     #[error("{0}")]
     BadInput(String),
     #[error("index error: {0}")]
     Index(#[from] tantivy::TantivyError),
     #[error("i/o error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("embedding failed: {0}")]
     Embed(#[from] closer_models::Error),
 }
@@ -38,7 +46,10 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { path: path.display().to_string(), source }
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// A fact the assistant may state.
@@ -59,7 +70,12 @@ pub struct Fact {
 impl Fact {
     /// All text of the fact that may back a generated claim.
     pub fn evidence_text(&self) -> String {
-        format!("{}\n{}\n{}", self.question, self.answer, self.tags.join(", "))
+        format!(
+            "{}\n{}\n{}",
+            self.question,
+            self.answer,
+            self.tags.join(", ")
+        )
     }
 }
 
@@ -123,7 +139,11 @@ pub struct FusionWeights {
 
 impl Default for FusionWeights {
     fn default() -> Self {
-        Self { bm25: 0.4, dense: 0.6, intent_bonus: 0.15 }
+        Self {
+            bm25: 0.4,
+            dense: 0.6,
+            intent_bonus: 0.15,
+        }
     }
 }
 
@@ -140,9 +160,11 @@ struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text = TextOptions::default()
-        .set_indexing_options(TextFieldIndexing::default().set_tokenizer("en_stem").set_index_option(
-            tantivy::schema::IndexRecordOption::WithFreqsAndPositions,
-        ))
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("en_stem")
+                .set_index_option(tantivy::schema::IndexRecordOption::WithFreqsAndPositions),
+        )
         .set_stored();
     let f = Fields {
         id: b.add_text_field("id", STRING | STORED),
@@ -207,7 +229,10 @@ impl KnowledgeBase {
         let profile = load::read_profile(&dir.join("tenant.yaml"))?;
         let index = Index::open_in_dir(dir.join("index"))?;
         let (_, fields) = schema();
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         let accounts: Vec<Account> = read_json(&dir.join("accounts.json"))?;
         let reps: Vec<Rep> = read_json(&dir.join("reps.json"))?;
         let mut kb = Self {
@@ -217,7 +242,10 @@ impl KnowledgeBase {
             fields,
             facts: vec![],
             vectors: vec![],
-            accounts: accounts.into_iter().map(|a| (a.domain.to_ascii_lowercase(), a)).collect(),
+            accounts: accounts
+                .into_iter()
+                .map(|a| (a.domain.to_ascii_lowercase(), a))
+                .collect(),
             reps: reps.into_iter().map(|r| (r.id.clone(), r)).collect(),
             embedder,
             weights: FusionWeights::default(),
@@ -232,7 +260,9 @@ impl KnowledgeBase {
         let searcher = self.reader.searcher();
         let mut facts = vec![];
         for seg in searcher.segment_readers() {
-            let store = seg.get_store_reader(64).map_err(|e| io_err(Path::new("store"), e))?;
+            let store = seg
+                .get_store_reader(64)
+                .map_err(|e| io_err(Path::new("store"), e))?;
             for doc_id in 0..seg.max_doc() {
                 if seg.is_deleted(doc_id) {
                     continue;
@@ -242,7 +272,10 @@ impl KnowledgeBase {
             }
         }
         facts.sort_by(|a, b| a.id.cmp(&b.id));
-        let texts: Vec<String> = facts.iter().map(|f| format!("{} {}", f.question, f.answer)).collect();
+        let texts: Vec<String> = facts
+            .iter()
+            .map(|f| format!("{} {}", f.question, f.answer))
+            .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         self.vectors = self.embedder.embed(&refs)?;
         self.facts = facts;
@@ -250,8 +283,17 @@ impl KnowledgeBase {
     }
 
     fn to_fact(&self, d: &TantivyDocument) -> Fact {
-        let one = |f: Field| d.get_first(f).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let all = |f: Field| d.get_all(f).filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let one = |f: Field| {
+            d.get_first(f)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let all = |f: Field| {
+            d.get_all(f)
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
         Fact {
             id: one(self.fields.id),
             kind: one(self.fields.kind),
@@ -327,10 +369,19 @@ impl KnowledgeBase {
                     _ => 0.0,
                 };
                 let nb = if max_bm25 > 0.0 { b / max_bm25 } else { 0.0 };
-                Hit { fact: f.clone(), score: w.bm25 * nb + w.dense * dense.max(0.0) + bonus, bm25: b, dense }
+                Hit {
+                    fact: f.clone(),
+                    score: w.bm25 * nb + w.dense * dense.max(0.0) + bonus,
+                    bm25: b,
+                    dense,
+                }
             })
             .collect();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.fact.id.cmp(&b.fact.id)));
+        hits.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.fact.id.cmp(&b.fact.id))
+        });
         hits.truncate(limit);
         Ok(hits)
     }

@@ -11,7 +11,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{create_index, io_err, tenant_dir, write_facts, Account, Error, Fact, Rep, Result, TenantProfile};
+use crate::{
+    create_index, io_err, tenant_dir, write_facts, Account, Error, Fact, Rep, Result, TenantProfile,
+};
 
 /// Longest answer accepted, in bytes.
 pub const MAX_ANSWER_BYTES: usize = 4_000;
@@ -55,8 +57,15 @@ pub fn read_profile(path: &Path) -> Result<TenantProfile> {
 
 /// Tenant ids are folder names: keep them to a safe alphabet.
 pub fn validate_tenant_id(id: &str) -> std::result::Result<(), String> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(format!("tenant id {id:?}: use 1-64 letters, digits, '-' or '_'"));
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "tenant id {id:?}: use 1-64 letters, digits, '-' or '_'"
+        ));
     }
     Ok(())
 }
@@ -83,7 +92,10 @@ pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
             return Err(inv("id", "empty".into()));
         }
         if !ids.insert(fact.id.clone()) {
-            return Err(inv("id", format!("duplicate id {:?} in this file", fact.id)));
+            return Err(inv(
+                "id",
+                format!("duplicate id {:?} in this file", fact.id),
+            ));
         }
         if fact.question.trim().is_empty() {
             return Err(inv("question", "empty".into()));
@@ -92,7 +104,10 @@ pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
             return Err(inv("answer", "empty".into()));
         }
         if fact.answer.len() > MAX_ANSWER_BYTES {
-            return Err(inv("answer", format!("{} bytes, more than {MAX_ANSWER_BYTES}", fact.answer.len())));
+            return Err(inv(
+                "answer",
+                format!("{} bytes, more than {MAX_ANSWER_BYTES}", fact.answer.len()),
+            ));
         }
         facts.push(fact);
     }
@@ -102,10 +117,17 @@ pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
 fn read_csv<T: for<'de> serde::Deserialize<'de>>(path: &Path, required: &[&str]) -> Result<Vec<T>> {
     let file = path.display().to_string();
     let text = read_text(path)?;
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
     let headers = rdr
         .headers()
-        .map_err(|e| Error::Invalid { file: file.clone(), line: 1, field: "header".into(), message: e.to_string() })?
+        .map_err(|e| Error::Invalid {
+            file: file.clone(),
+            line: 1,
+            field: "header".into(),
+            message: e.to_string(),
+        })?
         .clone();
     for r in required {
         if !headers.iter().any(|h| h == *r) {
@@ -129,7 +151,12 @@ fn read_csv<T: for<'de> serde::Deserialize<'de>>(path: &Path, required: &[&str])
                     .to_string(),
                 _ => "row".into(),
             };
-            Error::Invalid { file: file.clone(), line, field, message: e.to_string() }
+            Error::Invalid {
+                file: file.clone(),
+                line,
+                field,
+                message: e.to_string(),
+            }
         })?;
         out.push(rec);
     }
@@ -186,7 +213,9 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
     write("intents.yaml", intents_text.into_bytes())?;
     write(
         "tenant.yaml",
-        serde_yaml::to_string(&profile).map_err(|e| Error::BadInput(e.to_string()))?.into_bytes(),
+        serde_yaml::to_string(&profile)
+            .map_err(|e| Error::BadInput(e.to_string()))?
+            .into_bytes(),
     )?;
     Ok(LoadSummary {
         tenant: profile.id,
@@ -217,9 +246,15 @@ mod tests {
         let err = read_facts(&p).unwrap_err().to_string();
         assert!(err.contains("facts.jsonl: line 2: answer: empty"), "{err}");
         std::fs::write(&p, "{\"id\":\"a\",\"kind\":\"faq\",\"question\":\"q\",\"answer\":\"x\"}\n{\"id\":\"a\",\"kind\":\"faq\",\"question\":\"q\",\"answer\":\"y\"}\n").unwrap();
-        assert!(read_facts(&p).unwrap_err().to_string().contains("line 2: id: duplicate"));
+        assert!(read_facts(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("line 2: id: duplicate"));
         std::fs::write(&p, b"\xff\xfe").unwrap();
-        assert!(read_facts(&p).unwrap_err().to_string().contains("not valid UTF-8"));
+        assert!(read_facts(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid UTF-8"));
     }
 
     #[test]
@@ -228,8 +263,15 @@ mod tests {
         let p = dir.path().join("accounts.csv");
         std::fs::write(&p, "domain,name\nacme.com,Acme\n").unwrap();
         let err = read_accounts(&p).unwrap_err().to_string();
-        assert!(err.contains("owner_rep_id: required column is missing"), "{err}");
-        std::fs::write(&p, "domain,name,owner_rep_id,employees\nacme.com,Acme,r1,many\n").unwrap();
+        assert!(
+            err.contains("owner_rep_id: required column is missing"),
+            "{err}"
+        );
+        std::fs::write(
+            &p,
+            "domain,name,owner_rep_id,employees\nacme.com,Acme,r1,many\n",
+        )
+        .unwrap();
         let err = read_accounts(&p).unwrap_err().to_string();
         assert!(err.contains("line 2: employees"), "{err}");
     }

@@ -1,6 +1,6 @@
 //! Runs the generator once: `cargo run --release -p closer-models --example generate -- SYSTEM USER`.
-use std::ops::ControlFlow;
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use closer_models::generator::QwenGenerator;
 use closer_models::source::ModelPaths;
@@ -8,10 +8,17 @@ use closer_models::{AnswerGenerator, GenerationRequest};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let (system, user) = (args.get(1).cloned().unwrap_or_default(), args.get(2).cloned().unwrap_or_default());
+    let (system, user) = (
+        args.get(1).cloned().unwrap_or_default(),
+        args.get(2).cloned().unwrap_or_default(),
+    );
     let paths = ModelPaths::new(ModelPaths::default_root());
     let g = QwenGenerator::load(&paths.generator_file())?;
-    let req = GenerationRequest { system, user, max_tokens: 160 };
+    let req = GenerationRequest {
+        system,
+        user,
+        max_tokens: 160,
+    };
     let stats = g.generate(&req, &mut |t| {
         print!("{t}");
         let _ = std::io::stdout().flush();

@@ -44,7 +44,10 @@ impl Embedder for HashEmbedder {
             .map(|t| {
                 let mut v = vec![0f32; self.dim];
                 let lower = t.to_lowercase();
-                for w in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                for w in lower
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                {
                     v[(fnv1a(w) % self.dim as u64) as usize] += 2.0;
                     let padded: Vec<char> = format!(" {w} ").chars().collect();
                     for tri in padded.windows(3) {
@@ -76,7 +79,10 @@ pub struct ScriptedGenerator {
 
 impl ScriptedGenerator {
     pub fn new(script: Script) -> Self {
-        Self { script, delay: std::time::Duration::ZERO }
+        Self {
+            script,
+            delay: std::time::Duration::ZERO,
+        }
     }
 
     /// A generator that always answers `text`, whatever it was asked.
@@ -106,7 +112,10 @@ impl AnswerGenerator for ScriptedGenerator {
     ) -> Result<GenerationStats> {
         let start = std::time::Instant::now();
         let text = (self.script)(request);
-        let mut stats = GenerationStats { prompt_tokens: request.system.split_whitespace().count(), ..Default::default() };
+        let mut stats = GenerationStats {
+            prompt_tokens: request.system.split_whitespace().count(),
+            ..Default::default()
+        };
         let mut first = true;
         for piece in text.split_inclusive(' ') {
             if !self.delay.is_zero() {

@@ -41,7 +41,12 @@ impl QwenGenerator {
         let content = gguf_file::Content::read(&mut reader)?;
         let (tokenizer, eos) = crate::qwen_tokenizer::from_gguf(&content)?;
         let model = ModelWeights::from_gguf(content, &mut reader, &device)?;
-        Ok(Self { model: Mutex::new(model), tokenizer, eos, device })
+        Ok(Self {
+            model: Mutex::new(model),
+            tokenizer,
+            eos,
+            device,
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -76,9 +81,15 @@ impl AnswerGenerator for QwenGenerator {
                 prompt_ids.len()
             )));
         }
-        let mut model = self.model.lock().map_err(|_| Error::Other("generator poisoned".into()))?;
+        let mut model = self
+            .model
+            .lock()
+            .map_err(|_| Error::Other("generator poisoned".into()))?;
         model.clear_kv_cache();
-        let mut stats = GenerationStats { prompt_tokens: prompt_ids.len(), ..Default::default() };
+        let mut stats = GenerationStats {
+            prompt_tokens: prompt_ids.len(),
+            ..Default::default()
+        };
         let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
         let input = Tensor::new(prompt_ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let logits = model.forward(&input, 0)?.squeeze(0)?;
@@ -128,8 +139,10 @@ pub fn requantize_for_cpu(src: &Path, dest: &Path, progress: bool) -> Result<()>
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(names.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("re-quantising for CPU [{bar:30}] {pos}/{len} tensors")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "re-quantising for CPU [{bar:30}] {pos}/{len} tensors",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
@@ -151,8 +164,11 @@ pub fn requantize_for_cpu(src: &Path, dest: &Path, progress: bool) -> Result<()>
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut metadata: Vec<(&str, &gguf_file::Value)> =
-        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let tmp = dest.with_extension("partial");

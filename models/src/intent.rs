@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::head::{
+    fit_temperature, load_artefact, save_artefact, softmax_in_place, ArtefactMeta, HeadConfig,
+    LinearHead, Rng,
+};
 use crate::{Embedder, Error, IntentClassifier, IntentPrediction, Result};
 
 /// The intent a message gets when nothing fits.
@@ -50,7 +54,9 @@ impl IntentSet {
     /// Parses and validates YAML; errors name the line or the intent and field.
     pub fn from_yaml(text: &str) -> Result<Self> {
         let set: IntentSet = serde_yaml::from_str(text).map_err(|e| {
-            let at = e.location().map(|l| format!("line {}, column {}: ", l.line(), l.column()));
+            let at = e
+                .location()
+                .map(|l| format!("line {}, column {}: ", l.line(), l.column()));
             Error::IntentSet(format!("{}{e}", at.unwrap_or_default()))
         })?;
         set.validate()?;
@@ -59,13 +65,18 @@ impl IntentSet {
 
     pub fn validate(&self) -> Result<()> {
         if self.intents.len() < 2 {
-            return Err(Error::IntentSet("`intents` needs at least two intents".into()));
+            return Err(Error::IntentSet(
+                "`intents` needs at least two intents".into(),
+            ));
         }
         let mut seen = HashSet::new();
         for (i, def) in self.intents.iter().enumerate() {
             let valid = !def.name.is_empty()
                 && def.name.len() <= 64
-                && def.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && def
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid {
                 return Err(Error::IntentSet(format!(
                     "intents[{i}].name {:?}: use 1-64 lowercase letters, digits or '_'",
@@ -73,7 +84,10 @@ impl IntentSet {
                 )));
             }
             if !seen.insert(def.name.as_str()) {
-                return Err(Error::IntentSet(format!("intents[{i}].name {:?} is defined twice", def.name)));
+                return Err(Error::IntentSet(format!(
+                    "intents[{i}].name {:?} is defined twice",
+                    def.name
+                )));
             }
             if def.examples.len() < 2 {
                 return Err(Error::IntentSet(format!(
@@ -83,10 +97,82 @@ impl IntentSet {
                 )));
             }
             if let Some(j) = def.examples.iter().position(|e| e.trim().is_empty()) {
-                return Err(Error::IntentSet(format!("intents[{i}] ({}).examples[{j}] is empty", def.name)));
+                return Err(Error::IntentSet(format!(
+                    "intents[{i}] ({}).examples[{j}] is empty",
+                    def.name
+                )));
             }
         }
         Ok(())
+    }
+
+    /// Parses JSON lines: `{"text": "...", "intent": "..."}` rows (the datasets' format), and
+    /// optional `{"intent": "...", "description": "...", "flags": [...]}` rows that declare an
+    /// intent's metadata. Intents keep the order of their first appearance. Errors name the line
+    /// and field.
+    pub fn from_jsonl(text: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Line {
+            intent: Option<String>,
+            text: Option<String>,
+            description: Option<String>,
+            flags: Option<Vec<IntentFlag>>,
+        }
+        let mut set = IntentSet { intents: vec![] };
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_str(raw)
+                .map_err(|e| Error::IntentSet(format!("line {n}, column {}: {e}", e.column())))?;
+            let name = line
+                .intent
+                .ok_or_else(|| Error::IntentSet(format!("line {n}: field `intent` is missing")))?;
+            let at = match set.intents.iter().position(|d| d.name == name) {
+                Some(at) => at,
+                None => {
+                    set.intents.push(IntentDef {
+                        name: name.clone(),
+                        description: String::new(),
+                        flags: vec![],
+                        examples: vec![],
+                    });
+                    set.intents.len() - 1
+                }
+            };
+            let def = &mut set.intents[at];
+            match (line.text, line.description.is_some() || line.flags.is_some()) {
+                (Some(t), false) => {
+                    if t.trim().is_empty() {
+                        return Err(Error::IntentSet(format!("line {n}: field `text` is empty")));
+                    }
+                    def.examples.push(t);
+                }
+                (None, true) => {
+                    if let Some(d) = line.description {
+                        def.description = d;
+                    }
+                    if let Some(f) = line.flags {
+                        def.flags = f;
+                    }
+                }
+                (Some(_), true) => {
+                    return Err(Error::IntentSet(format!(
+                        "line {n}: a line is either an example (`text`) or a declaration (`description`, `flags`), not both"
+                    )))
+                }
+                (None, false) => return Err(Error::IntentSet(format!("line {n}: field `text` is missing"))),
+            }
+        }
+        set.validate()?;
+        Ok(set)
+    }
+
+    /// The set as YAML, in the documented format.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
     }
 
     pub fn get(&self, name: &str) -> Option<&IntentDef> {
@@ -95,138 +181,6 @@ impl IntentSet {
 
     pub fn has_flag(&self, name: &str, flag: IntentFlag) -> bool {
         self.get(name).is_some_and(|d| d.flags.contains(&flag))
-    }
-}
-
-/// Training settings of the head.
-#[derive(Debug, Clone)]
-pub struct HeadConfig {
-    pub epochs: usize,
-    pub learning_rate: f32,
-    pub l2: f32,
-    /// Below this top probability a clause is out of scope.
-    pub min_confidence: f32,
-}
-
-impl Default for HeadConfig {
-    fn default() -> Self {
-        Self { epochs: 1000, learning_rate: 0.05, l2: 1e-5, min_confidence: 0.40 }
-    }
-}
-
-/// A linear softmax layer over unit-length embeddings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SoftmaxHead {
-    pub labels: Vec<String>,
-    pub dim: usize,
-    /// Row-major (labels × dim).
-    pub weights: Vec<f32>,
-    pub bias: Vec<f32>,
-    /// Logits are divided by this before the softmax (temperature scaling for calibration).
-    #[serde(default = "one")]
-    pub temperature: f32,
-}
-
-fn one() -> f32 {
-    1.0
-}
-
-impl SoftmaxHead {
-    /// Full-batch Adam on cross-entropy with L2, as matrix products (candle's CPU gemm).
-    /// Deterministic: zero init, no shuffling.
-    pub fn train(x: &[Vec<f32>], y: &[usize], labels: Vec<String>, cfg: &HeadConfig) -> Self {
-        let k = labels.len();
-        let d = x.first().map(|v| v.len()).unwrap_or(0);
-        match train_dense(x, y, k, d, cfg) {
-            Ok((weights, bias)) => Self { labels, dim: d, weights, bias, temperature: 1.0 },
-            // Only shape errors can land here, which the callers rule out; an untrained head
-            // predicts uniformly, which the out-of-scope threshold then catches.
-            Err(e) => {
-                tracing::error!(error = %e, "intent head training failed");
-                Self { labels, dim: d, weights: vec![0.0; k * d], bias: vec![0.0; k], temperature: 1.0 }
-            }
-        }
-    }
-
-    /// Probabilities over `labels`.
-    pub fn predict(&self, x: &[f32]) -> Vec<f32> {
-        let mut p = vec![0f32; self.labels.len()];
-        logits_into(&self.weights, &self.bias, x, &mut p);
-        if self.temperature != 1.0 {
-            p.iter_mut().for_each(|v| *v /= self.temperature);
-        }
-        softmax_in_place(&mut p);
-        p
-    }
-
-    /// Raw logits (before temperature).
-    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
-        let mut p = vec![0f32; self.labels.len()];
-        logits_into(&self.weights, &self.bias, x, &mut p);
-        p
-    }
-}
-
-fn train_dense(
-    x: &[Vec<f32>],
-    y: &[usize],
-    k: usize,
-    d: usize,
-    cfg: &HeadConfig,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-    use candle_core::{DType, Device, Tensor, D};
-    let dev = Device::Cpu;
-    let n = x.len();
-    if n == 0 || k == 0 {
-        return Ok((vec![0.0; k * d], vec![0.0; k]));
-    }
-    let flat: Vec<f32> = x.iter().flat_map(|v| v.iter().copied()).collect();
-    let xt = Tensor::from_vec(flat, (n, d), &dev)?;
-    let mut onehot = vec![0f32; n * k];
-    for (i, &c) in y.iter().enumerate() {
-        onehot[i * k + c] = 1.0;
-    }
-    let yt = Tensor::from_vec(onehot, (n, k), &dev)?;
-    let mut w = Tensor::zeros((k, d), DType::F32, &dev)?;
-    let mut b = Tensor::zeros(k, DType::F32, &dev)?;
-    let (mut mw, mut vw) = (w.zeros_like()?, w.zeros_like()?);
-    let (mut mb, mut vb) = (b.zeros_like()?, b.zeros_like()?);
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-    let lr = f64::from(cfg.learning_rate);
-    for epoch in 1..=cfg.epochs {
-        let logits = xt.matmul(&w.t()?)?.broadcast_add(&b)?;
-        let p = candle_nn::ops::softmax(&logits, D::Minus1)?;
-        let g = ((p - &yt)? / n as f64)?;
-        let gw = (g.t()?.matmul(&xt)? + (&w * f64::from(cfg.l2))?)?;
-        let gb = g.sum(0)?;
-        let t = epoch as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        mw = ((&mw * b1)? + (&gw * (1.0 - b1))?)?;
-        vw = ((&vw * b2)? + (gw.sqr()? * (1.0 - b2))?)?;
-        w = (&w - (((&mw / c1)? / ((&vw / c2)?.sqrt()? + eps)?)? * lr)?)?;
-        mb = ((&mb * b1)? + (&gb * (1.0 - b1))?)?;
-        vb = ((&vb * b2)? + (gb.sqr()? * (1.0 - b2))?)?;
-        b = (&b - (((&mb / c1)? / ((&vb / c2)?.sqrt()? + eps)?)? * lr)?)?;
-    }
-    Ok((w.flatten_all()?.to_vec1()?, b.to_vec1()?))
-}
-
-fn logits_into(w: &[f32], b: &[f32], x: &[f32], out: &mut [f32]) {
-    let d = x.len();
-    for (c, o) in out.iter_mut().enumerate() {
-        *o = b[c] + crate::dot(&w[c * d..(c + 1) * d], x);
-    }
-}
-
-fn softmax_in_place(v: &mut [f32]) {
-    let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0.0;
-    for x in v.iter_mut() {
-        *x = (*x - m).exp();
-        s += *x;
-    }
-    for x in v.iter_mut() {
-        *x /= s;
     }
 }
 
@@ -260,7 +214,9 @@ pub fn clauses(text: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
-const LEADING: [&str; 6] = ["and ", "also ", "plus ", "but ", "so ", "oh and "];
+const LEADING: [&str; 8] = [
+    "and ", "also, ", "also ", "plus ", "but ", "so ", "oh and ", "oh, and ",
+];
 
 fn trim_span(text: &str, mut s: usize, mut e: usize) -> Option<(usize, usize)> {
     let seg = &text[s..e];
@@ -281,17 +237,68 @@ fn trim_span(text: &str, mut s: usize, mut e: usize) -> Option<(usize, usize)> {
     }
 }
 
-/// The intent classifier: an [`Embedder`] plus a trained [`SoftmaxHead`], applied per clause.
-pub struct HeadClassifier {
-    embedder: Arc<dyn Embedder>,
-    head: SoftmaxHead,
-    cfg: HeadConfig,
+/// Settings of a tenant's classifier beyond the head itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierConfig {
+    pub head: HeadConfig,
+    /// Share of each intent's examples held out to fit the temperature and the out-of-scope
+    /// threshold (the final head is then trained on all examples).
+    pub holdout: f32,
+    /// When no `out_of_scope` examples are held out, the threshold is set so that about this
+    /// share of held-out in-scope examples would be rejected.
+    pub in_scope_reject_rate: f32,
+    /// Bounds of the calibrated out-of-scope threshold.
+    pub min_threshold: f32,
+    pub max_threshold: f32,
+    /// A fixed threshold instead of a calibrated one.
+    pub fixed_threshold: Option<f32>,
+    /// Top two intents of a clause within this probability of each other are reported ambiguous.
+    pub ambiguity_margin: f32,
 }
 
-impl HeadClassifier {
-    /// Embeds every example and trains the head.
-    pub fn train(embedder: Arc<dyn Embedder>, set: &IntentSet, cfg: HeadConfig) -> Result<Self> {
-        set.validate()?;
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self {
+            head: HeadConfig::default(),
+            holdout: 0.2,
+            in_scope_reject_rate: 0.03,
+            min_threshold: 0.05,
+            max_threshold: 0.6,
+            fixed_threshold: None,
+            ambiguity_margin: 0.15,
+        }
+    }
+}
+
+/// Where training is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainProgress {
+    Embedding { done: usize, total: usize },
+    Training { epoch: usize, epochs: usize },
+}
+
+/// What training measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub version: String,
+    pub examples: usize,
+    pub intents: usize,
+    pub holdout_examples: usize,
+    pub holdout_accuracy: f32,
+    pub temperature: f32,
+    pub oos_threshold: f32,
+    pub training_ms: u64,
+}
+
+/// Texts and labels (indices into `labels`) to train on.
+pub struct TrainingData<'a> {
+    pub texts: Vec<&'a str>,
+    pub y: Vec<usize>,
+    pub labels: Vec<String>,
+}
+
+impl<'a> TrainingData<'a> {
+    pub fn from_set(set: &'a IntentSet) -> Self {
         let mut texts = vec![];
         let mut y = vec![];
         for (i, def) in set.intents.iter().enumerate() {
@@ -300,21 +307,334 @@ impl HeadClassifier {
                 y.push(i);
             }
         }
-        let x = embedder.embed(&texts)?;
-        let labels = set.intents.iter().map(|d| d.name.clone()).collect();
-        let head = SoftmaxHead::train(&x, &y, labels, &cfg);
-        Ok(Self { embedder, head, cfg })
+        Self {
+            texts,
+            y,
+            labels: set.intents.iter().map(|d| d.name.clone()).collect(),
+        }
+    }
+}
+
+/// A trained head plus its calibration: what the server serves and stores per tenant.
+#[derive(Debug, Clone)]
+pub struct TrainedHead {
+    pub head: LinearHead,
+    pub threshold: f32,
+    pub report: TrainReport,
+    pub config: ClassifierConfig,
+}
+
+/// Indices of a seeded, stratified held-out split: about `share` of each label's examples, at
+/// least one from every label with 4 or more examples.
+pub fn stratified_split(y: &[usize], k: usize, share: f32, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_label: Vec<Vec<usize>> = vec![vec![]; k];
+    for (i, &c) in y.iter().enumerate() {
+        by_label[c].push(i);
+    }
+    let mut rng = Rng::new(seed ^ 0x5EED);
+    let (mut train, mut held) = (vec![], vec![]);
+    for mut idx in by_label {
+        rng.shuffle(&mut idx);
+        let n = if idx.len() >= 4 {
+            ((idx.len() as f32 * share).round() as usize).max(1)
+        } else {
+            0
+        };
+        held.extend_from_slice(&idx[..n]);
+        train.extend_from_slice(&idx[n..]);
+    }
+    train.sort_unstable();
+    held.sort_unstable();
+    (train, held)
+}
+
+fn top2(p: &[f32]) -> ((usize, f32), (usize, f32)) {
+    let mut a = (0, f32::MIN);
+    let mut b = (0, f32::MIN);
+    for (i, &v) in p.iter().enumerate() {
+        if v > a.1 {
+            b = a;
+            a = (i, v);
+        } else if v > b.1 {
+            b = (i, v);
+        }
+    }
+    (a, b)
+}
+
+/// Sha256 of what determines a trained classifier.
+pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConfig) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"closer-intent-head v1\0");
+    h.update(encoder.as_bytes());
+    // The margin only affects how results are reported, not what is trained.
+    let cfg = ClassifierConfig {
+        ambiguity_margin: 0.0,
+        ..cfg.clone()
+    };
+    h.update(serde_json::to_vec(&cfg).unwrap_or_default());
+    for l in &data.labels {
+        h.update((l.len() as u64).to_le_bytes());
+        h.update(l.as_bytes());
+    }
+    for (t, y) in data.texts.iter().zip(&data.y) {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+        h.update((*y as u64).to_le_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+impl TrainedHead {
+    /// Trains from embeddings already computed for `data.texts`: a first head on the training
+    /// share fits the temperature and the out-of-scope threshold on the held-out share, then the
+    /// final head is trained on everything.
+    pub fn train(
+        data: &TrainingData,
+        embeddings: Vec<Vec<f32>>,
+        encoder: &str,
+        cfg: &ClassifierConfig,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Self {
+        let t0 = std::time::Instant::now();
+        let k = data.labels.len();
+        let oos = data.labels.iter().position(|l| l == OUT_OF_SCOPE);
+        let (tr, held) = if cfg.holdout > 0.0 {
+            stratified_split(&data.y, k, cfg.holdout, cfg.head.seed)
+        } else {
+            ((0..data.y.len()).collect(), vec![])
+        };
+        let epochs = cfg.head.epochs;
+        let rounds = if held.is_empty() { 1 } else { 2 };
+        let (mut temperature, mut threshold, mut holdout_accuracy) = (
+            1.0,
+            cfg.fixed_threshold.unwrap_or(cfg.max_threshold),
+            f32::NAN,
+        );
+        if !held.is_empty() {
+            let pick = |idx: &[usize]| -> (Vec<&str>, Vec<Vec<f32>>, Vec<usize>) {
+                (
+                    idx.iter().map(|&i| data.texts[i]).collect(),
+                    idx.iter().map(|&i| embeddings[i].clone()).collect(),
+                    idx.iter().map(|&i| data.y[i]).collect(),
+                )
+            };
+            let (tt, te, ty) = pick(&tr);
+            let (ng, x) = LinearHead::fit_features(&tt, te, &cfg.head);
+            let first =
+                LinearHead::train(&x, &ty, data.labels.clone(), ng, &cfg.head, &mut |e, n| {
+                    progress(TrainProgress::Training {
+                        epoch: e,
+                        epochs: n * rounds,
+                    })
+                });
+            let (ht, he, hy) = pick(&held);
+            let hx = first.features(&ht, he);
+            let logits: Vec<Vec<f32>> = hx.iter().map(|f| first.logits(f)).collect();
+            temperature = fit_temperature(&logits, &hy);
+            let probs: Vec<Vec<f32>> = logits
+                .iter()
+                .map(|l| {
+                    let mut p: Vec<f32> = l.iter().map(|v| v / temperature).collect();
+                    softmax_in_place(&mut p);
+                    p
+                })
+                .collect();
+            holdout_accuracy = probs
+                .iter()
+                .zip(&hy)
+                .filter(|(p, &g)| top2(p).0 .0 == g)
+                .count() as f32
+                / hy.len() as f32;
+            threshold = match cfg.fixed_threshold {
+                Some(t) => t,
+                None => calibrate_threshold(&probs, &hy, oos, cfg),
+            };
+        }
+        let (ng, x) = LinearHead::fit_features(&data.texts, embeddings, &cfg.head);
+        let done = if rounds == 2 { epochs } else { 0 };
+        let mut head = LinearHead::train(
+            &x,
+            &data.y,
+            data.labels.clone(),
+            ng,
+            &cfg.head,
+            &mut |e, _| {
+                progress(TrainProgress::Training {
+                    epoch: done + e,
+                    epochs: epochs * rounds,
+                })
+            },
+        );
+        head.temperature = temperature;
+        let report = TrainReport {
+            version: training_version(data, encoder, cfg),
+            examples: data.texts.len(),
+            intents: k,
+            holdout_examples: held.len(),
+            holdout_accuracy,
+            temperature,
+            oos_threshold: threshold,
+            training_ms: t0.elapsed().as_millis() as u64,
+        };
+        Self {
+            head,
+            threshold,
+            report,
+            config: cfg.clone(),
+        }
     }
 
-    pub fn head(&self) -> &SoftmaxHead {
-        &self.head
+    /// The intent of one featurized clause: (label index, probability, runner-up when within the
+    /// ambiguity margin), or `None` when the clause is out of scope.
+    pub fn decide(&self, probs: &[f32]) -> Decision {
+        let ((i, p), (j, q)) = top2(probs);
+        let oos = |x: usize| self.head.labels[x] == OUT_OF_SCOPE;
+        if oos(i) || p < self.threshold {
+            let conf = if oos(i) { p } else { 1.0 - p };
+            return Decision::OutOfScope { confidence: conf };
+        }
+        let alternative =
+            (probs.len() > 1 && !oos(j) && p - q < self.config.ambiguity_margin).then_some((j, q));
+        Decision::Intent {
+            index: i,
+            confidence: p,
+            alternative,
+        }
     }
 
-    fn top(&self, probs: &[f32]) -> (usize, f32) {
-        probs
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let meta = ArtefactMeta {
+            version: self.report.version.clone(),
+            encoder: String::new(),
+            labels: self.head.labels.clone(),
+            dim: self.head.dim,
+            vocab: self.head.ngrams.as_ref().map_or(0, |n| n.len()),
+            temperature: self.head.temperature,
+            config: self.config.head.clone(),
+            oos_threshold: self.threshold,
+            holdout_accuracy: self.report.holdout_accuracy,
+            training_ms: self.report.training_ms,
+            payload_sha256: String::new(),
+        };
+        let report = serde_json::to_string(&(&self.report, &self.config))
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let mut meta = meta;
+        meta.encoder = report;
+        save_artefact(path, &self.head, &meta)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let (head, meta) = load_artefact(path)?;
+        let (report, config): (TrainReport, ClassifierConfig) = serde_json::from_str(&meta.encoder)
+            .map_err(|e| Error::Other(format!("{}: bad metadata: {e}", path.display())))?;
+        Ok(Self {
+            head,
+            threshold: meta.oos_threshold,
+            report,
+            config,
+        })
+    }
+}
+
+/// What a clause is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Intent {
+        index: usize,
+        confidence: f32,
+        alternative: Option<(usize, f32)>,
+    },
+    OutOfScope {
+        confidence: f32,
+    },
+}
+
+/// With held-out `out_of_scope` examples: the threshold that maximises in-scope accuracy plus
+/// out-of-scope recall. Without: the one that rejects about `in_scope_reject_rate` of held-out
+/// in-scope examples. Clamped to the configured bounds.
+fn calibrate_threshold(
+    probs: &[Vec<f32>],
+    gold: &[usize],
+    oos: Option<usize>,
+    cfg: &ClassifierConfig,
+) -> f32 {
+    let has_oos = oos.is_some_and(|o| gold.contains(&o));
+    let t = if has_oos {
+        let o = oos.unwrap_or(usize::MAX);
+        let mut best = (f32::MIN, 0.0);
+        for step in 0..=95 {
+            let t = step as f32 / 100.0;
+            let (mut ins, mut ins_ok, mut out, mut out_ok) = (0, 0, 0, 0);
+            for (p, &g) in probs.iter().zip(gold) {
+                let ((i, pi), _) = top2(p);
+                let pred_oos = i == o || pi < t;
+                if g == o {
+                    out += 1;
+                    out_ok += usize::from(pred_oos);
+                } else {
+                    ins += 1;
+                    ins_ok += usize::from(!pred_oos && i == g);
+                }
+            }
+            let score = ins_ok as f32 / ins.max(1) as f32 + out_ok as f32 / out.max(1) as f32;
+            if score > best.0 + 1e-6 {
+                best = (score, t);
+            }
+        }
+        best.1
+    } else {
+        let mut conf: Vec<f32> = probs
             .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc })
+            .zip(gold)
+            .filter(|(_, &g)| Some(g) != oos)
+            .map(|(p, _)| top2(p).0 .1)
+            .collect();
+        conf.sort_by(f32::total_cmp);
+        let at = ((conf.len() as f32 * cfg.in_scope_reject_rate).floor() as usize)
+            .min(conf.len().saturating_sub(1));
+        conf.get(at).copied().unwrap_or(cfg.max_threshold)
+    };
+    t.clamp(cfg.min_threshold, cfg.max_threshold)
+}
+
+/// The intent classifier: an [`Embedder`] plus a [`TrainedHead`], applied per clause.
+pub struct HeadClassifier {
+    embedder: Arc<dyn Embedder>,
+    trained: TrainedHead,
+}
+
+impl HeadClassifier {
+    /// Embeds every example and trains (with calibration).
+    pub fn train(
+        embedder: Arc<dyn Embedder>,
+        set: &IntentSet,
+        cfg: &ClassifierConfig,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<Self> {
+        set.validate()?;
+        let data = TrainingData::from_set(set);
+        let total = data.texts.len();
+        let mut embeddings = Vec::with_capacity(total);
+        for chunk in data.texts.chunks(64) {
+            embeddings.extend(embedder.embed(chunk)?);
+            progress(TrainProgress::Embedding {
+                done: embeddings.len(),
+                total,
+            });
+        }
+        let trained = TrainedHead::train(&data, embeddings, embedder.name(), cfg, progress);
+        Ok(Self { embedder, trained })
+    }
+
+    /// Wraps a head trained (or loaded) earlier.
+    pub fn from_trained(embedder: Arc<dyn Embedder>, trained: TrainedHead) -> Self {
+        Self { embedder, trained }
+    }
+
+    pub fn trained(&self) -> &TrainedHead {
+        &self.trained
     }
 }
 
@@ -326,41 +646,53 @@ impl IntentClassifier for HeadClassifier {
         }
         let pieces: Vec<&str> = spans.iter().map(|&(s, e)| &text[s..e]).collect();
         let embeddings = self.embedder.embed(&pieces)?;
+        let head = &self.trained.head;
+        let feats = head.features(&pieces, embeddings);
         let mut found: Vec<IntentPrediction> = vec![];
         let mut best_oos: Option<IntentPrediction> = None;
-        for (span, emb) in spans.iter().zip(&embeddings) {
-            let probs = self.head.predict(emb);
-            let (i, p) = self.top(&probs);
-            let name = &self.head.labels[i];
-            if name == OUT_OF_SCOPE || p < self.cfg.min_confidence {
-                let conf = if name == OUT_OF_SCOPE { p } else { 1.0 - p };
-                if best_oos.as_ref().is_none_or(|b| conf > b.confidence) {
-                    best_oos = Some(IntentPrediction { name: OUT_OF_SCOPE.into(), confidence: conf, span: *span });
+        for (span, f) in spans.iter().zip(&feats) {
+            let probs = head.predict(f);
+            match self.trained.decide(&probs) {
+                Decision::OutOfScope { confidence } => {
+                    if best_oos.as_ref().is_none_or(|b| confidence > b.confidence) {
+                        best_oos = Some(IntentPrediction::new(OUT_OF_SCOPE, confidence, *span));
+                    }
                 }
-                continue;
-            }
-            match found.iter_mut().find(|f| &f.name == name) {
-                Some(f) if f.confidence < p => {
-                    f.confidence = p;
-                    f.span = *span;
+                Decision::Intent {
+                    index,
+                    confidence,
+                    alternative,
+                } => {
+                    let name = &head.labels[index];
+                    let alternative = alternative.map(|(j, q)| (head.labels[j].clone(), q));
+                    match found.iter_mut().find(|f| &f.name == name) {
+                        Some(f) if f.confidence < confidence => {
+                            f.confidence = confidence;
+                            f.span = *span;
+                            f.alternative = alternative;
+                        }
+                        Some(_) => {}
+                        None => found.push(IntentPrediction {
+                            alternative,
+                            ..IntentPrediction::new(name, confidence, *span)
+                        }),
+                    }
                 }
-                Some(_) => {}
-                None => found.push(IntentPrediction { name: name.clone(), confidence: p, span: *span }),
             }
         }
         if found.is_empty() {
-            found.push(best_oos.unwrap_or(IntentPrediction {
-                name: OUT_OF_SCOPE.into(),
-                confidence: 1.0,
-                span: (0, text.len()),
-            }));
+            found.push(best_oos.unwrap_or(IntentPrediction::new(
+                OUT_OF_SCOPE,
+                1.0,
+                (0, text.len()),
+            )));
         }
         found.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
         Ok(found)
     }
 
     fn labels(&self) -> Vec<String> {
-        self.head.labels.clone()
+        self.trained.head.labels.clone()
     }
 }
 
@@ -372,7 +704,14 @@ mod tests {
     fn clauses_split_questions_and_drop_conjunctions() {
         let t = "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
         let got: Vec<&str> = clauses(t).into_iter().map(|(s, e)| &t[s..e]).collect();
-        assert_eq!(got, ["How much does each seat cost?", "Are you SOC II compliant?", "who would be our rep?"]);
+        assert_eq!(
+            got,
+            [
+                "How much does each seat cost?",
+                "Are you SOC II compliant?",
+                "who would be our rep?"
+            ]
+        );
     }
 
     #[test]
@@ -382,25 +721,128 @@ mod tests {
     }
 
     #[test]
-    fn head_learns_a_separable_problem() {
-        let x = vec![vec![1.0, 0.0], vec![0.9, 0.1], vec![0.0, 1.0], vec![0.1, 0.9]];
-        let y = vec![0, 0, 1, 1];
-        let h = SoftmaxHead::train(&x, &y, vec!["a".into(), "b".into()], &HeadConfig::default());
-        assert!(h.predict(&[1.0, 0.0])[0] > 0.9);
-        assert!(h.predict(&[0.0, 1.0])[1] > 0.9);
-    }
-
-    #[test]
     fn bad_intent_files_name_the_field() {
         let err = IntentSet::from_yaml("intents:\n  - name: Pricing!\n    examples: [a, b]\n  - name: x\n    examples: [a, b]\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("intents[0].name"), "{err}");
-        let err = IntentSet::from_yaml("intents:\n  - name: a\n    examples: [a]\n  - name: b\n    examples: [a, b]\n")
+        let err = IntentSet::from_yaml(
+            "intents:\n  - name: a\n    examples: [a]\n  - name: b\n    examples: [a, b]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("intents[0] (a).examples"), "{err}");
+        let err = IntentSet::from_yaml("intents:\n  - name: a\n    exmples: [a]\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("intents[0] (a).examples"), "{err}");
-        let err = IntentSet::from_yaml("intents:\n  - name: a\n    exmples: [a]\n").unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn jsonl_sets_parse_rows_and_declarations() {
+        let text = "{\"intent\": \"pricing\", \"flags\": [\"knowledge\"], \"description\": \"Prices\"}\n{\"text\": \"how much\", \"intent\": \"pricing\"}\n{\"text\": \"cost?\", \"intent\": \"pricing\"}\n\n{\"text\": \"hi\", \"intent\": \"greeting\"}\n{\"text\": \"hello\", \"intent\": \"greeting\"}\n";
+        let set = IntentSet::from_jsonl(text).unwrap();
+        assert_eq!(set.intents.len(), 2);
+        assert_eq!(set.intents[0].flags, vec![IntentFlag::Knowledge]);
+        assert_eq!(set.intents[0].examples, vec!["how much", "cost?"]);
+        let back = IntentSet::from_yaml(&set.to_yaml()).unwrap();
+        assert_eq!(back.intents[1].examples, vec!["hi", "hello"]);
+        let err =
+            IntentSet::from_jsonl("{\"text\": \"a\", \"intent\": \"x\"}\n{\"text\": \"a\"}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("line 2") && err.contains("`intent`"), "{err}");
+        let err = IntentSet::from_jsonl(
+            "{\"text\": \"a\", \"intent\": \"x\"}\n{\"txt\": \"a\", \"intent\": \"x\"}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2") && err.contains("txt"), "{err}");
+    }
+
+    #[test]
+    fn split_is_stratified_and_seeded() {
+        let y: Vec<usize> = (0..40).map(|i| i % 4).collect();
+        let (tr, held) = stratified_split(&y, 4, 0.2, 1);
+        assert_eq!(held.len(), 8);
+        assert_eq!(tr.len() + held.len(), 40);
+        for c in 0..4 {
+            assert_eq!(held.iter().filter(|&&i| y[i] == c).count(), 2);
+        }
+        assert_eq!(stratified_split(&y, 4, 0.2, 1), (tr, held));
+    }
+
+    #[test]
+    fn threshold_calibration_uses_held_out_oos_examples() {
+        // Labels 0, 1 and 2 = out_of_scope. In-scope rows are confident; OOS rows are not.
+        let probs = vec![
+            vec![0.9, 0.05, 0.05],
+            vec![0.1, 0.85, 0.05],
+            vec![0.5, 0.3, 0.2],
+            vec![0.35, 0.4, 0.25],
+        ];
+        let gold = vec![0, 1, 2, 2];
+        let cfg = ClassifierConfig::default();
+        let t = calibrate_threshold(&probs, &gold, Some(2), &cfg);
+        assert!(t > 0.5 && t <= 0.85, "{t}");
+        // Without OOS rows, the threshold rejects about 3 % of in-scope rows: here the lowest one.
+        let t = calibrate_threshold(&probs[..2], &gold[..2], Some(2), &cfg);
+        assert!(
+            (t - 0.6).abs() < 1e-6,
+            "{t} (0.85 clamped to the 0.6 ceiling)"
+        );
+    }
+
+    #[test]
+    fn decisions_report_ambiguity_and_out_of_scope() {
+        let head = LinearHead {
+            labels: vec!["a".into(), "b".into(), OUT_OF_SCOPE.into()],
+            dim: 0,
+            weights: vec![],
+            sparse_weights: vec![],
+            bias: vec![0.0; 3],
+            temperature: 1.0,
+            ngrams: None,
+        };
+        let report = TrainReport {
+            version: String::new(),
+            examples: 0,
+            intents: 3,
+            holdout_examples: 0,
+            holdout_accuracy: 1.0,
+            temperature: 1.0,
+            oos_threshold: 0.3,
+            training_ms: 0,
+        };
+        let t = TrainedHead {
+            head,
+            threshold: 0.3,
+            report,
+            config: ClassifierConfig::default(),
+        };
+        assert_eq!(
+            t.decide(&[0.8, 0.15, 0.05]),
+            Decision::Intent {
+                index: 0,
+                confidence: 0.8,
+                alternative: None
+            }
+        );
+        assert_eq!(
+            t.decide(&[0.5, 0.4, 0.1]),
+            Decision::Intent {
+                index: 0,
+                confidence: 0.5,
+                alternative: Some((1, 0.4))
+            }
+        );
+        assert!(matches!(
+            t.decide(&[0.25, 0.24, 0.51]),
+            Decision::OutOfScope { .. }
+        ));
+        assert!(
+            matches!(t.decide(&[0.28, 0.27, 0.2]), Decision::OutOfScope { .. }),
+            "below the threshold"
+        );
     }
 }

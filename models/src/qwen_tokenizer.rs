@@ -23,7 +23,11 @@ fn strings(v: &Value, key: &str) -> Result<Vec<String>> {
     v.to_vec()
         .map_err(|e| Error::Tokenizer(format!("{key}: {e}")))?
         .iter()
-        .map(|x| x.to_string().cloned().map_err(|e| Error::Tokenizer(format!("{key}: {e}"))))
+        .map(|x| {
+            x.to_string()
+                .cloned()
+                .map_err(|e| Error::Tokenizer(format!("{key}: {e}")))
+        })
         .collect()
 }
 

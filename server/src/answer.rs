@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use closer_kb::{Account, Fact, Rep};
-use closer_models::intent::{IntentFlag, OUT_OF_SCOPE};
+use closer_models::intent::{IntentFlag, IntentSet, OUT_OF_SCOPE};
 use closer_models::{GenerationRequest, IntentPrediction};
 use closer_proto::v1 as pb;
 
@@ -24,7 +24,8 @@ use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
 use crate::state::{Engine, Tenant};
 
 /// Said when part of a question is not covered by any fact.
-pub const DONT_KNOW: &str = "I don't have that information, but I can connect you with a rep who does.";
+pub const DONT_KNOW: &str =
+    "I don't have that information, but I can connect you with a rep who does.";
 const HANDOFF_ACK: &str = "Sure, I'm letting the team know, and a rep will join this chat shortly.";
 const UNKNOWN_ACCOUNT: &str =
     "I couldn't find your company in our records, but I can connect you with a rep who can help.";
@@ -45,12 +46,28 @@ pub struct Visitor {
 impl Visitor {
     pub fn from_proto(v: Option<&pb::VisitorContext>) -> Self {
         let Some(v) = v else { return Self::default() };
-        let clean = |s: &Option<String>| s.as_ref().map(|x| x.trim().to_string()).filter(|x| !x.is_empty());
+        let clean = |s: &Option<String>| {
+            s.as_ref()
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+        };
         let email = clean(&v.email);
         let domain = clean(&v.company_domain)
-            .or_else(|| email.as_ref().and_then(|e| e.rsplit_once('@').map(|(_, d)| d.to_string())))
-            .map(|d| d.to_ascii_lowercase().trim_start_matches("www.").to_string());
-        Self { domain, email, page_url: clean(&v.page_url) }
+            .or_else(|| {
+                email
+                    .as_ref()
+                    .and_then(|e| e.rsplit_once('@').map(|(_, d)| d.to_string()))
+            })
+            .map(|d| {
+                d.to_ascii_lowercase()
+                    .trim_start_matches("www.")
+                    .to_string()
+            });
+        Self {
+            domain,
+            email,
+            page_url: clean(&v.page_url),
+        }
     }
 }
 
@@ -84,7 +101,11 @@ struct Cited {
 fn account_fact(account: &Account, rep: &Rep) -> Cited {
     let answer = format!("{} is the account owner for {}.", rep.name, account.domain);
     let evidence = format!("{answer} {} {} {}", account.name, rep.name, rep.email);
-    Cited { id: format!("account:{}", account.domain), answer, evidence }
+    Cited {
+        id: format!("account:{}", account.domain),
+        answer,
+        evidence,
+    }
 }
 
 fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
@@ -92,19 +113,37 @@ fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
         return Some("Thanks for letting me know! We build for business teams, and I'm happy to answer questions about the product.");
     }
     match name {
-        "greeting" => Some("Hi! Ask me anything about pricing, security, integrations, or booking a demo."),
+        "greeting" => {
+            Some("Hi! Ask me anything about pricing, security, integrations, or booking a demo.")
+        }
         "just_browsing" => Some("No problem, take your time. I'm here if a question comes up."),
         _ => None,
     }
 }
 
-fn plan_for(tenant: &Tenant, visitor: &Visitor, text: &str, intent: &IntentPrediction) -> Result<Plan> {
+fn plan_for(
+    tenant: &Tenant,
+    set: &IntentSet,
+    visitor: &Visitor,
+    text: &str,
+    intent: &IntentPrediction,
+) -> Result<Plan> {
     let clause = &text[intent.span.0..intent.span.1];
-    let flags: &[IntentFlag] = tenant.intents.get(&intent.name).map(|d| d.flags.as_slice()).unwrap_or(&[]);
+    let flags: &[IntentFlag] = set
+        .get(&intent.name)
+        .map(|d| d.flags.as_slice())
+        .unwrap_or(&[]);
     if flags.contains(&IntentFlag::AccountOwner) {
-        let found = visitor.domain.as_deref().and_then(|d| tenant.kb.account(d)).and_then(|a| {
-            tenant.kb.rep(&a.owner_rep_id).map(|r| Plan::Owner { account: a.clone(), rep: r.clone() })
-        });
+        let found = visitor
+            .domain
+            .as_deref()
+            .and_then(|d| tenant.kb.account(d))
+            .and_then(|a| {
+                tenant.kb.rep(&a.owner_rep_id).map(|r| Plan::Owner {
+                    account: a.clone(),
+                    rep: r.clone(),
+                })
+            });
         return Ok(found.unwrap_or(Plan::UnknownAccount));
     }
     if flags.contains(&IntentFlag::Handoff) {
@@ -113,7 +152,11 @@ fn plan_for(tenant: &Tenant, visitor: &Visitor, text: &str, intent: &IntentPredi
     let knowledge = flags.contains(&IntentFlag::Knowledge);
     let oos = intent.name == OUT_OF_SCOPE;
     if knowledge || oos {
-        let hits = tenant.kb.search(clause, CANDIDATES, knowledge.then_some(intent.name.as_str()))?;
+        let hits = tenant.kb.search(
+            clause,
+            CANDIDATES,
+            knowledge.then_some(intent.name.as_str()),
+        )?;
         for hit in hits {
             if oos && hit.dense < OOS_RESCUE_DENSE {
                 continue;
@@ -132,7 +175,9 @@ fn plan_for(tenant: &Tenant, visitor: &Visitor, text: &str, intent: &IntentPredi
         }
         return Ok(Plan::Uncovered);
     }
-    Ok(canned(&intent.name, flags).map(Plan::Canned).unwrap_or(Plan::Uncovered))
+    Ok(canned(&intent.name, flags)
+        .map(Plan::Canned)
+        .unwrap_or(Plan::Uncovered))
 }
 
 /// True when the reply already states this fact: all its amounts, and at least half of its other
@@ -172,9 +217,17 @@ pub fn run_turn(
 ) -> Result<()> {
     use pb::converse_response::Event;
     let started = Instant::now();
-    let intents = closer_models::IntentClassifier::classify(&tenant.classifier, text)?;
-    let detected = pb::IntentsDetected { turn, intents: intents.iter().map(|i| to_pb_intent(text, i)).collect() };
+    let model = tenant.intents();
+    let intents = closer_models::IntentClassifier::classify(&model.classifier, text)?;
+    let detected = pb::IntentsDetected {
+        turn,
+        intents: intents.iter().map(|i| to_pb_intent(text, i)).collect(),
+    };
     if emit(Event::Intents(detected)).is_break() {
+        return Ok(());
+    }
+    let slots = to_pb_slots(&crate::slots::extract(text));
+    if !slots.is_empty() && emit(Event::Slots(pb::SlotsCaptured { turn, slots })).is_break() {
         return Ok(());
     }
 
@@ -188,7 +241,10 @@ pub fn run_turn(
                 rep_id: Some(r.id.clone()),
                 rep_name: Some(r.name.clone()),
                 account_domain: Some(a.domain.clone()),
-                message: format!("account owner {}: your account {} is live in chat", r.name, a.domain),
+                message: format!(
+                    "account owner {}: your account {} is live in chat",
+                    r.name, a.domain
+                ),
                 reason: "account owner".into(),
             };
             if emit(Event::Handoff(h)).is_break() {
@@ -207,10 +263,14 @@ pub fn run_turn(
     let mut unanswered = false;
     for intent in &ordered {
         let clause = &text[intent.span.0..intent.span.1];
-        match plan_for(tenant, visitor, text, intent)? {
+        match plan_for(tenant, &model.set, visitor, text, intent)? {
             Plan::Fact(f) => {
                 if !cited.iter().any(|c| c.id == f.id) {
-                    cited.push(Cited { id: f.id.clone(), answer: f.answer.clone(), evidence: f.evidence_text() });
+                    cited.push(Cited {
+                        id: f.id.clone(),
+                        answer: f.answer.clone(),
+                        evidence: f.evidence_text(),
+                    });
                 }
                 covered_clauses.push(clause);
             }
@@ -254,7 +314,11 @@ pub fn run_turn(
             account_domain: visitor.domain.clone(),
             message: format!(
                 "visitor{} needs a rep: {reason}: \"{}\"",
-                visitor.domain.as_ref().map(|d| format!(" from {d}")).unwrap_or_default(),
+                visitor
+                    .domain
+                    .as_ref()
+                    .map(|d| format!(" from {d}"))
+                    .unwrap_or_default(),
                 text.chars().take(200).collect::<String>()
             ),
             reason: reason.into(),
@@ -269,7 +333,11 @@ pub fn run_turn(
     let mut gone = false;
     {
         let mut send = |s: &str, released: &mut Vec<String>| -> ControlFlow<()> {
-            let text = if released.is_empty() { s.to_string() } else { format!(" {s}") };
+            let text = if released.is_empty() {
+                s.to_string()
+            } else {
+                format!(" {s}")
+            };
             released.push(s.to_string());
             emit(Event::Delta(pb::ReplyDelta { turn, text }))
         };
@@ -289,7 +357,10 @@ pub fn run_turn(
             };
             let mut splitter = SentenceSplitter::default();
             let mut replaced_with: Vec<String> = vec![];
-            let mut handle = |sentence: String, released: &mut Vec<String>, replaced: &mut bool| -> ControlFlow<()> {
+            let mut handle = |sentence: String,
+                              released: &mut Vec<String>,
+                              replaced: &mut bool|
+             -> ControlFlow<()> {
                 if leaks_prompt(&sentence, &instructions) {
                     *replaced = true;
                     tracing::info!(tenant = %tenant.kb.profile.id, "guard dropped a sentence that recites the prompt");
@@ -331,7 +402,12 @@ pub fn run_turn(
                     return Ok(());
                 }
             }
-            tracing::debug!(prompt_tokens = result.prompt_tokens, generated = result.generated_tokens, ttft_ms = result.time_to_first_token_ms, "generated");
+            tracing::debug!(
+                prompt_tokens = result.prompt_tokens,
+                generated = result.generated_tokens,
+                ttft_ms = result.time_to_first_token_ms,
+                "generated"
+            );
             // Whatever the model left out is stated in the team's own words.
             let said: Vec<Claim> = released.iter().flat_map(|s| claims(s)).collect();
             for c in &cited {
@@ -410,5 +486,25 @@ pub fn to_pb_intent(text: &str, i: &IntentPrediction) -> pb::Intent {
         span_start: i.span.0 as u32,
         span_end: i.span.1 as u32,
         span_text: text.get(i.span.0..i.span.1).unwrap_or_default().to_string(),
+        ambiguous_with: i
+            .alternative
+            .as_ref()
+            .map(|(name, confidence)| pb::Alternative {
+                name: name.clone(),
+                confidence: *confidence,
+            }),
     }
+}
+
+pub fn to_pb_slots(slots: &[crate::slots::Slot]) -> Vec<pb::Slot> {
+    slots
+        .iter()
+        .map(|s| pb::Slot {
+            name: s.name.to_string(),
+            value: s.value.clone(),
+            detail: s.detail.to_string(),
+            span_start: s.span.0 as u32,
+            span_end: s.span.1 as u32,
+        })
+        .collect()
 }

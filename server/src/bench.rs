@@ -12,7 +12,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-pub const SEED_QUESTION: &str = "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
+pub const SEED_QUESTION: &str =
+    "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
 
 /// Options of `closer bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,7 +58,13 @@ pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
         let i = ((v.len() as f64 - 1.0) * q).round() as usize;
         v[i.min(v.len() - 1)]
     };
-    Percentiles { n: v.len(), p50_ms: at(0.5), p90_ms: at(0.9), p99_ms: at(0.99), max_ms: at(1.0) }
+    Percentiles {
+        n: v.len(),
+        p50_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +86,9 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<f64> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // A free loopback port for the child.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let exe = std::env::current_exe()?;
     let t0 = Instant::now();
@@ -100,7 +109,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if t0.elapsed() > Duration::from_secs(300) {
             anyhow::bail!("server did not start within 300 s");
         }
-        if let Ok(c) = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await {
+        if let Ok(c) = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect()
+            .await
+        {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -108,9 +120,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     loop {
         let r = health
-            .check(tonic_health::pb::HealthCheckRequest { service: "closer.v1.Assistant".into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "closer.v1.Assistant".into(),
+            })
             .await?;
-        if r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+        if r.into_inner().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
             break;
         }
         if let Some(status) = child.try_wait()? {
@@ -119,14 +135,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let server_start_s = t0.elapsed().as_secs_f64();
-    eprintln!("server SERVING after {server_start_s:.2} s; timing Classify ×{}", args.classify_runs);
+    eprintln!(
+        "server SERVING after {server_start_s:.2} s; timing Classify ×{}",
+        args.classify_runs
+    );
 
     let mut assistant = pb::assistant_client::AssistantClient::new(channel.clone());
     let mut classify = vec![];
     for _ in 0..args.classify_runs {
         let t = Instant::now();
         assistant
-            .classify(pb::ClassifyRequest { tenant: args.tenant.clone(), text: SEED_QUESTION.into() })
+            .classify(pb::ClassifyRequest {
+                tenant: args.tenant.clone(),
+                text: SEED_QUESTION.into(),
+            })
             .await?;
         classify.push(t.elapsed().as_secs_f64() * 1e3);
     }
@@ -139,14 +161,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             event: Some(pb::converse_request::Event::Start(pb::Start {
                 tenant: args.tenant.clone(),
                 conversation_id: format!("bench-{i}"),
-                visitor: Some(pb::VisitorContext { company_domain: Some(args.domain.clone()), ..Default::default() }),
+                visitor: Some(pb::VisitorContext {
+                    company_domain: Some(args.domain.clone()),
+                    ..Default::default()
+                }),
             })),
         })
         .await?;
         let t = Instant::now();
-        let mut stream = assistant.converse(ReceiverStream::new(rx)).await?.into_inner();
+        let mut stream = assistant
+            .converse(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         tx.send(pb::ConverseRequest {
-            event: Some(pb::converse_request::Event::Message(pb::VisitorMessage { text: SEED_QUESTION.into() })),
+            event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
+                text: SEED_QUESTION.into(),
+            })),
         })
         .await?;
         let mut got_first = false;
@@ -184,11 +214,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("Converse first delta, ms", &report.converse_first_delta),
         ("Converse final, ms", &report.converse_final),
     ] {
-        println!("| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} |", p.n, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms);
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            p.n, p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+        );
     }
-    println!("| server start to SERVING | 1 | {:.2} s | | | |", report.server_start_s);
-    println!("| server peak RSS (VmHWM) | 1 | {:.0} MiB | | | |", report.server_peak_rss_mib);
-    println!("| server RSS at end | 1 | {:.0} MiB | | | |", report.server_rss_mib);
+    println!(
+        "| server start to SERVING | 1 | {:.2} s | | | |",
+        report.server_start_s
+    );
+    println!(
+        "| server peak RSS (VmHWM) | 1 | {:.0} MiB | | | |",
+        report.server_peak_rss_mib
+    );
+    println!(
+        "| server RSS at end | 1 | {:.0} MiB | | | |",
+        report.server_rss_mib
+    );
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
     }

@@ -71,16 +71,47 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             break;
         }
         tx.send(pb::ConverseRequest {
-            event: Some(pb::converse_request::Event::Message(pb::VisitorMessage { text: line })),
+            event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
+                text: line,
+            })),
         })
         .await?;
         let mut started_reply = false;
         while let Some(resp) = inbound.message().await? {
             match resp.event {
                 Some(Event::Intents(i)) => {
-                    let list: Vec<String> =
-                        i.intents.iter().map(|x| format!("{} {:.2} \"{}\"", x.name, x.confidence, x.span_text)).collect();
+                    let list: Vec<String> = i
+                        .intents
+                        .iter()
+                        .map(|x| {
+                            let alt = x
+                                .ambiguous_with
+                                .as_ref()
+                                .map(|a| format!(" (or {} {:.2}?)", a.name, a.confidence));
+                            format!(
+                                "{} {:.2} \"{}\"{}",
+                                x.name,
+                                x.confidence,
+                                x.span_text,
+                                alt.unwrap_or_default()
+                            )
+                        })
+                        .collect();
                     println!("  [intents] {}", list.join(" | "));
+                }
+                Some(Event::Slots(s)) => {
+                    let list: Vec<String> = s
+                        .slots
+                        .iter()
+                        .map(|x| {
+                            if x.detail.is_empty() {
+                                format!("{}={}", x.name, x.value)
+                            } else {
+                                format!("{}={} ({})", x.name, x.value, x.detail)
+                            }
+                        })
+                        .collect();
+                    println!("  [slots] {}", list.join(" | "));
                 }
                 Some(Event::Handoff(h)) => println!("  [hand-off] {}", h.message),
                 Some(Event::Delta(d)) => {

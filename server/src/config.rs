@@ -40,13 +40,20 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
 
+    /// Two intents of one clause within this probability of each other are reported as
+    /// ambiguous (`Intent.ambiguous_with`).
+    #[arg(long, env = "CLOSER_AMBIGUITY_MARGIN", default_value_t = 0.15)]
+    pub ambiguity_margin: f32,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "CLOSER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 }
 
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir().unwrap_or_else(std::env::temp_dir).join("closer")
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("closer")
 }
 
 impl ServeConfig {
@@ -61,7 +68,18 @@ impl ServeConfig {
             max_new_tokens: 160,
             max_pending_replies: 64,
             stream_buffer: 64,
+            ambiguity_margin: 0.15,
             log_format: "text".into(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// How tenants' intent classifiers are trained and read.
+    pub fn classifier_config(&self) -> closer_models::intent::ClassifierConfig {
+        closer_models::intent::ClassifierConfig {
+            ambiguity_margin: self.ambiguity_margin,
+            ..Default::default()
         }
     }
 }

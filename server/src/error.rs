@@ -25,13 +25,18 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Error::Invalid { field: field.to_string(), message: message.into() }
+        Error::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 
     /// A stable label, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Invalid { .. } => "invalid_argument",
+            Error::Invalid { .. } | Error::Model(closer_models::Error::IntentSet(_)) => {
+                "invalid_argument"
+            }
             Error::UnknownTenant(_) => "unknown_tenant",
             Error::Overloaded(_) => "overloaded",
             Error::NotReady => "not_ready",
@@ -44,8 +49,12 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::Invalid { .. } => Code::InvalidArgument,
-            Error::UnknownTenant(_) | Error::Kb(closer_kb::Error::UnknownTenant(_)) => Code::NotFound,
+            Error::Invalid { .. } | Error::Model(closer_models::Error::IntentSet(_)) => {
+                Code::InvalidArgument
+            }
+            Error::UnknownTenant(_) | Error::Kb(closer_kb::Error::UnknownTenant(_)) => {
+                Code::NotFound
+            }
             Error::Overloaded(_) => Code::ResourceExhausted,
             Error::NotReady => Code::Unavailable,
             Error::Model(_) | Error::Kb(_) | Error::Internal(_) => Code::Internal,

@@ -10,4 +10,5 @@ pub mod error;
 pub mod guard;
 pub mod server;
 pub mod service;
+pub mod slots;
 pub mod state;

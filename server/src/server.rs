@@ -13,7 +13,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
-use crate::service::{AppState, AssistantService, KnowledgeService};
+use crate::service::{AppState, AssistantService, IntentsService, KnowledgeService};
 use crate::state::{Engine, Models};
 
 /// Where the server gets its models.
@@ -32,7 +32,12 @@ pub enum Readiness {
     Failed(String),
 }
 
-const SERVICES: [&str; 3] = ["", "closer.v1.Assistant", "closer.v1.Knowledge"];
+const SERVICES: [&str; 4] = [
+    "",
+    "closer.v1.Assistant",
+    "closer.v1.Knowledge",
+    "closer.v1.Intents",
+];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     for s in SERVICES {
@@ -102,8 +107,19 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::assistant_server::AssistantServer::new(AssistantService { state: state.clone() }))
-        .add_service(pb::knowledge_server::KnowledgeServer::new(KnowledgeService { state: state.clone() }));
+        .add_service(pb::assistant_server::AssistantServer::new(
+            AssistantService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(pb::knowledge_server::KnowledgeServer::new(
+            KnowledgeService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(pb::intents_server::IntentsServer::new(IntentsService {
+            state: state.clone(),
+        }));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -115,13 +131,14 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let loader_state = state.clone();
     let loader_health = health.clone();
     let data_dir = config.data_dir.clone();
+    let classifier_config = config.classifier_config();
     tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
             let models = match models {
                 ModelSource::Files(paths) => Models::load(&paths)?,
                 ModelSource::Ready(m) => m,
             };
-            Ok(Engine::open(models, &data_dir)?)
+            Ok(Engine::open(models, &data_dir, classifier_config)?)
         })
         .await;
         match loaded {
@@ -174,13 +191,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -9,7 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::answer::{run_turn, to_pb_intent, AnswerConfig, Visitor};
+use crate::answer::{run_turn, to_pb_intent, to_pb_slots, AnswerConfig, Visitor};
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::state::Engine;
@@ -24,7 +24,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: ServeConfig) -> Arc<Self> {
         let pending = Arc::new(Semaphore::new(config.max_pending_replies.max(1)));
-        Arc::new(Self { config, engine: OnceLock::new(), pending_replies: pending })
+        Arc::new(Self {
+            config,
+            engine: OnceLock::new(),
+            pending_replies: pending,
+        })
     }
 
     fn engine(&self) -> Result<Arc<Engine>> {
@@ -39,7 +43,10 @@ impl AppState {
         if n > self.config.max_message_chars {
             return Err(Error::invalid(
                 field,
-                format!("{n} characters, more than the limit of {}", self.config.max_message_chars),
+                format!(
+                    "{n} characters, more than the limit of {}",
+                    self.config.max_message_chars
+                ),
             ));
         }
         Ok(())
@@ -69,7 +76,8 @@ pub struct AssistantService {
     pub state: Arc<AppState>,
 }
 
-type ConverseStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::ConverseResponse, Status>> + Send>>;
+type ConverseStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::ConverseResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::assistant_server::Assistant for AssistantService {
@@ -91,7 +99,9 @@ impl pb::assistant_server::Assistant for AssistantService {
         };
         check_tenant_field(&start.tenant)?;
         if start.conversation_id.is_empty() || start.conversation_id.chars().count() > 128 {
-            return Err(Error::invalid("start.conversation_id", "must be 1 to 128 characters").into());
+            return Err(
+                Error::invalid("start.conversation_id", "must be 1 to 128 characters").into(),
+            );
         }
         let tenant = engine.tenant(&start.tenant)?;
         let visitor = Visitor::from_proto(start.visitor.as_ref());
@@ -100,7 +110,9 @@ impl pb::assistant_server::Assistant for AssistantService {
         let (tx, rx) = mpsc::channel(self.state.config.stream_buffer.max(1));
         let state = self.state.clone();
         tokio::spawn(async move {
-            let cfg = AnswerConfig { max_new_tokens: state.config.max_new_tokens };
+            let cfg = AnswerConfig {
+                max_new_tokens: state.config.max_new_tokens,
+            };
             let mut turn: u32 = 0;
             let mut account_live_pending = true;
             loop {
@@ -115,11 +127,15 @@ impl pb::assistant_server::Assistant for AssistantService {
                 let text = match msg.event {
                     Some(pb::converse_request::Event::Message(m)) => m.text,
                     Some(pb::converse_request::Event::Start(_)) => {
-                        let _ = tx.send(Err(Error::invalid("start", "sent twice").into())).await;
+                        let _ = tx
+                            .send(Err(Error::invalid("start", "sent twice").into()))
+                            .await;
                         break;
                     }
                     None => {
-                        let _ = tx.send(Err(Error::invalid("event", "empty client event").into())).await;
+                        let _ = tx
+                            .send(Err(Error::invalid("event", "empty client event").into()))
+                            .await;
                         break;
                     }
                 };
@@ -129,7 +145,10 @@ impl pb::assistant_server::Assistant for AssistantService {
                 }
                 turn += 1;
                 if turn > state.config.max_turns {
-                    let e = Error::Overloaded(format!("conversation has more than {} turns", state.config.max_turns));
+                    let e = Error::Overloaded(format!(
+                        "conversation has more than {} turns",
+                        state.config.max_turns
+                    ));
                     let _ = tx.send(Err(e.into())).await;
                     break;
                 }
@@ -142,24 +161,42 @@ impl pb::assistant_server::Assistant for AssistantService {
                             code: "RESOURCE_EXHAUSTED".into(),
                             message: "too many replies in progress; retry in a few seconds".into(),
                         });
-                        if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
+                        if tx
+                            .send(Ok(pb::ConverseResponse { event: Some(ev) }))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                         continue;
                     }
                 };
-                let (engine, tenant, visitor, tx2, cfg2) =
-                    (engine.clone(), tenant.clone(), visitor.clone(), tx.clone(), cfg.clone());
+                let (engine, tenant, visitor, tx2, cfg2) = (
+                    engine.clone(),
+                    tenant.clone(),
+                    visitor.clone(),
+                    tx.clone(),
+                    cfg.clone(),
+                );
                 let live = account_live_pending;
                 account_live_pending = false;
                 let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    run_turn(&engine, &tenant, &cfg2, &visitor, turn, &text, live, &mut |event| {
-                        match tx2.blocking_send(Ok(pb::ConverseResponse { event: Some(event) })) {
+                    run_turn(
+                        &engine,
+                        &tenant,
+                        &cfg2,
+                        &visitor,
+                        turn,
+                        &text,
+                        live,
+                        &mut |event| match tx2
+                            .blocking_send(Ok(pb::ConverseResponse { event: Some(event) }))
+                        {
                             Ok(()) => std::ops::ControlFlow::Continue(()),
                             Err(_) => std::ops::ControlFlow::Break(()),
-                        }
-                    })
+                        },
+                    )
                 })
                 .await;
                 let failure = match result {
@@ -174,7 +211,11 @@ impl pb::assistant_server::Assistant for AssistantService {
                         code: format!("{:?}", e.code()).to_uppercase(),
                         message: e.to_string(),
                     });
-                    if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::ConverseResponse { event: Some(ev) }))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -196,12 +237,15 @@ impl pb::assistant_server::Assistant for AssistantService {
         self.state.check_text("text", &req.text)?;
         let tenant = engine.tenant(&req.tenant)?;
         let text = req.text;
-        let intents = blocking(move || {
-            closer_models::IntentClassifier::classify(&tenant.classifier, &text)
-                .map(|v| v.iter().map(|i| to_pb_intent(&text, i)).collect::<Vec<_>>())
+        let (intents, slots) = blocking(move || {
+            let model = tenant.intents();
+            closer_models::IntentClassifier::classify(&model.classifier, &text).map(|v| {
+                let intents = v.iter().map(|i| to_pb_intent(&text, i)).collect::<Vec<_>>();
+                (intents, to_pb_slots(&crate::slots::extract(&text)))
+            })
         })
         .await?;
-        Ok(Response::new(pb::ClassifyResponse { intents }))
+        Ok(Response::new(pb::ClassifyResponse { intents, slots }))
     }
 }
 
@@ -222,9 +266,14 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
         if req.limit > 50 {
             return Err(Error::invalid("limit", "must be 0 to 50").into());
         }
-        let limit = if req.limit == 0 { 5 } else { req.limit as usize };
+        let limit = if req.limit == 0 {
+            5
+        } else {
+            req.limit as usize
+        };
         let tenant = engine.tenant(&req.tenant)?;
-        let hits = blocking(move || tenant.kb.search(&req.query, limit, req.intent.as_deref())).await?;
+        let hits =
+            blocking(move || tenant.kb.search(&req.query, limit, req.intent.as_deref())).await?;
         let facts = hits
             .into_iter()
             .map(|h| pb::ScoredFact {
@@ -242,5 +291,163 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
             })
             .collect();
         Ok(Response::new(pb::SearchResponse { facts }))
+    }
+}
+
+/// Largest intent set accepted by `Intents.Upload`.
+pub const MAX_INTENT_SET_BYTES: usize = 4 << 20;
+
+pub struct IntentsService {
+    pub state: Arc<AppState>,
+}
+
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::TrainingProgress, Status>> + Send>>;
+
+fn done_of(r: &closer_models::intent::TrainReport) -> pb::TrainingDone {
+    pb::TrainingDone {
+        version: r.version.clone(),
+        training_ms: r.training_ms.min(u64::from(u32::MAX)) as u32,
+        holdout_accuracy: if r.holdout_accuracy.is_nan() {
+            0.0
+        } else {
+            r.holdout_accuracy
+        },
+        oos_threshold: r.oos_threshold,
+        temperature: r.temperature,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::intents_server::Intents for IntentsService {
+    type UploadStream = ProgressStream;
+
+    async fn upload(
+        &self,
+        request: Request<pb::UploadIntentsRequest>,
+    ) -> std::result::Result<Response<Self::UploadStream>, Status> {
+        use closer_models::intent::{IntentSet, TrainProgress};
+        use pb::training_progress::Event;
+        let engine = self.state.engine()?;
+        let req = request.into_inner();
+        check_tenant_field(&req.tenant)?;
+        if req.content.len() > MAX_INTENT_SET_BYTES {
+            return Err(Error::invalid(
+                "content",
+                format!(
+                    "{} bytes, more than the limit of {MAX_INTENT_SET_BYTES}",
+                    req.content.len()
+                ),
+            )
+            .into());
+        }
+        let tenant = engine.tenant(&req.tenant)?;
+        let parsed = match pb::IntentFormat::try_from(req.format) {
+            Ok(pb::IntentFormat::Unspecified | pb::IntentFormat::Yaml) => {
+                IntentSet::from_yaml(&req.content)
+            }
+            Ok(pb::IntentFormat::Jsonl) => IntentSet::from_jsonl(&req.content),
+            Err(_) => {
+                return Err(
+                    Error::invalid("format", format!("unknown value {}", req.format)).into(),
+                )
+            }
+        };
+        // A bad file fails the call before anything changes.
+        let set = parsed.map_err(|e| {
+            Error::invalid(
+                "content",
+                e.to_string()
+                    .trim_start_matches("invalid intent set: ")
+                    .to_string(),
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(64);
+        let validated = pb::Validated {
+            intents: set.intents.len() as u32,
+            examples: set.intents.iter().map(|d| d.examples.len() as u32).sum(),
+        };
+        let _ = tx
+            .send(Ok(pb::TrainingProgress {
+                event: Some(Event::Validated(validated)),
+            }))
+            .await;
+        tracing::info!(tenant = %req.tenant, intents = set.intents.len(), "intent set uploaded; retraining");
+        let embedder = engine.models.embedder.clone();
+        let cfg = engine.classifier_config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut last = (0u8, 0usize);
+            let result = tenant.retrain(set, embedder, &cfg, &mut |p| {
+                // Progress events: every embedding chunk, and about 20 training steps in all.
+                let ev = match p {
+                    TrainProgress::Embedding { done, total } => Some(Event::Embedding(pb::Step {
+                        done: done as u32,
+                        total: total as u32,
+                    })),
+                    TrainProgress::Training { epoch, epochs } => {
+                        let bucket = epoch * 20 / epochs.max(1);
+                        if last == (1, bucket) && epoch != epochs {
+                            None
+                        } else {
+                            last = (1, bucket);
+                            Some(Event::Training(pb::Step {
+                                done: epoch as u32,
+                                total: epochs as u32,
+                            }))
+                        }
+                    }
+                };
+                if let Some(ev) = ev {
+                    // A client that went away does not stop training: the upload was accepted.
+                    let _ = tx.blocking_send(Ok(pb::TrainingProgress { event: Some(ev) }));
+                }
+            });
+            let last_event = match result {
+                Ok(report) => Ok(pb::TrainingProgress {
+                    event: Some(Event::Done(done_of(&report))),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "retraining failed; the previous intent model keeps serving");
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.blocking_send(last_event);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetIntentsRequest>,
+    ) -> std::result::Result<Response<pb::GetIntentsResponse>, Status> {
+        let engine = self.state.engine()?;
+        let req = request.into_inner();
+        check_tenant_field(&req.tenant)?;
+        let model = engine.tenant(&req.tenant)?.intents();
+        let intents = model
+            .set
+            .intents
+            .iter()
+            .map(|d| pb::IntentSummary {
+                name: d.name.clone(),
+                description: d.description.clone(),
+                flags: d
+                    .flags
+                    .iter()
+                    .map(|f| {
+                        serde_json::to_value(f)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+                examples: d.examples.len() as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::GetIntentsResponse {
+            content: model.set.to_yaml(),
+            intents,
+            model: Some(done_of(&model.classifier.trained().report)),
+        }))
     }
 }

@@ -798,3 +798,59 @@ async fn reflection_lists_the_public_services() {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
 }
+
+/// The encoder's own forward pass (which also exposes every layer) gives the same last-layer
+/// embeddings as candle-transformers' BERT on the same weights.
+#[test]
+fn real_encoder_matches_the_candle_reference() {
+    use candle_core::{DType, Device, Tensor};
+    use closer_models::Embedder;
+    let dir = model_paths().encoder_dir();
+    let texts = [
+        "How much does each seat cost?",
+        "Are you SOC II compliant? And who would be our rep?",
+        "hi",
+    ];
+    let ours = closer_models::encoder::MiniLmEncoder::load(&dir)
+        .unwrap()
+        .embed(&texts)
+        .unwrap();
+
+    let dev = Device::Cpu;
+    let config: candle_transformers::models::bert::Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(
+        std::fs::read(dir.join("model.safetensors")).unwrap(),
+        DType::F32,
+        &dev,
+    )
+    .unwrap();
+    let model = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+    let tok = tokenizers::Tokenizer::from_bytes(std::fs::read(dir.join("tokenizer.json")).unwrap())
+        .unwrap();
+    for (text, mine) in texts.iter().zip(&ours) {
+        let enc = tok.encode(*text, true).unwrap();
+        let n = enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_attention_mask())
+            .filter(|(_, &m)| m == 1)
+            .count();
+        let ids = Tensor::new(&enc.get_ids()[..n], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = model
+            .forward(&ids, &ids.zeros_like().unwrap(), None)
+            .unwrap();
+        let mean = hidden.mean(1).unwrap().squeeze(0).unwrap();
+        let norm = mean.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let reference: Vec<f32> = mean.broadcast_div(&norm).unwrap().to_vec1().unwrap();
+        let diff = reference
+            .iter()
+            .zip(mine)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{text:?}: max difference {diff}");
+    }
+}

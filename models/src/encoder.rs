@@ -4,7 +4,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
+
+use crate::bert::Bert;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Embedder, Error, Result};
@@ -15,7 +17,7 @@ pub const MAX_TOKENS: usize = 256;
 const BATCH: usize = 32;
 
 pub struct MiniLmEncoder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -39,7 +41,7 @@ impl MiniLmEncoder {
             .map_err(|e| Error::Other(format!("encoder config.json: {e}")))?;
         let weights = read("model.safetensors")?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(vb, &config)?;
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
@@ -61,7 +63,17 @@ impl MiniLmEncoder {
         })
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    /// Mean-pooled (over the attention mask), unit-length vectors of the hidden states at
+    /// `layers` (0 = embeddings output, 6 = last layer), concatenated per text.
+    pub fn pooled_layers(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(BATCH) {
+            out.extend(self.pooled_batch(chunk, layers)?);
+        }
+        Ok(out)
+    }
+
+    fn pooled_batch(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -80,15 +92,23 @@ impl MiniLmEncoder {
         }
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (n, len, dim)
+        let hidden = self.model.forward_all(&ids, &mask)?;
         let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
         let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        let unit = mean.broadcast_div(&norm)?;
-        Ok(unit.to_vec2::<f32>()?)
+        let mut parts = vec![];
+        for &l in layers {
+            let h = hidden
+                .get(l)
+                .ok_or_else(|| Error::Other(format!("no encoder layer {l}")))?;
+            let mean = h.broadcast_mul(&maskf)?.sum(1)?.broadcast_div(&counts)?; // (n, dim)
+            let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+            parts.push(mean.broadcast_div(&norm)?);
+        }
+        Ok(Tensor::cat(&parts, 1)?.to_vec2::<f32>()?)
+    }
+
+    fn last_layer(&self) -> usize {
+        self.model.num_layers()
     }
 }
 
@@ -98,11 +118,7 @@ impl Embedder for MiniLmEncoder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(BATCH) {
-            out.extend(self.embed_batch(chunk)?);
-        }
-        Ok(out)
+        self.pooled_layers(texts, &[self.last_layer()])
     }
 
     fn name(&self) -> &str {

@@ -11,6 +11,7 @@
 //!
 //! Models sit behind the narrow traits below so the server never depends on candle directly.
 
+pub mod bert;
 pub mod encoder;
 pub mod fake;
 pub mod generator;

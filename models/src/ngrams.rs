@@ -110,7 +110,13 @@ fn counts(text: &str, cfg: &NgramConfig) -> (HashMap<u64, u32>, HashMap<u64, u32
     }
     let mut c = HashMap::new();
     let mut buf = String::new();
-    for word in lower.split_whitespace() {
+    // A zero-weight block is not computed at all.
+    let words_for_chars = if cfg.char_weight > 0.0 {
+        lower.split_whitespace().collect()
+    } else {
+        vec![]
+    };
+    for word in words_for_chars {
         buf.clear();
         buf.push(' ');
         buf.push_str(word);
@@ -230,6 +236,14 @@ mod tests {
         let sq: f32 = row.iter().map(|x| x.1 * x.1).sum();
         // Two blocks of length 0.5 each: 0.25 + 0.25.
         assert!((sq - 0.5).abs() < 1e-4, "{sq}");
+        let words_only = Ngrams::fit(
+            &["my card has not arrived"],
+            NgramConfig {
+                char_weight: 0.0,
+                ..NgramConfig::default()
+            },
+        );
+        assert_eq!(words_only.len(), 5 + 4, "5 words and 4 word pairs");
         assert!(row.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(ng.transform("zzz qqq").is_empty());
     }

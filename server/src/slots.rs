@@ -256,42 +256,26 @@ pub fn extract(text: &str) -> Vec<Slot> {
             });
         }
     }
-    for c in SEATS.captures_iter(text) {
-        let Some(m) = c.get(0) else { continue };
-        let n = c
-            .get(1)
-            .or(c.get(2))
-            .map(|g| digits(g.as_str()))
-            .unwrap_or_default();
-        if !n.is_empty() {
-            push(
-                &mut out,
-                Slot {
-                    name: "seats",
-                    value: n,
-                    detail: "",
-                    span: (m.start(), m.end()),
-                },
-            );
-        }
-    }
-    for c in SIZE.captures_iter(text) {
-        let Some(m) = c.get(0) else { continue };
-        let n = c
-            .get(1)
-            .or(c.get(2))
-            .map(|g| digits(g.as_str()))
-            .unwrap_or_default();
-        if !n.is_empty() {
-            push(
-                &mut out,
-                Slot {
-                    name: "company_size",
-                    value: n,
-                    detail: "",
-                    span: (m.start(), m.end()),
-                },
-            );
+    // Seats before sizes: "for 25 people" is a seat count, not a headcount.
+    for (re, name) in [(&*SEATS, "seats"), (&*SIZE, "company_size")] {
+        for c in re.captures_iter(text) {
+            let Some(m) = c.get(0) else { continue };
+            let n = c
+                .get(1)
+                .or(c.get(2))
+                .map(|g| digits(g.as_str()))
+                .unwrap_or_default();
+            if !n.is_empty() {
+                push(
+                    &mut out,
+                    Slot {
+                        name,
+                        value: n,
+                        detail: "",
+                        span: (m.start(), m.end()),
+                    },
+                );
+            }
         }
     }
     for m in TIMELINE.find_iter(text) {

@@ -653,6 +653,20 @@ async fn real_intent_upload_retrains_without_restart_and_persists() {
 // ---------------------------------------------------------------- fakes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_arrive_on_the_stream_after_the_intents() {
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let events = one_turn(&ts, None, "I'm sam@initech.com, a 40-person team in the UK. How much does each seat cost?")
+        .await
+        .unwrap();
+    assert!(shape(&events).starts_with("IS"), "{}", shape(&events));
+    let Event::Slots(s) = &events[1] else { unreachable!() };
+    let names: Vec<&str> = s.slots.iter().map(|x| x.name.as_str()).collect();
+    assert_eq!(names, ["email", "company_domain", "company_size", "country"], "{s:?}");
+    assert_eq!(s.slots[0].detail, "business");
+    assert_eq!(s.turn, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_generator_never_reaches_the_client() {
     // The generator invents a discount, does wrong arithmetic, names a rep and a link nobody wrote.
     let liar = ScriptedGenerator::fixed(

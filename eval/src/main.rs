@@ -430,7 +430,7 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             conf: vec![0.0; train_rows.len()],
             top: vec![String::new(); train_rows.len()],
         };
-        let (mut secs, mut accs, mut threshold) = (0.0, vec![], 0.0);
+        let (mut secs, mut accs, mut threshold, mut lat) = (0.0, vec![], 0.0, vec![]);
         for f in 0..k {
             let tr: Vec<Row> = train_rows
                 .iter()
@@ -444,6 +444,9 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             secs += s;
             threshold += trained.threshold / k as f32;
             let p = local.predict(&trained, &te)?;
+            if f + 1 == k {
+                lat = local.latency(&trained, &te)?;
+            }
             accs.push(
                 te.iter()
                     .zip(&p.pred)
@@ -466,6 +469,9 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             train_rows.len() * (k - 1) / k,
         );
         r.fold_accuracies = accs;
+        lat.sort_by(f64::total_cmp);
+        r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
+        r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
         r.training_seconds = secs / k as f64;
         r.threshold = args.oos_label.as_ref().map(|_| threshold);
         return Ok(r);
@@ -524,6 +530,24 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Waits (up to two minutes) until the server's health says SERVING: it may still be loading.
+async fn wait_serving(channel: tonic::transport::Channel, addr: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let req = tonic_health::pb::HealthCheckRequest { service: "closer.v1.Assistant".into() };
+        let status = health.check(req).await.map(|r| r.into_inner().status);
+        if status.as_ref().is_ok_and(|s| *s == ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{addr} is not SERVING after 2 minutes ({status:?})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
     use closer_proto::v1 as pb;
     let test = args.test.as_ref().context("--server needs --test FILE")?;
@@ -531,9 +555,18 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
     if args.limit > 0 {
         rows.truncate(args.limit);
     }
-    let mut client = pb::assistant_client::AssistantClient::connect(addr.clone())
+    let channel = tonic::transport::Endpoint::from_shared(addr.clone())?
+        .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    wait_serving(channel.clone(), &addr).await?;
+    let served = pb::intents_client::IntentsClient::new(channel.clone())
+        .get(pb::GetIntentsRequest { tenant: args.tenant.clone() })
+        .await
+        .with_context(|| format!("Intents.Get for tenant {:?}", args.tenant))?
+        .into_inner()
+        .model;
+    let mut client = pb::assistant_client::AssistantClient::new(channel);
     let map = LabelMap {
         oos: args.oos_label.clone(),
     };
@@ -593,6 +626,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
     r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
     r.multi_intent = multi_scores;
     r.threshold_sweep.clear();
+    r.threshold = served.map(|m| m.oos_threshold);
     Ok(r)
 }
 

@@ -655,13 +655,23 @@ async fn real_intent_upload_retrains_without_restart_and_persists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_arrive_on_the_stream_after_the_intents() {
     let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
-    let events = one_turn(&ts, None, "I'm sam@initech.com, a 40-person team in the UK. How much does each seat cost?")
-        .await
-        .unwrap();
+    let events = one_turn(
+        &ts,
+        None,
+        "I'm sam@initech.com, a 40-person team in the UK. How much does each seat cost?",
+    )
+    .await
+    .unwrap();
     assert!(shape(&events).starts_with("IS"), "{}", shape(&events));
-    let Event::Slots(s) = &events[1] else { unreachable!() };
+    let Event::Slots(s) = &events[1] else {
+        unreachable!()
+    };
     let names: Vec<&str> = s.slots.iter().map(|x| x.name.as_str()).collect();
-    assert_eq!(names, ["email", "company_domain", "company_size", "country"], "{s:?}");
+    assert_eq!(
+        names,
+        ["email", "company_domain", "company_size", "country"],
+        "{s:?}"
+    );
     assert_eq!(s.slots[0].detail, "business");
     assert_eq!(s.turn, 1);
 }
@@ -867,4 +877,52 @@ fn real_encoder_matches_the_candle_reference() {
             .fold(0f32, f32::max);
         assert!(diff < 1e-5, "{text:?}: max difference {diff}");
     }
+}
+
+/// The fine-tuning path: the encoder's own top layer through `pooled_with_top` gives exactly
+/// `embed`, and a few fine-tuning steps pull two intents' examples apart.
+#[test]
+fn real_top_layer_path_and_finetuning() {
+    use closer_models::finetune::{finetune_top, FinetuneConfig};
+    use closer_models::Embedder;
+    let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
+    let texts = [
+        "How much does it cost?",
+        "What is the price per seat?",
+        "Send me your pricing",
+        "Do you have discounts?",
+        "Are you SOC 2 compliant?",
+        "Is my data encrypted?",
+        "Do you have a security report?",
+        "Are you GDPR compliant?",
+    ];
+    let y = [0, 0, 0, 0, 1, 1, 1, 1];
+    let plain = enc.embed(&texts).unwrap();
+    let same = enc.pooled_with_top(&texts, enc.top_layer()).unwrap();
+    for (a, b) in plain.iter().zip(&same) {
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+    let cross = |v: &[Vec<f32>]| -> f32 {
+        let mut s = 0.0;
+        for i in 0..4 {
+            for j in 4..8 {
+                s += closer_models::dot(&v[i], &v[j]);
+            }
+        }
+        s / 16.0
+    };
+    let cfg = FinetuneConfig {
+        epochs: 5,
+        lr: 1e-4,
+        batch: 4,
+        ..FinetuneConfig::default()
+    };
+    let tuned = finetune_top(&enc, &texts, &y, 2, &cfg, 7, &mut |_, _| {}).unwrap();
+    let after = enc.pooled_with_top(&texts, &tuned).unwrap();
+    assert!(
+        cross(&after) < cross(&plain) - 0.02,
+        "cross-intent cosine {} -> {}",
+        cross(&plain),
+        cross(&after)
+    );
 }

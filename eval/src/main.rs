@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use closer_models::bert::Layer;
+use closer_models::finetune::{finetune_top, FinetuneConfig};
 use closer_models::head::{Features, HeadConfig};
 use closer_models::intent::{
     ClassifierConfig, Decision, HeadClassifier, TrainProgress, TrainedHead, TrainingData,
@@ -103,6 +105,12 @@ struct IntentArgs {
     /// Use the sentence embedding alone (no n-gram features).
     #[arg(long)]
     no_ngrams: bool,
+    /// Fine-tune the encoder's last layer on the training rows for this many epochs first
+    /// (experimental; embeddings are then not cached).
+    #[arg(long, default_value_t = 0)]
+    finetune_epochs: usize,
+    #[arg(long)]
+    finetune_lr: Option<f64>,
 }
 
 impl IntentArgs {
@@ -206,12 +214,21 @@ struct Predictions {
 
 struct Local {
     encoder: Arc<dyn Embedder>,
+    minilm: Arc<closer_models::encoder::MiniLmEncoder>,
     args: IntentArgs,
     map: LabelMap,
 }
 
 impl Local {
-    fn train(&self, rows: &[Row]) -> anyhow::Result<(TrainedHead, f64)> {
+    /// Features of `texts`: cached frozen embeddings, or the fine-tuned encoder's.
+    fn features(&self, texts: &[&str], top: Option<&Layer>) -> anyhow::Result<Vec<Vec<f32>>> {
+        match top {
+            Some(t) => Ok(self.minilm.pooled_with_top(texts, t)?),
+            None => cached_embed(self.encoder.as_ref(), texts, &self.args.cache_dir),
+        }
+    }
+
+    fn train(&self, rows: &[Row]) -> anyhow::Result<(TrainedHead, f64, Option<Layer>)> {
         let t = Instant::now();
         let mut names: BTreeSet<&str> = BTreeSet::new();
         for r in rows {
@@ -220,11 +237,39 @@ impl Local {
         let labels: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-        let y = rows
+        let y: Vec<usize> = rows
             .iter()
             .map(|r| index[self.map.to_model(&r.intent)])
             .collect();
-        let x = cached_embed(self.encoder.as_ref(), &texts, &self.args.cache_dir)?;
+        let top = if self.args.finetune_epochs > 0 {
+            let mut fc = FinetuneConfig {
+                epochs: self.args.finetune_epochs,
+                ..FinetuneConfig::default()
+            };
+            fc.lr = self.args.finetune_lr.unwrap_or(fc.lr);
+            let pb = bar(1, "fine-tuning");
+            let layer = finetune_top(
+                &self.minilm,
+                &texts,
+                &y,
+                labels.len(),
+                &fc,
+                self.args.seed,
+                &mut |s, n| {
+                    pb.set_length(n as u64);
+                    pb.set_position(s as u64);
+                },
+            )?;
+            pb.finish_and_clear();
+            eprintln!(
+                "fine-tuned the last encoder layer in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            Some(layer)
+        } else {
+            None
+        };
+        let x = self.features(&texts, top.as_ref())?;
         let data = TrainingData { texts, y, labels };
         let cfg = self.args.config();
         let pb = bar(cfg.head.epochs * 2, "training");
@@ -235,12 +280,17 @@ impl Local {
             }
         });
         pb.finish_and_clear();
-        Ok((trained, t.elapsed().as_secs_f64()))
+        Ok((trained, t.elapsed().as_secs_f64(), top))
     }
 
-    fn predict(&self, trained: &TrainedHead, rows: &[Row]) -> anyhow::Result<Predictions> {
+    fn predict(
+        &self,
+        trained: &TrainedHead,
+        top: Option<&Layer>,
+        rows: &[Row],
+    ) -> anyhow::Result<Predictions> {
         let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
-        let x = cached_embed(self.encoder.as_ref(), &texts, &self.args.cache_dir)?;
+        let x = self.features(&texts, top)?;
         let feats: Vec<Features> = trained.head.features(&texts, x);
         let mut out = Predictions {
             pred: vec![],
@@ -266,11 +316,19 @@ impl Local {
         Ok(out)
     }
 
-    fn latency(&self, trained: &TrainedHead, rows: &[Row]) -> anyhow::Result<Vec<f64>> {
+    fn latency(
+        &self,
+        trained: &TrainedHead,
+        top: Option<&Layer>,
+        rows: &[Row],
+    ) -> anyhow::Result<Vec<f64>> {
         let mut lat = vec![];
         for r in rows.iter().take(200) {
             let t = Instant::now();
-            let v = self.encoder.embed(&[r.text.as_str()])?;
+            let v = match top {
+                Some(l) => self.minilm.pooled_with_top(&[r.text.as_str()], l)?,
+                None => self.encoder.embed(&[r.text.as_str()])?,
+            };
             let f = trained.head.features(&[r.text.as_str()], v);
             let _ = trained.decide(&trained.head.predict(&f[0]));
             lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -407,15 +465,17 @@ fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
 
 fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
-    let encoder: Arc<dyn Embedder> = Arc::new(closer_models::encoder::MiniLmEncoder::load(
+    let minilm = Arc::new(closer_models::encoder::MiniLmEncoder::load(
         &paths.encoder_dir(),
     )?);
+    let encoder: Arc<dyn Embedder> = minilm.clone();
     let mut train_rows = data::read_rows(&args.train)?;
     if let Some(n) = args.shots {
         train_rows = data::shots(&train_rows, n, args.seed);
     }
     let local = Local {
         encoder,
+        minilm,
         map: LabelMap {
             oos: args.oos_label.clone(),
         },
@@ -440,12 +500,12 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
                 .collect();
             let te_idx: Vec<usize> = (0..train_rows.len()).filter(|&i| fold[i] == f).collect();
             let te: Vec<Row> = te_idx.iter().map(|&i| train_rows[i].clone()).collect();
-            let (trained, s) = local.train(&tr)?;
+            let (trained, s, top) = local.train(&tr)?;
             secs += s;
             threshold += trained.threshold / k as f32;
-            let p = local.predict(&trained, &te)?;
+            let p = local.predict(&trained, top.as_ref(), &te)?;
             if f + 1 == k {
-                lat = local.latency(&trained, &te)?;
+                lat = local.latency(&trained, top.as_ref(), &te)?;
             }
             accs.push(
                 te.iter()
@@ -484,7 +544,7 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     if args.limit > 0 {
         test_rows.truncate(args.limit);
     }
-    let (trained, secs) = local.train(&train_rows)?;
+    let (trained, secs, top) = local.train(&train_rows)?;
     eprintln!(
         "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, temperature {:.2}, OOS threshold {:.2})",
         train_rows.len(),
@@ -502,9 +562,9 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             "warning: {unknown} test rows have intents absent from training; they count as errors"
         );
     }
-    let p = local.predict(&trained, &test_rows)?;
+    let p = local.predict(&trained, top.as_ref(), &test_rows)?;
     let mut r = score(&args, "local", &test_rows, &p, train_rows.len());
-    let mut lat = local.latency(&trained, &test_rows)?;
+    let mut lat = local.latency(&trained, top.as_ref(), &test_rows)?;
     lat.sort_by(f64::total_cmp);
     r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
     r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
@@ -536,9 +596,14 @@ async fn wait_serving(channel: tonic::transport::Channel, addr: &str) -> anyhow:
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let req = tonic_health::pb::HealthCheckRequest { service: "closer.v1.Assistant".into() };
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: "closer.v1.Assistant".into(),
+        };
         let status = health.check(req).await.map(|r| r.into_inner().status);
-        if status.as_ref().is_ok_and(|s| *s == ServingStatus::Serving as i32) {
+        if status
+            .as_ref()
+            .is_ok_and(|s| *s == ServingStatus::Serving as i32)
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -561,7 +626,9 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
         .with_context(|| format!("connecting to {addr}"))?;
     wait_serving(channel.clone(), &addr).await?;
     let served = pb::intents_client::IntentsClient::new(channel.clone())
-        .get(pb::GetIntentsRequest { tenant: args.tenant.clone() })
+        .get(pb::GetIntentsRequest {
+            tenant: args.tenant.clone(),
+        })
         .await
         .with_context(|| format!("Intents.Get for tenant {:?}", args.tenant))?
         .into_inner()

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 
-use crate::bert::Bert;
+use crate::bert::{Bert, Layer};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Embedder, Error, Result};
@@ -73,7 +73,8 @@ impl MiniLmEncoder {
         Ok(out)
     }
 
-    fn pooled_batch(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// Token ids and attention mask of a batch, padded to its longest text.
+    fn batch_tensors(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -92,6 +93,41 @@ impl MiniLmEncoder {
         }
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        Ok((ids, mask))
+    }
+
+    /// Hidden states of a batch after all but the last layer, and its mask: the input of a
+    /// fine-tuned top layer.
+    pub fn below_top(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let (ids, mask) = self.batch_tensors(texts)?;
+        let h = self
+            .model
+            .forward_until(&ids, &mask, self.last_layer() - 1)?;
+        Ok((h, mask))
+    }
+
+    /// The encoder's own last layer.
+    pub fn top_layer(&self) -> &Layer {
+        self.model.layer(self.last_layer() - 1)
+    }
+
+    pub fn heads(&self) -> usize {
+        self.model.heads()
+    }
+
+    /// Pooled unit vectors with `top` in place of the last layer.
+    pub fn pooled_with_top(&self, texts: &[&str], top: &Layer) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(BATCH) {
+            let (h, mask) = self.below_top(chunk)?;
+            let h = top.forward(&h, &crate::bert::additive_mask(&mask)?, self.heads(), false)?;
+            out.extend(mean_pool_unit(&h, &mask)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    fn pooled_batch(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = self.batch_tensors(texts)?;
         let hidden = self.model.forward_all(&ids, &mask)?;
         let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
         let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
@@ -110,6 +146,15 @@ impl MiniLmEncoder {
     fn last_layer(&self) -> usize {
         self.model.num_layers()
     }
+}
+
+/// Mean over the attention mask of `(n, len, dim)` hidden states, scaled to unit length: `(n, dim)`.
+pub fn mean_pool_unit(h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+    let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
+    let mean = h.broadcast_mul(&maskf)?.sum(1)?.broadcast_div(&counts)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    mean.broadcast_div(&norm)
 }
 
 impl Embedder for MiniLmEncoder {

@@ -14,6 +14,7 @@
 pub mod bert;
 pub mod encoder;
 pub mod fake;
+pub mod finetune;
 pub mod generator;
 pub mod head;
 pub mod intent;

@@ -182,6 +182,8 @@ fn shape(events: &[Event]) -> String {
     s
 }
 
+mod knowledge;
+
 // ---------------------------------------------------------------- real models
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,22 +1,24 @@
 //! Loading a tenant from the files a team already has:
 //!
 //! * `tenant.yaml` — `id`, `company`, optional `names` (brands the assistant may say);
-//! * `facts.jsonl` — one fact per line: `id`, `kind`, `question`, `answer`, `tags`, `intents`;
-//! * `accounts.csv` — `domain,name,owner_rep_id,segment,employees,country,target`;
-//! * `reps.csv` — `id,name,email,team,region`;
+//! * facts: any `.jsonl`, `.json`, `.csv` or `.md` file not named `accounts*`/`reps*` (see
+//!   [`crate::formats`]);
+//! * `accounts.csv` — `domain,name,owner_rep_id` and optional account columns;
+//! * `reps.csv` — `id,name` and optional rep columns;
 //! * `intents.yaml` — the tenant's intent set (see `closer_models::intent::IntentSet`).
 //!
 //! Everything is validated before anything is written; an error names file, line and field.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use crate::{
-    create_index, io_err, tenant_dir, write_facts, Account, Error, Fact, Rep, Result, TenantProfile,
+use crate::formats::{
+    content_from_name, parse_accounts, parse_facts, parse_reps, Content, Format, MAX_FILE_BYTES,
 };
-
-/// Longest answer accepted, in bytes.
-pub const MAX_ANSWER_BYTES: usize = 4_000;
+use crate::{
+    create_index, io_err, tenant_dir, to_json, write_atomic, write_facts, Account, Error, Fact,
+    Rep, Result, TenantProfile,
+};
 
 /// What a load wrote.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +28,7 @@ pub struct LoadSummary {
     pub accounts: usize,
     pub reps: usize,
     pub intents: usize,
+    pub files: usize,
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -70,105 +73,173 @@ pub fn validate_tenant_id(id: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Parses `facts.jsonl`.
-pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
-    let file = path.display().to_string();
-    let text = read_text(path)?;
-    let mut facts = vec![];
-    let mut ids = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let inv = |field: &str, message: String| Error::Invalid {
-            file: file.clone(),
-            line: n,
-            field: field.into(),
-            message,
-        };
-        let fact: Fact = serde_json::from_str(line).map_err(|e| inv("json", e.to_string()))?;
-        if fact.id.trim().is_empty() {
-            return Err(inv("id", "empty".into()));
-        }
-        if !ids.insert(fact.id.clone()) {
-            return Err(inv(
-                "id",
-                format!("duplicate id {:?} in this file", fact.id),
-            ));
-        }
-        if fact.question.trim().is_empty() {
-            return Err(inv("question", "empty".into()));
-        }
-        if fact.answer.trim().is_empty() {
-            return Err(inv("answer", "empty".into()));
-        }
-        if fact.answer.len() > MAX_ANSWER_BYTES {
-            return Err(inv(
-                "answer",
-                format!("{} bytes, more than {MAX_ANSWER_BYTES}", fact.answer.len()),
-            ));
-        }
-        facts.push(fact);
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if meta.len() as usize > MAX_FILE_BYTES {
+        return Err(Error::Invalid {
+            file: path.display().to_string(),
+            line: 0,
+            field: "file".into(),
+            message: format!(
+                "{} bytes, more than the limit of {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        });
     }
-    Ok(facts)
+    std::fs::read(path).map_err(|e| io_err(path, e))
 }
 
-fn read_csv<T: for<'de> serde::Deserialize<'de>>(path: &Path, required: &[&str]) -> Result<Vec<T>> {
-    let file = path.display().to_string();
-    let text = read_text(path)?;
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| Error::Invalid {
-            file: file.clone(),
-            line: 1,
-            field: "header".into(),
-            message: e.to_string(),
-        })?
-        .clone();
-    for r in required {
-        if !headers.iter().any(|h| h == *r) {
-            return Err(Error::Invalid {
-                file,
-                line: 1,
-                field: (*r).into(),
-                message: "required column is missing".into(),
-            });
-        }
-    }
-    let mut out = vec![];
-    for rec in rdr.deserialize::<T>() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
-            let field = match e.kind() {
-                csv::ErrorKind::Deserialize { err, .. } => err
-                    .field()
-                    .and_then(|i| headers.get(i as usize))
-                    .unwrap_or("row")
-                    .to_string(),
-                _ => "row".into(),
-            };
-            Error::Invalid {
-                file: file.clone(),
-                line,
-                field,
-                message: e.to_string(),
-            }
-        })?;
-        out.push(rec);
-    }
-    Ok(out)
+/// Parses a facts file in the format its extension names.
+pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
+    let name = path.display().to_string();
+    let format = Format::from_name(&name).ok_or_else(|| Error::Invalid {
+        file: name.clone(),
+        line: 0,
+        field: "file".into(),
+        message: "unknown format: use .jsonl, .json, .csv or .md".into(),
+    })?;
+    parse_facts(&name, format, &read_bytes(path)?)
 }
 
 pub fn read_accounts(path: &Path) -> Result<Vec<Account>> {
-    read_csv(path, &["domain", "name", "owner_rep_id"])
+    parse_accounts(&path.display().to_string(), &read_bytes(path)?)
 }
 
 pub fn read_reps(path: &Path) -> Result<Vec<Rep>> {
-    read_csv(path, &["id", "name"])
+    parse_reps(&path.display().to_string(), &read_bytes(path)?)
+}
+
+/// The parsed content of some files, checked as one batch (no duplicate fact ids across files).
+#[derive(Debug, Default)]
+pub struct Files {
+    pub facts: Vec<Fact>,
+    pub accounts: Vec<Account>,
+    pub reps: Vec<Rep>,
+    pub files: usize,
+    fact_files: HashMap<String, String>,
+}
+
+impl Files {
+    /// Parses files by name: `accounts*.csv`, `reps*.csv`, anything else facts.
+    pub fn read(paths: &[std::path::PathBuf], progress: &mut dyn FnMut(&Path)) -> Result<Self> {
+        let mut out = Files::default();
+        for p in paths {
+            progress(p);
+            out.add(&p.display().to_string(), &read_bytes(p)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Parses one file's bytes, named as the file would be.
+    pub fn add(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        match content_from_name(name) {
+            Content::Accounts => self.accounts.extend(parse_accounts(name, bytes)?),
+            Content::Reps => self.reps.extend(parse_reps(name, bytes)?),
+            Content::Facts => {
+                let format = Format::from_name(name).ok_or_else(|| Error::Invalid {
+                    file: name.to_string(),
+                    line: 0,
+                    field: "file_name".into(),
+                    message: "unknown format: use .jsonl, .json, .csv or .md".into(),
+                })?;
+                for f in parse_facts(name, format, bytes)? {
+                    if let Some(other) = self.fact_files.insert(f.id.clone(), name.to_string()) {
+                        return Err(Error::Invalid {
+                            file: name.to_string(),
+                            line: 0,
+                            field: "id".into(),
+                            message: format!("duplicate id {:?}: also in {other}", f.id),
+                        });
+                    }
+                    self.facts.push(f);
+                }
+            }
+        }
+        self.files += 1;
+        Ok(())
+    }
+}
+
+/// The data files of a tenant folder: every `.jsonl`, `.json`, `.csv` and `.md` file.
+pub fn data_files(src: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut v = vec![];
+    for e in std::fs::read_dir(src).map_err(|e| io_err(src, e))? {
+        let p = e.map_err(|e| io_err(src, e))?.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if p.is_file() && Format::from_name(&name).is_some() && !name.starts_with("readme") {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Upserts files into an existing tenant's folder: facts in one index commit (all or nothing),
+/// accounts and reps merged by domain/id and written atomically. Vectors of new facts are
+/// computed when the server next opens the tenant (a running server takes `Knowledge.Ingest`).
+pub fn load_files(
+    paths: &[std::path::PathBuf],
+    data_dir: &Path,
+    tenant: &str,
+    progress: &mut dyn FnMut(&Path),
+) -> Result<LoadSummary> {
+    validate_tenant_id(tenant).map_err(Error::BadInput)?;
+    let dir = tenant_dir(data_dir, tenant);
+    if !dir.join("tenant.yaml").is_file() {
+        return Err(Error::UnknownTenant(tenant.to_string()));
+    }
+    let files = Files::read(paths, progress)?;
+    let mut reps: Vec<Rep> = crate::read_json(&dir.join("reps.json"))?;
+    let mut accounts: Vec<Account> = crate::read_json(&dir.join("accounts.json"))?;
+    for r in &files.reps {
+        match reps.iter_mut().find(|x| x.id == r.id) {
+            Some(x) => *x = r.clone(),
+            None => reps.push(r.clone()),
+        }
+    }
+    check_owners(&files.accounts, &reps, "accounts")?;
+    for a in &files.accounts {
+        match accounts.iter_mut().find(|x| x.domain == a.domain) {
+            Some(x) => *x = a.clone(),
+            None => accounts.push(a.clone()),
+        }
+    }
+    if !files.reps.is_empty() {
+        write_atomic(&dir.join("reps.json"), &to_json(&reps)?)?;
+    }
+    if !files.accounts.is_empty() {
+        write_atomic(&dir.join("accounts.json"), &to_json(&accounts)?)?;
+    }
+    if !files.facts.is_empty() {
+        let index = crate::open_or_upgrade(&dir.join("index"))?;
+        write_facts(&index, &files.facts, &[], false)?;
+    }
+    Ok(LoadSummary {
+        tenant: tenant.to_string(),
+        facts: files.facts.len(),
+        accounts: files.accounts.len(),
+        reps: files.reps.len(),
+        intents: 0,
+        files: files.files,
+    })
+}
+
+fn check_owners(accounts: &[Account], reps: &[Rep], file: &str) -> Result<()> {
+    let rep_ids: HashSet<&str> = reps.iter().map(|r| r.id.as_str()).collect();
+    for (i, a) in accounts.iter().enumerate() {
+        if !rep_ids.contains(a.owner_rep_id.as_str()) {
+            return Err(Error::Invalid {
+                file: file.into(),
+                line: i + 2,
+                field: "owner_rep_id".into(),
+                message: format!("no rep with id {:?}", a.owner_rep_id),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Loads a tenant from a source folder into `data_dir`, replacing what that tenant had.
@@ -179,35 +250,31 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
         validate_tenant_id(t).map_err(Error::BadInput)?;
         profile.id = t.to_string();
     }
-    let facts = read_facts(&src.join("facts.jsonl"))?;
-    let accounts = read_accounts(&src.join("accounts.csv"))?;
-    let reps = read_reps(&src.join("reps.csv"))?;
+    let paths = data_files(src)?;
+    let files = Files::read(&paths, &mut |_| {})?;
     let intents_path = src.join("intents.yaml");
     let intents_text = read_text(&intents_path)?;
     let intents = closer_models::intent::IntentSet::from_yaml(&intents_text)
         .map_err(|e| Error::BadInput(format!("{}: {e}", intents_path.display())))?;
-    let rep_ids: HashSet<&str> = reps.iter().map(|r| r.id.as_str()).collect();
-    for (i, a) in accounts.iter().enumerate() {
-        if !rep_ids.contains(a.owner_rep_id.as_str()) {
-            return Err(Error::Invalid {
-                file: src.join("accounts.csv").display().to_string(),
-                line: i + 2,
-                field: "owner_rep_id".into(),
-                message: format!("no rep with id {:?} in reps.csv", a.owner_rep_id),
-            });
-        }
-    }
+    check_owners(
+        &files.accounts,
+        &files.reps,
+        &src.join("accounts.csv").display().to_string(),
+    )?;
+    let Files {
+        facts,
+        accounts,
+        reps,
+        files,
+        ..
+    } = files;
 
     let dir = tenant_dir(data_dir, &profile.id);
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
     let index = create_index(&dir.join("index"))?;
-    write_facts(&index, &facts, true)?;
-    let write = |name: &str, bytes: Vec<u8>| -> Result<()> {
-        let p = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| io_err(&p, e))
-    };
+    write_facts(&index, &facts, &[], true)?;
+    let write =
+        |name: &str, bytes: Vec<u8>| -> Result<()> { write_atomic(&dir.join(name), &bytes) };
     write("accounts.json", to_json(&accounts)?)?;
     write("reps.json", to_json(&reps)?)?;
     write("intents.yaml", intents_text.into_bytes())?;
@@ -223,11 +290,8 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
         accounts: accounts.len(),
         reps: reps.len(),
         intents: intents.intents.len(),
+        files,
     })
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::BadInput(e.to_string()))
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
 
 fn plan_for(
     tenant: &Tenant,
+    kb: &closer_kb::Snapshot,
     set: &IntentSet,
     visitor: &Visitor,
     text: &str,
@@ -137,9 +138,9 @@ fn plan_for(
         let found = visitor
             .domain
             .as_deref()
-            .and_then(|d| tenant.kb.account(d))
+            .and_then(|d| kb.account(d))
             .and_then(|a| {
-                tenant.kb.rep(&a.owner_rep_id).map(|r| Plan::Owner {
+                kb.rep(&a.owner_rep_id).map(|r| Plan::Owner {
                     account: a.clone(),
                     rep: r.clone(),
                 })
@@ -231,8 +232,10 @@ pub fn run_turn(
         return Ok(());
     }
 
-    let account = visitor.domain.as_deref().and_then(|d| tenant.kb.account(d));
-    let owner = account.and_then(|a| tenant.kb.rep(&a.owner_rep_id));
+    // One knowledge snapshot for the whole turn: a concurrent ingest is seen whole or not at all.
+    let kb = tenant.kb.snapshot();
+    let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
+    let owner = account.and_then(|a| kb.rep(&a.owner_rep_id));
     if account_live_pending {
         if let (Some(a), Some(r)) = (account, owner) {
             let h = pb::HandoffSignal {
@@ -263,7 +266,7 @@ pub fn run_turn(
     let mut unanswered = false;
     for intent in &ordered {
         let clause = &text[intent.span.0..intent.span.1];
-        match plan_for(tenant, &model.set, visitor, text, intent)? {
+        match plan_for(tenant, &kb, &model.set, visitor, text, intent)? {
             Plan::Fact(f) => {
                 if !cited.iter().any(|c| c.id == f.id) {
                     cited.push(Cited {

@@ -42,6 +42,9 @@ impl Error {
             Error::NotReady => "not_ready",
             Error::Model(_) => "model",
             Error::Kb(closer_kb::Error::UnknownTenant(_)) => "unknown_tenant",
+            Error::Kb(closer_kb::Error::Invalid { .. } | closer_kb::Error::BadInput(_)) => {
+                "invalid_argument"
+            }
             Error::Kb(_) => "knowledge_base",
             Error::Internal(_) => "internal",
         }
@@ -49,7 +52,9 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::Invalid { .. } | Error::Model(closer_models::Error::IntentSet(_)) => {
+            Error::Invalid { .. }
+            | Error::Model(closer_models::Error::IntentSet(_))
+            | Error::Kb(closer_kb::Error::Invalid { .. } | closer_kb::Error::BadInput(_)) => {
                 Code::InvalidArgument
             }
             Error::UnknownTenant(_) | Error::Kb(closer_kb::Error::UnknownTenant(_)) => {

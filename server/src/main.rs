@@ -57,11 +57,14 @@ enum ModelsCommand {
 
 #[derive(Subcommand)]
 enum KbCommand {
-    /// Load a tenant from a folder (tenant.yaml, facts.jsonl, accounts.csv, reps.csv, intents.yaml).
+    /// Load a tenant from a folder (tenant.yaml, intents.yaml and data files: replaces the
+    /// tenant), or upsert files (facts .jsonl/.json/.csv/.md, accounts*.csv, reps*.csv) into an
+    /// existing tenant. For a running server, use Knowledge.Ingest instead.
     Load {
-        /// The folder to load.
-        dir: PathBuf,
-        /// Tenant id (default: the `id` in tenant.yaml).
+        /// A tenant folder, or one or more files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Tenant id (folder: default the `id` in tenant.yaml; files: required).
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
@@ -135,17 +138,35 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         Command::Kb {
             command:
                 KbCommand::Load {
-                    dir,
+                    paths,
                     tenant,
                     data_dir,
                 },
         } => {
-            let s = closer_kb::load::load_dir(&dir, &data_dir, tenant.as_deref())?;
-            println!("| tenant | facts | accounts | reps | intents |");
-            println!("|---|---|---|---|---|");
+            let pb = indicatif::ProgressBar::new(paths.len() as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>10} [{bar:30}] {pos}/{len} {wide_msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let s = if paths.len() == 1 && paths[0].is_dir() {
+                closer_kb::load::load_dir(&paths[0], &data_dir, tenant.as_deref())?
+            } else {
+                let t = tenant
+                    .ok_or_else(|| anyhow::anyhow!("--tenant is needed when loading files"))?;
+                pb.set_message("reading");
+                closer_kb::load::load_files(&paths, &data_dir, &t, &mut |p| {
+                    pb.inc(1);
+                    pb.println(format!("  {}", p.display()));
+                })?
+            };
+            pb.finish_and_clear();
+            println!("| tenant | files | facts | accounts | reps | intents |");
+            println!("|---|---|---|---|---|---|");
             println!(
-                "| {} | {} | {} | {} | {} |",
-                s.tenant, s.facts, s.accounts, s.reps, s.intents
+                "| {} | {} | {} | {} | {} | {} |",
+                s.tenant, s.files, s.facts, s.accounts, s.reps, s.intents
             );
             println!(
                 "loaded into {}",

@@ -1,0 +1,727 @@
+//! The file formats teams bring, parsed from bytes with errors naming file, line and field, and
+//! the export formats.
+//!
+//! | what | formats |
+//! |---|---|
+//! | facts | JSONL (one object per line), JSON (an array of objects), CSV (`id,kind,question,answer,tags,intents,valid_from,valid_until`; `tags` and `intents` separated by `;`), Markdown FAQ (`## question` headings, the body is the answer) |
+//! | accounts | CSV `domain,name,owner_rep_id[,segment,employees,industry,country,target,open_opportunity]` |
+//! | reps | CSV `id,name[,email,team,region,languages,timezone,working_hours,meeting_link]` |
+
+use std::collections::HashSet;
+
+use crate::{Account, Error, Fact, Rep, Result};
+
+/// Largest file accepted.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+/// Longest answer accepted, in bytes.
+pub const MAX_ANSWER_BYTES: usize = 4_000;
+/// Longest question, id, kind or tag, in bytes.
+pub const MAX_FIELD_BYTES: usize = 1_000;
+
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Facts,
+    Accounts,
+    Reps,
+}
+
+/// How a file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jsonl,
+    Json,
+    Csv,
+    Markdown,
+}
+
+impl Format {
+    /// From a file name's extension.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let ext = name.rsplit_once('.').map(|x| x.1.to_ascii_lowercase())?;
+        match ext.as_str() {
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            "json" => Some(Self::Json),
+            "csv" => Some(Self::Csv),
+            "md" | "markdown" => Some(Self::Markdown),
+            _ => None,
+        }
+    }
+}
+
+/// What a file name says it holds: `accounts*.csv`, `reps*.csv`, anything else facts.
+pub fn content_from_name(name: &str) -> Content {
+    let base = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(name)
+        .to_ascii_lowercase();
+    if base.starts_with("accounts") {
+        Content::Accounts
+    } else if base.starts_with("reps") {
+        Content::Reps
+    } else {
+        Content::Facts
+    }
+}
+
+fn invalid(file: &str, line: usize, field: &str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        file: file.to_string(),
+        line,
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// UTF-8 text of a file, within the size limit.
+pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(invalid(
+            file,
+            0,
+            "file",
+            format!(
+                "{} bytes, more than the limit of {MAX_FILE_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        invalid(
+            file,
+            line,
+            "encoding",
+            format!("not valid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })
+}
+
+/// Checks one fact; `seen` catches duplicate ids within a batch.
+pub fn check_fact(file: &str, line: usize, f: &Fact, seen: &mut HashSet<String>) -> Result<()> {
+    let id_ok = !f.id.trim().is_empty() && f.id.len() <= 128 && !f.id.chars().any(char::is_control);
+    if !id_ok {
+        return Err(invalid(
+            file,
+            line,
+            "id",
+            "must be 1-128 characters without control characters",
+        ));
+    }
+    if !seen.insert(f.id.clone()) {
+        return Err(invalid(
+            file,
+            line,
+            "id",
+            format!("duplicate id {:?} in this batch", f.id),
+        ));
+    }
+    for (field, v) in [("question", &f.question), ("answer", &f.answer)] {
+        if v.trim().is_empty() {
+            return Err(invalid(file, line, field, "empty"));
+        }
+    }
+    if f.answer.len() > MAX_ANSWER_BYTES {
+        return Err(invalid(
+            file,
+            line,
+            "answer",
+            format!("{} bytes, more than {MAX_ANSWER_BYTES}", f.answer.len()),
+        ));
+    }
+    for (field, v) in [("question", &f.question), ("kind", &f.kind)] {
+        if v.len() > MAX_FIELD_BYTES {
+            return Err(invalid(
+                file,
+                line,
+                field,
+                format!("{} bytes, more than {MAX_FIELD_BYTES}", v.len()),
+            ));
+        }
+    }
+    if let Some(t) = f
+        .tags
+        .iter()
+        .chain(&f.intents)
+        .find(|t| t.len() > MAX_FIELD_BYTES)
+    {
+        return Err(invalid(
+            file,
+            line,
+            "tags",
+            format!("an entry of {} bytes, more than {MAX_FIELD_BYTES}", t.len()),
+        ));
+    }
+    for (field, v, end) in [
+        ("valid_from", &f.valid_from, false),
+        ("valid_until", &f.valid_until, true),
+    ] {
+        if let Some(v) = v {
+            if crate::time::parse(v, end).is_none() {
+                return Err(invalid(
+                    file,
+                    line,
+                    field,
+                    format!("{v:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses facts in any of the fact formats; every fact is checked.
+pub fn parse_facts(file: &str, format: Format, bytes: &[u8]) -> Result<Vec<Fact>> {
+    let text = text(file, bytes)?;
+    let rows: Vec<(usize, Fact)> = match format {
+        Format::Jsonl => {
+            let mut v = vec![];
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let f: Fact = serde_json::from_str(line)
+                    .map_err(|e| invalid(file, i + 1, &json_field(&e), e.to_string()))?;
+                v.push((i + 1, f));
+            }
+            v
+        }
+        Format::Json => {
+            let facts: Vec<Fact> = serde_json::from_str(text)
+                .map_err(|e| invalid(file, e.line(), &json_field(&e), e.to_string()))?;
+            // Line numbers of array elements are not tracked; errors name the element.
+            facts
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (i + 1, f))
+                .collect()
+        }
+        Format::Csv => parse_fact_csv(file, text)?,
+        Format::Markdown => parse_markdown(file, text)?,
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (line, f) in rows {
+        check_fact(
+            if format == Format::Json {
+                "element"
+            } else {
+                file
+            },
+            line,
+            &f,
+            &mut seen,
+        )
+        .map_err(|e| match (format, e) {
+            (
+                Format::Json,
+                Error::Invalid {
+                    field,
+                    message,
+                    line,
+                    ..
+                },
+            ) => invalid(file, 0, &format!("[{}].{field}", line - 1), message),
+            (_, e) => e,
+        })?;
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// The field a serde_json error is about, when its message names one.
+fn json_field(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    for key in ["missing field `", "unknown field `"] {
+        if let Some(rest) = m.split(key).nth(1) {
+            return rest.split('`').next().unwrap_or("json").to_string();
+        }
+    }
+    "json".into()
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A CSV reader over text with its header, required columns checked.
+fn csv_reader<'a>(
+    file: &str,
+    text: &'a str,
+    required: &[&str],
+) -> Result<(csv::Reader<&'a [u8]>, csv::StringRecord)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| invalid(file, 1, "header", e.to_string()))?
+        .clone();
+    for r in required {
+        if !headers.iter().any(|h| h == *r) {
+            return Err(invalid(file, 1, r, "required column is missing"));
+        }
+    }
+    Ok((rdr, headers))
+}
+
+fn parse_fact_csv(file: &str, text: &str) -> Result<Vec<(usize, Fact)>> {
+    let (mut rdr, headers) = csv_reader(file, text, &["id", "question", "answer"])?;
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let known = [
+        "id",
+        "kind",
+        "question",
+        "answer",
+        "tags",
+        "intents",
+        "valid_from",
+        "valid_until",
+    ];
+    if let Some(h) = headers.iter().find(|h| !known.contains(h)) {
+        return Err(invalid(
+            file,
+            1,
+            h,
+            format!("unknown column; known: {}", known.join(", ")),
+        ));
+    }
+    let mut out = vec![];
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            invalid(
+                file,
+                e.position().map_or(0, |p| p.line() as usize),
+                "row",
+                e.to_string(),
+            )
+        })?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let get = |name: &str| col(name).and_then(|i| rec.get(i)).unwrap_or("").to_string();
+        let opt = |name: &str| Some(get(name)).filter(|s| !s.is_empty());
+        out.push((
+            line,
+            Fact {
+                id: get("id"),
+                kind: Some(get("kind"))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "faq".into()),
+                question: get("question"),
+                answer: get("answer"),
+                tags: split_list(&get("tags")),
+                intents: split_list(&get("intents")),
+                valid_from: opt("valid_from"),
+                valid_until: opt("valid_until"),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// `# Title` lines are ignored; each `## Question` (or `### Question`) starts a fact whose body,
+/// up to the next heading, is the answer. The id is `faq-` + a slug of the question, unless the
+/// heading ends with `{#id}`.
+fn parse_markdown(file: &str, text: &str) -> Result<Vec<(usize, Fact)>> {
+    let mut out: Vec<(usize, Fact)> = vec![];
+    let mut body = String::new();
+    let flush = |out: &mut Vec<(usize, Fact)>, body: &mut String| {
+        if let Some(last) = out.last_mut() {
+            last.1.answer = body.trim().to_string();
+        }
+        body.clear();
+    };
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(h) = t.strip_prefix("## ").or_else(|| t.strip_prefix("### ")) {
+            flush(&mut out, &mut body);
+            let h = h.trim();
+            let (question, id) = match h.rsplit_once("{#") {
+                Some((q, rest)) if rest.ends_with('}') => {
+                    (q.trim().to_string(), rest.trim_end_matches('}').to_string())
+                }
+                _ => (h.to_string(), format!("faq-{}", slug(h))),
+            };
+            out.push((
+                i + 1,
+                Fact {
+                    id,
+                    kind: "faq".into(),
+                    question,
+                    answer: String::new(),
+                    tags: vec![],
+                    intents: vec![],
+                    valid_from: None,
+                    valid_until: None,
+                },
+            ));
+        } else if t.starts_with("# ") && out.is_empty() {
+            continue;
+        } else if !out.is_empty() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    flush(&mut out, &mut body);
+    if out.is_empty() {
+        return Err(invalid(
+            file,
+            1,
+            "heading",
+            "no `## question` headings found",
+        ));
+    }
+    Ok(out)
+}
+
+fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 60 {
+            break;
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+fn csv_rows<T: for<'de> serde::Deserialize<'de>>(
+    file: &str,
+    text: &str,
+    required: &[&str],
+) -> Result<Vec<(usize, T)>> {
+    let (mut rdr, headers) = csv_reader(file, text, required)?;
+    let mut out = vec![];
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            invalid(
+                file,
+                e.position().map_or(0, |p| p.line() as usize),
+                "row",
+                e.to_string(),
+            )
+        })?;
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let row: T = rec.deserialize(Some(&headers)).map_err(|e| {
+            let field = match e.kind() {
+                csv::ErrorKind::Deserialize { err, .. } => err
+                    .field()
+                    .and_then(|i| headers.get(i as usize))
+                    .unwrap_or("row")
+                    .to_string(),
+                _ => "row".into(),
+            };
+            invalid(file, line, &field, e.to_string())
+        })?;
+        out.push((line, row));
+    }
+    Ok(out)
+}
+
+pub fn parse_accounts(file: &str, bytes: &[u8]) -> Result<Vec<Account>> {
+    let rows: Vec<(usize, Account)> = csv_rows(
+        file,
+        text(file, bytes)?,
+        &["domain", "name", "owner_rep_id"],
+    )?;
+    let mut seen = HashSet::new();
+    let mut out = vec![];
+    for (line, mut a) in rows {
+        a.domain = a
+            .domain
+            .trim()
+            .trim_start_matches("www.")
+            .to_ascii_lowercase();
+        let ok =
+            a.domain.contains('.') && !a.domain.contains(['/', ' ', '@']) && a.domain.len() <= 253;
+        if !ok {
+            return Err(invalid(
+                file,
+                line,
+                "domain",
+                format!("{:?} is not a domain like acme.com", a.domain),
+            ));
+        }
+        for (field, v) in [("name", &a.name), ("owner_rep_id", &a.owner_rep_id)] {
+            if v.is_empty() {
+                return Err(invalid(file, line, field, "empty"));
+            }
+        }
+        if !seen.insert(a.domain.clone()) {
+            return Err(invalid(
+                file,
+                line,
+                "domain",
+                format!("duplicate domain {:?} in this batch", a.domain),
+            ));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+pub fn parse_reps(file: &str, bytes: &[u8]) -> Result<Vec<Rep>> {
+    let rows: Vec<(usize, Rep)> = csv_rows(file, text(file, bytes)?, &["id", "name"])?;
+    let mut seen = HashSet::new();
+    let mut out = vec![];
+    for (line, r) in rows {
+        for (field, v) in [("id", &r.id), ("name", &r.name)] {
+            if v.is_empty() {
+                return Err(invalid(file, line, field, "empty"));
+            }
+        }
+        if !seen.insert(r.id.clone()) {
+            return Err(invalid(
+                file,
+                line,
+                "id",
+                format!("duplicate id {:?} in this batch", r.id),
+            ));
+        }
+        if !r.meeting_link.is_empty() && !r.meeting_link.starts_with("https://") {
+            return Err(invalid(
+                file,
+                line,
+                "meeting_link",
+                "must be an https:// link",
+            ));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A CSV cell that a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, tab, CR at the
+/// start) gets a leading `'`, so an exported file cannot run anything when opened.
+pub fn escape_cell(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Facts as CSV in the import column order (formula-looking cells escaped).
+pub fn facts_to_csv(facts: &[Fact]) -> Result<String> {
+    let mut w = csv::Writer::from_writer(vec![]);
+    let io = |e: csv::Error| Error::BadInput(e.to_string());
+    w.write_record([
+        "id",
+        "kind",
+        "question",
+        "answer",
+        "tags",
+        "intents",
+        "valid_from",
+        "valid_until",
+    ])
+    .map_err(io)?;
+    for f in facts {
+        let row = [
+            f.id.clone(),
+            f.kind.clone(),
+            f.question.clone(),
+            f.answer.clone(),
+            f.tags.join(";"),
+            f.intents.join(";"),
+            f.valid_from.clone().unwrap_or_default(),
+            f.valid_until.clone().unwrap_or_default(),
+        ];
+        w.write_record(row.iter().map(|c| escape_cell(c)))
+            .map_err(io)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::BadInput(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| Error::BadInput(e.to_string()))
+}
+
+/// Facts as JSON lines (the import format; JSON needs no escaping).
+pub fn facts_to_jsonl(facts: &[Fact]) -> String {
+    facts
+        .iter()
+        .filter_map(|f| serde_json::to_string(f).ok())
+        .map(|l| l + "\n")
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fact_format_parses_to_the_same_facts() {
+        let jsonl = br#"{"id":"p","kind":"pricing","question":"How much?","answer":"$80 a seat.","tags":["price"],"intents":["pricing"],"valid_until":"2030-01-31"}"#;
+        let json = br#"[{"id":"p","kind":"pricing","question":"How much?","answer":"$80 a seat.","tags":["price"],"intents":["pricing"],"valid_until":"2030-01-31"}]"#;
+        let csv = b"id,kind,question,answer,tags,intents,valid_until\np,pricing,How much?,$80 a seat.,price,pricing,2030-01-31\n";
+        let a = parse_facts("f.jsonl", Format::Jsonl, jsonl).unwrap();
+        assert_eq!(a, parse_facts("f.json", Format::Json, json).unwrap());
+        assert_eq!(a, parse_facts("f.csv", Format::Csv, csv).unwrap());
+        assert_eq!(a[0].valid_until.as_deref(), Some("2030-01-31"));
+        let back = parse_facts("x.csv", Format::Csv, facts_to_csv(&a).unwrap().as_bytes()).unwrap();
+        assert_eq!(a, back);
+        assert_eq!(
+            a,
+            parse_facts("x.jsonl", Format::Jsonl, facts_to_jsonl(&a).as_bytes()).unwrap()
+        );
+    }
+
+    #[test]
+    fn markdown_faq_headings_become_facts() {
+        let md = "# Applinks FAQ\n\nIntro text.\n\n## Do you offer SSO?\nYes, SAML SSO on the Enterprise plan.\n\n## Where is data stored? {#hosting}\nIn the EU (Frankfurt).\n\nBackups stay in the EU.\n";
+        let f = parse_facts("faq.md", Format::Markdown, md.as_bytes()).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].id, "faq-do-you-offer-sso");
+        assert_eq!(f[0].answer, "Yes, SAML SSO on the Enterprise plan.");
+        assert_eq!(f[1].id, "hosting");
+        assert_eq!(
+            f[1].answer,
+            "In the EU (Frankfurt).\n\nBackups stay in the EU."
+        );
+        let err = parse_facts(
+            "faq.md",
+            Format::Markdown,
+            b"## Empty question\n\n## Next\nbody\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("faq.md: line 1: answer: empty"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let cases: [(&str, Format, &[u8], &str); 9] = [
+            (
+                "f.jsonl",
+                Format::Jsonl,
+                b"{\"id\":\"a\",\"kind\":\"k\",\"question\":\"q\",\"answer\":\"x\"}\n\xff",
+                "line 2: encoding",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question\na,q\n",
+                "line 1: answer: required column is missing",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question,answer\na,q,x\na,q,y\n",
+                "line 3: id: duplicate",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question,answer\na,q,\n",
+                "line 2: answer: empty",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question,answer,price\na,q,x,1\n",
+                "line 1: price: unknown column",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question,answer\na,q,x,extra\n",
+                "line 2: row",
+            ),
+            (
+                "f.jsonl",
+                Format::Jsonl,
+                b"{\"id\":\"a\",\"kind\":\"k\",\"question\":\"q\"}\n",
+                "line 1: answer: missing field",
+            ),
+            (
+                "f.csv",
+                Format::Csv,
+                b"id,question,answer,valid_until\na,q,x,next week\n",
+                "line 2: valid_until",
+            ),
+            (
+                "f.json",
+                Format::Json,
+                b"[{\"id\":\"a\",\"kind\":\"k\",\"question\":\"q\",\"answer\":\" \"}]",
+                "[0].answer: empty",
+            ),
+        ];
+        for (file, fmt, bytes, want) in cases {
+            let err = parse_facts(file, fmt, bytes).unwrap_err().to_string();
+            assert!(
+                err.contains(want),
+                "{file}: {err:?} should contain {want:?}"
+            );
+        }
+        let long = format!(
+            "id,question,answer\na,q,{}\n",
+            "x".repeat(MAX_ANSWER_BYTES + 1)
+        );
+        assert!(parse_facts("f.csv", Format::Csv, long.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("line 2: answer"));
+        let err = parse_accounts(
+            "accounts.csv",
+            b"domain,name,owner_rep_id\nnot a domain,X,r1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2: domain"), "{err}");
+        let err = parse_reps(
+            "reps.csv",
+            b"id,name,meeting_link\nr1,Ann,javascript:alert(1)\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2: meeting_link"), "{err}");
+    }
+
+    #[test]
+    fn export_escapes_formula_cells() {
+        for (cell, want) in [
+            ("=HYPERLINK(\"x\")", "'=HYPERLINK"),
+            ("+1", "'+1"),
+            ("-2", "'-2"),
+            ("@SUM(A1)", "'@SUM"),
+            ("fine", "fine"),
+        ] {
+            assert!(escape_cell(cell).starts_with(want), "{cell}");
+        }
+        let f = Fact {
+            id: "x".into(),
+            kind: "faq".into(),
+            question: "=cmd|' /C calc'!A0".into(),
+            answer: "ok".into(),
+            tags: vec![],
+            intents: vec![],
+            valid_from: None,
+            valid_until: None,
+        };
+        let csv = facts_to_csv(&[f]).unwrap();
+        assert!(csv.contains("'=cmd"), "{csv}");
+    }
+
+    #[test]
+    fn content_follows_the_file_name() {
+        assert_eq!(
+            content_from_name("exports/accounts-2026.csv"),
+            Content::Accounts
+        );
+        assert_eq!(content_from_name("reps.csv"), Content::Reps);
+        assert_eq!(content_from_name("pricing.csv"), Content::Facts);
+        assert_eq!(Format::from_name("faq.MD"), Some(Format::Markdown));
+        assert_eq!(Format::from_name("facts.txt"), None);
+    }
+}

@@ -6,6 +6,7 @@
 //! running server's Classify RPC. See README.md, "Evaluating intents".
 
 mod data;
+mod grounding;
 mod metrics;
 mod report;
 
@@ -41,6 +42,9 @@ struct Cli {
 enum Command {
     /// Train and evaluate the intent classifier (or evaluate a running server's).
     Intents(IntentArgs),
+    /// Run a grounding question set through a running server: retrieval recall, answer
+    /// correctness, invented spans, refusals.
+    Grounding(grounding::GroundingArgs),
 }
 
 #[derive(Args, Clone)]
@@ -134,7 +138,7 @@ impl IntentArgs {
     }
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
@@ -591,7 +595,10 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
 }
 
 /// Waits (up to two minutes) until the server's health says SERVING: it may still be loading.
-async fn wait_serving(channel: tonic::transport::Channel, addr: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_serving(
+    channel: tonic::transport::Channel,
+    addr: &str,
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
@@ -716,5 +723,9 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Grounding(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(grounding::run(args)),
     }
 }

@@ -30,6 +30,17 @@ const HANDOFF_ACK: &str = "Sure, I'm letting the team know, and a rep will join 
 const UNKNOWN_ACCOUNT: &str =
     "I couldn't find your company in our records, but I can connect you with a rep who can help.";
 
+/// Every fixed sentence the assistant may say besides facts (for checks that count invented
+/// spans in replies).
+pub fn fixed_lines() -> Vec<&'static str> {
+    let mut v = vec![DONT_KNOW, HANDOFF_ACK, UNKNOWN_ACCOUNT];
+    for name in ["greeting", "just_browsing"] {
+        v.extend(canned(name, &[]));
+    }
+    v.extend(canned("", &[IntentFlag::Disqualify]));
+    v
+}
+
 /// Facts retrieved per clause before the coverage check.
 const CANDIDATES: usize = 3;
 /// A clause classified out of scope may still be answered by a fact this similar to it.

@@ -275,6 +275,23 @@ fn csv_reader<'a>(
     Ok((rdr, headers))
 }
 
+/// The records of a CSV file with their line numbers; a malformed row fails naming its line.
+fn numbered(file: &str, rdr: &mut csv::Reader<&[u8]>) -> Result<Vec<(usize, csv::StringRecord)>> {
+    rdr.records()
+        .map(|rec| {
+            let rec = rec.map_err(|e| {
+                invalid(
+                    file,
+                    e.position().map_or(0, |p| p.line() as usize),
+                    "row",
+                    e.to_string(),
+                )
+            })?;
+            Ok((rec.position().map_or(0, |p| p.line() as usize), rec))
+        })
+        .collect()
+}
+
 fn parse_fact_csv(file: &str, text: &str) -> Result<Vec<(usize, Fact)>> {
     let (mut rdr, headers) = csv_reader(file, text, &["id", "question", "answer"])?;
     let col = |name: &str| headers.iter().position(|h| h == name);
@@ -297,16 +314,7 @@ fn parse_fact_csv(file: &str, text: &str) -> Result<Vec<(usize, Fact)>> {
         ));
     }
     let mut out = vec![];
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| {
-            invalid(
-                file,
-                e.position().map_or(0, |p| p.line() as usize),
-                "row",
-                e.to_string(),
-            )
-        })?;
-        let line = rec.position().map_or(0, |p| p.line() as usize);
+    for (line, rec) in numbered(file, &mut rdr)? {
         let get = |name: &str| col(name).and_then(|i| rec.get(i)).unwrap_or("").to_string();
         let opt = |name: &str| Some(get(name)).filter(|s| !s.is_empty());
         out.push((
@@ -405,16 +413,7 @@ fn csv_rows<T: for<'de> serde::Deserialize<'de>>(
 ) -> Result<Vec<(usize, T)>> {
     let (mut rdr, headers) = csv_reader(file, text, required)?;
     let mut out = vec![];
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| {
-            invalid(
-                file,
-                e.position().map_or(0, |p| p.line() as usize),
-                "row",
-                e.to_string(),
-            )
-        })?;
-        let line = rec.position().map_or(0, |p| p.line() as usize);
+    for (line, rec) in numbered(file, &mut rdr)? {
         let row: T = rec.deserialize(Some(&headers)).map_err(|e| {
             let field = match e.kind() {
                 csv::ErrorKind::Deserialize { err, .. } => err

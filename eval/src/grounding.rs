@@ -49,6 +49,8 @@ struct Outcome {
     expected: Vec<String>,
     unanswerable: bool,
     retrieved: Vec<String>,
+    /// Dense cosine of each retrieved fact.
+    retrieved_dense: Vec<f32>,
     cited: Vec<String>,
     reply: String,
     refused: bool,
@@ -198,7 +200,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             );
         }
         let mut kb = pb::knowledge_client::KnowledgeClient::new(channel.clone());
-        let retrieved: Vec<String> = kb
+        let hits = kb
             .search(pb::SearchRequest {
                 tenant: q.tenant.clone(),
                 query: q.question.clone(),
@@ -207,7 +209,9 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             })
             .await?
             .into_inner()
-            .facts
+            .facts;
+        let retrieved_dense: Vec<f32> = hits.iter().map(|f| f.dense).collect();
+        let retrieved: Vec<String> = hits
             .into_iter()
             .filter_map(|f| f.fact.map(|f| f.id))
             .collect();
@@ -227,6 +231,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             expected: q.expected.clone(),
             unanswerable: q.unanswerable,
             retrieved,
+            retrieved_dense,
             cited,
             reply,
             refused,

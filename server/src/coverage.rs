@@ -6,6 +6,35 @@
 use std::collections::HashSet;
 
 const STOPWORDS: &[&str] = &[
+    // Pieces of contractions.
+    "d",
+    "ll",
+    "m",
+    "re",
+    "t",
+    "ve",
+    "don",
+    "doesn",
+    "isn",
+    "aren",
+    "won",
+    "didn",
+    "wouldn",
+    "couldn",
+    // Verbs and words that frame a question rather than carry its topic.
+    "able",
+    "find",
+    "go",
+    "long",
+    "look",
+    "looking",
+    "make",
+    "see",
+    "show",
+    "take",
+    "u",
+    "use",
+    "using",
     "a",
     "about",
     "actually",
@@ -149,11 +178,13 @@ pub fn content_terms(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Lower-cased words; apostrophes split contractions ("what's" → "what", "s"), whose pieces are
+/// stopwords.
 fn terms(text: &str) -> Vec<String> {
     text.to_lowercase()
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .map(|w| w.trim_matches('\'').to_string())
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
+        .map(str::to_string)
         .collect()
 }
 

@@ -113,19 +113,12 @@ pub fn check_fact(file: &str, line: usize, f: &Fact, seen: &mut HashSet<String>)
             "must be 1-128 characters without control characters",
         ));
     }
-    if !seen.insert(f.id.clone()) {
-        return Err(invalid(
-            file,
-            line,
-            "id",
-            format!("duplicate id {:?} in this batch", f.id),
-        ));
-    }
-    for (field, v) in [("question", &f.question), ("answer", &f.answer)] {
-        if v.trim().is_empty() {
-            return Err(invalid(file, line, field, "empty"));
-        }
-    }
+    unique(file, line, "id", &f.id, seen)?;
+    non_empty(
+        file,
+        line,
+        &[("question", &f.question), ("answer", &f.answer)],
+    )?;
     if f.answer.len() > MAX_ANSWER_BYTES {
         return Err(invalid(
             file,
@@ -430,6 +423,32 @@ fn csv_rows<T: for<'de> serde::Deserialize<'de>>(
     Ok(out)
 }
 
+fn non_empty(file: &str, line: usize, fields: &[(&str, &String)]) -> Result<()> {
+    match fields.iter().find(|(_, v)| v.trim().is_empty()) {
+        Some((field, _)) => Err(invalid(file, line, field, "empty")),
+        None => Ok(()),
+    }
+}
+
+fn unique(
+    file: &str,
+    line: usize,
+    field: &str,
+    key: &str,
+    seen: &mut HashSet<String>,
+) -> Result<()> {
+    if seen.insert(key.to_string()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            file,
+            line,
+            field,
+            format!("duplicate {field} {key:?} in this batch"),
+        ))
+    }
+}
+
 pub fn parse_accounts(file: &str, bytes: &[u8]) -> Result<Vec<Account>> {
     let rows: Vec<(usize, Account)> = csv_rows(
         file,
@@ -454,19 +473,12 @@ pub fn parse_accounts(file: &str, bytes: &[u8]) -> Result<Vec<Account>> {
                 format!("{:?} is not a domain like acme.com", a.domain),
             ));
         }
-        for (field, v) in [("name", &a.name), ("owner_rep_id", &a.owner_rep_id)] {
-            if v.is_empty() {
-                return Err(invalid(file, line, field, "empty"));
-            }
-        }
-        if !seen.insert(a.domain.clone()) {
-            return Err(invalid(
-                file,
-                line,
-                "domain",
-                format!("duplicate domain {:?} in this batch", a.domain),
-            ));
-        }
+        non_empty(
+            file,
+            line,
+            &[("name", &a.name), ("owner_rep_id", &a.owner_rep_id)],
+        )?;
+        unique(file, line, "domain", &a.domain, &mut seen)?;
         out.push(a);
     }
     Ok(out)
@@ -477,19 +489,8 @@ pub fn parse_reps(file: &str, bytes: &[u8]) -> Result<Vec<Rep>> {
     let mut seen = HashSet::new();
     let mut out = vec![];
     for (line, r) in rows {
-        for (field, v) in [("id", &r.id), ("name", &r.name)] {
-            if v.is_empty() {
-                return Err(invalid(file, line, field, "empty"));
-            }
-        }
-        if !seen.insert(r.id.clone()) {
-            return Err(invalid(
-                file,
-                line,
-                "id",
-                format!("duplicate id {:?} in this batch", r.id),
-            ));
-        }
+        non_empty(file, line, &[("id", &r.id), ("name", &r.name)])?;
+        unique(file, line, "id", &r.id, &mut seen)?;
         if !r.meeting_link.is_empty() && !r.meeting_link.starts_with("https://") {
             return Err(invalid(
                 file,

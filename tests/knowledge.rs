@@ -99,6 +99,15 @@ async fn ingest_is_live_all_or_nothing_and_exportable() {
         "faq-do-you-offer-a-nonprofit-discount"
     );
     assert_eq!(total_facts(&ts, "applinks").await, before + 3);
+    // The same file again: upserted, nothing re-embedded.
+    let again = ingest(&ts, vec![chunk("applinks", "more.csv", CSV)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.facts_upserted, again.facts_embedded),
+        (2, 0),
+        "{again:?}"
+    );
 
     // A batch with one bad row fails whole, naming file, line and field; nothing of it shows.
     let bad = "id,question,answer\nnew-1,Is there a mobile app?,Yes on iOS and Android.\nnew-2,Any API?,\n";

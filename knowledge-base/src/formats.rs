@@ -18,6 +18,18 @@ pub const MAX_ANSWER_BYTES: usize = 4_000;
 /// Longest question, id, kind or tag, in bytes.
 pub const MAX_FIELD_BYTES: usize = 1_000;
 
+/// The columns of a facts CSV, in export order.
+const FACT_COLUMNS: [&str; 8] = [
+    "id",
+    "kind",
+    "question",
+    "answer",
+    "tags",
+    "intents",
+    "valid_from",
+    "valid_until",
+];
+
 /// What a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Content {
@@ -288,16 +300,7 @@ fn numbered(file: &str, rdr: &mut csv::Reader<&[u8]>) -> Result<Vec<(usize, csv:
 fn parse_fact_csv(file: &str, text: &str) -> Result<Vec<(usize, Fact)>> {
     let (mut rdr, headers) = csv_reader(file, text, &["id", "question", "answer"])?;
     let col = |name: &str| headers.iter().position(|h| h == name);
-    let known = [
-        "id",
-        "kind",
-        "question",
-        "answer",
-        "tags",
-        "intents",
-        "valid_from",
-        "valid_until",
-    ];
+    let known = FACT_COLUMNS;
     if let Some(h) = headers.iter().find(|h| !known.contains(h)) {
         return Err(invalid(
             file,
@@ -518,17 +521,7 @@ pub fn escape_cell(s: &str) -> String {
 pub fn facts_to_csv(facts: &[Fact]) -> Result<String> {
     let mut w = csv::Writer::from_writer(vec![]);
     let io = |e: csv::Error| Error::BadInput(e.to_string());
-    w.write_record([
-        "id",
-        "kind",
-        "question",
-        "answer",
-        "tags",
-        "intents",
-        "valid_from",
-        "valid_until",
-    ])
-    .map_err(io)?;
+    w.write_record(FACT_COLUMNS).map_err(io)?;
     for f in facts {
         let row = [
             f.id.clone(),

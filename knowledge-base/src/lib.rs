@@ -464,7 +464,11 @@ impl KnowledgeBase {
         };
         let facts = kb.read_index()?;
         let cache = VectorCache::read(&kb.dir.join(VECTORS_FILE));
-        let (vectors, embedded) = kb.vectors_for(&facts, &cache)?;
+        let model = kb.embedder.name().to_string();
+        let (vectors, embedded) = kb.vectors_for(&facts, &|f| match cache.entries.get(&f.id) {
+            Some((h, v)) if *h == text_hash(f, &model) => Some(v.clone()),
+            _ => None,
+        })?;
         if embedded > 0 {
             kb.save_vectors(&facts, &vectors)?;
         }
@@ -506,17 +510,16 @@ impl KnowledgeBase {
         Ok(facts)
     }
 
-    /// Vectors for `facts`: from `cache` when the text is unchanged, else embedded now.
-    fn vectors_for(&self, facts: &[Fact], cache: &VectorCache) -> Result<(Vec<Vec<f32>>, usize)> {
-        let model = self.embedder.name().to_string();
+    /// Vectors for `facts`: from `known` when it has one for the unchanged text, else embedded now.
+    fn vectors_for(
+        &self,
+        facts: &[Fact],
+        known: &dyn Fn(&Fact) -> Option<Vec<f32>>,
+    ) -> Result<(Vec<Vec<f32>>, usize)> {
+        let dim = self.embedder.dim();
         let mut out: Vec<Option<Vec<f32>>> = facts
             .iter()
-            .map(|f| match cache.entries.get(&f.id) {
-                Some((h, v)) if *h == text_hash(f, &model) && v.len() == self.embedder.dim() => {
-                    Some(v.clone())
-                }
-                _ => None,
-            })
+            .map(|f| known(f).filter(|v| v.len() == dim))
             .collect();
         let missing: Vec<usize> = (0..facts.len()).filter(|&i| out[i].is_none()).collect();
         let texts: Vec<String> = missing.iter().map(|&i| embed_text(&facts[i])).collect();
@@ -682,16 +685,11 @@ impl KnowledgeBase {
         }
         let mut facts: Vec<Fact> = by_id.into_values().collect();
         facts.sort_by(|a, b| a.id.cmp(&b.id));
-        let model = self.embedder.name().to_string();
-        let cache = VectorCache {
-            entries: snap
-                .facts
-                .iter()
-                .zip(&snap.vectors)
-                .map(|(f, v)| (f.id.clone(), (text_hash(f, &model), v.clone())))
-                .collect(),
-        };
-        let (vectors, embedded) = self.vectors_for(&facts, &cache)?;
+        // A fact whose embedded text is unchanged keeps its vector.
+        let (vectors, embedded) = self.vectors_for(&facts, &|f| {
+            let i = *snap.by_id.get(&f.id)?;
+            (embed_text(&snap.facts[i]) == embed_text(f)).then(|| snap.vectors[i].clone())
+        })?;
 
         if !batch.reps.is_empty() {
             let mut v: Vec<&Rep> = reps.values().collect();

@@ -288,7 +288,7 @@ async fn ingested_knowledge_survives_a_restart() {
         ..
     } = ts;
     server.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert!(path.join("tenants/applinks/vectors.bin").exists());
+    assert!(path.join("tenants/applinks/vectors.log").exists());
     let ts = spawn_in(fake_models(Arc::new(ScriptedGenerator::echo_facts())), data).await;
     assert_eq!(total_facts(&ts, "applinks").await, n);
     assert_eq!(search_ids(&ts, "applinks", "uptime SLA").await[0], "sla");

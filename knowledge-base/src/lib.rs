@@ -8,17 +8,20 @@
 pub mod formats;
 pub mod load;
 pub mod time;
+mod vectors;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use closer_models::Embedder;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
+use tantivy::columnar::StrColumn;
 use tantivy::query::QueryParser;
-use tantivy::schema::{Field, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING};
-use tantivy::{doc, Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::schema::{Field, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING};
+use tantivy::{doc, Index, IndexReader, ReloadPolicy, Searcher, TantivyDocument, Term};
+use vectors::{embed_text, text_hash, Vector, VectorLog};
 
 /// Errors of the knowledge-base layer.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +210,7 @@ fn schema() -> (Schema, Fields) {
         )
         .set_stored();
     let f = Fields {
-        id: b.add_text_field("id", STRING | STORED),
+        id: b.add_text_field("id", STRING | STORED | FAST),
         kind: b.add_text_field("kind", STRING | STORED),
         question: b.add_text_field("question", text.clone()),
         answer: b.add_text_field("answer", text.clone()),
@@ -220,15 +223,18 @@ fn schema() -> (Schema, Fields) {
 }
 
 /// What a tenant knows at one moment. Searches and turns hold one snapshot throughout, so a
-/// concurrent ingest never shows them half a batch.
-#[derive(Default)]
+/// concurrent ingest never shows them half a batch. Cloning one is cheap (shared parts).
+#[derive(Clone, Default)]
 pub struct Snapshot {
-    facts: Vec<Fact>,
-    /// One unit vector per fact (question + answer), same order as `facts`.
-    vectors: Vec<Vec<f32>>,
-    by_id: HashMap<String, usize>,
-    accounts: HashMap<String, Account>,
-    reps: HashMap<String, Rep>,
+    facts: Arc<Vec<Fact>>,
+    /// One unit vector per fact (question + answer), same order as `facts`; `None` while the
+    /// fact waits for the background embedder.
+    vectors: Arc<Vec<Option<Vector>>>,
+    by_id: Arc<HashMap<String, usize>>,
+    accounts: Arc<HashMap<String, Account>>,
+    reps: Arc<HashMap<String, Rep>>,
+    /// The index generation holding exactly these facts.
+    searcher: Option<Searcher>,
 }
 
 impl Snapshot {
@@ -266,19 +272,9 @@ impl Snapshot {
         v
     }
 
-    fn with_facts(&self, facts: Vec<Fact>, vectors: Vec<Vec<f32>>) -> Self {
-        let by_id = facts
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.id.clone(), i))
-            .collect();
-        Self {
-            facts,
-            vectors,
-            by_id,
-            accounts: self.accounts.clone(),
-            reps: self.reps.clone(),
-        }
+    /// Facts still waiting for their vector (searchable by BM25 meanwhile).
+    pub fn pending_vectors(&self) -> usize {
+        self.vectors.iter().filter(|v| v.is_none()).count()
     }
 }
 
@@ -289,8 +285,10 @@ pub struct BatchSummary {
     pub facts_deleted: usize,
     pub accounts_upserted: usize,
     pub reps_upserted: usize,
-    /// Facts whose vectors had to be computed (new or changed text).
+    /// Facts whose vectors were computed before the batch returned (new or changed text).
     pub facts_embedded: usize,
+    /// Facts left to the background embedder (BM25 finds them meanwhile).
+    pub facts_pending: usize,
 }
 
 /// One all-or-nothing change to a tenant's knowledge.
@@ -302,6 +300,155 @@ pub struct Batch {
     pub reps: Vec<Rep>,
 }
 
+/// Where the background embedder stands.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbeddingStatus {
+    pub facts: usize,
+    pub pending: usize,
+    pub running: bool,
+    /// The last failure of the background embedder; it stops until the next batch.
+    pub error: Option<String>,
+}
+
+/// Batches with at most this many new or changed facts embed them before returning; larger
+/// ones return once BM25 has them and leave the vectors to a background thread.
+pub const SYNC_EMBED_LIMIT: usize = 256;
+/// Up to this many facts, every valid fact is scored densely (paraphrases with no shared word
+/// are found); above it, only the BM25 candidates are reranked.
+pub const DENSE_SCAN_MAX: usize = 10_000;
+/// BM25 candidates per search.
+pub const BM25_CANDIDATES: usize = 100;
+/// Facts embedded per background step (one snapshot swap and one log append each).
+const EMBED_CHUNK: usize = 64;
+
+#[derive(Default)]
+struct WorkerState {
+    running: bool,
+    /// New work arrived while running.
+    dirty: bool,
+    stop: bool,
+    error: Option<String>,
+}
+
+/// The parts the background embedder shares with the knowledge base.
+struct Shared {
+    state: RwLock<Arc<Snapshot>>,
+    /// One writer at a time; it owns the vector log.
+    writing: Mutex<VectorLog>,
+    embedder: Arc<dyn Embedder>,
+    worker: Mutex<WorkerState>,
+    worker_idle: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.state
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn swap(&self, next: Snapshot) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+
+    /// Starts the background embedder unless it runs already (then it looks again when done).
+    fn kick(self: &Arc<Self>) {
+        let mut w = lock(&self.worker);
+        w.error = None;
+        if w.running {
+            w.dirty = true;
+            return;
+        }
+        w.running = true;
+        w.dirty = false;
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("closer-kb-embed".into())
+            .spawn(move || me.run_worker());
+        if let Err(e) = spawned {
+            w.running = false;
+            w.error = Some(format!("could not start the embedder thread: {e}"));
+        }
+    }
+
+    fn run_worker(self: Arc<Self>) {
+        loop {
+            let done = self.embed_pending();
+            let mut w = lock(&self.worker);
+            match done {
+                Err(e) => {
+                    tracing::error!(error = %e, "background embedding stopped");
+                    w.error = Some(e.to_string());
+                }
+                Ok(()) if w.dirty && !w.stop => {
+                    w.dirty = false;
+                    continue;
+                }
+                Ok(()) => {}
+            }
+            w.running = false;
+            self.worker_idle.notify_all();
+            return;
+        }
+    }
+
+    /// Embeds facts without a vector, a chunk at a time, publishing each chunk.
+    fn embed_pending(&self) -> Result<()> {
+        let model = self.embedder.name().to_string();
+        let dim = self.embedder.dim();
+        loop {
+            if lock(&self.worker).stop {
+                return Ok(());
+            }
+            let snap = self.snapshot();
+            let todo: Vec<(&Fact, u64, String)> = snap
+                .facts
+                .iter()
+                .zip(snap.vectors.iter())
+                .filter(|(_, v)| v.is_none())
+                .take(EMBED_CHUNK)
+                .map(|(f, _)| (f, text_hash(f, &model), embed_text(f)))
+                .collect();
+            if todo.is_empty() {
+                return Ok(());
+            }
+            let texts: Vec<&str> = todo.iter().map(|t| t.2.as_str()).collect();
+            let computed = self.embedder.embed(&texts)?;
+            if computed.len() != todo.len() || computed.iter().any(|v| v.len() != dim) {
+                return Err(Error::BadInput(format!(
+                    "the encoder returned {} vectors of the wrong size for {} texts",
+                    computed.len(),
+                    todo.len()
+                )));
+            }
+            let mut log = lock(&self.writing);
+            let cur = self.snapshot();
+            let mut vectors = (*cur.vectors).clone();
+            let mut fresh: Vec<(&str, u64, Vector)> = vec![];
+            for ((f, h, _), v) in todo.iter().zip(computed) {
+                let Some(&i) = cur.by_id.get(&f.id) else {
+                    continue; // deleted meanwhile
+                };
+                if vectors[i].is_none() && text_hash(&cur.facts[i], &model) == *h {
+                    let v: Vector = v.into();
+                    vectors[i] = Some(v.clone());
+                    fresh.push((&f.id, *h, v));
+                }
+            }
+            log.append(fresh.iter().map(|(id, h, v)| (*id, *h, &v[..])))?;
+            self.swap(Snapshot {
+                vectors: Arc::new(vectors),
+                ..(*cur).clone()
+            });
+        }
+    }
+}
+
 /// One tenant's knowledge, open for search and for ingestion.
 pub struct KnowledgeBase {
     pub profile: TenantProfile,
@@ -309,11 +456,17 @@ pub struct KnowledgeBase {
     index: Index,
     reader: IndexReader,
     fields: Fields,
-    state: RwLock<Arc<Snapshot>>,
-    /// One writer at a time per tenant.
-    writing: Mutex<()>,
-    embedder: Arc<dyn Embedder>,
+    shared: Arc<Shared>,
     pub weights: FusionWeights,
+    /// See [`SYNC_EMBED_LIMIT`].
+    pub sync_embed_limit: usize,
+}
+
+impl Drop for KnowledgeBase {
+    fn drop(&mut self) {
+        // The background embedder stops after its current chunk.
+        lock(&self.shared.worker).stop = true;
+    }
 }
 
 /// Paths of a tenant's folder.
@@ -343,73 +496,6 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     serde_json::from_slice(&bytes).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-/// Cached fact vectors, keyed by fact id and a hash of the embedded text, so unchanged facts are
-/// not embedded again after a restart or an ingest.
-struct VectorCache {
-    entries: HashMap<String, (u64, Vec<f32>)>,
-}
-
-const VECTORS_FILE: &str = "vectors.bin";
-
-fn text_hash(f: &Fact, model: &str) -> u64 {
-    // FNV-1a over the model name and the embedded text.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in model.bytes().chain([0]).chain(embed_text(f).bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-fn embed_text(f: &Fact) -> String {
-    format!("{} {}", f.question, f.answer)
-}
-
-impl VectorCache {
-    fn read(path: &Path) -> Self {
-        let mut entries = HashMap::new();
-        if let Ok(bytes) = std::fs::read(path) {
-            let mut at = 0;
-            let mut take = |n: usize| -> Option<&[u8]> {
-                let s = bytes.get(at..at + n)?;
-                at += n;
-                Some(s)
-            };
-            // Entries: id length (u32), id, hash (u64), dim (u32), dim × f32. A torn tail is ignored.
-            while let Some(len) = take(4) {
-                let Some(parsed) = (|| {
-                    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-                    let id = String::from_utf8(take(len)?.to_vec()).ok()?;
-                    let hash = u64::from_le_bytes(take(8)?.try_into().ok()?);
-                    let dim = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
-                    let v = take(4 * dim)?
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect();
-                    Some((id, hash, v))
-                })() else {
-                    break;
-                };
-                entries.insert(parsed.0, (parsed.1, parsed.2));
-            }
-        }
-        Self { entries }
-    }
-
-    fn write(path: &Path, facts: &[Fact], vectors: &[Vec<f32>], hashes: &[u64]) -> Result<()> {
-        let mut out = vec![];
-        for ((f, v), h) in facts.iter().zip(vectors).zip(hashes) {
-            out.extend_from_slice(&(f.id.len() as u32).to_le_bytes());
-            out.extend_from_slice(f.id.as_bytes());
-            out.extend_from_slice(&h.to_le_bytes());
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            v.iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-        }
-        write_atomic(path, &out)
-    }
-}
-
 /// Writes a file atomically: temporary file, fsync, rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -427,9 +513,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     go().map_err(|e| io_err(path, e))
 }
 
+fn index_map(facts: &[Fact]) -> HashMap<String, usize> {
+    facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.id.clone(), i))
+        .collect()
+}
+
 impl KnowledgeBase {
-    /// Opens a tenant's folder written by [`load::load_dir`]; facts whose vectors are not cached
-    /// are embedded.
+    /// Opens a tenant's folder written by [`load::load_dir`]. Facts whose vectors are not in the
+    /// vector log are embedded: before this returns when they are few, else in the background.
     pub fn open(data_dir: &Path, tenant: &str, embedder: Arc<dyn Embedder>) -> Result<Self> {
         let dir = tenant_dir(data_dir, tenant);
         if !dir.join("tenant.yaml").is_file() {
@@ -444,129 +538,112 @@ impl KnowledgeBase {
             .try_into()?;
         let accounts: Vec<Account> = read_json(&dir.join("accounts.json"))?;
         let reps: Vec<Rep> = read_json(&dir.join("reps.json"))?;
+        let (log, cached) = VectorLog::open(&dir)?;
+        let searcher = reader.searcher();
+        let facts = read_facts(&searcher, fields)?;
+        let model = embedder.name().to_string();
+        let dim = embedder.dim();
+        let vectors: Vec<Option<Vector>> = facts
+            .iter()
+            .map(|f| match cached.get(&f.id) {
+                Some((h, v)) if *h == text_hash(f, &model) && v.len() == dim => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        let missing = vectors.iter().filter(|v| v.is_none()).count();
         let kb = Self {
             profile,
+            dir,
             index,
             reader,
             fields,
-            state: RwLock::new(Arc::new(Snapshot {
-                accounts: accounts
-                    .into_iter()
-                    .map(|a| (a.domain.to_ascii_lowercase(), a))
-                    .collect(),
-                reps: reps.into_iter().map(|r| (r.id.clone(), r)).collect(),
-                ..Snapshot::default()
-            })),
-            writing: Mutex::new(()),
-            dir,
-            embedder,
+            shared: Arc::new(Shared {
+                state: RwLock::new(Arc::new(Snapshot {
+                    by_id: Arc::new(index_map(&facts)),
+                    facts: Arc::new(facts),
+                    vectors: Arc::new(vectors),
+                    accounts: Arc::new(
+                        accounts
+                            .into_iter()
+                            .map(|a| (a.domain.to_ascii_lowercase(), a))
+                            .collect(),
+                    ),
+                    reps: Arc::new(reps.into_iter().map(|r| (r.id.clone(), r)).collect()),
+                    searcher: Some(searcher),
+                })),
+                writing: Mutex::new(log),
+                embedder,
+                worker: Mutex::new(WorkerState::default()),
+                worker_idle: Condvar::new(),
+            }),
             weights: FusionWeights::default(),
+            sync_embed_limit: SYNC_EMBED_LIMIT,
         };
-        let facts = kb.read_index()?;
-        let cache = VectorCache::read(&kb.dir.join(VECTORS_FILE));
-        let model = kb.embedder.name().to_string();
-        let (vectors, embedded) = kb.vectors_for(&facts, &|f| match cache.entries.get(&f.id) {
-            Some((h, v)) if *h == text_hash(f, &model) => Some(v.clone()),
-            _ => None,
-        })?;
-        if embedded > 0 {
-            kb.save_vectors(&facts, &vectors)?;
+        if missing > 0 && missing <= kb.sync_embed_limit {
+            kb.shared.embed_pending()?;
+        } else if missing > 0 {
+            tracing::info!(tenant, facts = missing, "embedding facts in the background");
+            kb.shared.kick();
         }
-        let next = kb.snapshot().with_facts(facts, vectors);
-        kb.swap(next);
+        kb.compact_vectors()?;
         Ok(kb)
     }
 
     /// The current state; hold it for a whole turn.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.state
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.shared.snapshot()
     }
 
-    fn swap(&self, next: Snapshot) {
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    /// Where the background embedder stands.
+    pub fn embedding_status(&self) -> EmbeddingStatus {
+        let snap = self.snapshot();
+        let w = lock(&self.shared.worker);
+        EmbeddingStatus {
+            facts: snap.facts.len(),
+            pending: snap.pending_vectors(),
+            running: w.running,
+            error: w.error.clone(),
+        }
     }
 
-    /// Every committed fact in the index, sorted by id.
-    fn read_index(&self) -> Result<Vec<Fact>> {
-        self.reader.reload()?;
-        let searcher = self.reader.searcher();
-        let mut facts = vec![];
-        for seg in searcher.segment_readers() {
-            let store = seg
-                .get_store_reader(64)
-                .map_err(|e| io_err(Path::new("store"), e))?;
-            for doc_id in 0..seg.max_doc() {
-                if seg.is_deleted(doc_id) {
-                    continue;
-                }
-                let d: TantivyDocument = store.get(doc_id)?;
-                facts.push(self.to_fact(&d));
+    /// Waits until the background embedder is idle or `timeout` passes; true when every fact
+    /// has its vector.
+    pub fn wait_for_vectors(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut w = lock(&self.shared.worker);
+        while w.running {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
             }
+            w = self
+                .shared
+                .worker_idle
+                .wait_timeout(w, left.min(std::time::Duration::from_millis(200)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
-        facts.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(facts)
+        drop(w);
+        self.snapshot().pending_vectors() == 0
     }
 
-    /// Vectors for `facts`: from `known` when it has one for the unchanged text, else embedded now.
-    fn vectors_for(
-        &self,
-        facts: &[Fact],
-        known: &dyn Fn(&Fact) -> Option<Vec<f32>>,
-    ) -> Result<(Vec<Vec<f32>>, usize)> {
-        let dim = self.embedder.dim();
-        let mut out: Vec<Option<Vec<f32>>> = facts
+    /// Rewrites the vector log when superseded entries dominate it.
+    fn compact_vectors(&self) -> Result<()> {
+        let mut log = lock(&self.shared.writing);
+        let snap = self.snapshot();
+        let model = self.shared.embedder.name().to_string();
+        let live: Vec<(&str, u64, &[f32])> = snap
+            .facts
             .iter()
-            .map(|f| known(f).filter(|v| v.len() == dim))
+            .zip(snap.vectors.iter())
+            .filter_map(|(f, v)| Some((f.id.as_str(), text_hash(f, &model), &v.as_ref()?[..])))
             .collect();
-        let missing: Vec<usize> = (0..facts.len()).filter(|&i| out[i].is_none()).collect();
-        let texts: Vec<String> = missing.iter().map(|&i| embed_text(&facts[i])).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        for (i, v) in missing.iter().zip(self.embedder.embed(&refs)?) {
-            out[*i] = Some(v);
-        }
-        Ok((
-            out.into_iter().map(Option::unwrap_or_default).collect(),
-            missing.len(),
-        ))
-    }
-
-    fn save_vectors(&self, facts: &[Fact], vectors: &[Vec<f32>]) -> Result<()> {
-        let model = self.embedder.name().to_string();
-        let hashes: Vec<u64> = facts.iter().map(|f| text_hash(f, &model)).collect();
-        VectorCache::write(&self.dir.join(VECTORS_FILE), facts, vectors, &hashes)
-    }
-
-    fn to_fact(&self, d: &TantivyDocument) -> Fact {
-        let one = |f: Field| {
-            d.get_first(f)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let opt = |f: Field| d.get_first(f).and_then(|v| v.as_str()).map(str::to_string);
-        let all = |f: Field| {
-            d.get_all(f)
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        };
-        Fact {
-            id: one(self.fields.id),
-            kind: one(self.fields.kind),
-            question: one(self.fields.question),
-            answer: one(self.fields.answer),
-            tags: all(self.fields.tags),
-            intents: all(self.fields.intents),
-            valid_from: opt(self.fields.valid_from),
-            valid_until: opt(self.fields.valid_until),
-        }
+        log.compact_if_large(live.len(), live.iter().copied())
     }
 
     /// Every fact, expired ones included, sorted by id.
     pub fn facts(&self) -> Vec<Fact> {
-        self.snapshot().facts.clone()
+        self.snapshot().facts.to_vec()
     }
 
     /// Hybrid search within this tenant, over facts valid now.
@@ -574,13 +651,7 @@ impl KnowledgeBase {
         self.search_at(query, limit, intent, time::now())
     }
 
-    /// Hybrid search over the facts valid at `now` (Unix seconds).
-    ///
-    /// Fusion: `score = w_bm25 · bm25 / max_bm25 + w_dense · max(cosine, 0) + bonus`, where the
-    /// BM25 part is normalised by the best BM25 score of the query (so it lies in [0, 1]), the
-    /// cosine is between the query's and the fact's encoder vectors, and `bonus` is added when
-    /// the fact is tagged with `intent`. The question field is boosted ×2 for BM25; visitor text
-    /// is parsed leniently, so no input is a syntax error.
+    /// Hybrid search over the facts valid at `now` (Unix seconds); embeds the query.
     pub fn search_at(
         &self,
         query: &str,
@@ -588,71 +659,145 @@ impl KnowledgeBase {
         intent: Option<&str>,
         now: i64,
     ) -> Result<Vec<Hit>> {
+        let qv = self
+            .shared
+            .embedder
+            .embed(&[query])?
+            .pop()
+            .unwrap_or_default();
+        Ok(self.search_vector_at(&self.snapshot(), query, &qv, limit, intent, now))
+    }
+
+    /// Hybrid search in `snap` with the query's encoder vector already computed.
+    ///
+    /// Candidates: the top [`BM25_CANDIDATES`] BM25 hits, plus every valid fact while the tenant
+    /// has at most [`DENSE_SCAN_MAX`] facts. Fusion:
+    /// `score = w_bm25 · bm25 / max_bm25 + w_dense · max(cosine, 0) + bonus`, where the BM25 part
+    /// is normalised by the best BM25 score of the query (so it lies in [0, 1]), the cosine is
+    /// between the query's and the fact's encoder vectors (0 while a fact waits for its vector),
+    /// and `bonus` is added when the fact is tagged with `intent`. The question field is boosted
+    /// ×2 for BM25; visitor text is reduced to words, so no input is a syntax error.
+    pub fn search_vector_at(
+        &self,
+        snap: &Snapshot,
+        query: &str,
+        qv: &[f32],
+        limit: usize,
+        intent: Option<&str>,
+        now: i64,
+    ) -> Vec<Hit> {
         let limit = limit.clamp(1, 50);
-        let snap = self.snapshot();
-        let searcher = self.reader.searcher();
-        let mut parser = QueryParser::for_index(
-            &self.index,
-            vec![self.fields.question, self.fields.answer, self.fields.tags],
-        );
-        parser.set_field_boost(self.fields.question, 2.0);
+        let bm25 = self.bm25(snap, query);
+        let max_bm25 = bm25.iter().map(|x| x.1).fold(0f32, f32::max);
+        let candidates: Vec<(usize, f32)> = if snap.facts.len() <= DENSE_SCAN_MAX {
+            let mut b = vec![0f32; snap.facts.len()];
+            for &(i, s) in &bm25 {
+                b[i] = s;
+            }
+            b.into_iter().enumerate().collect()
+        } else {
+            bm25
+        };
+        let w = self.weights;
+        let mut scored: Vec<(f32, f32, f32, usize)> = candidates
+            .into_iter()
+            .filter(|&(i, _)| snap.facts[i].is_valid_at(now))
+            .map(|(i, b)| {
+                let f = &snap.facts[i];
+                let dense = snap.vectors[i]
+                    .as_ref()
+                    .map_or(0.0, |v| closer_models::dot(qv, v));
+                let bonus = match intent {
+                    Some(x) if f.intents.iter().any(|y| y == x) => w.intent_bonus,
+                    _ => 0.0,
+                };
+                let nb = if max_bm25 > 0.0 { b / max_bm25 } else { 0.0 };
+                (w.bm25 * nb + w.dense * dense.max(0.0) + bonus, b, dense, i)
+            })
+            .collect();
+        let order = |a: &(f32, f32, f32, usize), b: &(f32, f32, f32, usize)| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| snap.facts[a.3].id.cmp(&snap.facts[b.3].id))
+        };
+        if scored.len() > limit {
+            scored.select_nth_unstable_by(limit - 1, order);
+            scored.truncate(limit);
+        }
+        scored.sort_by(order);
+        scored
+            .into_iter()
+            .map(|(score, bm25, dense, i)| Hit {
+                fact: snap.facts[i].clone(),
+                score,
+                bm25,
+                dense,
+            })
+            .collect()
+    }
+
+    /// The top BM25 hits of `query` in `snap`, as (fact index, score).
+    fn bm25(&self, snap: &Snapshot, query: &str) -> Vec<(usize, f32)> {
+        let Some(searcher) = &snap.searcher else {
+            return vec![];
+        };
         // Only words reach the parser: query syntax typed by a visitor has no meaning here.
         let words: String = query
             .chars()
             .map(|c| if c.is_alphanumeric() { c } else { ' ' })
             .collect::<String>()
             .to_lowercase();
-        let mut bm25: HashMap<String, f32> = HashMap::new();
-        if !words.trim().is_empty() {
-            let (q, _errors) = parser.parse_query_lenient(&words);
-            for (score, addr) in searcher.search(&q, &TopDocs::with_limit(100))? {
-                let d: TantivyDocument = searcher.doc(addr)?;
-                if let Some(id) = d.get_first(self.fields.id).and_then(|v| v.as_str()) {
-                    bm25.insert(id.to_string(), score);
+        if words.trim().is_empty() {
+            return vec![];
+        }
+        let mut parser = QueryParser::for_index(
+            &self.index,
+            vec![self.fields.question, self.fields.answer, self.fields.tags],
+        );
+        parser.set_field_boost(self.fields.question, 2.0);
+        let (q, _errors) = parser.parse_query_lenient(&words);
+        let top = match searcher.search(&q, &TopDocs::with_limit(BM25_CANDIDATES)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "BM25 search failed; dense scores only");
+                return vec![];
+            }
+        };
+        let mut columns: HashMap<u32, Option<StrColumn>> = HashMap::new();
+        let mut id = String::new();
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let column = columns.entry(addr.segment_ord).or_insert_with(|| {
+                searcher
+                    .segment_reader(addr.segment_ord)
+                    .fast_fields()
+                    .str("id")
+                    .ok()
+                    .flatten()
+            });
+            let Some(column) = column else { continue };
+            let Some(ord) = column.term_ords(addr.doc_id).next() else {
+                continue;
+            };
+            id.clear();
+            if matches!(column.ord_to_str(ord, &mut id), Ok(true)) {
+                if let Some(&i) = snap.by_id.get(&id) {
+                    out.push((i, score));
                 }
             }
         }
-        let max_bm25 = bm25.values().cloned().fold(0f32, f32::max);
-        let qv = self.embedder.embed(&[query])?.pop().unwrap_or_default();
-        let w = self.weights;
-        let mut hits: Vec<Hit> = snap
-            .facts
-            .iter()
-            .zip(&snap.vectors)
-            .filter(|(f, _)| f.is_valid_at(now))
-            .map(|(f, v)| {
-                let b = bm25.get(&f.id).copied().unwrap_or(0.0);
-                let dense = closer_models::dot(&qv, v);
-                let bonus = match intent {
-                    Some(i) if f.intents.iter().any(|x| x == i) => w.intent_bonus,
-                    _ => 0.0,
-                };
-                let nb = if max_bm25 > 0.0 { b / max_bm25 } else { 0.0 };
-                Hit {
-                    fact: f.clone(),
-                    score: w.bm25 * nb + w.dense * dense.max(0.0) + bonus,
-                    bm25: b,
-                    dense,
-                }
-            })
-            .collect();
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.fact.id.cmp(&b.fact.id))
-        });
-        hits.truncate(limit);
-        Ok(hits)
+        out
     }
 
     /// Applies a batch all-or-nothing: every part is checked first; then accounts and reps are
     /// written (atomic renames) and the facts committed in one index commit. Readers see the new
-    /// state when this returns, never a part of it.
+    /// state when this returns, never a part of it. New or changed facts are embedded before
+    /// returning when there are at most [`Self::sync_embed_limit`] of them, else in the
+    /// background (BM25 finds them as soon as this returns).
     pub fn apply(&self, batch: Batch) -> Result<BatchSummary> {
-        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = lock(&self.shared.writing);
         let snap = self.snapshot();
         // Check rep references against the reps after this batch.
-        let mut reps = snap.reps.clone();
+        let mut reps = (*snap.reps).clone();
         for r in &batch.reps {
             reps.insert(r.id.clone(), r.clone());
         }
@@ -666,30 +811,52 @@ impl KnowledgeBase {
                 });
             }
         }
-        let mut accounts = snap.accounts.clone();
+        let mut accounts = (*snap.accounts).clone();
         for a in &batch.accounts {
             accounts.insert(a.domain.to_ascii_lowercase(), a.clone());
         }
-        // New fact list and vectors (embedding before anything is written).
-        let mut by_id: HashMap<String, Fact> = snap
+        // The new fact list; a fact whose embedded text is unchanged keeps its vector.
+        let mut merged: HashMap<&str, (&Fact, Option<Vector>)> = snap
             .facts
             .iter()
-            .map(|f| (f.id.clone(), f.clone()))
+            .zip(snap.vectors.iter())
+            .map(|(f, v)| (f.id.as_str(), (f, v.clone())))
             .collect();
         let mut deleted = 0;
         for id in &batch.delete_fact_ids {
-            deleted += usize::from(by_id.remove(id).is_some());
+            deleted += usize::from(merged.remove(id.as_str()).is_some());
         }
         for f in &batch.facts {
-            by_id.insert(f.id.clone(), f.clone());
+            let kept = merged
+                .get(f.id.as_str())
+                .filter(|(old, _)| old.question == f.question && old.answer == f.answer)
+                .and_then(|(_, v)| v.clone());
+            merged.insert(f.id.as_str(), (f, kept));
         }
-        let mut facts: Vec<Fact> = by_id.into_values().collect();
-        facts.sort_by(|a, b| a.id.cmp(&b.id));
-        // A fact whose embedded text is unchanged keeps its vector.
-        let (vectors, embedded) = self.vectors_for(&facts, &|f| {
-            let i = *snap.by_id.get(&f.id)?;
-            (embed_text(&snap.facts[i]) == embed_text(f)).then(|| snap.vectors[i].clone())
-        })?;
+        let mut merged: Vec<(&Fact, Option<Vector>)> = merged.into_values().collect();
+        merged.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let (facts, mut vectors): (Vec<Fact>, Vec<Option<Vector>>) =
+            merged.into_iter().map(|(f, v)| (f.clone(), v)).unzip();
+        // Embed the batch's new texts now when they are few (before anything is written).
+        let by_id = index_map(&facts);
+        let mut todo: Vec<usize> = batch
+            .facts
+            .iter()
+            .filter_map(|f| by_id.get(&f.id).copied())
+            .filter(|&i| vectors[i].is_none())
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        let model = self.shared.embedder.name().to_string();
+        let mut fresh: Vec<usize> = vec![];
+        if !todo.is_empty() && todo.len() <= self.sync_embed_limit {
+            let texts: Vec<String> = todo.iter().map(|&i| embed_text(&facts[i])).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            for (&i, v) in todo.iter().zip(self.shared.embedder.embed(&refs)?) {
+                vectors[i] = Some(v.into());
+                fresh.push(i);
+            }
+        }
 
         if !batch.reps.is_empty() {
             let mut v: Vec<&Rep> = reps.values().collect();
@@ -701,28 +868,37 @@ impl KnowledgeBase {
             v.sort_by(|a, b| a.domain.cmp(&b.domain));
             write_atomic(&self.dir.join("accounts.json"), &to_json(&v)?)?;
         }
+        let mut searcher = snap.searcher.clone();
         if !batch.facts.is_empty() || deleted > 0 {
             write_facts(&self.index, &batch.facts, &batch.delete_fact_ids, false)?;
-            self.save_vectors(&facts, &vectors)?;
+            self.reader.reload()?;
+            searcher = Some(self.reader.searcher());
+            log.append(fresh.iter().filter_map(|&i| {
+                let v = vectors[i].as_ref()?;
+                Some((facts[i].id.as_str(), text_hash(&facts[i], &model), &v[..]))
+            }))?;
         }
-        let by_id = facts
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.id.clone(), i))
-            .collect();
-        self.swap(Snapshot {
-            facts,
-            vectors,
-            by_id,
-            accounts,
-            reps,
+        let pending = vectors.iter().filter(|v| v.is_none()).count();
+        self.shared.swap(Snapshot {
+            by_id: Arc::new(by_id),
+            facts: Arc::new(facts),
+            vectors: Arc::new(vectors),
+            accounts: Arc::new(accounts),
+            reps: Arc::new(reps),
+            searcher,
         });
+        drop(log);
+        if pending > 0 {
+            self.shared.kick();
+        }
+        self.compact_vectors()?;
         Ok(BatchSummary {
             facts_upserted: batch.facts.len(),
             facts_deleted: deleted,
             accounts_upserted: batch.accounts.len(),
             reps_upserted: batch.reps.len(),
-            facts_embedded: embedded,
+            facts_embedded: fresh.len(),
+            facts_pending: pending,
         })
     }
 
@@ -732,6 +908,50 @@ impl KnowledgeBase {
             facts: facts.to_vec(),
             ..Batch::default()
         })
+    }
+}
+
+/// Every committed fact in a searcher's generation, sorted by id.
+fn read_facts(searcher: &Searcher, fields: Fields) -> Result<Vec<Fact>> {
+    let mut facts = vec![];
+    for seg in searcher.segment_readers() {
+        let store = seg
+            .get_store_reader(64)
+            .map_err(|e| io_err(Path::new("store"), e))?;
+        for doc_id in 0..seg.max_doc() {
+            if seg.is_deleted(doc_id) {
+                continue;
+            }
+            let d: TantivyDocument = store.get(doc_id)?;
+            facts.push(to_fact(&d, fields));
+        }
+    }
+    facts.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(facts)
+}
+
+fn to_fact(d: &TantivyDocument, fields: Fields) -> Fact {
+    let one = |f: Field| {
+        d.get_first(f)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let opt = |f: Field| d.get_first(f).and_then(|v| v.as_str()).map(str::to_string);
+    let all = |f: Field| {
+        d.get_all(f)
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    Fact {
+        id: one(fields.id),
+        kind: one(fields.kind),
+        question: one(fields.question),
+        answer: one(fields.answer),
+        tags: all(fields.tags),
+        intents: all(fields.intents),
+        valid_from: opt(fields.valid_from),
+        valid_until: opt(fields.valid_until),
     }
 }
 
@@ -862,4 +1082,141 @@ pub(crate) fn open_or_upgrade(dir: &Path) -> Result<Index> {
     std::fs::remove_dir_all(&old_dir).map_err(|e| io_err(&old_dir, e))?;
     tracing::info!(index = %dir.display(), facts = facts.len(), "index upgraded to the current schema");
     Ok(Index::open_in_dir(dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Counts the texts it embeds.
+    struct Counting {
+        inner: closer_models::fake::HashEmbedder,
+        texts: AtomicUsize,
+    }
+
+    impl Embedder for Counting {
+        fn dim(&self) -> usize {
+            self.inner.dim()
+        }
+        fn embed(&self, texts: &[&str]) -> closer_models::Result<Vec<Vec<f32>>> {
+            self.texts.fetch_add(texts.len(), Ordering::SeqCst);
+            self.inner.embed(texts)
+        }
+        fn name(&self) -> &str {
+            "counting"
+        }
+    }
+
+    fn counting() -> Arc<Counting> {
+        Arc::new(Counting {
+            inner: closer_models::fake::HashEmbedder::new(64),
+            texts: AtomicUsize::new(0),
+        })
+    }
+
+    fn demo(data: &Path) {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/applinks");
+        load::load_dir(&src, data, None).unwrap();
+    }
+
+    fn fact(i: usize) -> Fact {
+        Fact {
+            id: format!("bulk-{i:05}"),
+            kind: "faq".into(),
+            question: format!("What is widget number {i}?"),
+            answer: format!("Widget {i} is a zebraphone accessory."),
+            tags: vec![],
+            intents: vec![],
+            valid_from: None,
+            valid_until: None,
+        }
+    }
+
+    #[test]
+    fn large_batches_are_searchable_at_once_and_embedded_in_the_background() {
+        let data = tempfile::tempdir().unwrap();
+        demo(data.path());
+        let emb = counting();
+        let mut kb = KnowledgeBase::open(data.path(), "applinks", emb.clone()).unwrap();
+        kb.sync_embed_limit = 10;
+        let before = kb.snapshot().facts().len();
+
+        // A small batch is embedded before it returns.
+        let s = kb.upsert_facts(&[fact(0)]).unwrap();
+        assert_eq!((s.facts_embedded, s.facts_pending), (1, 0));
+
+        // A large one is left to the background, but BM25 finds it at once.
+        let bulk: Vec<Fact> = (1..=300).map(fact).collect();
+        let s = kb.upsert_facts(&bulk).unwrap();
+        assert_eq!(s.facts_embedded, 0);
+        assert!(s.facts_pending > 0 && s.facts_pending <= 300);
+        let hits = kb.search("widget number 217", 3, None).unwrap();
+        assert_eq!(hits[0].fact.id, "bulk-00217");
+        assert!(kb.wait_for_vectors(Duration::from_secs(60)));
+        let status = kb.embedding_status();
+        assert_eq!((status.facts, status.pending), (before + 301, 0));
+        let hits = kb.search("widget number 217", 3, None).unwrap();
+        assert_eq!(hits[0].fact.id, "bulk-00217");
+        assert!(hits[0].dense > 0.3, "vector arrived: {}", hits[0].dense);
+
+        // Reopening reuses every logged vector.
+        drop(kb);
+        let emb2 = counting();
+        let kb = KnowledgeBase::open(data.path(), "applinks", emb2.clone()).unwrap();
+        assert_eq!(kb.embedding_status().pending, 0);
+        assert_eq!(emb2.texts.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_restart_mid_embedding_resumes_where_the_log_ends() {
+        let data = tempfile::tempdir().unwrap();
+        demo(data.path());
+        let kb = KnowledgeBase::open(data.path(), "applinks", counting()).unwrap();
+        kb.wait_for_vectors(Duration::from_secs(60));
+        let total = kb.snapshot().facts().len() + 400;
+        drop(kb);
+        // Facts written to the index but not yet embedded, as after a crash mid-embedding.
+        let dir = tenant_dir(data.path(), "applinks");
+        let index = open_or_upgrade(&dir.join("index")).unwrap();
+        let bulk: Vec<Fact> = (0..400).map(fact).collect();
+        write_facts(&index, &bulk, &[], false).unwrap();
+        drop(index);
+        let emb = counting();
+        let kb = KnowledgeBase::open(data.path(), "applinks", emb.clone()).unwrap();
+        assert!(kb.wait_for_vectors(Duration::from_secs(60)));
+        assert_eq!(kb.snapshot().facts().len(), total);
+        assert_eq!(emb.texts.load(Ordering::SeqCst), 400, "only the new facts");
+    }
+
+    #[test]
+    fn deletes_and_changes_reach_bm25_at_once() {
+        let data = tempfile::tempdir().unwrap();
+        demo(data.path());
+        let kb = KnowledgeBase::open(data.path(), "applinks", counting()).unwrap();
+        kb.upsert_facts(&[fact(7)]).unwrap();
+        let hit = &kb.search("zebraphone", 1, None).unwrap()[0];
+        assert!(hit.fact.id == "bulk-00007" && hit.bm25 > 0.0);
+        let mut changed = fact(7);
+        changed.answer = "Widget 7 is a quokkaphone accessory.".into();
+        kb.upsert_facts(&[changed]).unwrap();
+        let hit = &kb.search("quokkaphone", 1, None).unwrap()[0];
+        assert!(hit.fact.id == "bulk-00007" && hit.bm25 > 0.0);
+        assert!(kb
+            .search("zebraphone", 5, None)
+            .unwrap()
+            .iter()
+            .all(|h| h.bm25 == 0.0));
+        kb.apply(Batch {
+            delete_fact_ids: vec!["bulk-00007".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+        assert!(kb
+            .search("quokkaphone", 50, None)
+            .unwrap()
+            .iter()
+            .all(|h| h.fact.id != "bulk-00007"));
+    }
 }

@@ -294,6 +294,26 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
     })
 }
 
+/// Creates a tenant with no facts, accounts, reps or intents (for benchmarks and tools that
+/// fill it through [`crate::KnowledgeBase::apply`]); fails when the tenant exists.
+pub fn create_empty(data_dir: &Path, profile: &TenantProfile) -> Result<()> {
+    validate_tenant_id(&profile.id).map_err(Error::BadInput)?;
+    let dir = tenant_dir(data_dir, &profile.id);
+    if dir.join("tenant.yaml").exists() {
+        return Err(Error::BadInput(format!("tenant {:?} exists", profile.id)));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    create_index(&dir.join("index"))?;
+    write_atomic(&dir.join("accounts.json"), b"[]")?;
+    write_atomic(&dir.join("reps.json"), b"[]")?;
+    write_atomic(
+        &dir.join("tenant.yaml"),
+        serde_yaml::to_string(profile)
+            .map_err(|e| Error::BadInput(e.to_string()))?
+            .as_bytes(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

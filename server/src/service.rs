@@ -346,6 +346,7 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
             accounts_upserted: s.accounts_upserted as u32,
             reps_upserted: s.reps_upserted as u32,
             facts_embedded: s.facts_embedded as u32,
+            facts_pending_vectors: s.facts_pending as u32,
             took_ms: started.elapsed().as_millis() as u32,
         }))
     }

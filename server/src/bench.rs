@@ -78,7 +78,7 @@ pub struct BenchReport {
     pub server_rss_mib: f64,
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<f64> {
+pub(crate) fn proc_status_kib(pid: u32, key: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod coverage;
 pub mod error;
 pub mod guard;
+pub mod kbbench;
 pub mod server;
 pub mod service;
 pub mod slots;

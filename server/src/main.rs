@@ -70,6 +70,9 @@ enum KbCommand {
         #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
     },
+    /// Measure ingest, background embedding, search latency and memory at scale (synthetic
+    /// facts, real encoder, in process).
+    Bench(closer_server::kbbench::KbBenchArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -135,6 +138,9 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Kb {
+            command: KbCommand::Bench(args),
+        } => closer_server::kbbench::run(args),
         Command::Kb {
             command:
                 KbCommand::Load {

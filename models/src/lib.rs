@@ -7,11 +7,13 @@
 //!   from the GGUF metadata, streamed token by token.
 //! * [`intent`] trains an intent head on encoder embeddings in seconds and finds several intents in
 //!   one message.
+//! * [`cache`] remembers the vectors of short texts (a turn's clauses are embedded once).
 //! * [`fake`] holds deterministic stand-ins for fast tests.
 //!
 //! Models sit behind the narrow traits below so the server never depends on candle directly.
 
 pub mod bert;
+pub mod cache;
 pub mod encoder;
 pub mod fake;
 pub mod finetune;

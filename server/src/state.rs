@@ -34,7 +34,10 @@ impl Models {
         let generator = closer_models::generator::QwenGenerator::load(&paths.generator_file())?;
         tracing::info!(ms = t.elapsed().as_millis() as u64, "generator loaded");
         Ok(Self {
-            embedder: Arc::new(embedder),
+            embedder: Arc::new(closer_models::cache::CachedEmbedder::new(
+                Arc::new(embedder),
+                4096,
+            )),
             generator: Arc::new(generator),
         })
     }

@@ -298,6 +298,31 @@ async fn real_unanswerable_discount_is_refused_with_handoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_disqualified_visitors_questions_are_not_brushed_off() {
+    let ts = spawn(real_models()).await;
+    let events = one_turn(&ts, None, "Is there a student discount?")
+        .await
+        .unwrap();
+    let intents: Vec<&str> = match &events[0] {
+        Event::Intents(i) => i.intents.iter().map(|x| x.name.as_str()).collect(),
+        e => panic!("first event {e:?}"),
+    };
+    let f = final_of(&events);
+    assert!(
+        f.text.contains("I don't have that information"),
+        "{intents:?}: {}",
+        f.text
+    );
+    assert!(!f.text.contains('%'), "{}", f.text);
+    // A statement with no question still gets the polite brush-off.
+    let events = one_turn(&ts, None, "I'm a student working on a class project.")
+        .await
+        .unwrap();
+    let f = final_of(&events);
+    assert!(f.text.contains("We build for business teams"), "{}", f.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_invalid_input_gets_the_right_status() {
     let ts = spawn(real_models()).await;
     let mut client = ts.assistant().await;

@@ -162,7 +162,10 @@ fn plan_for(
         return Ok(Plan::Handoff);
     }
     let knowledge = flags.contains(&IntentFlag::Knowledge);
-    let oos = intent.name == OUT_OF_SCOPE;
+    // A disqualified visitor's question ("is there a student discount?") is still a question:
+    // answered from a fact that covers it, else "I don't know", never brushed off.
+    let oos = intent.name == OUT_OF_SCOPE
+        || (flags.contains(&IntentFlag::Disqualify) && !knowledge && is_question(clause));
     if knowledge || oos {
         let hits = tenant.kb.search(
             clause,
@@ -190,6 +193,19 @@ fn plan_for(
     Ok(canned(&intent.name, flags)
         .map(Plan::Canned)
         .unwrap_or(Plan::Uncovered))
+}
+
+/// A clause that asks something: ends with `?` or opens with a question word.
+fn is_question(clause: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "what", "how", "is", "are", "do", "does", "can", "could", "will", "would", "which", "who",
+        "when", "where", "why", "should", "any", "got",
+    ];
+    let t = clause.trim();
+    t.ends_with('?')
+        || t.split(|c: char| !c.is_alphanumeric())
+            .find(|w| !w.is_empty())
+            .is_some_and(|w| OPENERS.contains(&w.to_lowercase().as_str()))
 }
 
 /// True when the reply already states this fact: all its amounts, and at least half of its other

@@ -1,0 +1,259 @@
+//! Closer's durable state: conversations and their messages, leads with CQL scores and the
+//! reasons for every change, the event outbox, event consumers' acknowledged cursors, rep
+//! presence and round-robin counts, and idempotency keys.
+//!
+//! Everything sits behind [`Store`], so a PostgreSQL backend can follow the embedded SQLite one
+//! ([`sqlite::SqliteStore`]). Every method that changes state is one transaction, and the events
+//! a change raises are written in that same transaction (outbox): when a method returns `Ok` the
+//! change and its events are on disk, and a crash at any moment loses neither half.
+//!
+//! Events get a cursor (strictly increasing) and an id derived from it; subscribers read the
+//! outbox after a cursor, and the [`bus::Bus`] only wakes them. See `Events.Subscribe`.
+
+pub mod bus;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("storage: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("storage i/o on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Author {
+    Visitor,
+    Bot,
+    Rep,
+}
+
+impl Author {
+    fn as_str(self) -> &'static str {
+        match self {
+            Author::Visitor => "visitor",
+            Author::Bot => "bot",
+            Author::Rep => "rep",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "bot" => Author::Bot,
+            "rep" => Author::Rep,
+            _ => Author::Visitor,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub turn: u32,
+    pub author: Author,
+    pub text: String,
+    pub at_ms: i64,
+}
+
+/// Why a score changed: one rule (or a rep) and what it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The playbook rule's name, or `manual` for a rep's score.
+    pub rule: String,
+    /// The visitor turn that showed it (0 for account data known at the start, or a rep).
+    pub turn: u32,
+    /// What matched: an intent name, a slot and its value, an account field, a rep's note.
+    pub detail: String,
+    /// What the rule gives: bolts added, or -1 for a disqualifier.
+    pub points: i32,
+}
+
+/// A rep's score; it wins over the playbook's until the rep clears it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManualScore {
+    pub score: i32,
+    pub rep_id: String,
+    pub note: String,
+    pub at_ms: i64,
+}
+
+/// A conversation seen as a lead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    pub tenant: String,
+    pub conversation_id: String,
+    pub domain: Option<String>,
+    pub email: Option<String>,
+    /// The score in force: the manual one when set, else the playbook's.
+    pub score: i32,
+    /// The playbook's score: -1 disqualified, 0 not yet scored, 1–3 bolts.
+    pub bot_score: i32,
+    pub manual: Option<ManualScore>,
+    /// The reasons behind `bot_score` now.
+    pub reasons: Vec<Reason>,
+    /// The rep and team the conversation is routed to, once it is.
+    pub rep_id: Option<String>,
+    pub team: Option<String>,
+    /// Captured slots by name (email, company_size, country...).
+    pub slots: std::collections::BTreeMap<String, String>,
+    pub turns: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// An event to write with a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// `account_live`, `cql_scored`, `handoff_requested`, ...
+    pub kind: String,
+    pub tenant: String,
+    pub conversation_id: Option<String>,
+    pub rep_id: Option<String>,
+    pub team: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+/// An event in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the outbox; strictly increasing.
+    pub cursor: u64,
+    /// Stable id for de-duplication (`evt-<cursor>`).
+    pub id: String,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Which events a subscriber wants; empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub tenant: String,
+    pub kinds: Vec<String>,
+    pub rep_id: Option<String>,
+    pub team: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &Event) -> bool {
+        e.event.tenant == self.tenant
+            && (self.kinds.is_empty() || self.kinds.contains(&e.event.kind))
+            && self
+                .rep_id
+                .as_ref()
+                .is_none_or(|r| e.event.rep_id.as_ref() == Some(r))
+            && self
+                .team
+                .as_ref()
+                .is_none_or(|t| e.event.team.as_ref() == Some(t))
+    }
+}
+
+/// What one visitor turn changed, written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct TurnWrite {
+    pub tenant: String,
+    pub conversation_id: String,
+    pub domain: Option<String>,
+    pub email: Option<String>,
+    /// The visitor's message and the bot's reply (none while a rep has taken over).
+    pub messages: Vec<Message>,
+    /// Slots captured so far (merged into the lead's).
+    pub slots: Vec<(String, String)>,
+    /// The playbook's score after this turn and its reasons, when it was computed.
+    pub score: Option<(i32, Vec<Reason>)>,
+    /// Where the conversation was routed this turn.
+    pub route: Option<(Option<String>, Option<String>)>,
+    pub events: Vec<NewEvent>,
+    /// `(scope, key, reply)`: remembered in the same transaction, so a retried request with the
+    /// same key gets `reply` back instead of being applied twice.
+    pub idempotency: Option<(String, String, Vec<u8>)>,
+}
+
+/// Filters of `Leads.List`.
+#[derive(Debug, Clone, Default)]
+pub struct LeadFilter {
+    pub tenant: String,
+    pub min_score: Option<i32>,
+    pub max_score: Option<i32>,
+    pub rep_id: Option<String>,
+    pub team: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// A rep's presence, set from the rep console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    pub rep_id: String,
+    pub online: bool,
+    /// Conversations the rep takes at once; 0 = no limit.
+    pub capacity: u32,
+}
+
+/// Durable state of all tenants.
+pub trait Store: Send + Sync {
+    /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing.
+    /// Returns the lead after it and the events as stored.
+    fn record_turn(&self, w: &TurnWrite) -> Result<(Lead, Vec<Event>)>;
+    /// Sets (`Some`) or clears (`None`) a rep's manual score; writes `events` with it.
+    fn set_manual_score(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        manual: Option<ManualScore>,
+        events: &dyn Fn(&Lead) -> Vec<NewEvent>,
+    ) -> Result<(Lead, Vec<Event>)>;
+    fn lead(&self, tenant: &str, conversation_id: &str) -> Result<Option<Lead>>;
+    /// Leads matching `f`, newest first, and how many match in all.
+    fn leads(&self, f: &LeadFilter) -> Result<(Vec<Lead>, usize)>;
+    fn transcript(&self, tenant: &str, conversation_id: &str) -> Result<Vec<Message>>;
+    /// Writes events on their own (no other change).
+    fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>>;
+    /// Up to `limit` events after `cursor` that match `f`, oldest first.
+    fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>>;
+    /// The newest cursor in the outbox (0 when empty).
+    fn last_cursor(&self) -> Result<u64>;
+    /// Records that `consumer` has processed everything up to `cursor` (never moves back).
+    fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64>;
+    fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;
+    fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()>;
+    fn presence(&self, tenant: &str) -> Result<Vec<Presence>>;
+    /// Open (routed, not closed) conversations per rep.
+    fn open_load(&self, tenant: &str) -> Result<std::collections::HashMap<String, u32>>;
+    /// Picks, among `candidates` (in order), the rep with the fewest round-robin assignments in
+    /// `team` so far (ties: the first), and counts the assignment, atomically.
+    fn round_robin(
+        &self,
+        tenant: &str,
+        team: &str,
+        candidates: &[String],
+    ) -> Result<Option<String>>;
+    /// A stored reply for an idempotency key, if that request was already answered.
+    fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()>;
+}

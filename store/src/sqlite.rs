@@ -1,0 +1,724 @@
+//! The embedded backend: one SQLite file (WAL, `synchronous = FULL`, so a committed transaction
+//! survives power loss and `kill -9`), one connection behind a mutex.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::{
+    now_ms, Author, Error, Event, EventFilter, Lead, LeadFilter, ManualScore, Message, NewEvent,
+    Presence, Reason, Result, Store, TurnWrite,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS conversations (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    domain TEXT,
+    email TEXT,
+    bot_score INTEGER NOT NULL DEFAULT 0,
+    reasons TEXT NOT NULL DEFAULT '[]',
+    manual TEXT,
+    rep_id TEXT,
+    team TEXT,
+    slots TEXT NOT NULL DEFAULT '{}',
+    turns INTEGER NOT NULL DEFAULT 0,
+    closed INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (tenant, updated_ms);
+CREATE TABLE IF NOT EXISTS messages (
+    tenant TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    turn INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, conversation_id, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    conversation_id TEXT,
+    rep_id TEXT,
+    team TEXT,
+    payload TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, cursor);
+CREATE TABLE IF NOT EXISTS consumers (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS presence (
+    tenant TEXT NOT NULL,
+    rep_id TEXT NOT NULL,
+    online INTEGER NOT NULL,
+    capacity INTEGER NOT NULL,
+    PRIMARY KEY (tenant, rep_id)
+);
+CREATE TABLE IF NOT EXISTS round_robin (
+    tenant TEXT NOT NULL,
+    team TEXT NOT NULL,
+    rep_id TEXT NOT NULL,
+    assigned INTEGER NOT NULL,
+    PRIMARY KEY (tenant, team, rep_id)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reply BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, scope, key)
+);
+"#;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// An in-memory database (tests).
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+fn insert_events(tx: &Transaction, events: &[NewEvent], at: i64) -> Result<Vec<Event>> {
+    let mut out = vec![];
+    for e in events {
+        tx.execute(
+            "INSERT INTO events (tenant, kind, conversation_id, rep_id, team, payload, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.tenant,
+                e.kind,
+                e.conversation_id,
+                e.rep_id,
+                e.team,
+                serde_json::to_string(&e.payload)?,
+                at
+            ],
+        )?;
+        let cursor = tx.last_insert_rowid() as u64;
+        out.push(Event {
+            cursor,
+            id: format!("evt-{cursor}"),
+            at_ms: at,
+            event: e.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn read_lead(conn: &Connection, tenant: &str, id: &str) -> Result<Option<Lead>> {
+    conn.query_row(
+        "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots, turns,
+                created_ms, updated_ms
+         FROM conversations WHERE tenant = ?1 AND id = ?2",
+        params![tenant, id],
+        row_to_lead,
+    )
+    .optional()?
+    .transpose()
+}
+
+fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
+    let reasons: String = r.get(5)?;
+    let manual: Option<String> = r.get(6)?;
+    let slots: String = r.get(9)?;
+    let bot_score: i32 = r.get(4)?;
+    let lead = || -> Result<Lead> {
+        let manual: Option<ManualScore> = manual.map(|m| serde_json::from_str(&m)).transpose()?;
+        Ok(Lead {
+            tenant: r.get(0)?,
+            conversation_id: r.get(1)?,
+            domain: r.get(2)?,
+            email: r.get(3)?,
+            score: manual.as_ref().map_or(bot_score, |m| m.score),
+            bot_score,
+            manual,
+            reasons: serde_json::from_str::<Vec<Reason>>(&reasons)?,
+            rep_id: r.get(7)?,
+            team: r.get(8)?,
+            slots: serde_json::from_str::<BTreeMap<String, String>>(&slots)?,
+            turns: r.get(10)?,
+            created_ms: r.get(11)?,
+            updated_ms: r.get(12)?,
+        })
+    };
+    Ok(lead())
+}
+
+fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Result<Event>> {
+    let cursor: i64 = r.get(0)?;
+    let payload: String = r.get(6)?;
+    let e = (|| -> Result<Event> {
+        Ok(Event {
+            cursor: cursor as u64,
+            id: format!("evt-{cursor}"),
+            at_ms: r.get(7)?,
+            event: NewEvent {
+                tenant: r.get(1)?,
+                kind: r.get(2)?,
+                conversation_id: r.get(3)?,
+                rep_id: r.get(4)?,
+                team: r.get(5)?,
+                payload: serde_json::from_str(&payload)?,
+            },
+        })
+    })();
+    Ok(e)
+}
+
+impl Store for SqliteStore {
+    fn record_turn(&self, w: &TurnWrite) -> Result<(Lead, Vec<Event>)> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let at = now_ms();
+        tx.execute(
+            "INSERT INTO conversations (tenant, id, domain, email, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (tenant, id) DO UPDATE SET
+                domain = COALESCE(excluded.domain, domain),
+                email = COALESCE(excluded.email, email),
+                updated_ms = excluded.updated_ms",
+            params![w.tenant, w.conversation_id, w.domain, w.email, at],
+        )?;
+        let (mut slots, mut turns): (BTreeMap<String, String>, u32) = {
+            let (s, t): (String, u32) = tx.query_row(
+                "SELECT slots, turns FROM conversations WHERE tenant = ?1 AND id = ?2",
+                params![w.tenant, w.conversation_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            (serde_json::from_str(&s)?, t)
+        };
+        for (k, v) in &w.slots {
+            slots.insert(k.clone(), v.clone());
+        }
+        let mut seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant = ?1 AND conversation_id = ?2",
+            params![w.tenant, w.conversation_id],
+            |r| r.get(0),
+        )?;
+        for m in &w.messages {
+            seq += 1;
+            tx.execute(
+                "INSERT INTO messages (tenant, conversation_id, seq, turn, author, text, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    w.tenant,
+                    w.conversation_id,
+                    seq,
+                    m.turn,
+                    m.author.as_str(),
+                    m.text,
+                    m.at_ms
+                ],
+            )?;
+            if m.author == Author::Visitor {
+                turns = turns.max(m.turn);
+            }
+        }
+        tx.execute(
+            "UPDATE conversations SET slots = ?3, turns = ?4 WHERE tenant = ?1 AND id = ?2",
+            params![
+                w.tenant,
+                w.conversation_id,
+                serde_json::to_string(&slots)?,
+                turns
+            ],
+        )?;
+        if let Some((score, reasons)) = &w.score {
+            tx.execute(
+                "UPDATE conversations SET bot_score = ?3, reasons = ?4 WHERE tenant = ?1 AND id = ?2",
+                params![
+                    w.tenant,
+                    w.conversation_id,
+                    score,
+                    serde_json::to_string(reasons)?
+                ],
+            )?;
+        }
+        if let Some((rep, team)) = &w.route {
+            tx.execute(
+                "UPDATE conversations SET rep_id = ?3, team = ?4 WHERE tenant = ?1 AND id = ?2",
+                params![w.tenant, w.conversation_id, rep, team],
+            )?;
+        }
+        let events = insert_events(&tx, &w.events, at)?;
+        if let Some((scope, key, reply)) = &w.idempotency {
+            tx.execute(
+                "INSERT INTO idempotency (tenant, scope, key, reply, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![w.tenant, scope, key, reply, at],
+            )?;
+        }
+        let lead = read_lead(&tx, &w.tenant, &w.conversation_id)?
+            .ok_or_else(|| Error::NotFound(w.conversation_id.clone()))?;
+        tx.commit()?;
+        Ok((lead, events))
+    }
+
+    fn set_manual_score(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        manual: Option<ManualScore>,
+        events: &dyn Fn(&Lead) -> Vec<NewEvent>,
+    ) -> Result<(Lead, Vec<Event>)> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let manual_json = manual.as_ref().map(serde_json::to_string).transpose()?;
+        let n = tx.execute(
+            "UPDATE conversations SET manual = ?3, updated_ms = ?4 WHERE tenant = ?1 AND id = ?2",
+            params![tenant, conversation_id, manual_json, now_ms()],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("conversation {conversation_id:?}")));
+        }
+        let lead = read_lead(&tx, tenant, conversation_id)?
+            .ok_or_else(|| Error::NotFound(conversation_id.to_string()))?;
+        let stored = insert_events(&tx, &events(&lead), now_ms())?;
+        tx.commit()?;
+        Ok((lead, stored))
+    }
+
+    fn lead(&self, tenant: &str, conversation_id: &str) -> Result<Option<Lead>> {
+        read_lead(&lock(&self.conn), tenant, conversation_id)
+    }
+
+    fn leads(&self, f: &LeadFilter) -> Result<(Vec<Lead>, usize)> {
+        let conn = lock(&self.conn);
+        // The score in force is the manual one when set.
+        let score = "COALESCE(json_extract(manual, '$.score'), bot_score)";
+        let wher = format!(
+            "tenant = ?1 AND (?2 IS NULL OR {score} >= ?2) AND (?3 IS NULL OR {score} <= ?3)
+             AND (?4 IS NULL OR rep_id = ?4) AND (?5 IS NULL OR team = ?5)
+             AND (?6 IS NULL OR created_ms >= ?6) AND (?7 IS NULL OR created_ms < ?7)"
+        );
+        let p = params![
+            f.tenant,
+            f.min_score,
+            f.max_score,
+            f.rep_id,
+            f.team,
+            f.since_ms,
+            f.until_ms
+        ];
+        let total: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM conversations WHERE {wher}"),
+            p,
+            |r| r.get(0),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots,
+                    turns, created_ms, updated_ms
+             FROM conversations WHERE {wher}
+             ORDER BY created_ms DESC, id LIMIT {} OFFSET {}",
+            f.limit.clamp(1, 1000),
+            f.offset
+        ))?;
+        let leads = stmt
+            .query_map(p, row_to_lead)?
+            .map(|r| r?)
+            .collect::<Result<Vec<_>>>()?;
+        Ok((leads, total as usize))
+    }
+
+    fn transcript(&self, tenant: &str, conversation_id: &str) -> Result<Vec<Message>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT turn, author, text, at_ms FROM messages
+             WHERE tenant = ?1 AND conversation_id = ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![tenant, conversation_id], |r| {
+            Ok(Message {
+                turn: r.get(0)?,
+                author: Author::parse(&r.get::<_, String>(1)?),
+                text: r.get(2)?,
+                at_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let out = insert_events(&tx, events, now_ms())?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>> {
+        let conn = lock(&self.conn);
+        let kinds = serde_json::to_string(&f.kinds)?;
+        let mut stmt = conn.prepare(
+            "SELECT cursor, tenant, kind, conversation_id, rep_id, team, payload, at_ms
+             FROM events
+             WHERE tenant = ?1 AND cursor > ?2
+               AND (?3 = '[]' OR kind IN (SELECT value FROM json_each(?3)))
+               AND (?4 IS NULL OR rep_id = ?4) AND (?5 IS NULL OR team = ?5)
+             ORDER BY cursor LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                f.tenant,
+                cursor as i64,
+                kinds,
+                f.rep_id,
+                f.team,
+                limit.clamp(1, 10_000) as i64
+            ],
+            row_to_event,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn last_cursor(&self) -> Result<u64> {
+        let c: i64 =
+            lock(&self.conn).query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
+                r.get(0)
+            })?;
+        Ok(c as u64)
+    }
+
+    fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let last: i64 = tx.query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
+            r.get(0)
+        })?;
+        if cursor as i64 > last {
+            return Err(Error::Conflict(format!(
+                "cursor {cursor} is past the newest event ({last})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO consumers (tenant, name, cursor) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tenant, name) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
+            params![tenant, consumer, cursor as i64],
+        )?;
+        let now: i64 = tx.query_row(
+            "SELECT cursor FROM consumers WHERE tenant = ?1 AND name = ?2",
+            params![tenant, consumer],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(now as u64)
+    }
+
+    fn acked(&self, tenant: &str, consumer: &str) -> Result<u64> {
+        let c: Option<i64> = lock(&self.conn)
+            .query_row(
+                "SELECT cursor FROM consumers WHERE tenant = ?1 AND name = ?2",
+                params![tenant, consumer],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(c.unwrap_or(0) as u64)
+    }
+
+    fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()> {
+        lock(&self.conn).execute(
+            "INSERT INTO presence (tenant, rep_id, online, capacity) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant, rep_id) DO UPDATE SET online = excluded.online,
+                capacity = excluded.capacity",
+            params![tenant, p.rep_id, p.online, p.capacity],
+        )?;
+        Ok(())
+    }
+
+    fn presence(&self, tenant: &str) -> Result<Vec<Presence>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT rep_id, online, capacity FROM presence WHERE tenant = ?1 ORDER BY rep_id",
+        )?;
+        let rows = stmt.query_map(params![tenant], |r| {
+            Ok(Presence {
+                rep_id: r.get(0)?,
+                online: r.get(1)?,
+                capacity: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn open_load(&self, tenant: &str) -> Result<HashMap<String, u32>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT rep_id, COUNT(*) FROM conversations
+             WHERE tenant = ?1 AND rep_id IS NOT NULL AND closed = 0 GROUP BY rep_id",
+        )?;
+        let rows = stmt.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<HashMap<_, _>>>()?)
+    }
+
+    fn round_robin(
+        &self,
+        tenant: &str,
+        team: &str,
+        candidates: &[String],
+    ) -> Result<Option<String>> {
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut best: Option<(i64, &String)> = None;
+        for c in candidates {
+            let n: i64 = tx
+                .query_row(
+                    "SELECT assigned FROM round_robin WHERE tenant = ?1 AND team = ?2 AND rep_id = ?3",
+                    params![tenant, team, c],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if best.is_none_or(|(b, _)| n < b) {
+                best = Some((n, c));
+            }
+        }
+        let Some((_, rep)) = best else {
+            return Ok(None);
+        };
+        tx.execute(
+            "INSERT INTO round_robin (tenant, team, rep_id, assigned) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (tenant, team, rep_id) DO UPDATE SET assigned = assigned + 1",
+            params![tenant, team, rep],
+        )?;
+        tx.commit()?;
+        Ok(Some(rep.clone()))
+    }
+
+    fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(lock(&self.conn)
+            .query_row(
+                "SELECT reply FROM idempotency WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
+                params![tenant, scope, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()> {
+        lock(&self.conn).execute(
+            "INSERT OR IGNORE INTO idempotency (tenant, scope, key, reply, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, scope, key, reply, now_ms()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, tenant: &str, rep: Option<&str>) -> NewEvent {
+        NewEvent {
+            kind: kind.into(),
+            tenant: tenant.into(),
+            conversation_id: Some("c1".into()),
+            rep_id: rep.map(str::to_string),
+            team: None,
+            payload: serde_json::json!({"k": kind}),
+        }
+    }
+
+    fn turn(tenant: &str, conv: &str, n: u32, score: i32) -> TurnWrite {
+        TurnWrite {
+            tenant: tenant.into(),
+            conversation_id: conv.into(),
+            domain: Some("acme.com".into()),
+            email: None,
+            messages: vec![
+                Message {
+                    turn: n,
+                    author: Author::Visitor,
+                    text: format!("question {n}"),
+                    at_ms: 1,
+                },
+                Message {
+                    turn: n,
+                    author: Author::Bot,
+                    text: format!("answer {n}"),
+                    at_ms: 2,
+                },
+            ],
+            slots: vec![("company_size".into(), "40".into())],
+            score: Some((
+                score,
+                vec![Reason {
+                    rule: "pricing".into(),
+                    turn: n,
+                    detail: "intent pricing".into(),
+                    points: 1,
+                }],
+            )),
+            route: None,
+            events: vec![ev("cql_scored", tenant, None)],
+            idempotency: None,
+        }
+    }
+
+    #[test]
+    fn turns_scores_and_events_commit_together_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("closer.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            let (lead, events) = s.record_turn(&turn("t", "c1", 1, 1)).unwrap();
+            assert_eq!((lead.score, lead.turns), (1, 1));
+            assert_eq!(events[0].id, format!("evt-{}", events[0].cursor));
+            s.record_turn(&turn("t", "c1", 2, 2)).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let lead = s.lead("t", "c1").unwrap().unwrap();
+        assert_eq!((lead.bot_score, lead.turns), (2, 2));
+        assert_eq!(lead.slots["company_size"], "40");
+        assert_eq!(s.transcript("t", "c1").unwrap().len(), 4);
+        assert_eq!(s.last_cursor().unwrap(), 2);
+        assert!(s.lead("other", "c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_manual_score_wins_until_cleared() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.record_turn(&turn("t", "c1", 1, 2)).unwrap();
+        let m = ManualScore {
+            score: -1,
+            rep_id: "r1".into(),
+            note: "student".into(),
+            at_ms: 5,
+        };
+        let (lead, events) = s
+            .set_manual_score("t", "c1", Some(m), &|l| {
+                vec![ev(&format!("score {}", l.score), "t", None)]
+            })
+            .unwrap();
+        assert_eq!((lead.score, lead.bot_score), (-1, 2));
+        assert_eq!(events[0].event.kind, "score -1");
+        // A later bot turn changes the bot's score, not the one in force.
+        let (lead, _) = s.record_turn(&turn("t", "c1", 2, 3)).unwrap();
+        assert_eq!((lead.score, lead.bot_score), (-1, 3));
+        let (lead, _) = s.set_manual_score("t", "c1", None, &|_| vec![]).unwrap();
+        assert_eq!(lead.score, 3);
+        assert!(matches!(
+            s.set_manual_score("t", "nope", None, &|_| vec![]),
+            Err(Error::NotFound(_))
+        ));
+        let (hot, n) = s
+            .leads(&LeadFilter {
+                tenant: "t".into(),
+                min_score: Some(3),
+                limit: 10,
+                ..LeadFilter::default()
+            })
+            .unwrap();
+        assert_eq!((hot.len(), n), (1, 1));
+    }
+
+    #[test]
+    fn events_filter_by_tenant_kind_and_rep_and_acks_never_move_back() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.append_events(&[
+            ev("account_live", "t", Some("r1")),
+            ev("cql_scored", "t", None),
+            ev("account_live", "u", Some("r1")),
+            ev("handoff_requested", "t", Some("r2")),
+        ])
+        .unwrap();
+        let f = |kinds: &[&str], rep: Option<&str>| EventFilter {
+            tenant: "t".into(),
+            kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            rep_id: rep.map(str::to_string),
+            team: None,
+        };
+        let c = |v: Vec<Event>| v.iter().map(|e| e.cursor).collect::<Vec<_>>();
+        assert_eq!(c(s.events_after(0, &f(&[], None), 100).unwrap()), [1, 2, 4]);
+        assert_eq!(c(s.events_after(1, &f(&[], None), 1).unwrap()), [2]);
+        assert_eq!(
+            c(s.events_after(0, &f(&["account_live"], None), 100).unwrap()),
+            [1]
+        );
+        assert_eq!(c(s.events_after(0, &f(&[], Some("r2")), 100).unwrap()), [4]);
+        assert_eq!(s.ack("t", "crm", 2).unwrap(), 2);
+        assert_eq!(s.ack("t", "crm", 1).unwrap(), 2);
+        assert!(s.ack("t", "crm", 99).is_err());
+        assert_eq!(s.acked("t", "crm").unwrap(), 2);
+        assert_eq!(s.acked("u", "crm").unwrap(), 0);
+    }
+
+    #[test]
+    fn round_robin_is_fair_over_a_thousand_conversations() {
+        let s = SqliteStore::in_memory().unwrap();
+        let reps: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
+        let mut count: HashMap<String, i32> = HashMap::new();
+        for i in 0..1000 {
+            // Rep c is away for a stretch; the others take its share meanwhile.
+            let available: Vec<String> = if (300..400).contains(&i) {
+                reps[..2].to_vec()
+            } else {
+                reps.clone()
+            };
+            let r = s.round_robin("t", "smb", &available).unwrap().unwrap();
+            *count.entry(r).or_default() += 1;
+        }
+        let max = count.values().max().unwrap();
+        let min = count.values().min().unwrap();
+        assert!(max - min <= 1, "{count:?}");
+        assert_eq!(s.round_robin("t", "smb", &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_kept_with_its_change() {
+        let s = SqliteStore::in_memory().unwrap();
+        let mut w = turn("t", "form-1", 1, 2);
+        w.idempotency = Some(("qualify".into(), "k1".into(), b"reply".to_vec()));
+        s.record_turn(&w).unwrap();
+        assert_eq!(
+            s.idempotent_get("t", "qualify", "k1").unwrap().as_deref(),
+            Some(&b"reply"[..])
+        );
+        // The same key twice fails the second transaction as a whole.
+        assert!(s.record_turn(&w).is_err());
+        assert_eq!(s.transcript("t", "form-1").unwrap().len(), 2);
+    }
+}

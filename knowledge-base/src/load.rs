@@ -278,6 +278,14 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
     write("accounts.json", to_json(&accounts)?)?;
     write("reps.json", to_json(&reps)?)?;
     write("intents.yaml", intents_text.into_bytes())?;
+    // The playbook is checked by the server (it needs the intents and reps); copied as is.
+    let playbook = src.join("playbook.yaml");
+    if playbook.is_file() {
+        write("playbook.yaml", read_text(&playbook)?.into_bytes())?;
+    } else if dir.join("playbook.yaml").exists() {
+        let p = dir.join("playbook.yaml");
+        std::fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
+    }
     write(
         "tenant.yaml",
         serde_yaml::to_string(&profile)

@@ -9,6 +9,7 @@ pub mod coverage;
 pub mod error;
 pub mod guard;
 pub mod kbbench;
+pub mod playbook;
 pub mod server;
 pub mod service;
 pub mod slots;

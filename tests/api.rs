@@ -88,11 +88,24 @@ impl TestServer {
     }
 }
 
+/// A new conversation id per call: each `one_turn` is its own conversation.
+fn fresh_conversation_id() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "test-conversation-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
 fn start_event(tenant: &str, domain: Option<&str>) -> pb::ConverseRequest {
+    start_with_id(tenant, domain, &fresh_conversation_id())
+}
+
+fn start_with_id(tenant: &str, domain: Option<&str>, id: &str) -> pb::ConverseRequest {
     pb::ConverseRequest {
         event: Some(pb::converse_request::Event::Start(pb::Start {
             tenant: tenant.into(),
-            conversation_id: "test-conversation".into(),
+            conversation_id: id.into(),
             visitor: Some(pb::VisitorContext {
                 company_domain: domain.map(str::to_string),
                 ..Default::default()
@@ -183,6 +196,7 @@ fn shape(events: &[Event]) -> String {
 }
 
 mod knowledge;
+mod sales;
 
 // ---------------------------------------------------------------- real models
 
@@ -844,6 +858,10 @@ async fn reflection_lists_the_public_services() {
         "closer.v1.Assistant",
         "closer.v1.Knowledge",
         "closer.v1.Intents",
+        "closer.v1.Leads",
+        "closer.v1.Events",
+        "closer.v1.Playbooks",
+        "closer.v1.Reps",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");

@@ -8,7 +8,9 @@
 //!    covered clauses, and release each generated sentence only after the [`guard`] verified it;
 //!    a failing sentence is replaced by the fact's own authored answer;
 //! 4. append the authored answer of any cited fact the model left out, then the honest
-//!    "I don't have that" line for what no fact covers.
+//!    "I don't have that" line for what no fact covers;
+//! 5. score the visitor by the playbook, route a hand-off, ask the next qualification question,
+//!    and commit the turn with its events ([`crate::sales`]) before the final event.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -21,6 +23,7 @@ use closer_proto::v1 as pb;
 use crate::coverage::uncovered_terms;
 use crate::error::Result;
 use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
+use crate::sales::Conversation;
 use crate::state::{Engine, Tenant};
 
 /// Said when part of a question is not covered by any fact.
@@ -238,9 +241,9 @@ pub fn run_turn(
     tenant: &Tenant,
     cfg: &AnswerConfig,
     visitor: &Visitor,
+    conv: &mut Conversation,
     turn: u32,
     text: &str,
-    account_live_pending: bool,
     emit: &mut dyn FnMut(pb::converse_response::Event) -> ControlFlow<()>,
 ) -> Result<()> {
     use pb::converse_response::Event;
@@ -254,17 +257,36 @@ pub fn run_turn(
     if emit(Event::Intents(detected)).is_break() {
         return Ok(());
     }
-    let slots = to_pb_slots(&crate::slots::extract(text));
+    let found_slots = crate::slots::extract(text);
+    let slots = to_pb_slots(&found_slots);
     if !slots.is_empty() && emit(Event::Slots(pb::SlotsCaptured { turn, slots })).is_break() {
         return Ok(());
     }
 
-    // One knowledge snapshot for the whole turn: a concurrent ingest is seen whole or not at all.
+    // One knowledge snapshot and one playbook for the whole turn: a concurrent ingest or upload
+    // is seen whole or not at all.
     let kb = tenant.kb.snapshot();
+    let playbook = tenant.playbook();
+    let names: Vec<String> = intents.iter().map(|i| i.name.clone()).collect();
+    let new_intents: Vec<String> = names
+        .iter()
+        .filter(|n| !conv.seen.intents.contains_key(*n))
+        .cloned()
+        .collect();
+    conv.observe(turn, &names, &found_slots, &kb);
+    let scored = crate::playbook::score(&playbook, &conv.seen);
     let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
     let owner = account.and_then(|a| kb.rep(&a.owner_rep_id));
-    if account_live_pending {
-        if let (Some(a), Some(r)) = (account, owner) {
+    let live_account = conv
+        .seen
+        .account
+        .clone()
+        .and_then(|a| kb.rep(&a.owner_rep_id).map(|r| (a, r)));
+    let mut account_live = None;
+    if !conv.account_live_sent {
+        if let Some((a, r)) = live_account {
+            conv.account_live_sent = true;
+            account_live = Some((a.clone(), r));
             let h = pb::HandoffSignal {
                 turn,
                 kind: pb::HandoffKind::AccountLive as i32,
@@ -288,7 +310,7 @@ pub fn run_turn(
     ordered.sort_by_key(|i| i.span.0);
     let mut cited: Vec<Cited> = vec![];
     let mut covered_clauses: Vec<&str> = vec![];
-    let mut tail: Vec<&'static str> = vec![];
+    let mut tail: Vec<&str> = vec![];
     let mut handoff_reason: Option<&'static str> = None;
     let mut unanswered = false;
     for intent in &ordered {
@@ -333,6 +355,48 @@ pub fn run_turn(
         tail.push(DONT_KNOW);
         unanswered = true;
         handoff_reason.get_or_insert("unanswered question");
+    }
+
+    // The durable hand-off: routed by the playbook, once per conversation unless the visitor
+    // asks for a person again; a disqualified visitor is handed off only on request.
+    let asked_for_person = handoff_reason == Some("asked for a person");
+    let mut durable_reason: Option<String> = handoff_reason
+        .filter(|_| scored.0 >= 0 || asked_for_person)
+        .map(str::to_string);
+    if durable_reason.is_none()
+        && playbook.handoff_from_score > 0
+        && scored.0 >= playbook.handoff_from_score
+    {
+        durable_reason = Some(format!(
+            "CQL score {} reached the playbook's hand-off score",
+            scored.0
+        ));
+    }
+    if conv.handed_off && !asked_for_person {
+        durable_reason = None;
+    }
+    let handoff = match durable_reason {
+        Some(reason) => Some(match &conv.routed {
+            Some((Some(rep_id), team)) => crate::sales::Handoff {
+                route: crate::playbook::Route::Rep {
+                    rep_id: rep_id.clone(),
+                    team: team.clone(),
+                    mode: "assigned",
+                    detail: "the rep this conversation is routed to".into(),
+                },
+                reason,
+                newly_routed: false,
+            },
+            _ => crate::sales::Handoff {
+                route: crate::sales::route(engine, tenant, &playbook, &conv.seen)?,
+                reason,
+                newly_routed: true,
+            },
+        }),
+        None => None,
+    };
+    if let Some(q) = conv.next_question(&playbook, scored.0) {
+        tail.push(q);
     }
 
     if let Some(reason) = handoff_reason {
@@ -455,9 +519,28 @@ pub fn run_turn(
         }
     }
 
+    let reply = released.join(" ");
+    // Committed before the final event: a turn the client saw finish is on disk.
+    crate::sales::record_turn(
+        engine,
+        tenant,
+        conv,
+        crate::sales::TurnRecord {
+            turn,
+            visitor_text: text,
+            reply: &reply,
+            slots: crate::sales::slot_pairs(&found_slots),
+            email: visitor.email.clone(),
+            intents: &new_intents,
+            score: scored,
+            account_live: account_live.as_ref().map(|(a, r)| (a, *r)),
+            handoff,
+            idempotency: None,
+        },
+    )?;
     let final_ = pb::ReplyFinal {
         turn,
-        text: released.join(" "),
+        text: reply,
         fact_ids: cited.iter().map(|c| c.id.clone()).collect(),
         guard_replaced,
         unanswered,

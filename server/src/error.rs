@@ -17,6 +17,12 @@ pub enum Error {
     Model(#[from] closer_models::Error),
     #[error("knowledge base: {0}")]
     Kb(#[from] closer_kb::Error),
+    #[error("{0}")]
+    Playbook(#[from] crate::playbook::PlaybookError),
+    #[error("{0}")]
+    Store(#[from] closer_store::Error),
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -46,6 +52,10 @@ impl Error {
                 "invalid_argument"
             }
             Error::Kb(_) => "knowledge_base",
+            Error::Playbook(_) => "invalid_argument",
+            Error::Store(closer_store::Error::NotFound(_)) | Error::NotFound(_) => "not_found",
+            Error::Store(closer_store::Error::Conflict(_)) => "failed_precondition",
+            Error::Store(_) => "storage",
             Error::Internal(_) => "internal",
         }
     }
@@ -60,9 +70,12 @@ impl Error {
             Error::UnknownTenant(_) | Error::Kb(closer_kb::Error::UnknownTenant(_)) => {
                 Code::NotFound
             }
+            Error::Playbook(_) => Code::InvalidArgument,
+            Error::Store(closer_store::Error::NotFound(_)) | Error::NotFound(_) => Code::NotFound,
+            Error::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,
             Error::Overloaded(_) => Code::ResourceExhausted,
             Error::NotReady => Code::Unavailable,
-            Error::Model(_) | Error::Kb(_) | Error::Internal(_) => Code::Internal,
+            Error::Model(_) | Error::Kb(_) | Error::Store(_) | Error::Internal(_) => Code::Internal,
         }
     }
 }

@@ -10,6 +10,8 @@ pub mod error;
 pub mod guard;
 pub mod kbbench;
 pub mod playbook;
+pub mod sales;
+pub mod sales_service;
 pub mod server;
 pub mod service;
 pub mod slots;

@@ -13,6 +13,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
+use crate::sales_service::{EventsService, LeadsService, PlaybooksService, RepsService};
 use crate::service::{AppState, AssistantService, IntentsService, KnowledgeService};
 use crate::state::{Engine, Models};
 
@@ -32,11 +33,15 @@ pub enum Readiness {
     Failed(String),
 }
 
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 8] = [
     "",
     "closer.v1.Assistant",
     "closer.v1.Knowledge",
     "closer.v1.Intents",
+    "closer.v1.Leads",
+    "closer.v1.Events",
+    "closer.v1.Playbooks",
+    "closer.v1.Reps",
 ];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -118,6 +123,20 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
             },
         ))
         .add_service(pb::intents_server::IntentsServer::new(IntentsService {
+            state: state.clone(),
+        }))
+        .add_service(pb::leads_server::LeadsServer::new(LeadsService {
+            state: state.clone(),
+        }))
+        .add_service(pb::events_server::EventsServer::new(EventsService {
+            state: state.clone(),
+        }))
+        .add_service(pb::playbooks_server::PlaybooksServer::new(
+            PlaybooksService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(pb::reps_server::RepsServer::new(RepsService {
             state: state.clone(),
         }));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();

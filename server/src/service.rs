@@ -31,7 +31,7 @@ impl AppState {
         })
     }
 
-    fn engine(&self) -> Result<Arc<Engine>> {
+    pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
         self.engine.get().cloned().ok_or(Error::NotReady)
     }
 
@@ -53,7 +53,7 @@ impl AppState {
     }
 }
 
-fn check_tenant_field(tenant: &str) -> Result<()> {
+pub(crate) fn check_tenant_field(tenant: &str) -> Result<()> {
     if tenant.is_empty() {
         return Err(Error::invalid("tenant", "must not be empty"));
     }
@@ -61,7 +61,9 @@ fn check_tenant_field(tenant: &str) -> Result<()> {
 }
 
 /// Runs model or index work off the async threads.
-async fn blocking<T, E>(f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static) -> Result<T>
+pub(crate) async fn blocking<T, E>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> Result<T>
 where
     T: Send + 'static,
     E: Into<Error> + Send + 'static,
@@ -107,14 +109,27 @@ impl pb::assistant_server::Assistant for AssistantService {
         let visitor = Visitor::from_proto(start.visitor.as_ref());
         tracing::info!(tenant = %start.tenant, conversation = %start.conversation_id, domain = ?visitor.domain, "conversation started");
 
+        // A conversation that continues (a reconnect, another replica) picks up its state.
+        let conv = {
+            let (engine, tenant, visitor, id) = (
+                engine.clone(),
+                tenant.clone(),
+                visitor.clone(),
+                start.conversation_id.clone(),
+            );
+            blocking(move || {
+                crate::sales::Conversation::resume(&*engine.store, &tenant, &id, &visitor)
+            })
+            .await?
+        };
+        let conv = Arc::new(std::sync::Mutex::new(conv));
         let (tx, rx) = mpsc::channel(self.state.config.stream_buffer.max(1));
         let state = self.state.clone();
         tokio::spawn(async move {
             let cfg = AnswerConfig {
                 max_new_tokens: state.config.max_new_tokens,
             };
-            let mut turn: u32 = 0;
-            let mut account_live_pending = true;
+            let mut turn: u32 = conv.lock().map(|c| c.turns).unwrap_or(0);
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
@@ -171,25 +186,25 @@ impl pb::assistant_server::Assistant for AssistantService {
                         continue;
                     }
                 };
-                let (engine, tenant, visitor, tx2, cfg2) = (
+                let (engine, tenant, visitor, tx2, cfg2, conv2) = (
                     engine.clone(),
                     tenant.clone(),
                     visitor.clone(),
                     tx.clone(),
                     cfg.clone(),
+                    conv.clone(),
                 );
-                let live = account_live_pending;
-                account_live_pending = false;
                 let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
+                    let mut conv = conv2.lock().unwrap_or_else(|p| p.into_inner());
                     run_turn(
                         &engine,
                         &tenant,
                         &cfg2,
                         &visitor,
+                        &mut conv,
                         turn,
                         &text,
-                        live,
                         &mut |event| match tx2
                             .blocking_send(Ok(pb::ConverseResponse { event: Some(event) }))
                         {
@@ -639,7 +654,7 @@ fn pb_fact(f: closer_kb::Fact) -> pb::Fact {
 }
 
 /// Offset-based page tokens: the decimal offset of the next item.
-fn page(token: &str, size: u32, total: usize) -> Result<(usize, usize, String)> {
+pub(crate) fn page(token: &str, size: u32, total: usize) -> Result<(usize, usize, String)> {
     let start: usize = if token.is_empty() {
         0
     } else {

@@ -162,6 +162,21 @@ const COUNTRY_CODES: &[(&str, &str)] = &[
     ("EU", "EU"),
 ];
 
+/// An ISO 3166-1 alpha-2 code for a country as a form field holds it: a code (`GB`, `uk`) or a
+/// name (`United Kingdom`).
+pub fn country_code(field: &str) -> Option<&'static str> {
+    let t = field.trim();
+    let lower = t.to_lowercase();
+    if let Some((_, c)) = COUNTRIES.iter().find(|(n, _)| *n == lower) {
+        return Some(c);
+    }
+    let upper = t.to_uppercase();
+    if let Some((_, c)) = COUNTRY_CODES.iter().find(|(n, _)| *n == upper) {
+        return Some(c);
+    }
+    COUNTRIES.iter().map(|(_, c)| *c).find(|c| *c == upper)
+}
+
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[a-z0-9._%+-]+@([a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24})\b")
         .expect("email regex")

@@ -15,6 +15,12 @@ use closer_models::intent::{
 use closer_models::{AnswerGenerator, Embedder};
 
 use crate::error::{Error, Result};
+use crate::playbook::Playbook;
+use closer_store::bus::Bus;
+use closer_store::Store;
+
+/// The embedded database of conversations, leads and events, in the data directory.
+pub const STORE_FILE: &str = "closer.db";
 
 /// The two models every tenant shares.
 #[derive(Clone)]
@@ -49,17 +55,20 @@ pub struct IntentModel {
     pub classifier: HeadClassifier,
 }
 
-/// One team's knowledge and intents.
+/// One team's knowledge, intents and playbook.
 pub struct Tenant {
     pub id: String,
     pub kb: KnowledgeBase,
     intents: RwLock<Arc<IntentModel>>,
+    /// The playbook in force and whether it is derived from the intent flags (no file).
+    playbook: RwLock<(Arc<Playbook>, bool)>,
     /// One retraining at a time per tenant.
     training: Mutex<()>,
     dir: PathBuf,
 }
 
 const SET_FILE: &str = "intents.yaml";
+const PLAYBOOK_FILE: &str = "playbook.yaml";
 const MODEL_FILE: &str = "intent-model.bin";
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
@@ -127,10 +136,12 @@ impl Tenant {
             ms = t.elapsed().as_millis() as u64,
             "tenant ready"
         );
+        let playbook = read_playbook(&dir, &set, &kb)?;
         let classifier = HeadClassifier::from_trained(embedder, trained);
         Ok(Self {
             id: id.to_string(),
             kb,
+            playbook: RwLock::new((Arc::new(playbook.0), playbook.1)),
             intents: RwLock::new(Arc::new(IntentModel { set, classifier })),
             training: Mutex::new(()),
             dir,
@@ -144,6 +155,35 @@ impl Tenant {
             .read()
             .map(|g| g.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The playbook in force; hold it for a whole turn.
+    pub fn playbook(&self) -> Arc<Playbook> {
+        self.playbook
+            .read()
+            .map(|g| g.0.clone())
+            .unwrap_or_else(|p| p.into_inner().0.clone())
+    }
+
+    /// The playbook in force and whether it is derived from the intent flags.
+    pub fn playbook_source(&self) -> (Arc<Playbook>, bool) {
+        self.playbook
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Validates a playbook against the tenant's intents and reps, stores it and swaps it in.
+    pub fn set_playbook(&self, yaml: &str) -> Result<Arc<Playbook>> {
+        let model = self.intents();
+        let kb = self.kb.snapshot();
+        let p = Arc::new(Playbook::from_yaml(yaml, &model.set, &kb.reps())?);
+        let path = self.dir.join(PLAYBOOK_FILE);
+        write_atomic(&path, yaml.as_bytes())
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        *self.playbook.write().unwrap_or_else(|p| p.into_inner()) = (p.clone(), false);
+        tracing::info!(tenant = %self.id, rules = p.score_rules.len(), "playbook swapped in");
+        Ok(p)
     }
 
     /// Trains a classifier on `set`, stores set and model, then swaps them in. While this runs
@@ -170,11 +210,27 @@ impl Tenant {
     }
 }
 
-/// Models plus every tenant found in the data directory.
+/// A tenant's playbook file, checked; the one derived from its intents when it has none.
+pub fn read_playbook(dir: &Path, set: &IntentSet, kb: &KnowledgeBase) -> Result<(Playbook, bool)> {
+    let path = dir.join(PLAYBOOK_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Playbook::from_yaml(&text, set, &kb.snapshot().reps())
+            .map(|p| (p, false))
+            .map_err(|e| Error::Internal(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((Playbook::from_intents(set), true))
+        }
+        Err(e) => Err(Error::Internal(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Models, durable state, and every tenant found in the data directory.
 pub struct Engine {
     pub models: Models,
     pub classifier_config: ClassifierConfig,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
 }
 
 impl Engine {
@@ -191,10 +247,14 @@ impl Engine {
         if tenants.is_empty() {
             tracing::warn!(data_dir = %data_dir.display(), "no tenants loaded; use `closer kb load`");
         }
+        let store = closer_store::sqlite::SqliteStore::open(&data_dir.join(STORE_FILE))?;
+        let bus = closer_store::bus::LocalBus::new(store.last_cursor()?);
         Ok(Self {
             models,
             classifier_config,
             tenants: RwLock::new(tenants),
+            store: Arc::new(store),
+            bus: Arc::new(bus),
         })
     }
 

@@ -118,6 +118,8 @@ pub struct Lead {
     pub team: Option<String>,
     /// Captured slots by name (email, company_size, country...).
     pub slots: std::collections::BTreeMap<String, String>,
+    /// Intents detected so far → the first turn each was seen.
+    pub intents: std::collections::BTreeMap<String, u32>,
     pub turns: u32,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -182,6 +184,8 @@ pub struct TurnWrite {
     pub messages: Vec<Message>,
     /// Slots captured so far (merged into the lead's).
     pub slots: Vec<(String, String)>,
+    /// Intents detected this turn, with the turn.
+    pub intents: Vec<(String, u32)>,
     /// The playbook's score after this turn and its reasons, when it was computed.
     pub score: Option<(i32, Vec<Reason>)>,
     /// Where the conversation was routed this turn.
@@ -217,9 +221,14 @@ pub struct Presence {
 
 /// Durable state of all tenants.
 pub trait Store: Send + Sync {
-    /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing.
-    /// Returns the lead after it and the events as stored.
-    fn record_turn(&self, w: &TurnWrite) -> Result<(Lead, Vec<Event>)>;
+    /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing;
+    /// `then` adds events that depend on the lead as written (a score change), in the same
+    /// transaction. Returns the lead after it and the events as stored.
+    fn record_turn(
+        &self,
+        w: &TurnWrite,
+        then: &dyn Fn(&Lead) -> Vec<NewEvent>,
+    ) -> Result<(Lead, Vec<Event>)>;
     /// Sets (`Some`) or clears (`None`) a rep's manual score; writes `events` with it.
     fn set_manual_score(
         &self,

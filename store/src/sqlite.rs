@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     rep_id TEXT,
     team TEXT,
     slots TEXT NOT NULL DEFAULT '{}',
+    intents TEXT NOT NULL DEFAULT '{}',
     turns INTEGER NOT NULL DEFAULT 0,
     closed INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
@@ -150,7 +151,7 @@ fn insert_events(tx: &Transaction, events: &[NewEvent], at: i64) -> Result<Vec<E
 fn read_lead(conn: &Connection, tenant: &str, id: &str) -> Result<Option<Lead>> {
     conn.query_row(
         "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots, turns,
-                created_ms, updated_ms
+                created_ms, updated_ms, intents
          FROM conversations WHERE tenant = ?1 AND id = ?2",
         params![tenant, id],
         row_to_lead,
@@ -163,6 +164,7 @@ fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
     let reasons: String = r.get(5)?;
     let manual: Option<String> = r.get(6)?;
     let slots: String = r.get(9)?;
+    let intents: String = r.get(13)?;
     let bot_score: i32 = r.get(4)?;
     let lead = || -> Result<Lead> {
         let manual: Option<ManualScore> = manual.map(|m| serde_json::from_str(&m)).transpose()?;
@@ -178,6 +180,7 @@ fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
             rep_id: r.get(7)?,
             team: r.get(8)?,
             slots: serde_json::from_str::<BTreeMap<String, String>>(&slots)?,
+            intents: serde_json::from_str::<BTreeMap<String, u32>>(&intents)?,
             turns: r.get(10)?,
             created_ms: r.get(11)?,
             updated_ms: r.get(12)?,
@@ -208,7 +211,11 @@ fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Result<Event>> {
 }
 
 impl Store for SqliteStore {
-    fn record_turn(&self, w: &TurnWrite) -> Result<(Lead, Vec<Event>)> {
+    fn record_turn(
+        &self,
+        w: &TurnWrite,
+        then: &dyn Fn(&Lead) -> Vec<NewEvent>,
+    ) -> Result<(Lead, Vec<Event>)> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction()?;
         let at = now_ms();
@@ -221,16 +228,23 @@ impl Store for SqliteStore {
                 updated_ms = excluded.updated_ms",
             params![w.tenant, w.conversation_id, w.domain, w.email, at],
         )?;
-        let (mut slots, mut turns): (BTreeMap<String, String>, u32) = {
-            let (s, t): (String, u32) = tx.query_row(
-                "SELECT slots, turns FROM conversations WHERE tenant = ?1 AND id = ?2",
+        let (mut slots, mut intents, mut turns): (
+            BTreeMap<String, String>,
+            BTreeMap<String, u32>,
+            u32,
+        ) = {
+            let (s, i, t): (String, String, u32) = tx.query_row(
+                "SELECT slots, intents, turns FROM conversations WHERE tenant = ?1 AND id = ?2",
                 params![w.tenant, w.conversation_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            (serde_json::from_str(&s)?, t)
+            (serde_json::from_str(&s)?, serde_json::from_str(&i)?, t)
         };
         for (k, v) in &w.slots {
             slots.insert(k.clone(), v.clone());
+        }
+        for (k, t) in &w.intents {
+            intents.entry(k.clone()).or_insert(*t);
         }
         let mut seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant = ?1 AND conversation_id = ?2",
@@ -257,12 +271,14 @@ impl Store for SqliteStore {
             }
         }
         tx.execute(
-            "UPDATE conversations SET slots = ?3, turns = ?4 WHERE tenant = ?1 AND id = ?2",
+            "UPDATE conversations SET slots = ?3, turns = ?4, intents = ?5
+             WHERE tenant = ?1 AND id = ?2",
             params![
                 w.tenant,
                 w.conversation_id,
                 serde_json::to_string(&slots)?,
-                turns
+                turns,
+                serde_json::to_string(&intents)?
             ],
         )?;
         if let Some((score, reasons)) = &w.score {
@@ -282,7 +298,7 @@ impl Store for SqliteStore {
                 params![w.tenant, w.conversation_id, rep, team],
             )?;
         }
-        let events = insert_events(&tx, &w.events, at)?;
+        let mut events = insert_events(&tx, &w.events, at)?;
         if let Some((scope, key, reply)) = &w.idempotency {
             tx.execute(
                 "INSERT INTO idempotency (tenant, scope, key, reply, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -291,6 +307,7 @@ impl Store for SqliteStore {
         }
         let lead = read_lead(&tx, &w.tenant, &w.conversation_id)?
             .ok_or_else(|| Error::NotFound(w.conversation_id.clone()))?;
+        events.extend(insert_events(&tx, &then(&lead), at)?);
         tx.commit()?;
         Ok((lead, events))
     }
@@ -348,7 +365,7 @@ impl Store for SqliteStore {
         )?;
         let mut stmt = conn.prepare(&format!(
             "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots,
-                    turns, created_ms, updated_ms
+                    turns, created_ms, updated_ms, intents
              FROM conversations WHERE {wher}
              ORDER BY created_ms DESC, id LIMIT {} OFFSET {}",
             f.limit.clamp(1, 1000),
@@ -583,6 +600,7 @@ mod tests {
                 },
             ],
             slots: vec![("company_size".into(), "40".into())],
+            intents: vec![("pricing".into(), n)],
             score: Some((
                 score,
                 vec![Reason {
@@ -604,15 +622,16 @@ mod tests {
         let path = dir.path().join("closer.db");
         {
             let s = SqliteStore::open(&path).unwrap();
-            let (lead, events) = s.record_turn(&turn("t", "c1", 1, 1)).unwrap();
+            let (lead, events) = s.record_turn(&turn("t", "c1", 1, 1), &|_| vec![]).unwrap();
             assert_eq!((lead.score, lead.turns), (1, 1));
             assert_eq!(events[0].id, format!("evt-{}", events[0].cursor));
-            s.record_turn(&turn("t", "c1", 2, 2)).unwrap();
+            s.record_turn(&turn("t", "c1", 2, 2), &|_| vec![]).unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         let lead = s.lead("t", "c1").unwrap().unwrap();
         assert_eq!((lead.bot_score, lead.turns), (2, 2));
         assert_eq!(lead.slots["company_size"], "40");
+        assert_eq!(lead.intents["pricing"], 1, "first turn kept");
         assert_eq!(s.transcript("t", "c1").unwrap().len(), 4);
         assert_eq!(s.last_cursor().unwrap(), 2);
         assert!(s.lead("other", "c1").unwrap().is_none());
@@ -621,7 +640,7 @@ mod tests {
     #[test]
     fn a_manual_score_wins_until_cleared() {
         let s = SqliteStore::in_memory().unwrap();
-        s.record_turn(&turn("t", "c1", 1, 2)).unwrap();
+        s.record_turn(&turn("t", "c1", 1, 2), &|_| vec![]).unwrap();
         let m = ManualScore {
             score: -1,
             rep_id: "r1".into(),
@@ -636,8 +655,13 @@ mod tests {
         assert_eq!((lead.score, lead.bot_score), (-1, 2));
         assert_eq!(events[0].event.kind, "score -1");
         // A later bot turn changes the bot's score, not the one in force.
-        let (lead, _) = s.record_turn(&turn("t", "c1", 2, 3)).unwrap();
+        let (lead, events) = s
+            .record_turn(&turn("t", "c1", 2, 3), &|l| {
+                vec![ev(&format!("after {}", l.bot_score), "t", None)]
+            })
+            .unwrap();
         assert_eq!((lead.score, lead.bot_score), (-1, 3));
+        assert_eq!(events.last().unwrap().event.kind, "after 3");
         let (lead, _) = s.set_manual_score("t", "c1", None, &|_| vec![]).unwrap();
         assert_eq!(lead.score, 3);
         assert!(matches!(
@@ -712,13 +736,13 @@ mod tests {
         let s = SqliteStore::in_memory().unwrap();
         let mut w = turn("t", "form-1", 1, 2);
         w.idempotency = Some(("qualify".into(), "k1".into(), b"reply".to_vec()));
-        s.record_turn(&w).unwrap();
+        s.record_turn(&w, &|_| vec![]).unwrap();
         assert_eq!(
             s.idempotent_get("t", "qualify", "k1").unwrap().as_deref(),
             Some(&b"reply"[..])
         );
         // The same key twice fails the second transaction as a whole.
-        assert!(s.record_turn(&w).is_err());
+        assert!(s.record_turn(&w, &|_| vec![]).is_err());
         assert_eq!(s.transcript("t", "form-1").unwrap().len(), 2);
     }
 }

@@ -187,6 +187,9 @@ fn shape(events: &[Event]) -> String {
             Event::Final(_) => 'F',
             Event::Error(_) => 'E',
             Event::Slots(_) => 'S',
+            Event::MeetingProposed(_) => 'M',
+            Event::MeetingBooked(_) => 'B',
+            Event::RepJoined(_) | Event::RepMessage(_) | Event::RepLeft(_) => 'R',
         };
         if !(c == 'D' && s.ends_with('D')) {
             s.push(c);

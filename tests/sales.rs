@@ -121,13 +121,18 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
         &["How much does each seat cost?", "Connect me with sales"],
     )
     .await;
-    // Turn 1 asks the first qualification question (email unknown, score >= 1), turn 2 the next.
+    // Turn 1 asks the first qualification question (email unknown, score >= 1); at 3 bolts
+    // turn 2 offers meeting times instead.
     let f1 = final_of(&turns[0]);
     assert!(f1.text.contains("What's your work email"), "{}", f1.text);
     let f2 = final_of(&turns[1]);
-    assert!(f2.text.contains("how many people"), "{}", f2.text);
+    assert!(
+        f2.text.contains("Would one of these times work"),
+        "{}",
+        f2.text
+    );
 
-    let mut l = leads(&ts).await;
+    let l = leads(&ts).await;
     let get = |id: &'static str| {
         let mut l = l.clone();
         async move {
@@ -152,11 +157,16 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
     assert_eq!(lead.rep_id.as_deref(), Some("r-daniel"));
     assert_eq!(lead.turns, 2);
 
-    let evs = first_events(&ts, 3, from_start()).await;
+    let evs = first_events(&ts, 4, from_start()).await;
     let kinds: Vec<&str> = evs.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["cql_scored", "handoff_requested", "cql_scored"],
+        [
+            "cql_scored",
+            "handoff_requested",
+            "meeting_proposed",
+            "cql_scored"
+        ],
         "{evs:?}"
     );
     assert!(evs.windows(2).all(|w| w[0].cursor < w[1].cursor));
@@ -169,8 +179,9 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
     let transcript = h["transcript"].as_array().unwrap();
     assert_eq!(transcript.len(), 4, "{transcript:?}");
     assert_eq!(transcript[2]["text"], "Connect me with sales");
-    assert_eq!(payload(&evs[2])["score"], 3);
-    assert_eq!(payload(&evs[2])["previous"], 1);
+    assert_eq!(payload(&evs[2])["rep_id"], "r-daniel");
+    assert_eq!(payload(&evs[3])["score"], 3);
+    assert_eq!(payload(&evs[3])["previous"], 1);
 
     // A target account: live in chat for its owner, 3 bolts at once, handed to the owner.
     conversation(
@@ -186,7 +197,12 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
         &ts,
         3,
         pb::SubscribeRequest {
-            after_cursor: Some(evs[2].cursor),
+            after_cursor: Some(evs[3].cursor),
+            kinds: vec![
+                "account_live".into(),
+                "handoff_requested".into(),
+                "cql_scored".into(),
+            ],
             ..from_start()
         },
     )
@@ -527,4 +543,257 @@ async fn playbooks_are_validated_swapped_live_and_leads_survive_a_restart() {
     let turns = conversation(&ts, "conv-hot", None, &["And is there a free trial?"]).await;
     let f = final_of(&turns[0]);
     assert_eq!(f.turn, 2);
+}
+
+/// An open conversation stream: send events, read what comes.
+struct Live {
+    tx: mpsc::Sender<pb::ConverseRequest>,
+    rx: tonic::Streaming<pb::ConverseResponse>,
+}
+
+impl Live {
+    async fn open(ts: &TestServer, id: &str, domain: Option<&str>, tz: Option<&str>) -> Self {
+        let mut client = ts.assistant().await;
+        let (tx, rx) = mpsc::channel(8);
+        let mut start = start_with_id("applinks", domain, id);
+        if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+            s.visitor.as_mut().unwrap().timezone = tz.map(str::to_string);
+        }
+        tx.send(start).await.unwrap();
+        let rx = client
+            .converse(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    async fn say(&self, text: &str) {
+        self.tx.send(message(text)).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Event {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap()
+            .event
+            .unwrap()
+    }
+
+    /// Events up to and including the turn's final.
+    async fn turn(&mut self) -> Vec<Event> {
+        let mut out = vec![];
+        loop {
+            let e = self.next().await;
+            let done = matches!(e, Event::Final(_) | Event::Error(_));
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+fn proposed(events: &[Event]) -> Option<&pb::MeetingProposed> {
+    events.iter().find_map(|e| match e {
+        Event::MeetingProposed(m) => Some(m),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meetings_are_proposed_in_the_visitors_zone_and_never_double_booked() {
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    upload_playbook(&ts, &always_open_playbook()).await.unwrap();
+    // Two visitors from a target account (3 bolts at once) are offered the owner's times.
+    let mut a = Live::open(&ts, "meet-a", Some("acme.com"), Some("Europe/London")).await;
+    let mut b = Live::open(&ts, "meet-b", Some("acme.com"), Some("Asia/Tokyo")).await;
+    a.say("How much does it cost?").await;
+    let ta = a.turn().await;
+    b.say("How much does it cost?").await;
+    let tb = b.turn().await;
+    let pa = proposed(&ta).expect("a meeting offered").clone();
+    let pb_ = proposed(&tb).expect("a meeting offered").clone();
+    assert_eq!(pa.slots.len(), 3);
+    assert_eq!(pa.timezone, "Europe/London");
+    assert_eq!(pa.slots[0].rep_name, "Chelsea Ward");
+    assert_eq!(
+        pa.slots[0].start_unix, pb_.slots[0].start_unix,
+        "same free time"
+    );
+    assert_ne!(
+        pa.slots[0].label, pb_.slots[0].label,
+        "shown in each visitor's zone"
+    );
+    assert!(final_of(&ta).text.contains(&pa.slots[0].label));
+    // A picks the first by text; B picks the same slot by button: B is offered new times.
+    a.say("The first one please").await;
+    let ta = a.turn().await;
+    let booked = ta
+        .iter()
+        .find_map(|e| match e {
+            Event::MeetingBooked(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("booked");
+    assert_eq!(booked.slot.unwrap().start_unix, pa.slots[0].start_unix);
+    assert!(final_of(&ta)
+        .text
+        .starts_with("You're booked with Chelsea Ward"));
+    b.tx.send(pb::ConverseRequest {
+        event: Some(pb::converse_request::Event::ChooseSlot(pb::ChooseSlot {
+            slot_id: "1".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let tb = b.turn().await;
+    assert!(final_of(&tb)
+        .text
+        .starts_with("Sorry, that time was just taken"));
+    let again = proposed(&tb).expect("new times");
+    assert!(again
+        .slots
+        .iter()
+        .all(|s| s.start_unix != pa.slots[0].start_unix));
+    let evs = first_events(
+        &ts,
+        1,
+        pb::SubscribeRequest {
+            kinds: vec!["meeting_booked".into()],
+            ..from_start()
+        },
+    )
+    .await;
+    assert_eq!(evs[0].conversation_id.as_deref(), Some("meet-a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let mut v = Live::open(&ts, "live-1", None, None).await;
+    v.say("Hi there").await;
+    v.turn().await;
+    let mut conv = pb::conversations_client::ConversationsClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    let take = |rep: &str| pb::TakeOverRequest {
+        tenant: "applinks".into(),
+        conversation_id: "live-1".into(),
+        rep_id: rep.into(),
+    };
+    conv.take_over(take("r-daniel")).await.unwrap();
+    let Event::RepJoined(j) = v.next().await else {
+        panic!("rep_joined expected")
+    };
+    assert!(j.text.starts_with("Human here! Daniel"), "{}", j.text);
+    assert_eq!(
+        conv.take_over(take("r-priya")).await.unwrap_err().code(),
+        tonic::Code::FailedPrecondition
+    );
+    // The visitor's message goes to the rep; the bot does not answer it.
+    v.say("Great, can you give me a custom quote?").await;
+    let msg = |rep: &str, text: &str| pb::RepMessageRequest {
+        tenant: "applinks".into(),
+        conversation_id: "live-1".into(),
+        rep_id: rep.into(),
+        text: text.into(),
+    };
+    let evs = first_events(
+        &ts,
+        1,
+        pb::SubscribeRequest {
+            kinds: vec!["visitor_message".into()],
+            ..from_start()
+        },
+    )
+    .await;
+    assert_eq!(
+        payload(&evs[0])["text"],
+        "Great, can you give me a custom quote?"
+    );
+    conv.send_message(msg("r-daniel", "Sure, what volume are you looking at?"))
+        .await
+        .unwrap();
+    let Event::RepMessage(m) = v.next().await else {
+        panic!("the rep's message expected first: the bot stayed quiet")
+    };
+    assert_eq!(m.text, "Sure, what volume are you looking at?");
+    assert_eq!(
+        conv.send_message(msg("r-priya", "hi"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::FailedPrecondition
+    );
+    conv.hand_back(pb::HandBackRequest {
+        tenant: "applinks".into(),
+        conversation_id: "live-1".into(),
+        rep_id: "r-daniel".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(v.next().await, Event::RepLeft(_)));
+    v.say("How much does it cost?").await;
+    let t = v.turn().await;
+    assert!(final_of(&t).text.contains('$'), "the bot answers again");
+    conv.close(pb::CloseRequest {
+        tenant: "applinks".into(),
+        conversation_id: "live-1".into(),
+        closed_by: "r-daniel".into(),
+    })
+    .await
+    .unwrap();
+    let mut l = leads(&ts).await;
+    let transcript_len = l
+        .get(pb::GetLeadRequest {
+            tenant: "applinks".into(),
+            conversation_id: "live-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .turns;
+    assert_eq!(transcript_len, 3);
+    let kinds: Vec<String> = first_events(
+        &ts,
+        5,
+        pb::SubscribeRequest {
+            conversation_id: Some("live-1".into()),
+            kinds: vec![
+                "rep_joined".into(),
+                "visitor_message".into(),
+                "rep_message".into(),
+                "rep_left".into(),
+                "conversation_closed".into(),
+            ],
+            ..from_start()
+        },
+    )
+    .await
+    .into_iter()
+    .map(|e| e.kind)
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            "rep_joined",
+            "visitor_message",
+            "rep_message",
+            "rep_left",
+            "conversation_closed"
+        ]
+    );
+    assert_eq!(
+        conv.take_over(pb::TakeOverRequest {
+            conversation_id: "nope".into(),
+            ..take("r-daniel")
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        tonic::Code::NotFound
+    );
 }

@@ -55,6 +55,8 @@ pub struct Visitor {
     pub domain: Option<String>,
     pub email: Option<String>,
     pub page_url: Option<String>,
+    /// A valid IANA time zone, for meeting times.
+    pub timezone: Option<String>,
 }
 
 impl Visitor {
@@ -81,6 +83,7 @@ impl Visitor {
             domain,
             email,
             page_url: clean(&v.page_url),
+            timezone: clean(&v.timezone).filter(|t| jiff::tz::TimeZone::get(t).is_ok()),
         }
     }
 }
@@ -248,6 +251,21 @@ pub fn run_turn(
 ) -> Result<()> {
     use pb::converse_response::Event;
     let started = Instant::now();
+    if let Some(rep) = conv.taken_over.clone() {
+        // A rep has the conversation: no bot reply; the message goes to the rep.
+        return crate::sales::relay_visitor_message(engine, tenant, conv, &rep, turn, text);
+    }
+    if !conv.proposed.is_empty() {
+        let tz = crate::sales::visitor_tz(visitor);
+        let labels: Vec<String> = conv
+            .proposed
+            .iter()
+            .map(|s| crate::meetings::label(s.start, tz))
+            .collect();
+        if let Some(i) = crate::meetings::chosen(text, &labels) {
+            return crate::sales::book_turn(engine, tenant, visitor, conv, turn, text, i, emit);
+        }
+    }
     let model = tenant.intents();
     let intents = closer_models::IntentClassifier::classify(&model.classifier, text)?;
     let detected = pb::IntentsDetected {
@@ -395,8 +413,40 @@ pub fn run_turn(
         }),
         None => None,
     };
-    if let Some(q) = conv.next_question(&playbook, scored.0) {
-        tail.push(q);
+    // Meeting times: once the score is high enough, or when nobody is available now.
+    let mut meeting_events = vec![];
+    let mut proposal = None;
+    let fallback = matches!(
+        handoff.as_ref().map(|h| &h.route),
+        Some(crate::playbook::Route::Fallback { .. })
+    );
+    let offer_at = playbook.offer_meeting_from_score;
+    if !conv.meeting_booked
+        && conv.proposed.is_empty()
+        && scored.0 >= 0
+        && (fallback || (offer_at > 0 && scored.0 >= offer_at))
+    {
+        if let Some((p, line, ev)) = crate::sales::propose(
+            engine,
+            tenant,
+            &playbook,
+            conv,
+            visitor,
+            handoff.as_ref(),
+            turn,
+        )? {
+            meeting_events.push(ev);
+            proposal = Some((p, line));
+        }
+    }
+    let proposal_line = proposal.as_ref().map(|p| p.1.clone());
+    match &proposal_line {
+        Some(line) => tail.push(line.as_str()),
+        None => {
+            if let Some(q) = conv.next_question(&playbook, scored.0) {
+                tail.push(q);
+            }
+        }
     }
 
     if let Some(reason) = handoff_reason {
@@ -418,6 +468,11 @@ pub fn run_turn(
             reason: reason.into(),
         };
         if emit(Event::Handoff(h)).is_break() {
+            return Ok(());
+        }
+    }
+    if let Some((p, _)) = proposal {
+        if emit(Event::MeetingProposed(p)).is_break() {
             return Ok(());
         }
     }
@@ -535,6 +590,7 @@ pub fn run_turn(
             score: scored,
             account_live: account_live.as_ref().map(|(a, r)| (a, *r)),
             handoff,
+            events: meeting_events,
             idempotency: None,
         },
     )?;

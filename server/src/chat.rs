@@ -35,6 +35,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             tenant: args.tenant.clone(),
             conversation_id: format!("chat-{}", std::process::id()),
             visitor: Some(pb::VisitorContext {
+                timezone: None,
                 email: args.email.clone(),
                 company_domain: args.domain.clone(),
                 page_url: None,
@@ -99,6 +100,22 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                         .collect();
                     println!("  [intents] {}", list.join(" | "));
                 }
+                Some(Event::MeetingProposed(m)) => {
+                    let list: Vec<String> = m
+                        .slots
+                        .iter()
+                        .map(|x| format!("{}) {} with {}", x.id, x.label, x.rep_name))
+                        .collect();
+                    println!("  [meeting] {} ({})", list.join(" | "), m.timezone);
+                }
+                Some(Event::MeetingBooked(m)) => {
+                    if let Some(x) = m.slot {
+                        println!("  [booked] {} with {}", x.label, x.rep_name);
+                    }
+                }
+                Some(Event::RepJoined(r)) => println!("  [rep joined] {}", r.text),
+                Some(Event::RepMessage(r)) => println!("{}: {}", r.rep_name, r.text),
+                Some(Event::RepLeft(_)) => println!("  [rep left: the assistant is back]"),
                 Some(Event::Slots(s)) => {
                     let list: Vec<String> = s
                         .slots

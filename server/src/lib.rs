@@ -9,6 +9,7 @@ pub mod coverage;
 pub mod error;
 pub mod guard;
 pub mod kbbench;
+pub mod meetings;
 pub mod playbook;
 pub mod sales;
 pub mod sales_service;

@@ -31,6 +31,11 @@ pub struct Conversation {
     pub asked: HashSet<String>,
     pub account_live_sent: bool,
     pub turns: u32,
+    /// Meeting slots offered and not yet taken (the visitor may pick one next turn).
+    pub proposed: Vec<crate::meetings::Slot>,
+    pub meeting_booked: bool,
+    /// The rep who has taken the conversation over, while they have it.
+    pub taken_over: Option<String>,
 }
 
 fn email_detail(email: &str) -> &'static str {
@@ -54,6 +59,9 @@ impl Conversation {
             asked: HashSet::new(),
             account_live_sent: false,
             turns: 0,
+            proposed: vec![],
+            meeting_booked: false,
+            taken_over: None,
         };
         c.seen.domain = visitor.domain.clone();
         if let Some(e) = &visitor.email {
@@ -61,6 +69,9 @@ impl Conversation {
                 "email".into(),
                 (e.to_lowercase(), email_detail(e).into(), 0),
             );
+        }
+        if let Some(ctl) = store.control(&tenant.id, id)? {
+            c.taken_over = ctl.taken_over_by;
         }
         if let Some(lead) = store.lead(&tenant.id, id)? {
             c.turns = lead.turns;
@@ -234,6 +245,8 @@ pub struct TurnRecord<'a> {
     pub score: (i32, Vec<Reason>),
     pub account_live: Option<(&'a closer_kb::Account, &'a closer_kb::Rep)>,
     pub handoff: Option<Handoff>,
+    /// Further events of the turn (meeting_proposed, meeting_booked).
+    pub events: Vec<NewEvent>,
     pub idempotency: Option<(String, String, Vec<u8>)>,
 }
 
@@ -263,6 +276,7 @@ pub fn record_turn(
         score,
         account_live,
         handoff,
+        events: extra_events,
         idempotency,
     } = r;
     let now = closer_store::now_ms();
@@ -348,6 +362,7 @@ pub fn record_turn(
         });
         conv.handed_off = true;
     }
+    events.extend(extra_events);
     let previous = conv.score;
     let changed = score.0 != previous || score.1 != conv.reasons;
     let w = TurnWrite {
@@ -395,4 +410,289 @@ pub fn record_turn(
         engine.bus.publish(last);
     }
     Ok((lead, stored))
+}
+
+/// A visitor's message while a rep has the conversation: stored and passed to the rep as a
+/// `visitor_message` event; the bot does not answer.
+pub fn relay_visitor_message(
+    engine: &Engine,
+    tenant: &Tenant,
+    conv: &Conversation,
+    rep: &str,
+    turn: u32,
+    text: &str,
+) -> Result<()> {
+    let stored = engine.store.append_messages(
+        &tenant.id,
+        &conv.id,
+        &[Message {
+            turn,
+            author: Author::Visitor,
+            text: text.to_string(),
+            at_ms: closer_store::now_ms(),
+        }],
+        &[NewEvent {
+            kind: "visitor_message".into(),
+            tenant: tenant.id.clone(),
+            conversation_id: Some(conv.id.clone()),
+            rep_id: Some(rep.to_string()),
+            team: None,
+            payload: json!({"rep_id": rep, "text": text, "turn": turn}),
+        }],
+    )?;
+    if let Some(e) = stored.last() {
+        engine.bus.publish(e.cursor);
+    }
+    Ok(())
+}
+
+/// The visitor's time zone, UTC when unknown.
+pub fn visitor_tz(v: &Visitor) -> &str {
+    v.timezone.as_deref().unwrap_or("UTC")
+}
+
+/// Offers meeting slots: with the routed rep, else the hand-off's or fallback reps, else the
+/// account owner, else the first rep routing would pick. Returns the stream event, the line for
+/// the reply, and the durable event; `None` when nobody has free time.
+pub fn propose(
+    engine: &Engine,
+    tenant: &Tenant,
+    pb_: &Playbook,
+    conv: &mut Conversation,
+    visitor: &Visitor,
+    handoff: Option<&Handoff>,
+    turn: u32,
+) -> Result<Option<(closer_proto::v1::MeetingProposed, String, NewEvent)>> {
+    let kb = tenant.kb.snapshot();
+    let mut reps: Vec<String> = vec![];
+    if let Some(Some(r)) = conv.routed.as_ref().map(|r| r.0.clone()) {
+        reps.push(r);
+    }
+    match handoff.map(|h| &h.route) {
+        Some(Route::Rep { rep_id, .. }) => reps.push(rep_id.clone()),
+        Some(Route::Fallback { reps: r, .. }) => reps.extend(r.iter().cloned()),
+        _ => {}
+    }
+    if let Some(a) = &conv.seen.account {
+        reps.push(a.owner_rep_id.clone());
+    }
+    if reps.is_empty() {
+        let avail = Availability {
+            now: closer_kb::time::now(),
+            ..Availability::default()
+        };
+        if let Route::Rep { rep_id, .. } =
+            playbook::route(pb_, &conv.seen, &kb.reps(), &avail, &mut |_, c| {
+                c.first().cloned()
+            })
+        {
+            reps.push(rep_id);
+        }
+    }
+    let now = closer_kb::time::now();
+    let horizon = now + 15 * 24 * 3600;
+    for id in reps {
+        let Some(rep) = kb.rep(&id) else { continue };
+        let booked: Vec<(i64, i64)> = engine
+            .store
+            .meetings(&tenant.id, &id, now, horizon)?
+            .iter()
+            .map(|m| (m.start, m.end))
+            .collect();
+        let slots = crate::meetings::free_slots(rep, pb_.team(&rep.team), &booked, now, 3);
+        if slots.is_empty() {
+            continue;
+        }
+        let tz = visitor_tz(visitor);
+        let labels: Vec<String> = slots
+            .iter()
+            .map(|s| crate::meetings::label(s.start, tz))
+            .collect();
+        let line = format!(
+            "Would one of these times work for a call with {}: {} ({tz})?",
+            rep.name,
+            match labels.as_slice() {
+                [a] => a.clone(),
+                [a, b] => format!("{a} or {b}"),
+                [rest @ .., last] => format!("{} or {last}", rest.join("; ")),
+                [] => String::new(),
+            }
+        );
+        let event = NewEvent {
+            kind: "meeting_proposed".into(),
+            tenant: tenant.id.clone(),
+            conversation_id: Some(conv.id.clone()),
+            rep_id: Some(id.clone()),
+            team: Some(rep.team.clone()).filter(|t| !t.is_empty()),
+            payload: json!({
+                "rep_id": id,
+                "timezone": tz,
+                "slots": slots.iter().zip(&labels).map(|(s, l)| json!({"start": s.start, "end": s.end, "label": l})).collect::<Vec<_>>(),
+            }),
+        };
+        let proposed = closer_proto::v1::MeetingProposed {
+            turn,
+            timezone: tz.to_string(),
+            slots: slots
+                .iter()
+                .zip(&labels)
+                .enumerate()
+                .map(|(i, (s, l))| pb_slot(i, s, &rep.name, l))
+                .collect(),
+        };
+        conv.proposed = slots;
+        return Ok(Some((proposed, line, event)));
+    }
+    Ok(None)
+}
+
+pub fn pb_slot(
+    i: usize,
+    s: &crate::meetings::Slot,
+    rep_name: &str,
+    label: &str,
+) -> closer_proto::v1::MeetingSlot {
+    closer_proto::v1::MeetingSlot {
+        id: (i + 1).to_string(),
+        rep_id: s.rep_id.clone(),
+        rep_name: rep_name.to_string(),
+        start_unix: s.start,
+        end_unix: s.end,
+        label: label.to_string(),
+    }
+}
+
+/// A turn that picks proposed slot `i`: books it (or, when someone took it meanwhile, offers
+/// new times), replies, and records the turn.
+#[allow(clippy::too_many_arguments)]
+pub fn book_turn(
+    engine: &Engine,
+    tenant: &Tenant,
+    visitor: &Visitor,
+    conv: &mut Conversation,
+    turn: u32,
+    text: &str,
+    i: usize,
+    emit: &mut dyn FnMut(closer_proto::v1::converse_response::Event) -> std::ops::ControlFlow<()>,
+) -> Result<()> {
+    use closer_proto::v1 as pb;
+    use pb::converse_response::Event as E;
+    let started = std::time::Instant::now();
+    if emit(E::Intents(pb::IntentsDetected {
+        turn,
+        intents: vec![],
+    }))
+    .is_break()
+    {
+        return Ok(());
+    }
+    let kb = tenant.kb.snapshot();
+    let slot = conv.proposed[i].clone();
+    let tz = visitor_tz(visitor).to_string();
+    let label = crate::meetings::label(slot.start, &tz);
+    let rep = kb.rep(&slot.rep_id).cloned();
+    let rep_name = rep.as_ref().map_or(slot.rep_id.clone(), |r| r.name.clone());
+    let email = conv.seen.slots.get("email").map(|s| s.0.clone());
+    let meeting = closer_store::Meeting {
+        id: 0,
+        tenant: tenant.id.clone(),
+        rep_id: slot.rep_id.clone(),
+        start: slot.start,
+        end: slot.end,
+        conversation_id: conv.id.clone(),
+        email: email.clone(),
+    };
+    let (conv_id, tenant_id, l2) = (conv.id.clone(), tenant.id.clone(), label.clone());
+    let booked = engine.store.book_meeting(&meeting, &|m| {
+        vec![NewEvent {
+            kind: "meeting_booked".into(),
+            tenant: tenant_id.clone(),
+            conversation_id: Some(conv_id.clone()),
+            rep_id: Some(m.rep_id.clone()),
+            team: None,
+            payload: json!({
+                "meeting_id": m.id, "rep_id": m.rep_id, "start": m.start, "end": m.end,
+                "label": l2, "timezone": visitor_tz(visitor), "email": m.email,
+            }),
+        }]
+    });
+    let mut events = vec![];
+    let reply = match booked {
+        Ok((_, stored)) => {
+            if let Some(e) = stored.last() {
+                engine.bus.publish(e.cursor);
+            }
+            conv.meeting_booked = true;
+            conv.proposed.clear();
+            let link = rep
+                .as_ref()
+                .map(|r| r.meeting_link.clone())
+                .unwrap_or_default();
+            if emit(E::MeetingBooked(pb::MeetingBooked {
+                turn,
+                slot: Some(pb_slot(i, &slot, &rep_name, &label)),
+                meeting_link: link.clone(),
+            }))
+            .is_break()
+            {
+                return Ok(());
+            }
+            let mut r = format!("You're booked with {rep_name} on {label} ({tz}).");
+            if !link.is_empty() {
+                r.push_str(&format!(" Join here: {link}"));
+            }
+            r
+        }
+        Err(closer_store::Error::Conflict(_)) => {
+            conv.proposed.clear();
+            let pb_ = tenant.playbook();
+            match propose(engine, tenant, &pb_, conv, visitor, None, turn)? {
+                Some((proposed, line, ev)) => {
+                    events.push(ev);
+                    if emit(E::MeetingProposed(proposed)).is_break() {
+                        return Ok(());
+                    }
+                    format!("Sorry, that time was just taken. {line}")
+                }
+                None => "Sorry, that time was just taken, and there is no other free time soon; a rep will follow up.".to_string(),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if emit(E::Delta(pb::ReplyDelta {
+        turn,
+        text: reply.clone(),
+    }))
+    .is_break()
+    {
+        return Ok(());
+    }
+    let score = (conv.score, conv.reasons.clone());
+    record_turn(
+        engine,
+        tenant,
+        conv,
+        TurnRecord {
+            turn,
+            visitor_text: text,
+            reply: &reply,
+            slots: vec![],
+            email: None,
+            intents: &[],
+            score,
+            account_live: None,
+            handoff: None,
+            events,
+            idempotency: None,
+        },
+    )?;
+    let _ = emit(E::Final(pb::ReplyFinal {
+        turn,
+        text: reply,
+        fact_ids: vec![],
+        guard_replaced: false,
+        unanswered: false,
+        latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+    }));
+    Ok(())
 }

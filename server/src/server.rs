@@ -13,7 +13,9 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
-use crate::sales_service::{EventsService, LeadsService, PlaybooksService, RepsService};
+use crate::sales_service::{
+    ConversationsService, EventsService, LeadsService, PlaybooksService, RepsService,
+};
 use crate::service::{AppState, AssistantService, IntentsService, KnowledgeService};
 use crate::state::{Engine, Models};
 
@@ -33,7 +35,7 @@ pub enum Readiness {
     Failed(String),
 }
 
-const SERVICES: [&str; 8] = [
+const SERVICES: [&str; 9] = [
     "",
     "closer.v1.Assistant",
     "closer.v1.Knowledge",
@@ -42,6 +44,7 @@ const SERVICES: [&str; 8] = [
     "closer.v1.Events",
     "closer.v1.Playbooks",
     "closer.v1.Reps",
+    "closer.v1.Conversations",
 ];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -138,7 +141,12 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         ))
         .add_service(pb::reps_server::RepsServer::new(RepsService {
             state: state.clone(),
-        }));
+        }))
+        .add_service(pb::conversations_server::ConversationsServer::new(
+            ConversationsService {
+                state: state.clone(),
+            },
+        ));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

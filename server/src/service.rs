@@ -74,6 +74,59 @@ where
         .map_err(Into::into)
 }
 
+/// Rep events of a conversation after `cursor`, as stream events; updates who has it.
+async fn relay_rep_events(
+    engine: &Arc<Engine>,
+    conv: &Arc<std::sync::Mutex<crate::sales::Conversation>>,
+    cursor: &mut u64,
+) -> Result<Vec<pb::converse_response::Event>> {
+    use pb::converse_response::Event as E;
+    let (tenant, id) = {
+        let c = conv.lock().unwrap_or_else(|p| p.into_inner());
+        (c.tenant.clone(), c.id.clone())
+    };
+    let f = closer_store::EventFilter {
+        tenant,
+        kinds: vec!["rep_joined".into(), "rep_message".into(), "rep_left".into()],
+        rep_id: None,
+        team: None,
+        conversation_id: Some(id),
+    };
+    let (e, after) = (engine.clone(), *cursor);
+    let events = blocking(move || e.store.events_after(after, &f, 1000)).await?;
+    let mut out = vec![];
+    let mut c = conv.lock().unwrap_or_else(|p| p.into_inner());
+    for ev in events {
+        *cursor = ev.cursor;
+        let p = &ev.event.payload;
+        let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+        match ev.event.kind.as_str() {
+            "rep_joined" => {
+                c.taken_over = Some(s("rep_id"));
+                out.push(E::RepJoined(pb::RepJoined {
+                    rep_id: s("rep_id"),
+                    rep_name: s("rep_name"),
+                    text: s("text"),
+                }));
+            }
+            "rep_message" => out.push(E::RepMessage(pb::RepMessage {
+                rep_id: s("rep_id"),
+                rep_name: s("rep_name"),
+                text: s("text"),
+                at_ms: ev.at_ms,
+            })),
+            "rep_left" => {
+                c.taken_over = None;
+                out.push(E::RepLeft(pb::RepLeft {
+                    rep_id: s("rep_id"),
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 pub struct AssistantService {
     pub state: Arc<AppState>,
 }
@@ -130,8 +183,30 @@ impl pb::assistant_server::Assistant for AssistantService {
                 max_new_tokens: state.config.max_new_tokens,
             };
             let mut turn: u32 = conv.lock().map(|c| c.turns).unwrap_or(0);
+            // Rep events for this conversation (take-over, messages) come from the outbox.
+            let mut wake = engine.bus.watch();
+            let mut rep_cursor = {
+                let e = engine.clone();
+                blocking(move || e.store.last_cursor()).await.unwrap_or(0)
+            };
             loop {
-                let msg = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = wake.changed() => {
+                        match relay_rep_events(&engine, &conv, &mut rep_cursor).await {
+                            Ok(events) => {
+                                for ev in events {
+                                    if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
+                        }
+                        continue;
+                    }
+                };
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
@@ -141,6 +216,19 @@ impl pb::assistant_server::Assistant for AssistantService {
                 };
                 let text = match msg.event {
                     Some(pb::converse_request::Event::Message(m)) => m.text,
+                    Some(pb::converse_request::Event::ChooseSlot(c)) => {
+                        if !matches!(c.slot_id.as_str(), "1" | "2" | "3") {
+                            let _ = tx
+                                .send(Err(Error::invalid(
+                                    "choose_slot.slot_id",
+                                    "the id of a slot from the latest meeting_proposed",
+                                )
+                                .into()))
+                                .await;
+                            break;
+                        }
+                        c.slot_id
+                    }
                     Some(pb::converse_request::Event::Start(_)) => {
                         let _ = tx
                             .send(Err(Error::invalid("start", "sent twice").into()))

@@ -156,6 +156,7 @@ pub struct EventFilter {
     pub kinds: Vec<String>,
     pub rep_id: Option<String>,
     pub team: Option<String>,
+    pub conversation_id: Option<String>,
 }
 
 impl EventFilter {
@@ -170,6 +171,10 @@ impl EventFilter {
                 .team
                 .as_ref()
                 .is_none_or(|t| e.event.team.as_ref() == Some(t))
+            && self
+                .conversation_id
+                .as_ref()
+                .is_none_or(|c| e.event.conversation_id.as_ref() == Some(c))
     }
 }
 
@@ -219,6 +224,27 @@ pub struct Presence {
     pub capacity: u32,
 }
 
+/// A booked meeting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meeting {
+    pub id: i64,
+    pub tenant: String,
+    pub rep_id: String,
+    /// Unix seconds, end exclusive.
+    pub start: i64,
+    pub end: i64,
+    pub conversation_id: String,
+    pub email: Option<String>,
+}
+
+/// Who is talking to the visitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationControl {
+    /// The rep who took the conversation over, while they have it.
+    pub taken_over_by: Option<String>,
+    pub closed: bool,
+}
+
 /// Durable state of all tenants.
 pub trait Store: Send + Sync {
     /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing;
@@ -262,6 +288,33 @@ pub trait Store: Send + Sync {
         team: &str,
         candidates: &[String],
     ) -> Result<Option<String>>;
+    /// Meetings of a rep that overlap `[from, to)` (Unix seconds).
+    fn meetings(&self, tenant: &str, rep_id: &str, from: i64, to: i64) -> Result<Vec<Meeting>>;
+    /// Books a meeting unless it overlaps one of the rep's (then `Conflict`), with its events,
+    /// in one transaction: two visitors can never get the same slot.
+    fn book_meeting(
+        &self,
+        m: &Meeting,
+        events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
+    ) -> Result<(Meeting, Vec<Event>)>;
+    /// Appends messages to a conversation (a rep's, or a visitor's while a rep has it) with
+    /// their events.
+    fn append_messages(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        messages: &[Message],
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>>;
+    /// Sets who controls a conversation (take over / hand back / close) with its events.
+    fn set_control(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        control: &ConversationControl,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>>;
+    fn control(&self, tenant: &str, conversation_id: &str) -> Result<Option<ConversationControl>>;
     /// A stored reply for an idempotency key, if that request was already answered.
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>>;
     fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()>;

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::{
-    now_ms, Author, Error, Event, EventFilter, Lead, LeadFilter, ManualScore, Message, NewEvent,
-    Presence, Reason, Result, Store, TurnWrite,
+    now_ms, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter, ManualScore,
+    Meeting, Message, NewEvent, Presence, Reason, Result, Store, TurnWrite,
 };
 
 const SCHEMA: &str = r#"
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     intents TEXT NOT NULL DEFAULT '{}',
     turns INTEGER NOT NULL DEFAULT 0,
     closed INTEGER NOT NULL DEFAULT 0,
+    taken_over_by TEXT,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, id)
@@ -72,6 +73,17 @@ CREATE TABLE IF NOT EXISTS round_robin (
     rep_id TEXT NOT NULL,
     assigned INTEGER NOT NULL,
     PRIMARY KEY (tenant, team, rep_id)
+);
+CREATE TABLE IF NOT EXISTS meetings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    rep_id TEXT NOT NULL,
+    start_s INTEGER NOT NULL,
+    end_s INTEGER NOT NULL,
+    conversation_id TEXT NOT NULL,
+    email TEXT,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (tenant, rep_id, start_s)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
@@ -187,6 +199,18 @@ fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
         })
     };
     Ok(lead())
+}
+
+fn row_to_meeting(r: &rusqlite::Row) -> rusqlite::Result<Meeting> {
+    Ok(Meeting {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        rep_id: r.get(2)?,
+        start: r.get(3)?,
+        end: r.get(4)?,
+        conversation_id: r.get(5)?,
+        email: r.get(6)?,
+    })
 }
 
 fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Result<Event>> {
@@ -412,6 +436,7 @@ impl Store for SqliteStore {
              WHERE tenant = ?1 AND cursor > ?2
                AND (?3 = '[]' OR kind IN (SELECT value FROM json_each(?3)))
                AND (?4 IS NULL OR rep_id = ?4) AND (?5 IS NULL OR team = ?5)
+               AND (?7 IS NULL OR conversation_id = ?7)
              ORDER BY cursor LIMIT ?6",
         )?;
         let rows = stmt.query_map(
@@ -421,7 +446,8 @@ impl Store for SqliteStore {
                 kinds,
                 f.rep_id,
                 f.team,
-                limit.clamp(1, 10_000) as i64
+                limit.clamp(1, 10_000) as i64,
+                f.conversation_id
             ],
             row_to_event,
         )?;
@@ -542,6 +568,134 @@ impl Store for SqliteStore {
         )?;
         tx.commit()?;
         Ok(Some(rep.clone()))
+    }
+
+    fn meetings(&self, tenant: &str, rep_id: &str, from: i64, to: i64) -> Result<Vec<Meeting>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT id, tenant, rep_id, start_s, end_s, conversation_id, email FROM meetings
+             WHERE tenant = ?1 AND rep_id = ?2 AND start_s < ?4 AND end_s > ?3 ORDER BY start_s",
+        )?;
+        let rows = stmt.query_map(params![tenant, rep_id, from, to], row_to_meeting)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn book_meeting(
+        &self,
+        m: &Meeting,
+        events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
+    ) -> Result<(Meeting, Vec<Event>)> {
+        let mut conn = lock(&self.conn);
+        // IMMEDIATE: the overlap check and the insert hold the write lock together, also
+        // against another process on the same file.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let clash: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM meetings
+             WHERE tenant = ?1 AND rep_id = ?2 AND start_s < ?4 AND end_s > ?3",
+            params![m.tenant, m.rep_id, m.start, m.end],
+            |r| r.get(0),
+        )?;
+        if clash > 0 {
+            return Err(Error::Conflict("that slot was just booked".into()));
+        }
+        tx.execute(
+            "INSERT INTO meetings (tenant, rep_id, start_s, end_s, conversation_id, email, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                m.tenant,
+                m.rep_id,
+                m.start,
+                m.end,
+                m.conversation_id,
+                m.email,
+                now_ms()
+            ],
+        )?;
+        let booked = Meeting {
+            id: tx.last_insert_rowid(),
+            ..m.clone()
+        };
+        let stored = insert_events(&tx, &events(&booked), now_ms())?;
+        tx.commit()?;
+        Ok((booked, stored))
+    }
+
+    fn append_messages(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        messages: &[Message],
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant = ?1 AND conversation_id = ?2",
+            params![tenant, conversation_id],
+            |r| r.get(0),
+        )?;
+        for m in messages {
+            seq += 1;
+            tx.execute(
+                "INSERT INTO messages (tenant, conversation_id, seq, turn, author, text, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    tenant,
+                    conversation_id,
+                    seq,
+                    m.turn,
+                    m.author.as_str(),
+                    m.text,
+                    m.at_ms
+                ],
+            )?;
+        }
+        let out = insert_events(&tx, events, now_ms())?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn set_control(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        control: &ConversationControl,
+        events: &[NewEvent],
+    ) -> Result<Vec<Event>> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE conversations SET taken_over_by = ?3, closed = ?4, updated_ms = ?5
+             WHERE tenant = ?1 AND id = ?2",
+            params![
+                tenant,
+                conversation_id,
+                control.taken_over_by,
+                control.closed,
+                now_ms()
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("conversation {conversation_id:?}")));
+        }
+        let out = insert_events(&tx, events, now_ms())?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn control(&self, tenant: &str, conversation_id: &str) -> Result<Option<ConversationControl>> {
+        Ok(lock(&self.conn)
+            .query_row(
+                "SELECT taken_over_by, closed FROM conversations WHERE tenant = ?1 AND id = ?2",
+                params![tenant, conversation_id],
+                |r| {
+                    Ok(ConversationControl {
+                        taken_over_by: r.get(0)?,
+                        closed: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -694,6 +848,7 @@ mod tests {
             kinds: kinds.iter().map(|k| k.to_string()).collect(),
             rep_id: rep.map(str::to_string),
             team: None,
+            conversation_id: None,
         };
         let c = |v: Vec<Event>| v.iter().map(|e| e.cursor).collect::<Vec<_>>();
         assert_eq!(c(s.events_after(0, &f(&[], None), 100).unwrap()), [1, 2, 4]);
@@ -729,6 +884,61 @@ mod tests {
         let min = count.values().min().unwrap();
         assert!(max - min <= 1, "{count:?}");
         assert_eq!(s.round_robin("t", "smb", &[]).unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_bookings_of_one_slot_give_exactly_one_meeting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let wins: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = s.clone();
+                    scope.spawn(move || {
+                        s.book_meeting(
+                            &Meeting {
+                                id: 0,
+                                tenant: "t".into(),
+                                rep_id: "r1".into(),
+                                // Overlapping, not identical, slots.
+                                start: 1_000 + i * 60,
+                                end: 2_800 + i * 60,
+                                conversation_id: format!("c{i}"),
+                                email: None,
+                            },
+                            &|m| vec![ev("meeting_booked", &m.tenant, Some(&m.rep_id))],
+                        )
+                        .is_ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(s.meetings("t", "r1", 0, 10_000).unwrap().len(), 1);
+        assert_eq!(
+            s.last_cursor().unwrap(),
+            1,
+            "one event, for the one booking"
+        );
+        // Another rep's calendar is separate.
+        assert!(s
+            .book_meeting(
+                &Meeting {
+                    id: 0,
+                    tenant: "t".into(),
+                    rep_id: "r2".into(),
+                    start: 1_000,
+                    end: 2_800,
+                    conversation_id: "c9".into(),
+                    email: None,
+                },
+                &|_| vec![],
+            )
+            .is_ok());
     }
 
     #[test]

@@ -797,3 +797,170 @@ async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
         tonic::Code::NotFound
     );
 }
+
+/// Runs only as the child of `a_kill_during_a_burst_loses_no_acknowledged_lead_or_event`: a
+/// server on the given data folder, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the kill -9 test"]
+async fn child_serve_until_killed() {
+    let Ok(dir) = std::env::var("CLOSER_KILL_TEST_DATA") else {
+        return;
+    };
+    let cfg = ServeConfig::for_tests(PathBuf::from(dir), ModelPaths::default_root());
+    let mut server = start(
+        cfg,
+        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
+    )
+    .await
+    .unwrap();
+    server.wait_ready().await.unwrap();
+    println!("serving {}", server.addr);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_burst_loses_no_acknowledged_lead_or_event() {
+    let data = demo_data();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sales::child_serve_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CLOSER_KILL_TEST_DATA", data.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("child ended early");
+        }
+        // The harness may print "test NAME ... " on the same line first.
+        if let Some((_, addr)) = line.trim().split_once("serving ") {
+            break format!("http://{addr}");
+        }
+    };
+    // 1,000 scored conversations, 8 at a time; each is acknowledged by its final event.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = vec![];
+    for _ in 0..8 {
+        let (url, acked, next) = (url.clone(), acked.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= 1000 {
+                    return;
+                }
+                let Ok(mut client) =
+                    pb::assistant_client::AssistantClient::connect(url.clone()).await
+                else {
+                    return;
+                };
+                let (tx, rx) = mpsc::channel(4);
+                let _ = tx
+                    .send(start_with_id("applinks", None, &format!("burst-{n}")))
+                    .await;
+                let _ = tx.send(message("How much does each seat cost?")).await;
+                let Ok(resp) = client.converse(ReceiverStream::new(rx)).await else {
+                    return;
+                };
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(r)) => {
+                            if let Some(Event::Final(_)) = r.event {
+                                acked.lock().unwrap().push(n);
+                                break;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        }));
+    }
+    // Kill -9 in the middle of the burst.
+    while acked.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        let _ = w.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300 && acked.len() < 1000, "{}", acked.len());
+
+    // Restart on the same folder: every acknowledged lead and its score event are there.
+    let ts = spawn_in(fake_models(Arc::new(ScriptedGenerator::echo_facts())), data).await;
+    let mut l = leads(&ts).await;
+    let all = l
+        .list(pb::ListLeadsRequest {
+            tenant: "applinks".into(),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: std::collections::HashSet<String> =
+        all.leads.into_iter().map(|x| x.conversation_id).collect();
+    let mut token = all.next_page_token;
+    while !token.is_empty() {
+        let page = l
+            .list(pb::ListLeadsRequest {
+                tenant: "applinks".into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.leads.into_iter().map(|x| x.conversation_id));
+        token = page.next_page_token;
+    }
+    for n in &acked {
+        assert!(ids.contains(&format!("burst-{n}")), "lead burst-{n} lost");
+    }
+    let last = {
+        let mut s = events(&ts)
+            .await
+            .subscribe(pb::SubscribeRequest {
+                tenant: "applinks".into(),
+                kinds: vec!["cql_scored".into()],
+                after_cursor: Some(0),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        let mut ids_seen = std::collections::HashSet::new();
+        // Read until every stored lead's event arrived (a lead and its event commit together).
+        while seen.len() < ids.len() {
+            let e = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .expect("events of every stored lead")
+                .unwrap()
+                .unwrap();
+            assert!(ids_seen.insert(e.id.clone()), "duplicate id {}", e.id);
+            *seen.entry(e.conversation_id.unwrap()).or_default() += 1;
+        }
+        for n in &acked {
+            assert_eq!(seen.get(&format!("burst-{n}")), Some(&1), "burst-{n}");
+        }
+        seen.len()
+    };
+    assert_eq!(last, ids.len());
+    eprintln!(
+        "kill -9 burst: {} acknowledged, {} leads and their cql_scored events after restart",
+        acked.len(),
+        ids.len()
+    );
+}

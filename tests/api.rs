@@ -209,9 +209,20 @@ async fn real_seed_question_end_to_end() {
     let events = one_turn(&ts, Some("acme.com"), SEED).await.unwrap();
     assert_eq!(
         shape(&events),
-        "IHDF",
-        "protocol order: intents, hand-off, deltas, final: {events:?}"
+        "IHMDF",
+        "protocol order: intents, hand-off, meeting slots, deltas, final: {events:?}"
     );
+    // A target account asking for pricing with its owner known: the playbook offers the
+    // owner's meeting slots.
+    let meeting = events
+        .iter()
+        .find_map(|e| match e {
+            Event::MeetingProposed(m) => Some(m),
+            _ => None,
+        })
+        .unwrap();
+    assert!((2..=3).contains(&meeting.slots.len()), "{meeting:?}");
+    assert!(meeting.slots.iter().all(|s| s.rep_name == "Chelsea Ward"));
 
     let Event::Intents(intents) = &events[0] else {
         unreachable!()

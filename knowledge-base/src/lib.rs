@@ -17,9 +17,11 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use closer_models::Embedder;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
-use tantivy::columnar::StrColumn;
-use tantivy::query::QueryParser;
-use tantivy::schema::{Field, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING};
+use tantivy::columnar::Column;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
+};
 use tantivy::{doc, Index, IndexReader, ReloadPolicy, Searcher, TantivyDocument, Term};
 use vectors::{embed_text, text_hash, Vector, VectorLog};
 
@@ -198,6 +200,25 @@ struct Fields {
     intents: Field,
     valid_from: Field,
     valid_until: Field,
+    /// [`id_key`] of the id, a u64 column: resolving a hit to its fact through the id's
+    /// string column cost more than the BM25 search itself at 100k facts.
+    key: Field,
+}
+
+/// A 64-bit key of a fact id (FNV-1a) for the index's `key` column.
+pub(crate) fn id_key(id: &str) -> u64 {
+    vectors::fnv(vectors::FNV_START, id.as_bytes())
+}
+
+/// Fact index by [`id_key`]; a key two ids share maps to `usize::MAX` (resolved by id).
+fn key_map(facts: &[Fact]) -> HashMap<u64, usize> {
+    let mut m = HashMap::with_capacity(facts.len());
+    for (i, f) in facts.iter().enumerate() {
+        m.entry(id_key(&f.id))
+            .and_modify(|x| *x = usize::MAX)
+            .or_insert(i);
+    }
+    m
 }
 
 fn schema() -> (Schema, Fields) {
@@ -218,6 +239,7 @@ fn schema() -> (Schema, Fields) {
         intents: b.add_text_field("intents", STRING | STORED),
         valid_from: b.add_text_field("valid_from", STORED),
         valid_until: b.add_text_field("valid_until", STORED),
+        key: b.add_u64_field("key", FAST),
     };
     (b.build(), f)
 }
@@ -231,6 +253,7 @@ pub struct Snapshot {
     /// fact waits for the background embedder.
     vectors: Arc<Vec<Option<Vector>>>,
     by_id: Arc<HashMap<String, usize>>,
+    by_key: Arc<HashMap<u64, usize>>,
     accounts: Arc<HashMap<String, Account>>,
     reps: Arc<HashMap<String, Rep>>,
     /// The index generation holding exactly these facts.
@@ -320,6 +343,8 @@ pub const DENSE_SCAN_MAX: usize = 10_000;
 pub const BM25_CANDIDATES: usize = 100;
 /// Facts embedded per background step (one snapshot swap and one log append each).
 const EMBED_CHUNK: usize = 64;
+/// BM25 weight of a match in the question field relative to the answer and tags.
+const QUESTION_BOOST: f32 = 2.0;
 
 #[derive(Default)]
 struct WorkerState {
@@ -560,6 +585,7 @@ impl KnowledgeBase {
             shared: Arc::new(Shared {
                 state: RwLock::new(Arc::new(Snapshot {
                     by_id: Arc::new(index_map(&facts)),
+                    by_key: Arc::new(key_map(&facts)),
                     facts: Arc::new(facts),
                     vectors: Arc::new(vectors),
                     accounts: Arc::new(
@@ -735,6 +761,40 @@ impl KnowledgeBase {
             .collect()
     }
 
+    /// One flat disjunction of term queries over the question (boosted), answer and tags fields.
+    /// Flat on purpose: tantivy prunes a union of plain (or boosted) term queries with
+    /// block-max WAND, while the query parser's nesting (one boolean per word) scores every
+    /// posting of every word — at 100k facts common words made that the slowest part of search.
+    fn bm25_query(&self, words: &str) -> BooleanQuery {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (field, boost) in [
+            (self.fields.question, QUESTION_BOOST),
+            (self.fields.answer, 1.0),
+            (self.fields.tags, 1.0),
+        ] {
+            let Ok(mut analyzer) = self.index.tokenizer_for_field(field) else {
+                continue;
+            };
+            let mut stream = analyzer.token_stream(words);
+            while let Some(token) = stream.next() {
+                if !seen.insert((field, token.text.clone())) {
+                    continue;
+                }
+                let term = Term::from_field_text(field, &token.text);
+                let tq: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                let q: Box<dyn Query> = if boost == 1.0 {
+                    tq
+                } else {
+                    Box::new(BoostQuery::new(tq, boost))
+                };
+                clauses.push((Occur::Should, q));
+            }
+        }
+        BooleanQuery::new(clauses)
+    }
+
     /// The top BM25 hits of `query` in `snap`, as (fact index, score).
     fn bm25(&self, snap: &Snapshot, query: &str) -> Vec<(usize, f32)> {
         let Some(searcher) = &snap.searcher else {
@@ -749,12 +809,7 @@ impl KnowledgeBase {
         if words.trim().is_empty() {
             return vec![];
         }
-        let mut parser = QueryParser::for_index(
-            &self.index,
-            vec![self.fields.question, self.fields.answer, self.fields.tags],
-        );
-        parser.set_field_boost(self.fields.question, 2.0);
-        let (q, _errors) = parser.parse_query_lenient(&words);
+        let q = self.bm25_query(&words);
         let top = match searcher.search(&q, &TopDocs::with_limit(BM25_CANDIDATES)) {
             Ok(t) => t,
             Err(e) => {
@@ -762,27 +817,33 @@ impl KnowledgeBase {
                 return vec![];
             }
         };
-        let mut columns: HashMap<u32, Option<StrColumn>> = HashMap::new();
-        let mut id = String::new();
+        let mut keys: HashMap<u32, Option<Column<u64>>> = HashMap::new();
         let mut out = Vec::with_capacity(top.len());
         for (score, addr) in top {
-            let column = columns.entry(addr.segment_ord).or_insert_with(|| {
-                searcher
-                    .segment_reader(addr.segment_ord)
-                    .fast_fields()
-                    .str("id")
-                    .ok()
-                    .flatten()
-            });
-            let Some(column) = column else { continue };
-            let Some(ord) = column.term_ords(addr.doc_id).next() else {
-                continue;
-            };
-            id.clear();
-            if matches!(column.ord_to_str(ord, &mut id), Ok(true)) {
-                if let Some(&i) = snap.by_id.get(&id) {
-                    out.push((i, score));
+            let seg = searcher.segment_reader(addr.segment_ord);
+            let key = keys
+                .entry(addr.segment_ord)
+                .or_insert_with(|| seg.fast_fields().u64("key").ok())
+                .as_ref()
+                .and_then(|c| c.first(addr.doc_id));
+            match key.and_then(|k| snap.by_key.get(&k)) {
+                Some(&i) if i != usize::MAX => out.push((i, score)),
+                // Two ids share the key: read the id itself.
+                Some(_) => {
+                    let mut id = String::new();
+                    let column = seg.fast_fields().str("id").ok().flatten();
+                    let ord = column
+                        .as_ref()
+                        .and_then(|c| c.term_ords(addr.doc_id).next());
+                    if let (Some(c), Some(ord)) = (column.as_ref(), ord) {
+                        if matches!(c.ord_to_str(ord, &mut id), Ok(true)) {
+                            if let Some(&i) = snap.by_id.get(&id) {
+                                out.push((i, score));
+                            }
+                        }
+                    }
                 }
+                None => {}
             }
         }
         out
@@ -881,6 +942,7 @@ impl KnowledgeBase {
         let pending = vectors.iter().filter(|v| v.is_none()).count();
         self.shared.swap(Snapshot {
             by_id: Arc::new(by_id),
+            by_key: Arc::new(key_map(&facts)),
             facts: Arc::new(facts),
             vectors: Arc::new(vectors),
             accounts: Arc::new(accounts),
@@ -982,6 +1044,7 @@ pub(crate) fn write_facts(
             f.kind => fact.kind.as_str(),
             f.question => fact.question.as_str(),
             f.answer => fact.answer.as_str(),
+            f.key => id_key(&fact.id),
         );
         for t in &fact.tags {
             d.add_text(f.tags, t);

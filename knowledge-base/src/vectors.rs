@@ -23,13 +23,13 @@ pub(crate) const LEGACY_FILE: &str = "vectors.bin";
 
 pub(crate) type Vector = Arc<[f32]>;
 
-fn fnv(h: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn fnv(h: u64, bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// The text of a fact that its vector encodes.
 pub(crate) fn embed_text(f: &Fact) -> String {

@@ -198,6 +198,7 @@ fn shape(events: &[Event]) -> String {
     s
 }
 
+mod browser;
 mod knowledge;
 mod sales;
 
@@ -876,6 +877,8 @@ async fn reflection_lists_the_public_services() {
         "closer.v1.Events",
         "closer.v1.Playbooks",
         "closer.v1.Reps",
+        "closer.v1.Conversations",
+        "closer.v1.Reports",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");

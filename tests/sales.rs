@@ -4,7 +4,9 @@
 
 use super::*;
 
-async fn leads(ts: &TestServer) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
+pub(crate) async fn leads(
+    ts: &TestServer,
+) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
     pb::leads_client::LeadsClient::connect(ts.url.clone())
         .await
         .unwrap()
@@ -25,7 +27,7 @@ async fn playbooks(
 }
 
 /// The demo playbook without business hours, so routing does not depend on the clock.
-fn always_open_playbook() -> String {
+pub(crate) fn always_open_playbook() -> String {
     std::fs::read_to_string(example_dir().join("playbook.yaml"))
         .unwrap()
         .lines()
@@ -34,7 +36,7 @@ fn always_open_playbook() -> String {
         .join("\n")
 }
 
-async fn upload_playbook(
+pub(crate) async fn upload_playbook(
     ts: &TestServer,
     yaml: &str,
 ) -> Result<pb::PlaybookSummary, tonic::Status> {
@@ -796,6 +798,156 @@ async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
         .code(),
         tonic::Code::NotFound
     );
+}
+
+async fn reports(ts: &TestServer) -> pb::reports_client::ReportsClient<tonic::transport::Channel> {
+    pb::reports_client::ReportsClient::connect(ts.url.clone())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_count_by_score_day_and_rep_and_the_leaderboard_streams_changes() {
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    upload_playbook(&ts, &always_open_playbook()).await.unwrap();
+    let mut l = leads(&ts).await;
+    let mut r = reports(&ts).await;
+    let form = |key: &str, email: &str| pb::QualifyFormRequest {
+        tenant: "applinks".into(),
+        idempotency_key: key.into(),
+        fields: [
+            ("email".to_string(), email.to_string()),
+            ("message".to_string(), "Connect me with sales".to_string()),
+        ]
+        .into(),
+    };
+    l.qualify_form(form("r-1", "kim@acme.com")).await.unwrap();
+    l.qualify_form(form("r-2", "pat@gmail.com")).await.unwrap();
+
+    let mut board = r
+        .leaderboard(pb::LeaderboardRequest {
+            tenant: "applinks".into(),
+            period: "week".into(),
+            timezone: "Europe/London".into(),
+            team: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_board = async || {
+        tokio::time::timeout(Duration::from_secs(10), board.message())
+            .await
+            .expect("a leaderboard update")
+            .unwrap()
+            .unwrap()
+    };
+    let first = next_board().await;
+    assert_eq!(first.period, "week");
+    assert_eq!(first.rows.len(), 3, "every rep");
+    assert_eq!(first.rows[0].rep_id, "r-chelsea");
+    assert_eq!((first.rows[0].conversations, first.rows[0].cqls), (1, 1));
+    assert!(!first.leader_changed);
+
+    // A chat that books a meeting with Chelsea.
+    let mut a = Live::open(&ts, "rep-meet", Some("acme.com"), Some("Europe/London")).await;
+    a.say("How much does it cost?").await;
+    assert!(proposed(&a.turn().await).is_some());
+    a.say("The first one please").await;
+    let booked = a.turn().await;
+    assert!(booked.iter().any(|e| matches!(e, Event::MeetingBooked(_))));
+    let mut latest = next_board().await;
+    while latest.rows[0].meetings_booked == 0 {
+        latest = next_board().await;
+    }
+    assert_eq!(latest.rows[0].rep_id, "r-chelsea");
+    assert_eq!(latest.rows[0].conversations, 2);
+    assert!(!latest.leader_changed, "Chelsea was #1 already");
+
+    // Priya overtakes with two meetings (more CQLs alone would not beat a meeting).
+    for (i, tz) in ["Asia/Tokyo", "America/New_York"].iter().enumerate() {
+        let mut p = Live::open(
+            &ts,
+            &format!("rep-priya-{i}"),
+            Some("initech.co.uk"),
+            Some(tz),
+        )
+        .await;
+        p.say("How much does it cost?").await;
+        assert!(
+            proposed(&p.turn().await).is_some(),
+            "initech is offered Priya's times"
+        );
+        p.say("The first one please").await;
+        p.turn().await;
+    }
+    let mut latest = next_board().await;
+    while latest.rows[0].rep_id != "r-priya" {
+        latest = next_board().await;
+    }
+    assert!(latest.leader_changed);
+    assert_eq!(latest.previous_leader_id.as_deref(), Some("r-chelsea"));
+    assert_eq!(latest.rows[0].meetings_booked, 2);
+
+    let s = r
+        .summary(pb::SummaryRequest {
+            tenant: "applinks".into(),
+            timezone: "America/Los_Angeles".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let t = s.total.unwrap();
+    assert_eq!(t.conversations, 5, "2 forms and 3 chats");
+    assert_eq!(t.disqualified, 1, "the free-mail form");
+    assert_eq!(t.meetings_booked, 3);
+    assert_eq!(t.cql_1 + t.cql_2 + t.cql_3, 4);
+    assert_eq!(s.timezone, "America/Los_Angeles");
+    let days: u32 = s.days.iter().map(|d| d.counts.unwrap().conversations).sum();
+    assert_eq!(days, 5);
+    let chelsea = s.reps.iter().find(|x| x.rep_id == "r-chelsea").unwrap();
+    assert_eq!(chelsea.rep_name, "Chelsea Ward");
+    assert_eq!(chelsea.counts.unwrap().meetings_booked, 1);
+    let only_priya = r
+        .summary(pb::SummaryRequest {
+            tenant: "applinks".into(),
+            rep_id: Some("r-priya".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_priya.total.unwrap().meetings_booked, 2);
+    assert_eq!(only_priya.total.unwrap().conversations, 2);
+
+    // Bad requests name the field.
+    let e = r
+        .summary(pb::SummaryRequest {
+            tenant: "applinks".into(),
+            timezone: "Mars/Olympus".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("timezone"), "{}", e.message());
+    let e = r
+        .leaderboard(pb::LeaderboardRequest {
+            tenant: "applinks".into(),
+            period: "fortnight".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("period"), "{}", e.message());
+    let e = r
+        .summary(pb::SummaryRequest {
+            tenant: "nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
 /// Runs only as the child of `a_kill_during_a_burst_loses_no_acknowledged_lead_or_event`: a

@@ -75,8 +75,17 @@ struct GroundingReport {
     outcomes: Vec<Outcome>,
 }
 
-/// Everything a tenant's replies may state: its facts, accounts, reps and the fixed lines.
-async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::Result<Evidence> {
+/// Everything a tenant's replies may state: its facts, accounts, reps, the fixed lines and its
+/// playbook (the qualification questions the bot asks).
+async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::Result<Vec<String>> {
+    let playbook = pb::playbooks_client::PlaybooksClient::new(channel.clone())
+        .get(pb::GetPlaybookRequest {
+            tenant: tenant.into(),
+        })
+        .await
+        .context("Playbooks.Get")?
+        .into_inner()
+        .yaml;
     let mut kb = pb::knowledge_client::KnowledgeClient::new(channel);
     let export = kb
         .export(pb::ExportRequest {
@@ -86,7 +95,7 @@ async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::R
         .await
         .context("Knowledge.Export")?
         .into_inner();
-    let mut texts: Vec<String> = vec![export.content];
+    let mut texts: Vec<String> = vec![export.content, playbook];
     for what in [pb::ListWhat::Accounts, pb::ListWhat::Reps] {
         let mut token = String::new();
         loop {
@@ -116,19 +125,31 @@ async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::R
             .into_iter()
             .map(str::to_string),
     );
-    Ok(Evidence::new(texts.iter().map(String::as_str)))
+    texts.push(closer_server::sales::MEETING_OFFER.to_string());
+    Ok(texts)
+}
+
+/// What one question got: the reply, the facts it cites, whether a rep was asked for, the
+/// latency, and what the turn's meeting proposal stated (slot labels, zone, rep names).
+struct Reply {
+    text: String,
+    cited: Vec<String>,
+    handoff: bool,
+    ms: f64,
+    proposed: Vec<String>,
 }
 
 async fn ask(
     channel: tonic::transport::Channel,
     q: &Question,
-) -> anyhow::Result<(String, Vec<String>, bool, f64)> {
+    conversation_id: String,
+) -> anyhow::Result<Reply> {
     use pb::converse_response::Event;
     let mut client = pb::assistant_client::AssistantClient::new(channel);
     let start = pb::ConverseRequest {
         event: Some(pb::converse_request::Event::Start(pb::Start {
             tenant: q.tenant.clone(),
-            conversation_id: "grounding".into(),
+            conversation_id,
             visitor: Some(pb::VisitorContext {
                 company_domain: q.domain.clone(),
                 ..Default::default()
@@ -149,13 +170,26 @@ async fn ask(
         .await?
         .into_inner();
     let mut handoff = false;
+    let mut proposed = vec![];
     while let Some(r) = stream.message().await? {
         match r.event {
             Some(Event::Handoff(h)) if h.kind == pb::HandoffKind::RepRequested as i32 => {
                 handoff = true
             }
+            Some(Event::MeetingProposed(m)) => {
+                proposed.push(m.timezone);
+                for s in m.slots {
+                    proposed.extend([s.label, s.rep_name]);
+                }
+            }
             Some(Event::Final(f)) => {
-                return Ok((f.text, f.fact_ids, handoff, t.elapsed().as_secs_f64() * 1e3))
+                return Ok(Reply {
+                    text: f.text,
+                    cited: f.fact_ids,
+                    handoff,
+                    ms: t.elapsed().as_secs_f64() * 1e3,
+                    proposed,
+                })
             }
             Some(Event::Error(e)) => anyhow::bail!("{}: {}", e.code, e.message),
             _ => {}
@@ -189,15 +223,19 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
         .connect()
         .await?;
     crate::wait_serving(channel.clone(), &args.server).await?;
-    let mut evidence_by_tenant: std::collections::HashMap<String, Evidence> = Default::default();
+    let mut evidence_by_tenant: std::collections::HashMap<String, (Vec<String>, Evidence)> =
+        Default::default();
+    // Every question starts its own conversation (conversations are stored and resumed by id).
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let pb_ = crate::bar(questions.len(), "asking");
     let mut outcomes = vec![];
-    for q in &questions {
+    for (n, q) in questions.iter().enumerate() {
         if !evidence_by_tenant.contains_key(&q.tenant) {
-            evidence_by_tenant.insert(
-                q.tenant.clone(),
-                evidence(channel.clone(), &q.tenant).await?,
-            );
+            let texts = evidence(channel.clone(), &q.tenant).await?;
+            let ev = Evidence::new(texts.iter().map(String::as_str));
+            evidence_by_tenant.insert(q.tenant.clone(), (texts, ev));
         }
         let mut kb = pb::knowledge_client::KnowledgeClient::new(channel.clone());
         let hits = kb
@@ -215,10 +253,24 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             .into_iter()
             .filter_map(|f| f.fact.map(|f| f.id))
             .collect();
-        let (reply, cited, handoff, ms) = ask(channel.clone(), q)
+        let Reply {
+            text: reply,
+            cited,
+            handoff,
+            ms,
+            proposed,
+        } = ask(channel.clone(), q, format!("grounding-{run}-{n}"))
             .await
             .with_context(|| q.question.clone())?;
-        let ev = &evidence_by_tenant[&q.tenant];
+        let (texts, ev) = &evidence_by_tenant[&q.tenant];
+        // Proposed meeting times are stated from the reps' calendars, not from facts.
+        let with_slots;
+        let ev = if proposed.is_empty() {
+            ev
+        } else {
+            with_slots = Evidence::new(texts.iter().chain(&proposed).map(String::as_str));
+            &with_slots
+        };
         let invented: Vec<String> = ev
             .unsupported(&reply)
             .iter()

@@ -174,6 +174,9 @@ impl Conversation {
     }
 }
 
+/// How a meeting offer starts; the rep's name and the proposed times follow.
+pub const MEETING_OFFER: &str = "Would one of these times work for a call with";
+
 /// Routes by the playbook with the store's presence, load and round-robin counters.
 pub fn route(engine: &Engine, tenant: &Tenant, pb: &Playbook, seen: &Seen) -> Result<Route> {
     let store = &engine.store;
@@ -509,7 +512,7 @@ pub fn propose(
             .map(|s| crate::meetings::label(s.start, tz))
             .collect();
         let line = format!(
-            "Would one of these times work for a call with {}: {} ({tz})?",
+            "{MEETING_OFFER} {}: {} ({tz})?",
             rep.name,
             match labels.as_slice() {
                 [a] => a.clone(),

@@ -14,7 +14,8 @@ use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
 use crate::sales_service::{
-    ConversationsService, EventsService, LeadsService, PlaybooksService, RepsService,
+    ConversationsService, EventsService, LeadsService, PlaybooksService, ReportsService,
+    RepsService,
 };
 use crate::service::{AppState, AssistantService, IntentsService, KnowledgeService};
 use crate::state::{Engine, Models};
@@ -35,7 +36,7 @@ pub enum Readiness {
     Failed(String),
 }
 
-const SERVICES: [&str; 9] = [
+const SERVICES: [&str; 10] = [
     "",
     "closer.v1.Assistant",
     "closer.v1.Knowledge",
@@ -45,6 +46,7 @@ const SERVICES: [&str; 9] = [
     "closer.v1.Playbooks",
     "closer.v1.Reps",
     "closer.v1.Conversations",
+    "closer.v1.Reports",
 ];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -111,7 +113,12 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // HTTP/1.1 too: browsers load the leaderboard page from the same port.
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(crate::web::router(
+            state.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -146,7 +153,10 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
             ConversationsService {
                 state: state.clone(),
             },
-        ));
+        ))
+        .add_service(pb::reports_server::ReportsServer::new(ReportsService {
+            state: state.clone(),
+        }));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

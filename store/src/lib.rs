@@ -237,6 +237,23 @@ pub struct Meeting {
     pub email: Option<String>,
 }
 
+/// A conversation as reports count it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeadStat {
+    pub rep_id: Option<String>,
+    pub team: Option<String>,
+    /// The score in force (a rep's manual score wins).
+    pub score: i32,
+    pub created_ms: i64,
+}
+
+/// A booked meeting as reports count it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingStat {
+    pub rep_id: String,
+    pub booked_ms: i64,
+}
+
 /// Who is talking to the visitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationControl {
@@ -315,6 +332,10 @@ pub trait Store: Send + Sync {
         events: &[NewEvent],
     ) -> Result<Vec<Event>>;
     fn control(&self, tenant: &str, conversation_id: &str) -> Result<Option<ConversationControl>>;
+    /// Conversations of a tenant started in `[from_ms, to_ms)`.
+    fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>>;
+    /// Meetings of a tenant booked in `[from_ms, to_ms)`.
+    fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>>;
     /// A stored reply for an idempotency key, if that request was already answered.
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>>;
     fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()>;

@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::{
-    now_ms, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter, ManualScore,
-    Meeting, Message, NewEvent, Presence, Reason, Result, Store, TurnWrite,
+    now_ms, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter, LeadStat,
+    ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Reason, Result, Store,
+    TurnWrite,
 };
 
 const SCHEMA: &str = r#"
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS conversations (
     PRIMARY KEY (tenant, id)
 );
 CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (tenant, updated_ms);
+CREATE INDEX IF NOT EXISTS conversations_created ON conversations (tenant, created_ms);
 CREATE TABLE IF NOT EXISTS messages (
     tenant TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
@@ -85,6 +87,7 @@ CREATE TABLE IF NOT EXISTS meetings (
     created_ms INTEGER NOT NULL,
     UNIQUE (tenant, rep_id, start_s)
 );
+CREATE INDEX IF NOT EXISTS meetings_created ON meetings (tenant, created_ms);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     scope TEXT NOT NULL,
@@ -577,6 +580,38 @@ impl Store for SqliteStore {
              WHERE tenant = ?1 AND rep_id = ?2 AND start_s < ?4 AND end_s > ?3 ORDER BY start_s",
         )?;
         let rows = stmt.query_map(params![tenant, rep_id, from, to], row_to_meeting)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(
+            "SELECT rep_id, team, COALESCE(json_extract(manual, '$.score'), bot_score), created_ms
+             FROM conversations WHERE tenant = ?1 AND created_ms >= ?2 AND created_ms < ?3",
+        )?;
+        let rows = stmt.query_map(params![tenant, from_ms, to_ms], |r| {
+            Ok(LeadStat {
+                rep_id: r.get(0)?,
+                team: r.get(1)?,
+                score: r.get(2)?,
+                created_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(
+            "SELECT rep_id, created_ms FROM meetings
+             WHERE tenant = ?1 AND created_ms >= ?2 AND created_ms < ?3",
+        )?;
+        let rows = stmt.query_map(params![tenant, from_ms, to_ms], |r| {
+            Ok(MeetingStat {
+                rep_id: r.get(0)?,
+                booked_ms: r.get(1)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 

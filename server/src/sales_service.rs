@@ -602,6 +602,31 @@ pub struct ConversationsService {
 
 /// Checks the request's tenant, conversation and rep; returns the engine, the tenant, the rep
 /// and who controls the conversation now.
+/// The rep of `rep_id` when they have taken the conversation over; else FAILED_PRECONDITION
+/// with `refusal`.
+async fn rep_in_control(
+    state: &AppState,
+    tenant: &str,
+    conversation_id: &str,
+    rep_id: &str,
+    refusal: &str,
+) -> std::result::Result<
+    (
+        Arc<crate::state::Engine>,
+        Arc<crate::state::Tenant>,
+        closer_kb::Rep,
+    ),
+    Status,
+> {
+    let (engine, tenant, rep, ctl) =
+        control_of(state, tenant, conversation_id, Some(rep_id)).await?;
+    let rep = rep.expect("checked");
+    if ctl.taken_over_by.as_deref() != Some(rep.id.as_str()) {
+        return Err(Status::failed_precondition(refusal.to_string()));
+    }
+    Ok((engine, tenant, rep))
+}
+
 async fn control_of(
     state: &AppState,
     tenant: &str,
@@ -727,19 +752,14 @@ impl pb::conversations_server::Conversations for ConversationsService {
         if req.text.trim().is_empty() || req.text.chars().count() > 4000 {
             return Err(Error::invalid("text", "1 to 4000 characters").into());
         }
-        let (engine, tenant, rep, ctl) = control_of(
+        let (engine, tenant, rep) = rep_in_control(
             &self.state,
             &req.tenant,
             &req.conversation_id,
-            Some(&req.rep_id),
+            &req.rep_id,
+            "take the conversation over before writing to the visitor",
         )
         .await?;
-        let rep = rep.expect("checked");
-        if ctl.taken_over_by.as_deref() != Some(rep.id.as_str()) {
-            return Err(Status::failed_precondition(
-                "take the conversation over before writing to the visitor",
-            ));
-        }
         let ev = control_event(
             "rep_message",
             &tenant.id,
@@ -762,19 +782,14 @@ impl pb::conversations_server::Conversations for ConversationsService {
 
     async fn hand_back(&self, request: Request<pb::HandBackRequest>) -> R<pb::ControlResponse> {
         let req = request.into_inner();
-        let (engine, tenant, rep, ctl) = control_of(
+        let (engine, tenant, rep) = rep_in_control(
             &self.state,
             &req.tenant,
             &req.conversation_id,
-            Some(&req.rep_id),
+            &req.rep_id,
+            "the conversation is not with this rep",
         )
         .await?;
-        let rep = rep.expect("checked");
-        if ctl.taken_over_by.as_deref() != Some(rep.id.as_str()) {
-            return Err(Status::failed_precondition(
-                "the conversation is not with this rep",
-            ));
-        }
         let ev = control_event(
             "rep_left",
             &tenant.id,

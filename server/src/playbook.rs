@@ -950,6 +950,21 @@ mod tests {
             matches!(&r, Route::Rep { rep_id, mode: "round_robin", .. } if rep_id == "r-daniel"),
             "{r:?}"
         );
+        // Online but at capacity (one open conversation of one allowed): skipped the same way.
+        let mut full = open.clone();
+        full.presence.insert("r-chelsea".into(), (true, 1));
+        full.load.insert("r-chelsea".into(), 1);
+        let r = route(&p, &seen(&[], &[], Some("acme.com")), &refs, &full, &mut rr);
+        assert!(
+            matches!(&r, Route::Rep { rep_id, mode: "round_robin", .. } if rep_id == "r-daniel"),
+            "{r:?}"
+        );
+        full.presence.insert("r-chelsea".into(), (true, 2));
+        let r = route(&p, &seen(&[], &[], Some("acme.com")), &refs, &full, &mut rr);
+        assert!(
+            matches!(&r, Route::Rep { rep_id, mode: "account_owner", .. } if rep_id == "r-chelsea"),
+            "room for one more: {r:?}"
+        );
         // Saturday: every team closed, so the fallback offers meetings.
         let weekend = Availability {
             now: at("2026-11-28T15:00:00Z"),

@@ -198,6 +198,7 @@ fn shape(events: &[Event]) -> String {
     s
 }
 
+mod auth;
 mod browser;
 mod knowledge;
 mod sales;

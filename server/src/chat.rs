@@ -25,6 +25,9 @@ pub struct ChatArgs {
     /// Send these messages and exit, instead of reading from the terminal.
     #[arg(long = "message", short = 'm')]
     pub messages: Vec<String>,
+    /// A publishable API key of the tenant, when the server requires keys.
+    #[arg(long, env = "CLOSER_API_KEY")]
+    pub api_key: Option<String>,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -43,7 +46,16 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         })),
     })
     .await?;
-    let mut inbound = client.converse(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(k) = &args.api_key {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {k}")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--api-key: not a valid header value"))?,
+        );
+    }
+    let mut inbound = client.converse(request).await?.into_inner();
     let interactive = args.messages.is_empty();
     let mut scripted = args.messages.clone().into_iter();
     let stdin = std::io::stdin();

@@ -45,6 +45,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_AMBIGUITY_MARGIN", default_value_t = 0.15)]
     pub ambiguity_margin: f32,
 
+    /// API keys: `keys` (every call but health and reflection needs a key; see `closer keys`),
+    /// `off`, or `auto` = `keys` unless the server listens on a loopback address only.
+    #[arg(long, env = "CLOSER_AUTH", default_value = "auto", value_parser = ["auto", "keys", "off"])]
+    pub auth: String,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "CLOSER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -69,12 +74,22 @@ impl ServeConfig {
             max_pending_replies: 64,
             stream_buffer: 64,
             ambiguity_margin: 0.15,
+            auth: "auto".into(),
             log_format: "text".into(),
         }
     }
 }
 
 impl ServeConfig {
+    /// Whether calls need an API key.
+    pub fn keys_required(&self) -> bool {
+        match self.auth.as_str() {
+            "keys" => true,
+            "off" => false,
+            _ => !self.addr.ip().is_loopback(),
+        }
+    }
+
     /// How tenants' intent classifiers are trained and read.
     pub fn classifier_config(&self) -> closer_models::intent::ClassifierConfig {
         closer_models::intent::ClassifierConfig {

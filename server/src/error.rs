@@ -23,6 +23,9 @@ pub enum Error {
     Store(#[from] closer_store::Error),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The caller's API key may not do this (wrong role or another tenant's).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -56,6 +59,7 @@ impl Error {
             Error::Store(closer_store::Error::NotFound(_)) | Error::NotFound(_) => "not_found",
             Error::Store(closer_store::Error::Conflict(_)) => "failed_precondition",
             Error::Store(_) => "storage",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Internal(_) => "internal",
         }
     }
@@ -75,6 +79,7 @@ impl Error {
             Error::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,
             Error::Overloaded(_) => Code::ResourceExhausted,
             Error::NotReady => Code::Unavailable,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Model(_) | Error::Kb(_) | Error::Store(_) | Error::Internal(_) => Code::Internal,
         }
     }

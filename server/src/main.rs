@@ -34,6 +34,35 @@ enum Command {
     },
     /// Start a server and measure start-up, Classify, Converse and memory.
     Bench(closer_server::bench::BenchArgs),
+    /// API keys per tenant (`publishable`, `rep`, `admin`); stored hashed in the data folder.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once (only its hash is kept).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// publishable (chat frontends), rep (consoles, connectors) or admin (knowledge, intents, playbooks).
+        #[arg(long, value_parser = ["publishable", "rep", "admin"])]
+        role: String,
+        /// A label for people.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id (`key-…`); calls with it fail at once.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +170,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         Command::Kb {
             command: KbCommand::Bench(args),
         } => closer_server::kbbench::run(args),
+        Command::Keys { command, data_dir } => keys(command, &data_dir),
         Command::Kb {
             command:
                 KbCommand::Load {
@@ -181,4 +211,54 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn keys(command: KeysCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use closer_store::Store;
+    std::fs::create_dir_all(data_dir)?;
+    let store =
+        closer_store::sqlite::SqliteStore::open(&data_dir.join(closer_server::state::STORE_FILE))?;
+    match command {
+        KeysCommand::Create { tenant, role, name } => {
+            closer_kb::load::validate_tenant_id(&tenant)
+                .map_err(|m| anyhow::anyhow!("--tenant: {m}"))?;
+            if !closer_kb::tenant_dir(data_dir, &tenant).exists() {
+                anyhow::bail!("--tenant: no tenant {tenant:?} in {}", data_dir.display());
+            }
+            let role = closer_server::auth::Role::parse(&role)?;
+            let (key, stored) = closer_server::auth::new_key(&tenant, role, &name);
+            store.create_key(&stored)?;
+            eprintln!(
+                "created {} ({} key of {tenant}); it is shown only now:",
+                stored.id,
+                role.name()
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { tenant } => {
+            println!("| id | tenant | role | name | created | revoked |");
+            println!("|---|---|---|---|---|---|");
+            let when = |ms: i64| {
+                jiff::Timestamp::from_millisecond(ms)
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default()
+            };
+            for k in store.keys(tenant.as_deref())? {
+                println!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    k.id,
+                    k.tenant,
+                    k.role,
+                    k.name,
+                    when(k.created_ms),
+                    k.revoked_ms.map(when).unwrap_or_default()
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let k = store.revoke_key(&id)?;
+            println!("revoked {} ({} key of {})", k.id, k.role, k.tenant);
+        }
+    }
+    Ok(())
 }

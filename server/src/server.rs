@@ -114,8 +114,13 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     // HTTP/1.1 too: browsers load the leaderboard page from the same port.
+    let keys_required = config.keys_required();
     let router = tonic::transport::Server::builder()
         .accept_http1(true)
+        .layer(crate::auth::AuthLayer {
+            state: state.clone(),
+            required: keys_required,
+        })
         .add_routes(tonic::service::Routes::from(crate::web::router(
             state.clone(),
         )))
@@ -162,7 +167,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
     }));
-    tracing::info!(%addr, "listening (NOT_SERVING until models and tenants are loaded)");
+    tracing::info!(%addr, api_keys = if keys_required { "required" } else { "off" }, "listening (NOT_SERVING until models and tenants are loaded)");
 
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
     let loader_state = state.clone();

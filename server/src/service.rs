@@ -57,7 +57,9 @@ pub(crate) fn check_tenant_field(tenant: &str) -> Result<()> {
     if tenant.is_empty() {
         return Err(Error::invalid("tenant", "must not be empty"));
     }
-    closer_kb::load::validate_tenant_id(tenant).map_err(|m| Error::invalid("tenant", m))
+    closer_kb::load::validate_tenant_id(tenant).map_err(|m| Error::invalid("tenant", m))?;
+    // With keys required, the caller's key must belong to this tenant.
+    crate::auth::check_tenant(tenant)
 }
 
 /// Runs model or index work off the async threads.

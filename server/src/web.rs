@@ -39,7 +39,7 @@ async fn page() -> Response {
 }
 
 /// `a=1&b=x%2Fy` → the value of `name`, percent-decoded ('+' is a space).
-fn param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| decode(v))

@@ -254,6 +254,22 @@ pub struct MeetingStat {
     pub booked_ms: i64,
 }
 
+/// An API key as stored: never the key itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Public handle (`key-` + the first 12 hex digits of the hash), for listing and revoking.
+    pub id: String,
+    pub tenant: String,
+    /// `publishable`, `rep` or `admin`.
+    pub role: String,
+    /// A label for people (`website`, `crm sync`...).
+    pub name: String,
+    /// Hex SHA-256 of the whole key.
+    pub hash: String,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// Who is talking to the visitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationControl {
@@ -336,6 +352,14 @@ pub trait Store: Send + Sync {
     fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>>;
     /// Meetings of a tenant booked in `[from_ms, to_ms)`.
     fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>>;
+    /// Stores a new API key (`Conflict` when its id or hash exists).
+    fn create_key(&self, key: &ApiKey) -> Result<()>;
+    /// Keys of a tenant (or of all tenants), revoked ones included, oldest first.
+    fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
+    /// Revokes a key by id; `NotFound` when there is none.
+    fn revoke_key(&self, id: &str) -> Result<ApiKey>;
+    /// The key with this hash, revoked or not.
+    fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>>;
     /// A stored reply for an idempotency key, if that request was already answered.
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>>;
     fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()>;

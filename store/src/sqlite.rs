@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::{
-    now_ms, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter, LeadStat,
-    ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Reason, Result, Store,
-    TurnWrite,
+    now_ms, ApiKey, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter,
+    LeadStat, ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Reason, Result,
+    Store, TurnWrite,
 };
 
 const SCHEMA: &str = r#"
@@ -88,6 +88,15 @@ CREATE TABLE IF NOT EXISTS meetings (
     UNIQUE (tenant, rep_id, start_s)
 );
 CREATE INDEX IF NOT EXISTS meetings_created ON meetings (tenant, created_ms);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     scope TEXT NOT NULL,
@@ -134,6 +143,18 @@ impl SqliteStore {
             conn: Mutex::new(conn),
         })
     }
+}
+
+fn row_to_key(r: &rusqlite::Row) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        role: r.get(2)?,
+        name: r.get(3)?,
+        hash: r.get(4)?,
+        created_ms: r.get(5)?,
+        revoked_ms: r.get(6)?,
+    })
 }
 
 fn insert_events(tx: &Transaction, events: &[NewEvent], at: i64) -> Result<Vec<Event>> {
@@ -581,6 +602,60 @@ impl Store for SqliteStore {
         )?;
         let rows = stmt.query_map(params![tenant, rep_id, from, to], row_to_meeting)?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn create_key(&self, key: &ApiKey) -> Result<()> {
+        let conn = lock(&self.conn);
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO api_keys (id, tenant, role, name, hash, created_ms, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                key.id,
+                key.tenant,
+                key.role,
+                key.name,
+                key.hash,
+                key.created_ms,
+                key.revoked_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::Conflict(format!("key {} exists", key.id)));
+        }
+        Ok(())
+    }
+
+    fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT id, tenant, role, name, hash, created_ms, revoked_ms FROM api_keys
+             WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map(params![tenant], row_to_key)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn revoke_key(&self, id: &str) -> Result<ApiKey> {
+        let conn = lock(&self.conn);
+        conn.execute(
+            "UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        conn.query_row(
+            "SELECT id, tenant, role, name, hash, created_ms, revoked_ms FROM api_keys WHERE id = ?1",
+            params![id],
+            row_to_key,
+        )
+        .optional()?
+        .ok_or_else(|| Error::NotFound(format!("no key {id}")))
+    }
+
+    fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tenant, role, name, hash, created_ms, revoked_ms FROM api_keys WHERE hash = ?1",
+        )?;
+        Ok(stmt.query_row(params![hash], row_to_key).optional()?)
     }
 
     fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>> {

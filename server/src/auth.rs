@@ -1,0 +1,330 @@
+//! API keys per tenant with roles, checked by one layer in front of every service.
+//!
+//! - **publishable** — for chat frontends: `Assistant` (Converse, Classify) and
+//!   `Leads.QualifyForm`, for its tenant only;
+//! - **rep** — rep consoles and connectors: also leads, manual scores, events, take-over,
+//!   presence, reports and the leaderboard, and reading knowledge, intents and playbooks;
+//! - **admin** — also changing knowledge, intents and playbooks.
+//!
+//! A key is sent as `authorization: Bearer <key>` (or `x-api-key: <key>`; the leaderboard's
+//! event stream also takes `?key=` because browsers cannot set headers on it). Keys are stored
+//! as SHA-256 only. A missing, unknown or revoked key gets UNAUTHENTICATED; a key of a role that
+//! may not call the method, or used for another tenant, gets PERMISSION_DENIED. The tenant check
+//! happens where every handler checks its `tenant` field ([`check_tenant`]), through a
+//! task-local set by the layer for the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rand::RngCore;
+use sha2::Digest;
+use tonic::Status;
+
+use crate::error::{Error, Result};
+use crate::service::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Publishable,
+    Rep,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "publishable" => Ok(Role::Publishable),
+            "rep" => Ok(Role::Rep),
+            "admin" => Ok(Role::Admin),
+            other => Err(Error::invalid(
+                "role",
+                format!("unknown role {other:?}; one of publishable, rep, admin"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Publishable => "publishable",
+            Role::Rep => "rep",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Publishable => "pub",
+            Role::Rep => "rep",
+            Role::Admin => "adm",
+        }
+    }
+}
+
+/// The role a path needs; `None` for what anyone may call (health, reflection, the
+/// leaderboard page itself, which holds no data).
+pub fn required_role(path: &str) -> Option<Role> {
+    let open = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+    if open.iter().any(|p| path.starts_with(p)) || path == "/leaderboard" {
+        return None;
+    }
+    let role = match path {
+        p if p.starts_with("/closer.v1.Assistant/") => Role::Publishable,
+        "/closer.v1.Leads/QualifyForm" => Role::Publishable,
+        "/closer.v1.Knowledge/Search"
+        | "/closer.v1.Knowledge/List"
+        | "/closer.v1.Knowledge/Export"
+        | "/closer.v1.Intents/Get"
+        | "/closer.v1.Playbooks/Get"
+        | "/leaderboard/events" => Role::Rep,
+        p if [
+            "/closer.v1.Leads/",
+            "/closer.v1.Events/",
+            "/closer.v1.Conversations/",
+            "/closer.v1.Reps/",
+            "/closer.v1.Reports/",
+        ]
+        .iter()
+        .any(|x| p.starts_with(x)) =>
+        {
+            Role::Rep
+        }
+        // Knowledge, Intents and Playbooks changes, and anything not listed.
+        _ => Role::Admin,
+    };
+    Some(role)
+}
+
+/// Hex SHA-256 of a key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// A new key for `tenant` and `role`: the key (shown once) and what is stored of it.
+pub fn new_key(tenant: &str, role: Role, name: &str) -> (String, closer_store::ApiKey) {
+    let mut secret = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let key = format!("closer_{}_{}", role.prefix(), hex::encode(secret));
+    let hash = hash_key(&key);
+    let stored = closer_store::ApiKey {
+        id: format!("key-{}", &hash[..12]),
+        tenant: tenant.to_string(),
+        role: role.name().to_string(),
+        name: name.to_string(),
+        hash,
+        created_ms: closer_store::now_ms(),
+        revoked_ms: None,
+    };
+    (key, stored)
+}
+
+/// Who is calling, for the request being served.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: String,
+    pub role: Role,
+    pub key_id: String,
+}
+
+tokio::task_local! {
+    static CALLER: Caller;
+}
+
+/// Checks that the caller (when keys are required) may act on `tenant`.
+pub fn check_tenant(tenant: &str) -> Result<()> {
+    match CALLER.try_with(|c| c.tenant == tenant) {
+        Ok(false) => Err(Error::PermissionDenied(
+            "tenant: this API key belongs to another tenant".into(),
+        )),
+        // Same tenant, or keys are not required (no caller set).
+        _ => Ok(()),
+    }
+}
+
+fn presented_key<B>(req: &http::Request<B>) -> Option<String> {
+    let h = req.headers();
+    if let Some(v) = h
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(|k| k.trim().to_string());
+    }
+    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    if req.uri().path() == "/leaderboard/events" {
+        return req.uri().query().and_then(|q| crate::web::param(q, "key"));
+    }
+    None
+}
+
+/// Decides a request: `Ok(None)` open, `Ok(Some(caller))` allowed, `Err` refused.
+fn decide<B>(
+    state: &AppState,
+    req: &http::Request<B>,
+) -> std::result::Result<Option<Caller>, Status> {
+    let path = req.uri().path();
+    let Some(need) = required_role(path) else {
+        return Ok(None);
+    };
+    let Some(key) = presented_key(req).filter(|k| !k.is_empty()) else {
+        return Err(Status::unauthenticated(
+            "missing API key: send `authorization: Bearer <key>` (create one with `closer keys create`)",
+        ));
+    };
+    let engine = state.engine().map_err(Status::from)?;
+    let stored = engine
+        .store
+        .key_by_hash(&hash_key(&key))
+        .map_err(|e| Status::from(Error::from(e)))?;
+    let Some(k) = stored.filter(|k| k.revoked_ms.is_none()) else {
+        return Err(Status::unauthenticated("unknown or revoked API key"));
+    };
+    let role = Role::parse(&k.role).map_err(Status::from)?;
+    if role < need {
+        let method = path.trim_start_matches('/');
+        return Err(Status::permission_denied(format!(
+            "a {} key may not call {method} (needs a {} key)",
+            role.name(),
+            need.name()
+        )));
+    }
+    Ok(Some(Caller {
+        tenant: k.tenant,
+        role,
+        key_id: k.id,
+    }))
+}
+
+/// The layer in front of every service (gRPC and web).
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub state: Arc<AppState>,
+    pub required: bool,
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            state: self.state.clone(),
+            required: self.required,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    state: Arc<AppState>,
+    required: bool,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !self.required {
+            return Box::pin(inner.call(req));
+        }
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        match decide(&self.state, &req) {
+            Ok(None) => Box::pin(inner.call(req)),
+            Ok(Some(caller)) => {
+                tracing::debug!(key = %caller.key_id, tenant = %caller.tenant, role = caller.role.name(), "authorised");
+                Box::pin(CALLER.scope(caller, inner.call(req)))
+            }
+            Err(status) => {
+                tracing::info!(path = %req.uri().path(), code = ?status.code(), "refused");
+                let resp = if grpc {
+                    status.into_http()
+                } else {
+                    let code = match status.code() {
+                        tonic::Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+                        tonic::Code::PermissionDenied => http::StatusCode::FORBIDDEN,
+                        _ => http::StatusCode::SERVICE_UNAVAILABLE,
+                    };
+                    let mut r = http::Response::new(tonic::body::Body::empty());
+                    *r.status_mut() = code;
+                    r
+                };
+                Box::pin(async move { Ok(resp) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_cover_every_path_and_default_to_admin() {
+        assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(required_role("/leaderboard"), None);
+        assert_eq!(
+            required_role("/closer.v1.Assistant/Converse"),
+            Some(Role::Publishable)
+        );
+        assert_eq!(
+            required_role("/closer.v1.Leads/QualifyForm"),
+            Some(Role::Publishable)
+        );
+        assert_eq!(required_role("/closer.v1.Leads/SetScore"), Some(Role::Rep));
+        assert_eq!(
+            required_role("/closer.v1.Knowledge/Search"),
+            Some(Role::Rep)
+        );
+        assert_eq!(
+            required_role("/closer.v1.Knowledge/Ingest"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role("/closer.v1.Playbooks/Upload"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role("/leaderboard/events"), Some(Role::Rep));
+        assert_eq!(required_role("/closer.v1.Whatever/New"), Some(Role::Admin));
+        assert!(Role::Admin > Role::Rep && Role::Rep > Role::Publishable);
+    }
+
+    #[test]
+    fn keys_are_random_and_stored_as_hashes() {
+        let (a, sa) = new_key("t", Role::Rep, "console");
+        let (b, _) = new_key("t", Role::Rep, "console");
+        assert_ne!(a, b);
+        assert!(a.starts_with("closer_rep_") && a.len() == "closer_rep_".len() + 48);
+        assert_eq!(sa.hash, hash_key(&a));
+        assert!(!sa.hash.contains(&a[11..]));
+        assert!(sa.id.starts_with("key-") && sa.hash.starts_with(&sa.id[4..]));
+    }
+}

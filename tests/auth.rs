@@ -1,0 +1,254 @@
+//! API keys: roles, tenants, revocation, the web stream's key, and keys stored only hashed.
+
+use std::io::{Read, Write};
+
+use closer_server::auth::{new_key, Role};
+use closer_store::Store;
+
+use super::*;
+
+struct Keys {
+    pub_a: String,
+    rep_a: String,
+    admin_a: String,
+    pub_b: String,
+    rep_a_id: String,
+}
+
+/// The demo tenant as `applinks` and again as `other`, with keys made before the server starts.
+fn keyed_data() -> (tempfile::TempDir, Keys) {
+    let dir = demo_data();
+    closer_kb::load::load_dir(&example_dir(), dir.path(), Some("other")).unwrap();
+    let store =
+        closer_store::sqlite::SqliteStore::open(&dir.path().join(closer_server::state::STORE_FILE))
+            .unwrap();
+    let make = |tenant: &str, role: Role| {
+        let (key, stored) = new_key(tenant, role, "test");
+        store.create_key(&stored).unwrap();
+        (key, stored.id)
+    };
+    let (pub_a, _) = make("applinks", Role::Publishable);
+    let (rep_a, rep_a_id) = make("applinks", Role::Rep);
+    let (admin_a, _) = make("applinks", Role::Admin);
+    let (pub_b, _) = make("other", Role::Publishable);
+    (
+        dir,
+        Keys {
+            pub_a,
+            rep_a,
+            admin_a,
+            pub_b,
+            rep_a_id,
+        },
+    )
+}
+
+fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+fn classify(tenant: &str) -> pb::ClassifyRequest {
+    pb::ClassifyRequest {
+        tenant: tenant.into(),
+        text: "How much does each seat cost?".into(),
+        ..Default::default()
+    }
+}
+
+/// A raw HTTP/1.1 GET; the status code.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: closer\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
+    let (data, keys) = keyed_data();
+    let db = data.path().join(closer_server::state::STORE_FILE);
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.auth = "keys".into();
+    let mut server = start(
+        cfg,
+        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
+    )
+    .await
+    .unwrap();
+    server.wait_ready().await.unwrap();
+    let url = format!("http://{}", server.addr);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut assistant = pb::assistant_client::AssistantClient::new(channel.clone());
+    let mut leads = pb::leads_client::LeadsClient::new(channel.clone());
+    let mut kb = pb::knowledge_client::KnowledgeClient::new(channel.clone());
+
+    // Health needs no key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // No key, or a made-up one: UNAUTHENTICATED.
+    let e = assistant.classify(classify("applinks")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let fake = "closer_pub_0000";
+    let e = assistant
+        .classify(with_key(classify("applinks"), fake))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // The publishable key chats for its own tenant only.
+    assistant
+        .classify(with_key(classify("applinks"), &keys.pub_a))
+        .await
+        .unwrap();
+    for (tenant, key) in [
+        ("applinks", &keys.pub_b),
+        ("other", &keys.pub_a),
+        ("nope", &keys.pub_a),
+    ] {
+        let e = assistant
+            .classify(with_key(classify(tenant), key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{tenant}: {e:?}");
+        assert!(e.message().contains("tenant"), "{}", e.message());
+    }
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(start_with_id("applinks", None, "keyed"))
+        .await
+        .unwrap();
+    tx.send(message("How much does each seat cost?"))
+        .await
+        .unwrap();
+    let mut stream = assistant
+        .converse(with_key(ReceiverStream::new(rx), &keys.pub_a))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got_final = false;
+    while let Some(r) = stream.message().await.unwrap() {
+        if matches!(r.event, Some(Event::Final(_))) {
+            got_final = true;
+            break;
+        }
+    }
+    assert!(got_final);
+    // A stream started for another tenant is refused at its first message.
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(start_with_id("other", None, "keyed-2"))
+        .await
+        .unwrap();
+    let refused = match assistant
+        .converse(with_key(ReceiverStream::new(rx), &keys.pub_a))
+        .await
+    {
+        Err(e) => e.code(),
+        Ok(r) => r.into_inner().message().await.unwrap_err().code(),
+    };
+    assert_eq!(refused, tonic::Code::PermissionDenied);
+
+    // Roles: a publishable key cannot read leads; a rep key can, but cannot change knowledge.
+    let list = || pb::ListLeadsRequest {
+        tenant: "applinks".into(),
+        ..Default::default()
+    };
+    let e = leads.list(with_key(list(), &keys.pub_a)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(e.message().contains("needs a rep key"), "{}", e.message());
+    leads.list(with_key(list(), &keys.rep_a)).await.unwrap();
+    let search = pb::SearchRequest {
+        tenant: "applinks".into(),
+        query: "soc 2".into(),
+        limit: 3,
+        intent: None,
+    };
+    kb.search(with_key(search, &keys.rep_a)).await.unwrap();
+    let delete = || pb::DeleteRequest {
+        tenant: "applinks".into(),
+        fact_ids: vec!["no-such-fact".into()],
+    };
+    let e = kb
+        .delete(with_key(delete(), &keys.rep_a))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let admin = kb.delete(with_key(delete(), &keys.admin_a)).await;
+    assert_ne!(
+        admin.as_ref().err().map(|e| e.code()),
+        Some(tonic::Code::PermissionDenied),
+        "{admin:?}"
+    );
+
+    // The leaderboard page is open; its data stream needs a rep key (as `?key=`).
+    let addr = server.addr;
+    let rep = keys.rep_a.clone();
+    let (page, no_key, with_key_status, wrong_role) = tokio::task::spawn_blocking(move || {
+        (
+            http_status(addr, "/leaderboard?tenant=applinks"),
+            http_status(addr, "/leaderboard/events?tenant=applinks"),
+            http_status(
+                addr,
+                &format!("/leaderboard/events?tenant=applinks&key={rep}"),
+            ),
+            http_status(addr, "/leaderboard/events?tenant=applinks&key=closer_pub_x"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (page, no_key, with_key_status, wrong_role),
+        (200, 401, 200, 401)
+    );
+
+    // Revoked: refused at once.
+    let store = closer_store::sqlite::SqliteStore::open(&db).unwrap();
+    store.revoke_key(&keys.rep_a_id).unwrap();
+    let e = leads.list(with_key(list(), &keys.rep_a)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // Only hashes are stored.
+    let mut bytes = vec![];
+    for f in std::fs::read_dir(data.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() {
+            bytes.extend(std::fs::read(p).unwrap());
+        }
+    }
+    for k in [&keys.pub_a, &keys.rep_a, &keys.admin_a, &keys.pub_b] {
+        let secret = k.rsplit('_').next().unwrap().as_bytes();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "a key is stored in clear"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_not_needed_on_loopback_by_default_but_are_when_asked() {
+    let cfg = ServeConfig::for_tests(PathBuf::from("/nonexistent"), ModelPaths::default_root());
+    assert!(!cfg.keys_required(), "auto on a loopback address");
+    let mut public = cfg.clone();
+    public.addr = "0.0.0.0:50051".parse().unwrap();
+    assert!(public.keys_required(), "auto on every interface");
+    public.auth = "off".into();
+    assert!(!public.keys_required());
+}

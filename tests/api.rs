@@ -200,6 +200,7 @@ fn shape(events: &[Event]) -> String {
 
 mod auth;
 mod browser;
+mod injection;
 mod knowledge;
 mod sales;
 

@@ -220,6 +220,10 @@ const LEADING: [&str; 8] = [
 
 fn trim_span(text: &str, mut s: usize, mut e: usize) -> Option<(usize, usize)> {
     let seg = &text[s..e];
+    if seg.trim().is_empty() {
+        // Blank between two boundaries (e.g. "?  \n"): trimming both ends would cross.
+        return None;
+    }
     let lead = seg.len() - seg.trim_start().len();
     s += lead;
     e -= seg.len() - seg.trim_end().len();
@@ -712,6 +716,29 @@ mod tests {
                 "who would be our rep?"
             ]
         );
+    }
+
+    #[test]
+    fn clauses_never_panic_and_stay_inside_the_text() {
+        // Every string of up to 4 pieces from an alphabet of boundaries, blanks, conjunctions
+        // and multi-byte characters (found by the injection corpora: "?  \n" crossed).
+        let pieces = [
+            "?", "!", ".", ";", "\n", " ", "  \n", "and ", "Also, ", "é", "中", "ok", "\u{200b}",
+        ];
+        let n = pieces.len();
+        for a in 0..n {
+            for b in 0..n {
+                for c in 0..n {
+                    for d in 0..n {
+                        let t = [pieces[a], pieces[b], pieces[c], pieces[d]].concat();
+                        for (s, e) in clauses(&t) {
+                            assert!(s < e && e <= t.len(), "{t:?}: {s}..{e}");
+                            assert!(t.is_char_boundary(s) && t.is_char_boundary(e), "{t:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

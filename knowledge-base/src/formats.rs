@@ -86,8 +86,13 @@ fn invalid(file: &str, line: usize, field: &str, message: impl Into<String>) -> 
     }
 }
 
-/// UTF-8 text of a file, within the size limit.
-pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
+/// UTF-8 text of a file, within the size limit, without invisible characters
+/// ([`crate::invisible`]).
+pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, str>> {
+    raw_text(file, bytes).map(crate::visible)
+}
+
+fn raw_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
     if bytes.len() > MAX_FILE_BYTES {
         return Err(invalid(
             file,
@@ -183,6 +188,7 @@ pub fn check_fact(file: &str, line: usize, f: &Fact, seen: &mut HashSet<String>)
 /// Parses facts in any of the fact formats; every fact is checked.
 pub fn parse_facts(file: &str, format: Format, bytes: &[u8]) -> Result<Vec<Fact>> {
     let text = text(file, bytes)?;
+    let text = &*text;
     let rows: Vec<(usize, Fact)> = match format {
         Format::Jsonl => {
             let mut v = vec![];
@@ -455,7 +461,7 @@ fn unique(
 pub fn parse_accounts(file: &str, bytes: &[u8]) -> Result<Vec<Account>> {
     let rows: Vec<(usize, Account)> = csv_rows(
         file,
-        text(file, bytes)?,
+        &text(file, bytes)?,
         &["domain", "name", "owner_rep_id"],
     )?;
     let mut seen = HashSet::new();
@@ -488,7 +494,7 @@ pub fn parse_accounts(file: &str, bytes: &[u8]) -> Result<Vec<Account>> {
 }
 
 pub fn parse_reps(file: &str, bytes: &[u8]) -> Result<Vec<Rep>> {
-    let rows: Vec<(usize, Rep)> = csv_rows(file, text(file, bytes)?, &["id", "name"])?;
+    let rows: Vec<(usize, Rep)> = csv_rows(file, &text(file, bytes)?, &["id", "name"])?;
     let mut seen = HashSet::new();
     let mut out = vec![];
     for (line, r) in rows {

@@ -6,6 +6,8 @@
 //! One index per tenant is the isolation boundary: a search can only ever see its own tenant.
 
 pub mod formats;
+pub mod invisible;
+pub use invisible::visible;
 pub mod load;
 pub mod time;
 mod vectors;

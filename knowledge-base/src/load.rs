@@ -33,12 +33,13 @@ pub struct LoadSummary {
 
 fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    String::from_utf8(bytes).map_err(|e| Error::Invalid {
+    let text = String::from_utf8(bytes).map_err(|e| Error::Invalid {
         file: path.display().to_string(),
         line: 0,
         field: "encoding".into(),
         message: format!("not valid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
-    })
+    })?;
+    Ok(crate::visible(&text).into_owned())
 }
 
 pub fn read_profile(path: &Path) -> Result<TenantProfile> {

@@ -549,7 +549,7 @@ impl pb::playbooks_server::Playbooks for PlaybooksService {
         }
         let tenant = engine.tenant(&req.tenant)?;
         let t2 = tenant.clone();
-        let p = blocking(move || t2.set_playbook(&req.yaml)).await?;
+        let p = blocking(move || t2.set_playbook(&closer_kb::visible(&req.yaml))).await?;
         Ok(Response::new(summary(&tenant.id, &p, false)))
     }
 

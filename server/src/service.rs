@@ -244,6 +244,8 @@ impl pb::assistant_server::Assistant for AssistantService {
                         break;
                     }
                 };
+                // Invisible characters (tags, bidi controls, zero-width) never reach a model.
+                let text = closer_kb::visible(&text).into_owned();
                 if let Err(e) = state.check_text("message.text", &text) {
                     let _ = tx.send(Err(e.into())).await;
                     break;
@@ -339,9 +341,9 @@ impl pb::assistant_server::Assistant for AssistantService {
         let engine = self.state.engine()?;
         let req = request.into_inner();
         check_tenant_field(&req.tenant)?;
-        self.state.check_text("text", &req.text)?;
+        let text = closer_kb::visible(&req.text).into_owned();
+        self.state.check_text("text", &text)?;
         let tenant = engine.tenant(&req.tenant)?;
-        let text = req.text;
         let (intents, slots) = blocking(move || {
             let model = tenant.intents();
             closer_models::IntentClassifier::classify(&model.classifier, &text).map(|v| {
@@ -619,9 +621,9 @@ impl pb::intents_server::Intents for IntentsService {
         let tenant = engine.tenant(&req.tenant)?;
         let parsed = match pb::IntentFormat::try_from(req.format) {
             Ok(pb::IntentFormat::Unspecified | pb::IntentFormat::Yaml) => {
-                IntentSet::from_yaml(&req.content)
+                IntentSet::from_yaml(&closer_kb::visible(&req.content))
             }
-            Ok(pb::IntentFormat::Jsonl) => IntentSet::from_jsonl(&req.content),
+            Ok(pb::IntentFormat::Jsonl) => IntentSet::from_jsonl(&closer_kb::visible(&req.content)),
             Err(_) => {
                 return Err(
                     Error::invalid("format", format!("unknown value {}", req.format)).into(),

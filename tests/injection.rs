@@ -285,25 +285,7 @@ async fn injection_corpora_leak_nothing_through_a_compromised_generator() {
     );
 
     // No visitor text set a score: no manual scores, only playbook rules among the reasons.
-    let mut all = vec![];
-    let mut token = String::new();
-    loop {
-        let page = leads
-            .list(pb::ListLeadsRequest {
-                tenant: "applinks".into(),
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.leads);
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+    let all = crate::sales::all_leads(&ts, "applinks").await;
     assert_eq!(all.len(), answered, "one lead per answered attack");
     let rules: HashSet<String> = all
         .iter()

@@ -84,6 +84,29 @@ async fn conversation(
     out
 }
 
+/// Every lead of a tenant, page by page.
+pub(crate) async fn all_leads(ts: &TestServer, tenant: &str) -> Vec<pb::Lead> {
+    let mut l = leads(ts).await;
+    let (mut all, mut token) = (vec![], String::new());
+    loop {
+        let page = l
+            .list(pb::ListLeadsRequest {
+                tenant: tenant.into(),
+                page_size: 500,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.leads);
+        token = page.next_page_token;
+        if token.is_empty() {
+            return all;
+        }
+    }
+}
+
 /// Every stored event of the tenant from the start, read until `n` arrived.
 async fn first_events(ts: &TestServer, n: usize, req: pb::SubscribeRequest) -> Vec<pb::SalesEvent> {
     let mut s = events(ts).await.subscribe(req).await.unwrap().into_inner();
@@ -1050,33 +1073,11 @@ async fn a_kill_during_a_burst_loses_no_acknowledged_lead_or_event() {
 
     // Restart on the same folder: every acknowledged lead and its score event are there.
     let ts = spawn_in(fake_models(Arc::new(ScriptedGenerator::echo_facts())), data).await;
-    let mut l = leads(&ts).await;
-    let all = l
-        .list(pb::ListLeadsRequest {
-            tenant: "applinks".into(),
-            page_size: 500,
-            ..Default::default()
-        })
+    let ids: std::collections::HashSet<String> = all_leads(&ts, "applinks")
         .await
-        .unwrap()
-        .into_inner();
-    let mut ids: std::collections::HashSet<String> =
-        all.leads.into_iter().map(|x| x.conversation_id).collect();
-    let mut token = all.next_page_token;
-    while !token.is_empty() {
-        let page = l
-            .list(pb::ListLeadsRequest {
-                tenant: "applinks".into(),
-                page_size: 500,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.extend(page.leads.into_iter().map(|x| x.conversation_id));
-        token = page.next_page_token;
-    }
+        .into_iter()
+        .map(|x| x.conversation_id)
+        .collect();
     for n in &acked {
         assert!(ids.contains(&format!("burst-{n}")), "lead burst-{n} lost");
     }

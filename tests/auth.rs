@@ -252,3 +252,63 @@ async fn keys_are_not_needed_on_loopback_by_default_but_are_when_asked() {
     public.auth = "off".into();
     assert!(!public.keys_required());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_speaks_tls_when_given_a_certificate() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let pem_dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        pem_dir.path().join("cert.pem"),
+        pem_dir.path().join("key.pem"),
+    );
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+
+    let data = demo_data();
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.tls_cert = Some(cert.clone());
+    assert!(cfg
+        .tls_identity()
+        .unwrap_err()
+        .to_string()
+        .contains("--tls-key"));
+    cfg.tls_key = Some(cert.clone());
+    assert!(cfg
+        .tls_identity()
+        .unwrap_err()
+        .to_string()
+        .contains("PRIVATE KEY"));
+    cfg.tls_key = Some(key);
+    let mut server = start(
+        cfg,
+        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
+    )
+    .await
+    .unwrap();
+    server.wait_ready().await.unwrap();
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            certified.cert.pem(),
+        ))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::assistant_client::AssistantClient::new(channel)
+        .classify(classify("applinks"))
+        .await
+        .unwrap();
+    // Plain text to the TLS port gets nowhere.
+    let plain =
+        pb::assistant_client::AssistantClient::connect(format!("http://{}", server.addr)).await;
+    let failed = match plain {
+        Err(_) => true,
+        Ok(mut c) => c.classify(classify("applinks")).await.is_err(),
+    };
+    assert!(failed, "a plain-text call to a TLS server must fail");
+}

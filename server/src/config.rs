@@ -50,6 +50,14 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_AUTH", default_value = "auto", value_parser = ["auto", "keys", "off"])]
     pub auth: String,
 
+    /// TLS certificate chain (PEM) to serve gRPC and the web page over TLS; needs `--tls-key`.
+    #[arg(long, env = "CLOSER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CLOSER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "CLOSER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -75,12 +83,38 @@ impl ServeConfig {
             stream_buffer: 64,
             ambiguity_margin: 0.15,
             auth: "auto".into(),
+            tls_cert: None,
+            tls_key: None,
             log_format: "text".into(),
         }
     }
 }
 
 impl ServeConfig {
+    /// The TLS identity (certificate chain and key, PEM) when TLS is configured.
+    pub fn tls_identity(&self) -> anyhow::Result<Option<tonic::transport::Identity>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+            (Some(c), Some(k)) => {
+                let read = |flag: &str, p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+                };
+                let (cert, key) = (read("--tls-cert", c)?, read("--tls-key", k)?);
+                for (flag, pem, want) in [
+                    ("--tls-cert", &cert, "CERTIFICATE"),
+                    ("--tls-key", &key, "PRIVATE KEY"),
+                ] {
+                    if !String::from_utf8_lossy(pem).contains(want) {
+                        anyhow::bail!("{flag}: no PEM {want} block");
+                    }
+                }
+                Ok(Some(tonic::transport::Identity::from_pem(cert, key)))
+            }
+        }
+    }
+
     /// Whether calls need an API key.
     pub fn keys_required(&self) -> bool {
         match self.auth.as_str() {

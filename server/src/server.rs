@@ -115,7 +115,14 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .build_v1alpha()?;
     // HTTP/1.1 too: browsers load the leaderboard page from the same port.
     let keys_required = config.keys_required();
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let tls = config.tls_identity()?;
+    let tls_on = tls.is_some();
+    if let Some(identity) = tls {
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    let router = builder
         .accept_http1(true)
         .layer(crate::auth::AuthLayer {
             state: state.clone(),
@@ -167,7 +174,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
     }));
-    tracing::info!(%addr, api_keys = if keys_required { "required" } else { "off" }, "listening (NOT_SERVING until models and tenants are loaded)");
+    tracing::info!(%addr, api_keys = if keys_required { "required" } else { "off" }, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
 
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
     let loader_state = state.clone();

@@ -1,4 +1,4 @@
-//! API keys: roles, tenants, revocation, the web stream's key, and keys stored only hashed.
+//! API keys (roles, tenants, revocation, the web stream's key, keys stored only hashed), TLS, and per-tenant reply quotas.
 
 use std::io::{Read, Write};
 
@@ -311,4 +311,70 @@ async fn the_server_speaks_tls_when_given_a_certificate() {
         Ok(mut c) => c.classify(classify("applinks")).await.is_err(),
     };
     assert!(failed, "a plain-text call to a TLS server must fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_hits_its_quota_while_another_is_served() {
+    let data = demo_data();
+    closer_kb::load::load_dir(&example_dir(), data.path(), Some("other")).unwrap();
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.max_pending_replies = 8;
+    cfg.tenant_max_pending_replies = 4;
+    // A generator that takes its time (30 ms a word), so permits are held while others arrive.
+    let mut slow = ScriptedGenerator::echo_facts();
+    slow.delay = Duration::from_millis(30);
+    let mut server = start(cfg, ModelSource::Ready(fake_models(Arc::new(slow))))
+        .await
+        .unwrap();
+    server.wait_ready().await.unwrap();
+    let url = format!("http://{}", server.addr);
+    let ask = |tenant: &'static str, n: usize| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut client = pb::assistant_client::AssistantClient::connect(url)
+                .await
+                .unwrap();
+            let (tx, rx) = mpsc::channel(2);
+            tx.send(start_with_id(tenant, None, &format!("{tenant}-{n}")))
+                .await
+                .unwrap();
+            tx.send(message("How much does each seat cost?"))
+                .await
+                .unwrap();
+            let mut s = client
+                .converse(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(r) = s.message().await.unwrap() {
+                match r.event.unwrap() {
+                    Event::Final(_) => return Ok(()),
+                    Event::Error(e) => return Err(e.code),
+                    _ => {}
+                }
+            }
+            Err("no final".to_string())
+        })
+    };
+    // The flood: twice its quota at once. Then the other tenant asks while it runs.
+    let flood: Vec<_> = (0..8).map(|n| ask("applinks", n)).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calm: Vec<_> = (0..2).map(|n| ask("other", n)).collect();
+    let (mut served, mut refused) = (0, 0);
+    for f in flood {
+        match f.await.unwrap() {
+            Ok(()) => served += 1,
+            Err(code) => {
+                assert_eq!(code, "RESOURCE_EXHAUSTED");
+                refused += 1;
+            }
+        }
+    }
+    for c in calm {
+        assert_eq!(c.await.unwrap(), Ok(()), "the calm tenant is served");
+    }
+    assert!(
+        served <= 5 && refused >= 3,
+        "served {served}, refused {refused}"
+    );
 }

@@ -36,6 +36,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_MAX_PENDING_REPLIES", default_value_t = 64)]
     pub max_pending_replies: usize,
 
+    /// Replies one tenant may have in progress or queued at once, so one team's flood cannot take
+    /// every permit of `--max-pending-replies` from the others.
+    #[arg(long, env = "CLOSER_TENANT_MAX_PENDING_REPLIES", default_value_t = 32)]
+    pub tenant_max_pending_replies: usize,
+
     /// Events buffered per stream before the server waits for a slow client.
     #[arg(long, env = "CLOSER_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
@@ -80,6 +85,7 @@ impl ServeConfig {
             max_turns: 200,
             max_new_tokens: 160,
             max_pending_replies: 64,
+            tenant_max_pending_replies: 32,
             stream_buffer: 64,
             ambiguity_margin: 0.15,
             auth: "auto".into(),

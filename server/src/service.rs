@@ -19,6 +19,8 @@ pub struct AppState {
     pub config: ServeConfig,
     pub engine: OnceLock<Arc<Engine>>,
     pending_replies: Arc<Semaphore>,
+    /// Per tenant: at most `tenant_max_pending_replies` of the permits above.
+    tenant_replies: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
 }
 
 impl AppState {
@@ -28,7 +30,44 @@ impl AppState {
             config,
             engine: OnceLock::new(),
             pending_replies: pending,
+            tenant_replies: Default::default(),
         })
+    }
+
+    /// A reply permit for `tenant`: its own quota first, then the server's; `Err` says which is
+    /// exhausted.
+    fn admit(
+        &self,
+        tenant: &str,
+    ) -> std::result::Result<
+        (
+            tokio::sync::OwnedSemaphorePermit,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        &'static str,
+    > {
+        let quota = {
+            let mut m = self
+                .tenant_replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            m.entry(tenant.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        self.config.tenant_max_pending_replies.max(1),
+                    ))
+                })
+                .clone()
+        };
+        let own = quota
+            .try_acquire_owned()
+            .map_err(|_| "this team has too many replies in progress; retry in a few seconds")?;
+        let global = self
+            .pending_replies
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "too many replies in progress; retry in a few seconds")?;
+        Ok((own, global))
     }
 
     pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
@@ -260,13 +299,13 @@ impl pb::assistant_server::Assistant for AssistantService {
                     break;
                 }
                 // Admission: fail fast rather than queue without bound behind the generator.
-                let permit = match state.pending_replies.clone().try_acquire_owned() {
+                let permit = match state.admit(&tenant.id) {
                     Ok(p) => p,
-                    Err(_) => {
+                    Err(why) => {
                         let ev = pb::converse_response::Event::Error(pb::ConverseError {
                             turn,
                             code: "RESOURCE_EXHAUSTED".into(),
-                            message: "too many replies in progress; retry in a few seconds".into(),
+                            message: why.into(),
                         });
                         if tx
                             .send(Ok(pb::ConverseResponse { event: Some(ev) }))

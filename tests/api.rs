@@ -67,11 +67,17 @@ async fn spawn(models: Models) -> TestServer {
     spawn_in(models, demo_data()).await
 }
 
+/// A server started with `cfg` and `models`, once it serves.
+async fn serve_ready(cfg: ServeConfig, models: Models) -> RunningServer {
+    let mut server = start(cfg, ModelSource::Ready(models)).await.unwrap();
+    server.wait_ready().await.unwrap();
+    server
+}
+
 /// A server over an existing data dir (to restart on the same data).
 async fn spawn_in(models: Models, data: tempfile::TempDir) -> TestServer {
     let cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
-    let mut server = start(cfg, ModelSource::Ready(models)).await.unwrap();
-    server.wait_ready().await.unwrap();
+    let server = serve_ready(cfg, models).await;
     let url = format!("http://{}", server.addr);
     TestServer {
         _server: server,

@@ -79,13 +79,7 @@ async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
     let db = data.path().join(closer_server::state::STORE_FILE);
     let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
     cfg.auth = "keys".into();
-    let mut server = start(
-        cfg,
-        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
-    )
-    .await
-    .unwrap();
-    server.wait_ready().await.unwrap();
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     let url = format!("http://{}", server.addr);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -279,13 +273,7 @@ async fn the_server_speaks_tls_when_given_a_certificate() {
         .to_string()
         .contains("PRIVATE KEY"));
     cfg.tls_key = Some(key);
-    let mut server = start(
-        cfg,
-        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
-    )
-    .await
-    .unwrap();
-    server.wait_ready().await.unwrap();
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
 
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
@@ -323,10 +311,7 @@ async fn a_flooding_tenant_hits_its_quota_while_another_is_served() {
     // A generator that takes its time (30 ms a word), so permits are held while others arrive.
     let mut slow = ScriptedGenerator::echo_facts();
     slow.delay = Duration::from_millis(30);
-    let mut server = start(cfg, ModelSource::Ready(fake_models(Arc::new(slow))))
-        .await
-        .unwrap();
-    server.wait_ready().await.unwrap();
+    let server = serve_ready(cfg, fake_models(Arc::new(slow))).await;
     let url = format!("http://{}", server.addr);
     let ask = |tenant: &'static str, n: usize| {
         let url = url.clone();

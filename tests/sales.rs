@@ -982,13 +982,7 @@ async fn child_serve_until_killed() {
         return;
     };
     let cfg = ServeConfig::for_tests(PathBuf::from(dir), ModelPaths::default_root());
-    let mut server = start(
-        cfg,
-        ModelSource::Ready(fake_models(Arc::new(ScriptedGenerator::echo_facts()))),
-    )
-    .await
-    .unwrap();
-    server.wait_ready().await.unwrap();
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     println!("serving {}", server.addr);
     tokio::time::sleep(Duration::from_secs(600)).await;
 }

@@ -10,6 +10,7 @@ pub mod coverage;
 pub mod error;
 pub mod guard;
 pub mod kbbench;
+pub mod load;
 pub mod meetings;
 pub mod playbook;
 pub mod reports;

@@ -34,6 +34,8 @@ enum Command {
     },
     /// Start a server and measure start-up, Classify, Converse and memory.
     Bench(closer_server::bench::BenchArgs),
+    /// Drive a running server on this machine with concurrent visitors; latencies and errors.
+    Load(closer_server::load::LoadArgs),
     /// API keys per tenant (`publishable`, `rep`, `admin`); stored hashed in the data folder.
     Keys {
         #[command(subcommand)]
@@ -136,6 +138,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         Command::Chat(args) => rt.block_on(closer_server::chat::run(args)),
         Command::Bench(args) => rt.block_on(closer_server::bench::run(args)),
+        Command::Load(args) => rt.block_on(closer_server::load::run(args)),
         Command::Models {
             command:
                 ModelsCommand::Pull {

@@ -1,0 +1,326 @@
+//! `closer load`: drives a running server with N concurrent visitors for a bounded time and
+//! reports latencies, throughput and errors by code (table and JSON). Loopback only: it refuses
+//! any other address, so it cannot be pointed at someone else's service.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use closer_proto::v1 as pb;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::bench::{percentiles, Percentiles};
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Server to drive (loopback only).
+    #[arg(long, env = "CLOSER_URL", default_value = "http://127.0.0.1:50051")]
+    pub url: String,
+    #[arg(long, default_value = "applinks")]
+    pub tenant: String,
+    /// The visitors' company domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Concurrent conversations.
+    #[arg(long, default_value_t = 48)]
+    pub concurrency: usize,
+    /// How long to drive, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Turns per conversation before a visitor starts a new one.
+    #[arg(long, default_value_t = 3)]
+    pub turns: usize,
+    /// What the visitors say (repeat for several; used in turn).
+    #[arg(long = "message", short = 'm', default_values_t = ["How much does each seat cost?".to_string()])]
+    pub messages: Vec<String>,
+    /// A publishable key when the server requires keys.
+    #[arg(long, env = "CLOSER_API_KEY")]
+    pub api_key: Option<String>,
+    /// The server's process id, to sample its memory each second.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Also write the figures here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub turns_ok: usize,
+    pub turns_per_s: f64,
+    /// Errors by code (stream statuses and error events).
+    pub errors: BTreeMap<String, usize>,
+    pub first_delta: Percentiles,
+    pub complete: Percentiles,
+    /// Time until a refusal (RESOURCE_EXHAUSTED) arrived.
+    pub refusal: Percentiles,
+    /// Server RSS each minute (MiB), when `--pid` was given.
+    pub rss_mib_by_minute: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    errors: BTreeMap<String, usize>,
+    first: Vec<f64>,
+    complete: Vec<f64>,
+    refusal: Vec<f64>,
+}
+
+fn loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| anyhow::anyhow!("--url: must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        ok,
+        "--url: the load tool only drives a server on this machine (loopback), not {host}"
+    );
+    Ok(())
+}
+
+async fn visitor(
+    args: Arc<LoadArgs>,
+    client: pb::assistant_client::AssistantClient<tonic::transport::Channel>,
+    id: usize,
+    until: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    let mut n = 0usize;
+    let mut client = client;
+    while Instant::now() < until {
+        n += 1;
+        let (tx, rx) = mpsc::channel(4);
+        let start = pb::ConverseRequest {
+            event: Some(pb::converse_request::Event::Start(pb::Start {
+                tenant: args.tenant.clone(),
+                conversation_id: format!("load-{}-{id}-{n}", std::process::id()),
+                visitor: Some(pb::VisitorContext {
+                    company_domain: args.domain.clone(),
+                    ..Default::default()
+                }),
+            })),
+        };
+        if tx.send(start).await.is_err() {
+            break;
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(k) = &args.api_key {
+            if let Ok(v) = format!("Bearer {k}").parse() {
+                request.metadata_mut().insert("authorization", v);
+            }
+        }
+        let mut stream = match client.converse(request).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                *t.errors.entry(format!("{:?}", e.code())).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        'turns: for k in 0..args.turns {
+            if Instant::now() >= until {
+                break;
+            }
+            let text = &args.messages[(id + k) % args.messages.len()];
+            let sent = Instant::now();
+            let msg = pb::ConverseRequest {
+                event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
+                    text: text.clone(),
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+            let mut first = None;
+            loop {
+                match stream.message().await {
+                    Ok(Some(r)) => match r.event {
+                        Some(pb::converse_response::Event::Delta(_)) if first.is_none() => {
+                            first = Some(sent.elapsed().as_secs_f64() * 1e3);
+                        }
+                        Some(pb::converse_response::Event::Final(_)) => {
+                            t.ok += 1;
+                            let done = sent.elapsed().as_secs_f64() * 1e3;
+                            t.first.push(first.unwrap_or(done));
+                            t.complete.push(done);
+                            break;
+                        }
+                        Some(pb::converse_response::Event::Error(e)) => {
+                            if e.code == "RESOURCE_EXHAUSTED" {
+                                t.refusal.push(sent.elapsed().as_secs_f64() * 1e3);
+                            }
+                            *t.errors.entry(e.code).or_default() += 1;
+                            // Back off a little, as a client told to retry would.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            break;
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => break 'turns,
+                    Err(e) => {
+                        *t.errors.entry(format!("{:?}", e.code())).or_default() += 1;
+                        break 'turns;
+                    }
+                }
+            }
+        }
+    }
+    t
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    loopback(&args.url)?;
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency: at least 1");
+    anyhow::ensure!(!args.messages.is_empty(), "--message: at least one");
+    let channel = tonic::transport::Endpoint::from_shared(args.url.clone())?
+        .connect()
+        .await?;
+    let args = Arc::new(args);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut rss = vec![];
+    let sampler = args.pid.map(|pid| {
+        tokio::spawn(async move {
+            let mut by_minute = vec![];
+            let mut last = 0.0;
+            let mut elapsed = 0u64;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                elapsed += 1;
+                if let Some(kib) = crate::bench::proc_status_kib(pid, "VmRSS:") {
+                    last = kib / 1024.0;
+                }
+                if elapsed % 60 == 0 {
+                    by_minute.push(last);
+                }
+            }
+            by_minute.push(last);
+            by_minute
+        })
+    });
+    eprintln!(
+        "driving {} with {} visitors for {} s…",
+        args.url, args.concurrency, args.seconds
+    );
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|i| {
+            tokio::spawn(visitor(
+                args.clone(),
+                pb::assistant_client::AssistantClient::new(channel.clone()),
+                i,
+                until,
+            ))
+        })
+        .collect();
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w.await?;
+        all.ok += t.ok;
+        for (k, v) in t.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        all.first.extend(t.first);
+        all.complete.extend(t.complete);
+        all.refusal.extend(t.refusal);
+    }
+    if let Some(s) = sampler {
+        rss = s.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let report = LoadReport {
+        concurrency: args.concurrency,
+        seconds: secs,
+        turns_ok: all.ok,
+        turns_per_s: all.ok as f64 / secs,
+        errors: all.errors,
+        first_delta: percentiles(all.first),
+        complete: percentiles(all.complete),
+        refusal: percentiles(all.refusal),
+        rss_mib_by_minute: rss,
+    };
+    let p = |x: &Percentiles| {
+        format!(
+            "{:.0} / {:.0} / {:.0} ms (n={})",
+            x.p50_ms, x.p90_ms, x.p99_ms, x.n
+        )
+    };
+    println!("| measure | value |\n|---|---|");
+    println!(
+        "| visitors × seconds | {} × {:.0} |",
+        report.concurrency, report.seconds
+    );
+    println!(
+        "| turns answered | {} ({:.2}/s) |",
+        report.turns_ok, report.turns_per_s
+    );
+    println!(
+        "| first delta p50 / p90 / p99 | {} |",
+        p(&report.first_delta)
+    );
+    println!(
+        "| complete reply p50 / p90 / p99 | {} |",
+        p(&report.complete)
+    );
+    println!("| refusals p50 / p90 / p99 | {} |", p(&report.refusal));
+    let errs: Vec<String> = report
+        .errors
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    println!(
+        "| errors | {} |",
+        if errs.is_empty() {
+            "0".to_string()
+        } else {
+            errs.join(", ")
+        }
+    );
+    if !report.rss_mib_by_minute.is_empty() {
+        let r: Vec<String> = report
+            .rss_mib_by_minute
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect();
+        println!("| server RSS by minute (MiB) | {} |", r.join(" → "));
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_is_driven() {
+        for ok in [
+            "http://127.0.0.1:50051",
+            "http://localhost:1",
+            "https://[::1]:443/x",
+        ] {
+            assert!(loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1:50051",
+            "http://example.com",
+            "127.0.0.1:50051",
+        ] {
+            assert!(loopback(bad).is_err(), "{bad}");
+        }
+    }
+}

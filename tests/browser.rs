@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::sales::{leads, upload_playbook};
+use crate::sales::{leads, sales_form, upload_playbook};
 
 fn chromium() -> String {
     if let Ok(p) = std::env::var("CLOSER_CHROMIUM") {
@@ -151,15 +151,7 @@ impl Drop for Browser {
 async fn form(ts: &TestServer, key: &str, email: &str) {
     let r = leads(ts)
         .await
-        .qualify_form(pb::QualifyFormRequest {
-            tenant: "applinks".into(),
-            idempotency_key: key.into(),
-            fields: [
-                ("email".to_string(), email.to_string()),
-                ("message".to_string(), "Connect me with sales".to_string()),
-            ]
-            .into(),
-        })
+        .qualify_form(sales_form(key, email))
         .await
         .unwrap()
         .into_inner();

@@ -84,6 +84,19 @@ async fn conversation(
     out
 }
 
+/// A demo-tenant web form from `email` asking to talk to sales.
+pub(crate) fn sales_form(key: &str, email: &str) -> pb::QualifyFormRequest {
+    pb::QualifyFormRequest {
+        tenant: "applinks".into(),
+        idempotency_key: key.into(),
+        fields: [
+            ("email".to_string(), email.to_string()),
+            ("message".to_string(), "Connect me with sales".to_string()),
+        ]
+        .into(),
+    }
+}
+
 /// Every lead of a tenant, page by page.
 pub(crate) async fn all_leads(ts: &TestServer, tenant: &str) -> Vec<pb::Lead> {
     let mut l = leads(ts).await;
@@ -835,17 +848,12 @@ async fn reports_count_by_score_day_and_rep_and_the_leaderboard_streams_changes(
     upload_playbook(&ts, &always_open_playbook()).await.unwrap();
     let mut l = leads(&ts).await;
     let mut r = reports(&ts).await;
-    let form = |key: &str, email: &str| pb::QualifyFormRequest {
-        tenant: "applinks".into(),
-        idempotency_key: key.into(),
-        fields: [
-            ("email".to_string(), email.to_string()),
-            ("message".to_string(), "Connect me with sales".to_string()),
-        ]
-        .into(),
-    };
-    l.qualify_form(form("r-1", "kim@acme.com")).await.unwrap();
-    l.qualify_form(form("r-2", "pat@gmail.com")).await.unwrap();
+    l.qualify_form(sales_form("r-1", "kim@acme.com"))
+        .await
+        .unwrap();
+    l.qualify_form(sales_form("r-2", "pat@gmail.com"))
+        .await
+        .unwrap();
 
     let mut board = r
         .leaderboard(pb::LeaderboardRequest {

@@ -142,6 +142,17 @@ pub fn check_tenant(tenant: &str) -> Result<()> {
     }
 }
 
+/// For clients: sends `key` (when there is one) as `authorization: Bearer <key>`.
+pub fn authorize<T>(req: &mut tonic::Request<T>, key: Option<&str>) -> anyhow::Result<()> {
+    if let Some(k) = key {
+        let v = format!("Bearer {k}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--api-key: not a valid header value"))?;
+        req.metadata_mut().insert("authorization", v);
+    }
+    Ok(())
+}
+
 fn presented_key<B>(req: &http::Request<B>) -> Option<String> {
     let h = req.headers();
     if let Some(v) = h

@@ -47,14 +47,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     })
     .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(k) = &args.api_key {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {k}")
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--api-key: not a valid header value"))?,
-        );
-    }
+    crate::auth::authorize(&mut request, args.api_key.as_deref())?;
     let mut inbound = client.converse(request).await?.into_inner();
     let interactive = args.messages.is_empty();
     let mut scripted = args.messages.clone().into_iter();

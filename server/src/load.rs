@@ -117,11 +117,8 @@ async fn visitor(
             break;
         }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(k) = &args.api_key {
-            if let Ok(v) = format!("Bearer {k}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
-        }
+        crate::auth::authorize(&mut request, args.api_key.as_deref())
+            .expect("checked before the run");
         let mut stream = match client.converse(request).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
@@ -185,6 +182,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     loopback(&args.url)?;
     anyhow::ensure!(args.concurrency >= 1, "--concurrency: at least 1");
     anyhow::ensure!(!args.messages.is_empty(), "--message: at least one");
+    // A key that cannot be a header fails here, not in every visitor.
+    crate::auth::authorize(&mut tonic::Request::new(()), args.api_key.as_deref())?;
     let channel = tonic::transport::Endpoint::from_shared(args.url.clone())?
         .connect()
         .await?;

@@ -206,6 +206,7 @@ fn shape(events: &[Event]) -> String {
 
 mod auth;
 mod browser;
+mod faults;
 mod injection;
 mod knowledge;
 mod sales;

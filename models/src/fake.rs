@@ -75,6 +75,8 @@ pub struct ScriptedGenerator {
     script: Script,
     /// Sleep between words, to imitate a real model's pace in tests of streaming and cancellation.
     pub delay: std::time::Duration,
+    /// Sleep before the first word, to imitate reading the prompt (prefill).
+    pub prefill: std::time::Duration,
 }
 
 impl ScriptedGenerator {
@@ -82,6 +84,7 @@ impl ScriptedGenerator {
         Self {
             script,
             delay: std::time::Duration::ZERO,
+            prefill: std::time::Duration::ZERO,
         }
     }
 
@@ -117,6 +120,9 @@ impl AnswerGenerator for ScriptedGenerator {
             ..Default::default()
         };
         let mut first = true;
+        if !self.prefill.is_zero() {
+            std::thread::sleep(self.prefill);
+        }
         for piece in text.split_inclusive(' ') {
             if !self.delay.is_zero() {
                 std::thread::sleep(self.delay);

@@ -21,9 +21,10 @@ use closer_models::{GenerationRequest, IntentPrediction};
 use closer_proto::v1 as pb;
 
 use crate::coverage::uncovered_terms;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
 use crate::sales::Conversation;
+use crate::sched::Stop;
 use crate::state::{Engine, Tenant};
 
 /// Said when part of a question is not covered by any fact.
@@ -237,12 +238,22 @@ fn is_stated(fact: &Cited, reply_claims: &[Claim]) -> bool {
     others == 0 || others_found * 2 >= others
 }
 
+/// What a turn asks of the service around it: a generator slot, and whether to stop.
+pub struct TurnControl<'a> {
+    pub gate: &'a crate::sched::FairGate,
+    /// Asked before generating, while queued for the generator, and after every token.
+    pub stop: &'a dyn Fn() -> Option<Stop>,
+}
+
 /// Runs one turn and emits its events in protocol order. `emit` returning `Break` means the
-/// client is gone: stop, including generation.
+/// client is gone: stop, including generation. When `ctl.stop` says so, the turn stops within
+/// one token and returns `Error::Stopped`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_turn(
     engine: &Engine,
     tenant: &Tenant,
     cfg: &AnswerConfig,
+    ctl: &TurnControl<'_>,
     visitor: &Visitor,
     conv: &mut Conversation,
     turn: u32,
@@ -534,7 +545,16 @@ pub fn run_turn(
                     _ => ControlFlow::Continue(()),
                 }
             };
+            let _slot = ctl
+                .gate
+                .acquire(&tenant.id, ctl.stop)
+                .map_err(Error::Stopped)?;
+            let mut stopped = None;
             let result = engine.models.generator.generate(&request, &mut |piece| {
+                if let Some(why) = (ctl.stop)() {
+                    stopped = Some(why);
+                    return ControlFlow::Break(());
+                }
                 for s in splitter.push(piece) {
                     if handle(s, &mut released, &mut guard_replaced).is_break() {
                         gone = true;
@@ -543,6 +563,10 @@ pub fn run_turn(
                 }
                 ControlFlow::Continue(())
             })?;
+            drop(_slot);
+            if let Some(why) = stopped {
+                return Err(Error::Stopped(why));
+            }
             if gone {
                 return Ok(());
             }

@@ -260,19 +260,24 @@ where
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !self.required {
-            return Box::pin(inner.call(req));
-        }
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        match decide(&self.state, &req) {
-            Ok(None) => Box::pin(inner.call(req)),
+        let path = req.uri().path();
+        let decision = if self.state.is_draining() && !path.starts_with("/grpc.health.v1.Health/") {
+            Err(Status::from(Error::Draining))
+        } else if !self.required {
+            Ok(None)
+        } else {
+            decide(&self.state, &req)
+        };
+        match decision {
+            Ok(None) => Box::pin(oversize_status(inner.call(req))),
             Ok(Some(caller)) => {
                 tracing::debug!(key = %caller.key_id, tenant = %caller.tenant, role = caller.role.name(), "authorised");
-                Box::pin(CALLER.scope(caller, inner.call(req)))
+                Box::pin(oversize_status(CALLER.scope(caller, inner.call(req))))
             }
             Err(status) => {
                 tracing::info!(path = %req.uri().path(), code = ?status.code(), "refused");
@@ -292,6 +297,31 @@ where
             }
         }
     }
+}
+
+/// tonic answers a unary request over `--max-request-bytes` with OUT_OF_RANGE before any service
+/// code runs; the contract is RESOURCE_EXHAUSTED, so the status header is rewritten here.
+async fn oversize_status<F, E>(call: F) -> std::result::Result<http::Response<tonic::body::Body>, E>
+where
+    F: Future<Output = std::result::Result<http::Response<tonic::body::Body>, E>>,
+{
+    let mut resp = call.await?;
+    let h = resp.headers();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if too_large {
+        let h = resp.headers_mut();
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "request%20message%20too%20large%20(--max-request-bytes)",
+            ),
+        );
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -41,6 +41,28 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_TENANT_MAX_PENDING_REPLIES", default_value_t = 32)]
     pub tenant_max_pending_replies: usize,
 
+    /// Replies generated at once. The real generator keeps its KV cache in the weights, so 1;
+    /// replies beyond it queue, served round-robin by tenant.
+    #[arg(long, env = "CLOSER_GENERATOR_SLOTS", default_value_t = 1)]
+    pub generator_slots: usize,
+
+    /// `real` (the pinned Qwen model) or `fake`: a stand-in that restates the cited facts at
+    /// `--fake-token-ms` per word after `--fake-prefill-ms`, for load tests of everything else.
+    #[arg(long, env = "CLOSER_GENERATOR", default_value = "real", value_parser = ["real", "fake"])]
+    pub generator: String,
+
+    /// The fake generator's time per word, in milliseconds.
+    #[arg(long, env = "CLOSER_FAKE_TOKEN_MS", default_value_t = 25)]
+    pub fake_token_ms: u64,
+
+    /// The fake generator's time before its first word, in milliseconds.
+    #[arg(long, env = "CLOSER_FAKE_PREFILL_MS", default_value_t = 300)]
+    pub fake_prefill_ms: u64,
+
+    /// Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CLOSER_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    pub max_request_bytes: usize,
+
     /// Events buffered per stream before the server waits for a slow client.
     #[arg(long, env = "CLOSER_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
@@ -86,6 +108,11 @@ impl ServeConfig {
             max_new_tokens: 160,
             max_pending_replies: 64,
             tenant_max_pending_replies: 32,
+            generator_slots: 1,
+            generator: "real".into(),
+            fake_token_ms: 25,
+            fake_prefill_ms: 300,
+            max_request_bytes: 4 << 20,
             stream_buffer: 64,
             ambiguity_margin: 0.15,
             auth: "auto".into(),

@@ -28,6 +28,12 @@ pub enum Error {
     PermissionDenied(String),
     #[error("internal: {0}")]
     Internal(String),
+    /// The turn stopped early: its client left or its deadline passed.
+    #[error("{}", match .0 { crate::sched::Stop::Gone => "the client went away", crate::sched::Stop::Deadline => "the client's deadline passed before the reply was complete" })]
+    Stopped(crate::sched::Stop),
+    /// The server is shutting down.
+    #[error("the server is shutting down; retry on another replica")]
+    Draining,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -61,6 +67,9 @@ impl Error {
             Error::Store(_) => "storage",
             Error::PermissionDenied(_) => "permission_denied",
             Error::Internal(_) => "internal",
+            Error::Stopped(crate::sched::Stop::Gone) => "cancelled",
+            Error::Stopped(crate::sched::Stop::Deadline) => "deadline_exceeded",
+            Error::Draining => "draining",
         }
     }
 
@@ -78,7 +87,9 @@ impl Error {
             Error::Store(closer_store::Error::NotFound(_)) | Error::NotFound(_) => Code::NotFound,
             Error::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,
             Error::Overloaded(_) => Code::ResourceExhausted,
-            Error::NotReady => Code::Unavailable,
+            Error::NotReady | Error::Draining => Code::Unavailable,
+            Error::Stopped(crate::sched::Stop::Gone) => Code::Cancelled,
+            Error::Stopped(crate::sched::Stop::Deadline) => Code::DeadlineExceeded,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Model(_) | Error::Kb(_) | Error::Store(_) | Error::Internal(_) => Code::Internal,
         }

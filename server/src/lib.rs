@@ -16,6 +16,7 @@ pub mod playbook;
 pub mod reports;
 pub mod sales;
 pub mod sales_service;
+pub mod sched;
 pub mod server;
 pub mod service;
 pub mod slots;

@@ -36,9 +36,22 @@ pub struct LoadArgs {
     /// What the visitors say (repeat for several; used in turn).
     #[arg(long = "message", short = 'm', default_values_t = ["How much does each seat cost?".to_string()])]
     pub messages: Vec<String>,
+    /// Stop after this many conversations in all (0: only `--seconds` bounds the run).
+    #[arg(long, default_value_t = 0)]
+    pub conversations: usize,
+    /// Fraction of conversations the visitor drops mid-answer (right after the first delta), to
+    /// check that the server stops generating for nobody.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_fraction: f64,
+    /// A deadline for each conversation (`grpc-timeout`), in milliseconds.
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
     /// A publishable key when the server requires keys.
     #[arg(long, env = "CLOSER_API_KEY")]
     pub api_key: Option<String>,
+    /// An admin key to read the server's `/metrics` when it requires keys.
+    #[arg(long, env = "CLOSER_ADMIN_KEY")]
+    pub admin_key: Option<String>,
     /// The server's process id, to sample its memory each second.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -61,10 +74,17 @@ pub struct LoadReport {
     pub refusal: Percentiles,
     /// Server RSS each minute (MiB), when `--pid` was given.
     pub rss_mib_by_minute: Vec<f64>,
+    /// Conversations started, and dropped on purpose mid-answer.
+    pub conversations: usize,
+    pub dropped: usize,
+    /// The server's `/metrics` after the run (when it could be read), name → value.
+    pub server: BTreeMap<String, f64>,
 }
 
 #[derive(Default)]
 struct Tally {
+    conversations: usize,
+    dropped: usize,
     ok: usize,
     errors: BTreeMap<String, usize>,
     first: Vec<f64>,
@@ -91,17 +111,28 @@ fn loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether conversation `n` (0-based) is one to drop: spreads `fraction` of them evenly.
+fn drops(n: usize, fraction: f64) -> bool {
+    let f = fraction.clamp(0.0, 1.0);
+    ((n + 1) as f64 * f).floor() > (n as f64 * f).floor()
+}
+
 async fn visitor(
     args: Arc<LoadArgs>,
     client: pb::assistant_client::AssistantClient<tonic::transport::Channel>,
     id: usize,
     until: Instant,
+    counter: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Tally {
     let mut t = Tally::default();
-    let mut n = 0usize;
     let mut client = client;
     while Instant::now() < until {
-        n += 1;
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if args.conversations > 0 && n >= args.conversations {
+            break;
+        }
+        t.conversations += 1;
+        let drop_it = drops(n, args.drop_fraction);
         let (tx, rx) = mpsc::channel(4);
         let start = pb::ConverseRequest {
             event: Some(pb::converse_request::Event::Start(pb::Start {
@@ -119,6 +150,9 @@ async fn visitor(
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         crate::auth::authorize(&mut request, args.api_key.as_deref())
             .expect("checked before the run");
+        if let Some(ms) = args.deadline_ms {
+            request.set_timeout(Duration::from_millis(ms));
+        }
         let mut stream = match client.converse(request).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
@@ -147,6 +181,11 @@ async fn visitor(
                     Ok(Some(r)) => match r.event {
                         Some(pb::converse_response::Event::Delta(_)) if first.is_none() => {
                             first = Some(sent.elapsed().as_secs_f64() * 1e3);
+                            if drop_it {
+                                // The visitor closes the tab mid-answer.
+                                t.dropped += 1;
+                                break 'turns;
+                            }
                         }
                         Some(pb::converse_response::Event::Final(_)) => {
                             t.ok += 1;
@@ -188,6 +227,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .connect()
         .await?;
     let args = Arc::new(args);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
     let mut rss = vec![];
@@ -221,6 +261,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 pb::assistant_client::AssistantClient::new(channel.clone()),
                 i,
                 until,
+                counter.clone(),
             ))
         })
         .collect();
@@ -228,6 +269,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     for w in workers {
         let t = w.await?;
         all.ok += t.ok;
+        all.conversations += t.conversations;
+        all.dropped += t.dropped;
         for (k, v) in t.errors {
             *all.errors.entry(k).or_default() += v;
         }
@@ -239,6 +282,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         rss = s.await?;
     }
     let secs = started.elapsed().as_secs_f64();
+    // Let dropped turns wind down, then read what the server says of itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = match server_metrics(&args.url, args.admin_key.as_deref()).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("(could not read the server's /metrics: {e})");
+            BTreeMap::new()
+        }
+    };
     let report = LoadReport {
         concurrency: args.concurrency,
         seconds: secs,
@@ -249,6 +301,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         complete: percentiles(all.complete),
         refusal: percentiles(all.refusal),
         rss_mib_by_minute: rss,
+        conversations: all.conversations,
+        dropped: all.dropped,
+        server,
     };
     let p = |x: &Percentiles| {
         format!(
@@ -260,6 +315,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     println!(
         "| visitors × seconds | {} × {:.0} |",
         report.concurrency, report.seconds
+    );
+    println!(
+        "| conversations (dropped mid-answer) | {} ({}) |",
+        report.conversations, report.dropped
     );
     println!(
         "| turns answered | {} ({:.2}/s) |",
@@ -295,15 +354,95 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             .collect();
         println!("| server RSS by minute (MiB) | {} |", r.join(" → "));
     }
+    let m = |k: &str| report.server.get(k).copied();
+    if let (Some(now), Some(max), Some(limit)) = (
+        m("closer_replies_in_flight"),
+        m("closer_replies_in_flight_max"),
+        m("closer_replies_limit"),
+    ) {
+        println!(
+            "| server: reply permits in use after the run / most ever / limit | {now} / {max} / {limit} |"
+        );
+    }
+    if let Some(n) = m("closer_turns_dropped_total") {
+        println!(
+            "| server: dropped turns, time to stop p50 / p99 / max | {n} turns, {:.1} / {:.1} / {:.1} ms |",
+            m("closer_stop_after_drop_ms{quantile=\"0.5\"}").unwrap_or(0.0),
+            m("closer_stop_after_drop_ms{quantile=\"0.99\"}").unwrap_or(0.0),
+            m("closer_stop_after_drop_ms{quantile=\"1\"}").unwrap_or(0.0),
+        );
+    }
+    if let Some(n) = m("closer_turns_deadline_exceeded_total") {
+        println!("| server: turns stopped by a deadline | {n} |");
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
 }
 
+/// `GET /metrics` over plain HTTP/1.1 on the server's port, parsed into name → value.
+async fn server_metrics(url: &str, key: Option<&str>) -> anyhow::Result<BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("only over plain http"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let mut conn = tokio::net::TcpStream::connect(host).await?;
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    conn.write_all(
+        format!("GET /metrics HTTP/1.1\r\nhost: {host}\r\n{auth}connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_string(&mut body)).await??;
+    let status = body.lines().next().unwrap_or_default().to_string();
+    anyhow::ensure!(status.contains(" 200 "), "{status}");
+    Ok(parse_metrics(&body))
+}
+
+/// Prometheus text lines `name{labels} value` → map (comments and other lines skipped).
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with("closer_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_spread_evenly() {
+        let n = (0..2000).filter(|&i| drops(i, 0.5)).count();
+        assert_eq!(n, 1000);
+        assert_eq!((0..100).filter(|&i| drops(i, 0.0)).count(), 0);
+        assert_eq!((0..100).filter(|&i| drops(i, 1.0)).count(), 100);
+        assert_eq!((0..10).filter(|&i| drops(i, 0.25)).count(), 2);
+    }
+
+    #[test]
+    fn metrics_text_is_read_back() {
+        let m = crate::sched::Metrics::default();
+        m.record_stop(crate::sched::Stop::Gone, 3.0);
+        let text = crate::sched::prometheus(
+            &m,
+            &crate::sched::Snapshot {
+                in_flight: 0,
+                limit: 8,
+                waiting: 0,
+            },
+        );
+        let parsed = parse_metrics(&text);
+        assert_eq!(parsed["closer_replies_limit"], 8.0);
+        assert_eq!(parsed["closer_turns_dropped_total"], 1.0);
+        assert_eq!(parsed["closer_stop_after_drop_ms{quantile=\"1\"}"], 3.0);
+    }
 
     #[test]
     fn only_loopback_is_driven() {

@@ -81,6 +81,8 @@ impl RunningServer {
     /// Health goes NOT_SERVING at once; in-flight calls finish; then the server stops.
     pub async fn shutdown(mut self, grace: Duration) -> anyhow::Result<()> {
         set_health(&self.health, ServingStatus::NotServing).await;
+        // New calls get UNAVAILABLE; streams end once their turn in progress has finished.
+        self.state.draining.send_replace(true);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -122,6 +124,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
+    let limit = config.max_request_bytes;
     let router = builder
         .accept_http1(true)
         .layer(crate::auth::AuthLayer {
@@ -134,41 +137,60 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::assistant_server::AssistantServer::new(
-            AssistantService {
+        .add_service(
+            pb::assistant_server::AssistantServer::new(AssistantService {
                 state: state.clone(),
-            },
-        ))
-        .add_service(pb::knowledge_server::KnowledgeServer::new(
-            KnowledgeService {
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::knowledge_server::KnowledgeServer::new(KnowledgeService {
                 state: state.clone(),
-            },
-        ))
-        .add_service(pb::intents_server::IntentsServer::new(IntentsService {
-            state: state.clone(),
-        }))
-        .add_service(pb::leads_server::LeadsServer::new(LeadsService {
-            state: state.clone(),
-        }))
-        .add_service(pb::events_server::EventsServer::new(EventsService {
-            state: state.clone(),
-        }))
-        .add_service(pb::playbooks_server::PlaybooksServer::new(
-            PlaybooksService {
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::intents_server::IntentsServer::new(IntentsService {
                 state: state.clone(),
-            },
-        ))
-        .add_service(pb::reps_server::RepsServer::new(RepsService {
-            state: state.clone(),
-        }))
-        .add_service(pb::conversations_server::ConversationsServer::new(
-            ConversationsService {
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::leads_server::LeadsServer::new(LeadsService {
                 state: state.clone(),
-            },
-        ))
-        .add_service(pb::reports_server::ReportsServer::new(ReportsService {
-            state: state.clone(),
-        }));
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::events_server::EventsServer::new(EventsService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::playbooks_server::PlaybooksServer::new(PlaybooksService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::reps_server::RepsServer::new(RepsService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::conversations_server::ConversationsServer::new(ConversationsService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            pb::reports_server::ReportsServer::new(ReportsService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
@@ -181,10 +203,16 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let loader_health = health.clone();
     let data_dir = config.data_dir.clone();
     let classifier_config = config.classifier_config();
+    let fake = (config.generator == "fake").then(|| {
+        (
+            Duration::from_millis(config.fake_token_ms),
+            Duration::from_millis(config.fake_prefill_ms),
+        )
+    });
     tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
             let models = match models {
-                ModelSource::Files(paths) => Models::load(&paths)?,
+                ModelSource::Files(paths) => Models::load_with(&paths, fake)?,
                 ModelSource::Ready(m) => m,
             };
             Ok(Engine::open(models, &data_dir, classifier_config)?)

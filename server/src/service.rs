@@ -1,7 +1,9 @@
 //! The gRPC services: `closer.v1.Assistant` and `closer.v1.Knowledge`.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use closer_proto::v1 as pb;
 use tokio::sync::{mpsc, Semaphore};
@@ -9,7 +11,36 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::answer::{run_turn, to_pb_intent, to_pb_slots, AnswerConfig, Visitor};
+use crate::answer::{run_turn, to_pb_intent, to_pb_slots, AnswerConfig, TurnControl, Visitor};
+use crate::sched::Stop;
+
+/// How long a refused visitor's client should wait before retrying (`ConverseError.retry_after_ms`).
+pub const RETRY_AFTER_MS: u32 = 1000;
+
+/// A gRPC code's canonical name, e.g. `RESOURCE_EXHAUSTED`.
+pub fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// tonic refuses a request message over the size limit with OUT_OF_RANGE; callers expect
+/// RESOURCE_EXHAUSTED for that.
+pub(crate) fn oversize(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        Status::resource_exhausted(format!(
+            "request message too large: {} (--max-request-bytes)",
+            status.message().trim_start_matches("Error, ")
+        ))
+    } else {
+        status
+    }
+}
 use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::state::Engine;
@@ -21,17 +52,40 @@ pub struct AppState {
     pending_replies: Arc<Semaphore>,
     /// Per tenant: at most `tenant_max_pending_replies` of the permits above.
     tenant_replies: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    /// The generator's slots, shared round-robin by tenant.
+    pub gate: crate::sched::FairGate,
+    pub metrics: crate::sched::Metrics,
+    /// True once the server is shutting down: idle streams end, new calls get UNAVAILABLE.
+    pub draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
     pub fn new(config: ServeConfig) -> Arc<Self> {
         let pending = Arc::new(Semaphore::new(config.max_pending_replies.max(1)));
         Arc::new(Self {
-            config,
             engine: OnceLock::new(),
             pending_replies: pending,
             tenant_replies: Default::default(),
+            gate: crate::sched::FairGate::new(config.generator_slots),
+            metrics: Default::default(),
+            draining: tokio::sync::watch::channel(false).0,
+            config,
         })
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// The reply path's figures now.
+    pub fn snapshot(&self) -> crate::sched::Snapshot {
+        let limit = self.config.max_pending_replies.max(1);
+        crate::sched::Snapshot {
+            in_flight: limit - self.pending_replies.available_permits(),
+            limit,
+            waiting: self.gate.waiting(),
+        }
     }
 
     /// A reply permit for `tenant`: its own quota first, then the server's; `Err` says which is
@@ -59,14 +113,24 @@ impl AppState {
                 })
                 .clone()
         };
-        let own = quota
-            .try_acquire_owned()
-            .map_err(|_| "this team has too many replies in progress; retry in a few seconds")?;
+        let refused = |why| {
+            self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            why
+        };
+        let own = quota.try_acquire_owned().map_err(|_| {
+            refused("this team has too many replies in progress; retry in a few seconds")
+        })?;
         let global = self
             .pending_replies
             .clone()
             .try_acquire_owned()
-            .map_err(|_| "too many replies in progress; retry in a few seconds")?;
+            .map_err(|_| refused("too many replies in progress; retry in a few seconds"))?;
+        let in_use =
+            self.config.max_pending_replies.max(1) - self.pending_replies.available_permits();
+        self.metrics
+            .max_in_flight
+            .fetch_max(in_use, Ordering::Relaxed);
+        self.metrics.turns.fetch_add(1, Ordering::Relaxed);
         Ok((own, global))
     }
 
@@ -183,11 +247,22 @@ impl pb::assistant_server::Assistant for AssistantService {
         &self,
         request: Request<Streaming<pb::ConverseRequest>>,
     ) -> std::result::Result<Response<Self::ConverseStream>, Status> {
+        if self.state.is_draining() {
+            return Err(Error::Draining.into());
+        }
         let engine = self.state.engine()?;
+        // tonic's timeout bounds only the call's first response; the stream checks this itself.
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::sched::parse_grpc_timeout)
+            .map(|d| Instant::now() + d);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
-            .await?
+            .await
+            .map_err(oversize)?
             .ok_or_else(|| Error::invalid("start", "the stream ended before a start event"))?;
         let start = match first.event {
             Some(pb::converse_request::Event::Start(s)) => s,
@@ -230,9 +305,27 @@ impl pb::assistant_server::Assistant for AssistantService {
                 let e = engine.clone();
                 blocking(move || e.store.last_cursor()).await.unwrap_or(0)
             };
+            let mut drain = state.draining.subscribe();
+            let expiry = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expiry);
             loop {
+                // Shutting down: the turn in progress has finished; end the stream cleanly.
+                if *drain.borrow_and_update() {
+                    break;
+                }
                 let next = tokio::select! {
                     m = inbound.message() => m,
+                    _ = drain.changed() => continue,
+                    _ = &mut expiry => {
+                        state.metrics.record_stop(Stop::Deadline, 0.0);
+                        let _ = tx.send(Err(Error::Stopped(Stop::Deadline).into())).await;
+                        break;
+                    }
                     _ = wake.changed() => {
                         match relay_rep_events(&engine, &conv, &mut rep_cursor).await {
                             Ok(events) => {
@@ -252,6 +345,9 @@ impl pb::assistant_server::Assistant for AssistantService {
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(%status, "client stream ended");
+                        if status.code() == tonic::Code::OutOfRange {
+                            let _ = tx.send(Err(oversize(status))).await;
+                        }
                         break;
                     }
                 };
@@ -292,7 +388,7 @@ impl pb::assistant_server::Assistant for AssistantService {
                 turn += 1;
                 if turn > state.config.max_turns {
                     let e = Error::Overloaded(format!(
-                        "conversation has more than {} turns",
+                        "message: the conversation has more than {} turns (--max-turns); start a new one",
                         state.config.max_turns
                     ));
                     let _ = tx.send(Err(e.into())).await;
@@ -306,6 +402,7 @@ impl pb::assistant_server::Assistant for AssistantService {
                             turn,
                             code: "RESOURCE_EXHAUSTED".into(),
                             message: why.into(),
+                            retry_after_ms: RETRY_AFTER_MS,
                         });
                         if tx
                             .send(Ok(pb::ConverseResponse { event: Some(ev) }))
@@ -325,13 +422,38 @@ impl pb::assistant_server::Assistant for AssistantService {
                     cfg.clone(),
                     conv.clone(),
                 );
+                // When the client's stream closes, note the time: the turn must stop within one
+                // token of it (measured in `/metrics`).
+                let closed_at = Arc::new(OnceLock::<Instant>::new());
+                let watcher = {
+                    let (tx, closed_at) = (tx.clone(), closed_at.clone());
+                    tokio::spawn(async move {
+                        tx.closed().await;
+                        let _ = closed_at.set(Instant::now());
+                    })
+                };
+                let state2 = state.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let mut conv = conv2.lock().unwrap_or_else(|p| p.into_inner());
+                    let stop = || {
+                        if tx2.is_closed() {
+                            Some(Stop::Gone)
+                        } else if crate::sched::past(deadline) {
+                            Some(Stop::Deadline)
+                        } else {
+                            None
+                        }
+                    };
+                    let ctl = TurnControl {
+                        gate: &state2.gate,
+                        stop: &stop,
+                    };
                     run_turn(
                         &engine,
                         &tenant,
                         &cfg2,
+                        &ctl,
                         &visitor,
                         &mut conv,
                         turn,
@@ -345,17 +467,36 @@ impl pb::assistant_server::Assistant for AssistantService {
                     )
                 })
                 .await;
+                watcher.abort();
                 let failure = match result {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e),
                     Err(join) => Some(Error::Internal(format!("turn task failed: {join}"))),
                 };
+                match failure {
+                    Some(Error::Stopped(Stop::Gone)) => {
+                        let ms = closed_at
+                            .get()
+                            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+                        state.metrics.record_stop(Stop::Gone, ms);
+                        tracing::debug!(turn, ms, "client left; turn stopped");
+                        break;
+                    }
+                    Some(e @ Error::Stopped(Stop::Deadline)) => {
+                        state.metrics.record_stop(Stop::Deadline, 0.0);
+                        tracing::info!(turn, "deadline passed; turn stopped");
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                    _ => {}
+                }
                 if let Some(e) = failure {
                     tracing::error!(kind = e.kind(), error = %e, "turn failed");
                     let ev = pb::converse_response::Event::Error(pb::ConverseError {
                         turn,
-                        code: format!("{:?}", e.code()).to_uppercase(),
+                        code: code_name(e.code()),
                         message: e.to_string(),
+                        retry_after_ms: 0,
                     });
                     if tx
                         .send(Ok(pb::ConverseResponse { event: Some(ev) }))

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use std::time::Instant;
 
 use closer_kb::KnowledgeBase;
@@ -32,19 +33,44 @@ pub struct Models {
 impl Models {
     /// The real candle models from ready files.
     pub fn load(paths: &closer_models::source::ModelPaths) -> Result<Self> {
+        Self::load_with(paths, None)
+    }
+
+    /// The real encoder, and the real generator or (with `fake = Some((per word, prefill))`)
+    /// the fake one that restates the cited facts at that pace, for load tests.
+    pub fn load_with(
+        paths: &closer_models::source::ModelPaths,
+        fake: Option<(Duration, Duration)>,
+    ) -> Result<Self> {
         paths.check()?;
         let t = Instant::now();
         let embedder = closer_models::encoder::MiniLmEncoder::load(&paths.encoder_dir())?;
         tracing::info!(ms = t.elapsed().as_millis() as u64, "encoder loaded");
-        let t = Instant::now();
-        let generator = closer_models::generator::QwenGenerator::load(&paths.generator_file())?;
-        tracing::info!(ms = t.elapsed().as_millis() as u64, "generator loaded");
+        let generator: Arc<dyn AnswerGenerator> = match fake {
+            Some((delay, prefill)) => {
+                let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
+                g.delay = delay;
+                g.prefill = prefill;
+                tracing::warn!(
+                    ?delay,
+                    ?prefill,
+                    "FAKE generator: replies restate the cited facts (--generator fake)"
+                );
+                Arc::new(g)
+            }
+            None => {
+                let t = Instant::now();
+                let g = closer_models::generator::QwenGenerator::load(&paths.generator_file())?;
+                tracing::info!(ms = t.elapsed().as_millis() as u64, "generator loaded");
+                Arc::new(g)
+            }
+        };
         Ok(Self {
             embedder: Arc::new(closer_models::cache::CachedEmbedder::new(
                 Arc::new(embedder),
                 4096,
             )),
-            generator: Arc::new(generator),
+            generator,
         })
     }
 }

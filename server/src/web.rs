@@ -1,7 +1,8 @@
 //! The web pages the service serves next to gRPC (same port; HTTP/1.1 for browsers):
 //! `GET /leaderboard?tenant=T&period=today|week|month&timezone=Zone&team=X` — the rep leaderboard
 //! for an office TV — and `GET /leaderboard/events?…` — its live updates as server-sent events
-//! (one JSON `LeaderboardUpdate` per event).
+//! (one JSON `LeaderboardUpdate` per event); `GET /metrics` — the reply path's figures
+//! (permits in use, refusals, dropped and timed-out turns) for Prometheus.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +25,17 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/leaderboard", get(page))
         .route("/leaderboard/events", get(events))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The reply path's figures in the Prometheus text format (an admin key when keys are on).
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::sched::prometheus(&state.metrics, &state.snapshot()),
+    )
+        .into_response()
 }
 
 async fn page() -> Response {

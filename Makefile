@@ -5,7 +5,7 @@ DATA_DIR   ?= $(HOME)/.local/share/closer
 ADDR       ?= 127.0.0.1:50051
 CLOSER     := target/release/closer
 
-.PHONY: run test build models demo bench eval fmt clippy
+.PHONY: run test build models demo bench eval fmt clippy fuzz
 
 build:
 	$(CARGO) build --release --workspace --all-targets
@@ -34,3 +34,12 @@ fmt:
 
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets
+
+# cargo-fuzz targets for every parser of outside input, FUZZ_SECONDS each (stable toolchain,
+# no sanitizer). Seeds come from the demo tenant; a crash fails the run and leaves its input in
+# target/fuzz/artifacts/<target>/. Executions and coverage go to target/fuzz/report.txt.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := facts_csv facts_json facts_markdown accounts_reps_csv playbook intent_file visitor_query request
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.1
+	bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)

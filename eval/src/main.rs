@@ -5,6 +5,7 @@
 //! out-of-scope threshold) and evaluates it; or, with `--server`, sends the test set through a
 //! running server's Classify RPC. See README.md, "Evaluating intents".
 
+mod attacks;
 mod data;
 mod grounding;
 mod metrics;
@@ -45,6 +46,8 @@ enum Command {
     /// Run a grounding question set through a running server: retrieval recall, answer
     /// correctness, invented spans, refusals.
     Grounding(grounding::GroundingArgs),
+    /// Prompt-injection corpora through the real models: attack success before and after the guards.
+    Attacks(attacks::AttacksArgs),
 }
 
 #[derive(Args, Clone)]
@@ -727,5 +730,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(grounding::run(args)),
+        Command::Attacks(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(attacks::run(args)),
     }
 }

@@ -42,7 +42,7 @@ pub struct ServeConfig {
     pub tenant_max_pending_replies: usize,
 
     /// Replies generated at once. The real generator keeps its KV cache in the weights, so 1;
-    /// replies beyond it queue, served round-robin by tenant.
+    /// replies beyond it queue, the least recently served tenant first.
     #[arg(long, env = "CLOSER_GENERATOR_SLOTS", default_value_t = 1)]
     pub generator_slots: usize,
 

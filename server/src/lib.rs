@@ -2,6 +2,7 @@
 //! the tools behind the `closer` command.
 
 pub mod answer;
+pub mod attacks;
 pub mod auth;
 pub mod bench;
 pub mod chat;

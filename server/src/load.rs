@@ -39,13 +39,20 @@ pub struct LoadArgs {
     /// Stop after this many conversations in all (0: only `--seconds` bounds the run).
     #[arg(long, default_value_t = 0)]
     pub conversations: usize,
-    /// Fraction of conversations the visitor drops mid-answer (right after the first delta), to
-    /// check that the server stops generating for nobody.
+    /// Fraction of conversations the visitor drops mid-answer (`--drop-after-ms` after sending
+    /// its first message), to check that the server stops generating for nobody.
     #[arg(long, default_value_t = 0.0)]
     pub drop_fraction: f64,
+    /// When a dropping visitor leaves, in milliseconds after its message.
+    #[arg(long, default_value_t = 500)]
+    pub drop_after_ms: u64,
     /// A deadline for each conversation (`grpc-timeout`), in milliseconds.
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// Makes every message unique (a signature in letters), so that no cache answers for the
+    /// encoder.
+    #[arg(long)]
+    pub unique: bool,
     /// A publishable key when the server requires keys.
     #[arg(long, env = "CLOSER_API_KEY")]
     pub api_key: Option<String>,
@@ -68,6 +75,8 @@ pub struct LoadReport {
     pub turns_per_s: f64,
     /// Errors by code (stream statuses and error events).
     pub errors: BTreeMap<String, usize>,
+    /// One message for each error code.
+    pub error_samples: BTreeMap<String, String>,
     pub first_delta: Percentiles,
     pub complete: Percentiles,
     /// Time until a refusal (RESOURCE_EXHAUSTED) arrived.
@@ -77,12 +86,16 @@ pub struct LoadReport {
     /// Conversations started, and dropped on purpose mid-answer.
     pub conversations: usize,
     pub dropped: usize,
+    /// Turns sent whose stream failed or ended before the reply was complete.
+    pub turns_lost: usize,
     /// The server's `/metrics` after the run (when it could be read), name → value.
     pub server: BTreeMap<String, f64>,
 }
 
 #[derive(Default)]
 struct Tally {
+    /// Turns sent whose stream failed or ended before their final event.
+    lost: usize,
     conversations: usize,
     dropped: usize,
     ok: usize,
@@ -90,6 +103,17 @@ struct Tally {
     first: Vec<f64>,
     complete: Vec<f64>,
     refusal: Vec<f64>,
+    samples: BTreeMap<String, String>,
+}
+
+impl Tally {
+    fn status(&mut self, e: &tonic::Status) {
+        let code = crate::service::code_name(e.code());
+        self.samples
+            .entry(code.clone())
+            .or_insert_with(|| e.message().to_string());
+        *self.errors.entry(code).or_default() += 1;
+    }
 }
 
 fn loopback(url: &str) -> anyhow::Result<()> {
@@ -111,6 +135,20 @@ fn loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` written in lower-case letters (a, b, …, z, ba, bb, …).
+fn letters(mut n: usize) -> String {
+    let mut out = vec![];
+    loop {
+        out.push(b'a' + (n % 26) as u8);
+        n /= 26;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Whether conversation `n` (0-based) is one to drop: spreads `fraction` of them evenly.
 fn drops(n: usize, fraction: f64) -> bool {
     let f = fraction.clamp(0.0, 1.0);
@@ -126,7 +164,7 @@ async fn visitor(
 ) -> Tally {
     let mut t = Tally::default();
     let mut client = client;
-    while Instant::now() < until {
+    'conversations: while Instant::now() < until {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if args.conversations > 0 && n >= args.conversations {
             break;
@@ -156,7 +194,7 @@ async fn visitor(
         let mut stream = match client.converse(request).await {
             Ok(s) => s.into_inner(),
             Err(e) => {
-                *t.errors.entry(format!("{:?}", e.code())).or_default() += 1;
+                t.status(&e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -165,27 +203,40 @@ async fn visitor(
             if Instant::now() >= until {
                 break;
             }
-            let text = &args.messages[(id + k) % args.messages.len()];
+            let mut text = args.messages[(n + k) % args.messages.len()].clone();
+            if args.unique {
+                text.push_str(&format!(" Thanks, from {}.", letters(n * args.turns + k)));
+            }
             let sent = Instant::now();
             let msg = pb::ConverseRequest {
                 event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
-                    text: text.clone(),
+                    text,
                 })),
             };
             if tx.send(msg).await.is_err() {
                 break;
             }
             let mut first = None;
+            let drop_at = tokio::time::sleep(Duration::from_millis(if drop_it {
+                args.drop_after_ms
+            } else {
+                u64::MAX / 4
+            }));
+            tokio::pin!(drop_at);
             loop {
-                match stream.message().await {
+                let next = tokio::select! {
+                    m = stream.message() => m,
+                    _ = &mut drop_at => {
+                        // The visitor closes the tab mid-answer.
+                        t.dropped += 1;
+                        drop(stream);
+                        continue 'conversations;
+                    }
+                };
+                match next {
                     Ok(Some(r)) => match r.event {
                         Some(pb::converse_response::Event::Delta(_)) if first.is_none() => {
                             first = Some(sent.elapsed().as_secs_f64() * 1e3);
-                            if drop_it {
-                                // The visitor closes the tab mid-answer.
-                                t.dropped += 1;
-                                break 'turns;
-                            }
                         }
                         Some(pb::converse_response::Event::Final(_)) => {
                             t.ok += 1;
@@ -198,6 +249,7 @@ async fn visitor(
                             if e.code == "RESOURCE_EXHAUSTED" {
                                 t.refusal.push(sent.elapsed().as_secs_f64() * 1e3);
                             }
+                            t.samples.entry(e.code.clone()).or_insert(e.message);
                             *t.errors.entry(e.code).or_default() += 1;
                             // Back off a little, as a client told to retry would.
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -205,13 +257,27 @@ async fn visitor(
                         }
                         _ => {}
                     },
-                    Ok(None) => break 'turns,
+                    Ok(None) => {
+                        t.lost += 1;
+                        break 'turns;
+                    }
                     Err(e) => {
-                        *t.errors.entry(format!("{:?}", e.code())).or_default() += 1;
+                        t.lost += 1;
+                        t.status(&e);
                         break 'turns;
                     }
                 }
             }
+        }
+        // The visitor is done: close its side and let the server end the stream.
+        drop(tx);
+        if tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(_)) = stream.message().await {}
+        })
+        .await
+        .is_err()
+        {
+            *t.errors.entry("STREAM_NOT_CLOSED".into()).or_default() += 1;
         }
     }
     t
@@ -226,6 +292,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(args.url.clone())?
         .connect()
         .await?;
+    wait_serving(&channel).await?;
     let args = Arc::new(args);
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -271,8 +338,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         all.ok += t.ok;
         all.conversations += t.conversations;
         all.dropped += t.dropped;
+        all.lost += t.lost;
         for (k, v) in t.errors {
             *all.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in t.samples {
+            all.samples.entry(k).or_insert(v);
         }
         all.first.extend(t.first);
         all.complete.extend(t.complete);
@@ -297,12 +368,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         turns_ok: all.ok,
         turns_per_s: all.ok as f64 / secs,
         errors: all.errors,
+        error_samples: all.samples,
         first_delta: percentiles(all.first),
         complete: percentiles(all.complete),
         refusal: percentiles(all.refusal),
         rss_mib_by_minute: rss,
         conversations: all.conversations,
         dropped: all.dropped,
+        turns_lost: all.lost,
         server,
     };
     let p = |x: &Percentiles| {
@@ -323,6 +396,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     println!(
         "| turns answered | {} ({:.2}/s) |",
         report.turns_ok, report.turns_per_s
+    );
+    println!(
+        "| turns lost mid-reply (stream failed before the final) | {} |",
+        report.turns_lost
     );
     println!(
         "| first delta p50 / p90 / p99 | {} |",
@@ -346,6 +423,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             errs.join(", ")
         }
     );
+    for (code, message) in &report.error_samples {
+        println!("| e.g. {code} | {} |", message.replace('|', "/"));
+    }
     if !report.rss_mib_by_minute.is_empty() {
         let r: Vec<String> = report
             .rss_mib_by_minute
@@ -379,6 +459,30 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Waits (up to a minute) until the server's health says SERVING: a server still loading its
+/// models would only answer UNAVAILABLE.
+async fn wait_serving(channel: &tonic::transport::Channel) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "closer.v1.Assistant".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "the server is not SERVING after a minute ({status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `GET /metrics` over plain HTTP/1.1 on the server's port, parsed into name → value.
@@ -416,6 +520,15 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_are_distinct_letters() {
+        assert_eq!(letters(0), "a");
+        assert_eq!(letters(25), "z");
+        assert_eq!(letters(26), "ba");
+        let all: std::collections::HashSet<String> = (0..10_000).map(letters).collect();
+        assert_eq!(all.len(), 10_000);
+    }
 
     #[test]
     fn drops_are_spread_evenly() {

@@ -295,7 +295,7 @@ pub fn prometheus(m: &Metrics, s: &Snapshot) -> String {
 
 /// Parses a `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`, at most 8 digits).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
+    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
         return None;
     }
     let (digits, unit) = v.split_at(v.len() - 1);
@@ -334,6 +334,9 @@ mod tests {
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout("-1S"), None);
+        // Found by the `request` fuzz target: a multi-byte last character.
+        assert_eq!(parse_grpc_timeout("\u{aeb}"), None);
+        assert_eq!(parse_grpc_timeout("1\u{aeb}"), None);
     }
 
     /// The order in which queued tickets get the one slot.

@@ -14,6 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::answer::{run_turn, to_pb_intent, to_pb_slots, AnswerConfig, TurnControl, Visitor};
 use crate::sched::Stop;
 
+/// While shutting down, how long an idle stream waits for a message already on its way.
+const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How long a refused visitor's client should wait before retrying (`ConverseError.retry_after_ms`).
 pub const RETRY_AFTER_MS: u32 = 1000;
 
@@ -139,21 +142,40 @@ impl AppState {
     }
 
     fn check_text(&self, field: &str, text: &str) -> Result<()> {
-        if text.trim().is_empty() {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        let n = text.chars().count();
-        if n > self.config.max_message_chars {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "{n} characters, more than the limit of {}",
-                    self.config.max_message_chars
-                ),
-            ));
-        }
-        Ok(())
+        check_text(self.config.max_message_chars, field, text)
     }
+}
+
+/// A visitor's text: not blank, at most `max_chars` characters (after invisible characters are
+/// stripped, which callers do first).
+pub fn check_text(max_chars: usize, field: &str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    let n = text.chars().count();
+    if n > max_chars {
+        return Err(Error::invalid(
+            field,
+            format!("{n} characters, more than the limit of {max_chars}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The checks on a conversation's `start` event that need no state: the tenant id's form and
+/// the conversation id's length.
+pub fn check_start(start: &pb::Start) -> Result<()> {
+    if start.tenant.is_empty() {
+        return Err(Error::invalid("tenant", "must not be empty"));
+    }
+    closer_kb::load::validate_tenant_id(&start.tenant).map_err(|m| Error::invalid("tenant", m))?;
+    if start.conversation_id.is_empty() || start.conversation_id.chars().count() > 128 {
+        return Err(Error::invalid(
+            "start.conversation_id",
+            "must be 1 to 128 characters",
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_tenant_field(tenant: &str) -> Result<()> {
@@ -268,12 +290,8 @@ impl pb::assistant_server::Assistant for AssistantService {
             Some(pb::converse_request::Event::Start(s)) => s,
             _ => return Err(Error::invalid("start", "the first event must be `start`").into()),
         };
+        check_start(&start)?;
         check_tenant_field(&start.tenant)?;
-        if start.conversation_id.is_empty() || start.conversation_id.chars().count() > 128 {
-            return Err(
-                Error::invalid("start.conversation_id", "must be 1 to 128 characters").into(),
-            );
-        }
         let tenant = engine.tenant(&start.tenant)?;
         let visitor = Visitor::from_proto(start.visitor.as_ref());
         tracing::info!(tenant = %start.tenant, conversation = %start.conversation_id, domain = ?visitor.domain, "conversation started");
@@ -314,30 +332,35 @@ impl pb::assistant_server::Assistant for AssistantService {
             };
             tokio::pin!(expiry);
             loop {
-                // Shutting down: the turn in progress has finished; end the stream cleanly.
-                if *drain.borrow_and_update() {
-                    break;
-                }
-                let next = tokio::select! {
-                    m = inbound.message() => m,
-                    _ = drain.changed() => continue,
-                    _ = &mut expiry => {
-                        state.metrics.record_stop(Stop::Deadline, 0.0);
-                        let _ = tx.send(Err(Error::Stopped(Stop::Deadline).into())).await;
-                        break;
+                let next = if *drain.borrow_and_update() {
+                    // Shutting down, and no turn is in progress: a message already on its way
+                    // is still answered; otherwise the stream ends cleanly.
+                    match tokio::time::timeout(DRAIN_LINGER, inbound.message()).await {
+                        Ok(m) => m,
+                        Err(_) => break,
                     }
-                    _ = wake.changed() => {
-                        match relay_rep_events(&engine, &conv, &mut rep_cursor).await {
-                            Ok(events) => {
-                                for ev in events {
-                                    if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
-                                        return;
+                } else {
+                    tokio::select! {
+                        m = inbound.message() => m,
+                        _ = drain.changed() => continue,
+                        _ = &mut expiry => {
+                            state.metrics.record_stop(Stop::Deadline, 0.0);
+                            let _ = tx.send(Err(Error::Stopped(Stop::Deadline).into())).await;
+                            break;
+                        }
+                        _ = wake.changed() => {
+                            match relay_rep_events(&engine, &conv, &mut rep_cursor).await {
+                                Ok(events) => {
+                                    for ev in events {
+                                        if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
+                                            return;
+                                        }
                                     }
                                 }
+                                Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
                             }
-                            Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
+                            continue;
                         }
-                        continue;
                     }
                 };
                 let msg = match next {

@@ -1,0 +1,34 @@
+//! Request validation: any bytes decoded as the visitor-facing requests, then every check and
+//! parser the server runs on them before a model is called.
+#![no_main]
+use closer_proto::v1 as pb;
+use closer_server::service::{check_start, check_text};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+fn visitor_text(text: &str) {
+    let text = closer_kb::visible(text);
+    if check_text(2000, "message.text", &text).is_ok() {
+        let _ = closer_server::slots::extract(&text);
+        let _ = closer_server::guard::claims(&text);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(r) = pb::ConverseRequest::decode(data) {
+        match r.event {
+            Some(pb::converse_request::Event::Start(s)) => {
+                let _ = check_start(&s);
+            }
+            Some(pb::converse_request::Event::Message(m)) => visitor_text(&m.text),
+            _ => {}
+        }
+    }
+    if let Ok(r) = pb::ClassifyRequest::decode(data) {
+        visitor_text(&r.text);
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = closer_server::sched::parse_grpc_timeout(s);
+        visitor_text(s);
+    }
+});

@@ -88,6 +88,16 @@ EOF
     wait
     cat "$OUT/R8.flood.txt"
     stop ;;
+  R8real) # The same with the real model: a calm team (2 visitors who read each reply for 3 s),
+    # alone and while another team floods at 4x its quota of 8.
+    serve R8real --tenant-max-pending-replies 8
+    load R8real.alone --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
+    load R8real.flood --tenant applinks --concurrency 32 --seconds 170 "${MSGS[@]}" >/dev/null &
+    sleep 10
+    load R8real.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
+    wait
+    cat "$OUT/R8real.flood.txt"
+    stop ;;
   *) echo "unknown run $1"; exit 2 ;;
   esac
 }

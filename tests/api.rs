@@ -894,6 +894,90 @@ async fn reflection_lists_the_public_services() {
     }
 }
 
+/// The generator's own Qwen2 forward pass (KV cache outside the weights, prompt read in chunks)
+/// picks the same greedy tokens as candle-transformers' quantized Qwen2 on the same weights.
+#[test]
+fn real_generator_matches_the_candle_reference() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+    let path = model_paths().generator_file();
+    let read = || {
+        let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let c = gguf_file::Content::read(&mut r).unwrap();
+        (c, r)
+    };
+    let (c, mut r) = read();
+    let (tokenizer, _) = closer_models::qwen_tokenizer::from_gguf(&c).unwrap();
+    let prompt = closer_models::generator::QwenGenerator::prompt(&closer_models::GenerationRequest {
+        system: "You are a website chat assistant. Answer in one to three short sentences, using \
+                 only these facts:\n- Each seat costs $80 per user per month billed monthly, or $960 \
+                 per user per year billed annually.\n- Applinks holds a SOC 2 Type II report, renewed \
+                 every year by an independent auditor; customers can request it under NDA."
+            .into(),
+        user: "How much does each seat cost, and is there a discount for a team of 200 people?".into(),
+        ..Default::default()
+    });
+    let ids = tokenizer
+        .encode_fast(prompt.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert!(
+        ids.len() > 64,
+        "the prompt spans several prefill chunks: {}",
+        ids.len()
+    );
+    let dev = Device::Cpu;
+    let argmax = |t: &Tensor| -> u32 {
+        let v: Vec<f32> = t.squeeze(0).unwrap().to_vec1().unwrap();
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32
+    };
+    // candle's model, whole prompt at once.
+    let mut theirs =
+        candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(c, &mut r, &dev)
+            .unwrap();
+    let mut want = vec![];
+    let input = Tensor::new(ids.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut next = argmax(&theirs.forward(&input, 0).unwrap());
+    for i in 0..12 {
+        want.push(next);
+        let input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+        next = argmax(&theirs.forward(&input, ids.len() + i).unwrap());
+    }
+    drop(theirs);
+    // Ours, the prompt in chunks of 64 and a cache of its own.
+    let (c, mut r) = read();
+    let ours = closer_models::qwen2::Weights::from_gguf(c, &mut r, &dev).unwrap();
+    let mut cache = ours.new_cache();
+    let mut logits = None;
+    for (k, chunk) in ids.chunks(64).enumerate() {
+        let input = Tensor::new(chunk, &dev).unwrap().unsqueeze(0).unwrap();
+        logits = Some(ours.forward(&input, k * 64, &mut cache).unwrap());
+    }
+    let mut next = argmax(&logits.unwrap());
+    let mut got = vec![];
+    for i in 0..12 {
+        got.push(next);
+        let input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+        next = argmax(&ours.forward(&input, ids.len() + i, &mut cache).unwrap());
+    }
+    assert_eq!(cache.len(), ids.len() + 12);
+    assert_eq!(
+        got,
+        want,
+        "{:?} vs {:?}",
+        tokenizer.decode(&got, true),
+        tokenizer.decode(&want, true)
+    );
+}
+
 /// The encoder's own forward pass (which also exposes every layer) gives the same last-layer
 /// embeddings as candle-transformers' BERT on the same weights.
 #[test]

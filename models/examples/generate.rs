@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         system,
         user,
         max_tokens: 160,
+        ..Default::default()
     };
     let stats = g.generate(&req, &mut |t| {
         print!("{t}");

@@ -1,27 +1,33 @@
-//! Qwen2.5-Coder-0.5B-Instruct (GGUF) on candle's quantized qwen2: ChatML prompt, greedy decoding,
-//! stop on `<|im_end|>`, text streamed as it is decoded.
+//! Qwen2.5-Coder-0.5B-Instruct (GGUF): ChatML prompt, greedy decoding, stop on `<|im_end|>`, text
+//! streamed as it is decoded. One copy of the weights serves every sequence; each generation has
+//! its own KV cache, and forward passes of competing generations are interleaved by
+//! [`StepScheduler`] (the least recently busy tenant first).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_qwen2::ModelWeights;
 use tokenizers::Tokenizer;
 
+use crate::qwen2::Weights;
+use crate::share::StepScheduler;
 use crate::{AnswerGenerator, Error, GenerationRequest, GenerationStats, Result};
 
 /// Longest prompt accepted, in tokens (the model allows far more; answers need little).
 pub const MAX_PROMPT_TOKENS: usize = 2048;
 
+/// Prompt tokens per forward pass while reading the prompt.
+const PREFILL_CHUNK: usize = 64;
+
 pub struct QwenGenerator {
-    // The KV cache lives in the weights, so one generation runs at a time; the rest queue here.
-    model: Mutex<ModelWeights>,
+    model: Weights,
+    /// One forward pass at a time (they use every core); competing sequences take turns.
+    steps: StepScheduler,
     tokenizer: Tokenizer,
     eos: u32,
     device: Device,
@@ -40,9 +46,10 @@ impl QwenGenerator {
         let mut reader = BufReader::new(f);
         let content = gguf_file::Content::read(&mut reader)?;
         let (tokenizer, eos) = crate::qwen_tokenizer::from_gguf(&content)?;
-        let model = ModelWeights::from_gguf(content, &mut reader, &device)?;
+        let model = Weights::from_gguf(content, &mut reader, &device)?;
         Ok(Self {
-            model: Mutex::new(model),
+            model,
+            steps: StepScheduler::new(std::time::Duration::from_secs(10)),
             tokenizer,
             eos,
             device,
@@ -81,18 +88,24 @@ impl AnswerGenerator for QwenGenerator {
                 prompt_ids.len()
             )));
         }
-        let mut model = self
-            .model
-            .lock()
-            .map_err(|_| Error::Other("generator poisoned".into()))?;
-        model.clear_kv_cache();
+        let mut cache = self.model.new_cache();
         let mut stats = GenerationStats {
             prompt_tokens: prompt_ids.len(),
             ..Default::default()
         };
         let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
-        let input = Tensor::new(prompt_ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let logits = model.forward(&input, 0)?.squeeze(0)?;
+        let seq = self.steps.sequence();
+        let forward = |ids: &[u32], pos: usize, cache: &mut crate::qwen2::KvCache| {
+            let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+            let _turn = self.steps.step(&request.share, seq);
+            self.model.forward(&input, pos, cache)?.squeeze(0)
+        };
+        // The prompt in chunks, so a competing sequence waits for one chunk, not a whole prefill.
+        let mut logits = None;
+        for (i, chunk) in prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
+            logits = Some(forward(chunk, i * PREFILL_CHUNK, &mut cache)?);
+        }
+        let logits = logits.ok_or_else(|| Error::Other("empty prompt".into()))?;
         let mut next = sampler.sample(&logits)?;
         stats.time_to_first_token_ms = start.elapsed().as_secs_f64() * 1e3;
         let mut generated: Vec<u32> = vec![];
@@ -111,12 +124,10 @@ impl AnswerGenerator for QwenGenerator {
                 }
                 emitted = text.len();
             }
-            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
             let pos = prompt_ids.len() + generated.len() - 1;
-            let logits = model.forward(&input, pos)?.squeeze(0)?;
+            let logits = forward(&[next], pos, &mut cache)?;
             next = sampler.sample(&logits)?;
         }
-        model.clear_kv_cache();
         stats.generated_tokens = generated.len();
         stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
         Ok(stats)

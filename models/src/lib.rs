@@ -21,7 +21,9 @@ pub mod generator;
 pub mod head;
 pub mod intent;
 pub mod ngrams;
+pub mod qwen2;
 pub mod qwen_tokenizer;
+pub mod share;
 pub mod source;
 
 use std::ops::ControlFlow;
@@ -123,11 +125,14 @@ pub trait IntentClassifier: Send + Sync {
 }
 
 /// What to generate: a system prompt (instructions and facts) and the visitor's words.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerationRequest {
     pub system: String,
     pub user: String,
     pub max_tokens: usize,
+    /// Whose share of the model this counts against (the tenant): when sequences compete, the
+    /// key that used the least compute lately goes first.
+    pub share: String,
 }
 
 /// What a finished generation measured.

@@ -514,6 +514,7 @@ pub fn run_turn(
                 system: system_prompt(&instructions, &cited),
                 user: covered_clauses.join(" "),
                 max_tokens: cfg.max_new_tokens,
+                share: tenant.id.clone(),
             };
             let mut splitter = SentenceSplitter::default();
             let mut replaced_with: Vec<String> = vec![];

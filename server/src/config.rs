@@ -41,9 +41,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_TENANT_MAX_PENDING_REPLIES", default_value_t = 32)]
     pub tenant_max_pending_replies: usize,
 
-    /// Replies generated at once. The real generator keeps its KV cache in the weights, so 1;
-    /// replies beyond it queue, the least recently served tenant first.
-    #[arg(long, env = "CLOSER_GENERATOR_SLOTS", default_value_t = 1)]
+    /// Replies generated at once. Their forward passes take turns on the one model (the
+    /// least recently busy tenant first); one tenant holds at most half of these slots, and
+    /// replies beyond them queue, the least recently served tenant first.
+    #[arg(long, env = "CLOSER_GENERATOR_SLOTS", default_value_t = 4)]
     pub generator_slots: usize,
 
     /// `real` (the pinned Qwen model) or `fake`: a stand-in that restates the cited facts at
@@ -108,7 +109,7 @@ impl ServeConfig {
             max_new_tokens: 160,
             max_pending_replies: 64,
             tenant_max_pending_replies: 32,
-            generator_slots: 1,
+            generator_slots: 4,
             generator: "real".into(),
             fake_token_ms: 25,
             fake_prefill_ms: 300,

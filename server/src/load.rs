@@ -49,6 +49,9 @@ pub struct LoadArgs {
     /// A deadline for each conversation (`grpc-timeout`), in milliseconds.
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// A visitor's pause between getting a reply and sending the next message, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub think_ms: u64,
     /// Makes every message unique (a signature in letters), so that no cache answers for the
     /// encoder.
     #[arg(long)]
@@ -202,6 +205,9 @@ async fn visitor(
         'turns: for k in 0..args.turns {
             if Instant::now() >= until {
                 break;
+            }
+            if k > 0 && args.think_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(args.think_ms)).await;
             }
             let mut text = args.messages[(n + k) % args.messages.len()].clone();
             if args.unique {

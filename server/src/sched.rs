@@ -30,6 +30,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// A round-robin-by-tenant queue in front of `slots` generator slots.
 pub struct FairGate {
     slots: usize,
+    /// Slots one tenant may hold at once (half of them, at least one), so that another tenant
+    /// finds one free while a flood runs.
+    per_tenant: usize,
     state: Mutex<GateState>,
     cv: Condvar,
 }
@@ -46,17 +49,21 @@ struct GateState {
     grants: u64,
     /// Tickets given a slot whose owners have not woken yet.
     granted: HashSet<u64>,
+    /// Slots held, by tenant.
+    running_by: HashMap<String, usize>,
 }
 
 /// A generator slot; dropping it hands the slot to the next tenant in turn.
 pub struct GateSlot<'a> {
     gate: &'a FairGate,
+    tenant: String,
 }
 
 impl FairGate {
     pub fn new(slots: usize) -> Self {
         Self {
             slots: slots.max(1),
+            per_tenant: (slots / 2).max(1),
             state: Mutex::new(GateState::default()),
             cv: Condvar::new(),
         }
@@ -88,7 +95,10 @@ impl FairGate {
         self.dispatch(&mut s);
         loop {
             if s.granted.remove(&ticket) {
-                return Ok(GateSlot { gate: self });
+                return Ok(GateSlot {
+                    gate: self,
+                    tenant: tenant.to_string(),
+                });
             }
             if let Some(why) = stop() {
                 Self::withdraw(&mut s, tenant, ticket);
@@ -110,6 +120,7 @@ impl FairGate {
             let next = s
                 .queues
                 .iter()
+                .filter(|(t, _)| s.running_by.get(*t).copied().unwrap_or(0) < self.per_tenant)
                 .filter_map(|(t, q)| {
                     Some((s.last_grant.get(t).copied().unwrap_or(0), *q.front()?, t))
                 })
@@ -125,6 +136,7 @@ impl FairGate {
             }
             s.grants += 1;
             let n = s.grants;
+            *s.running_by.entry(tenant.clone()).or_default() += 1;
             s.last_grant.insert(tenant, n);
             s.running += 1;
             s.granted.insert(ticket);
@@ -149,6 +161,12 @@ impl Drop for GateSlot<'_> {
     fn drop(&mut self) {
         let mut s = self.gate.lock();
         s.running -= 1;
+        if let Some(n) = s.running_by.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                s.running_by.remove(&self.tenant);
+            }
+        }
         self.gate.dispatch(&mut s);
     }
 }
@@ -368,6 +386,25 @@ mod tests {
         // A floods five replies, then B asks once: B goes second, not sixth.
         let order = service_order(&["a", "a", "a", "a", "a", "b", "c"]);
         assert_eq!(order, ["a0", "b5", "c6", "a1", "a2", "a3", "a4"]);
+    }
+
+    #[test]
+    fn one_tenant_holds_at_most_half_the_slots() {
+        let gate = FairGate::new(4);
+        let a1 = gate.acquire("a", &|| None).map_err(|_| ()).unwrap();
+        let _a2 = gate.acquire("a", &|| None).map_err(|_| ()).unwrap();
+        // A third for "a" waits although two slots are free...
+        assert_eq!(
+            gate.acquire("a", &|| Some(Stop::Gone)).err(),
+            Some(Stop::Gone)
+        );
+        // ...so "b" finds them.
+        let _b = gate
+            .acquire("b", &|| Some(Stop::Gone))
+            .map_err(|_| ())
+            .unwrap();
+        drop(a1);
+        assert!(gate.acquire("a", &|| Some(Stop::Gone)).is_ok());
     }
 
     #[test]

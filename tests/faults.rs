@@ -84,19 +84,17 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
 }
 
-/// Opens a conversation and sends one message; the stream and the sender stay with the caller.
-async fn ask(
-    url: &str,
-    tenant: &str,
-    text: &str,
-    timeout: Option<Duration>,
-) -> Result<
+/// A conversation's reply stream and its sender, or why it could not be opened.
+type Opened = Result<
     (
         tonic::Streaming<pb::ConverseResponse>,
         mpsc::Sender<pb::ConverseRequest>,
     ),
     tonic::Status,
-> {
+>;
+
+/// Opens a conversation and sends one message; the stream and the sender stay with the caller.
+async fn ask(url: &str, tenant: &str, text: &str, timeout: Option<Duration>) -> Opened {
     ask_in(url, tenant, &fresh_conversation_id(), text, timeout).await
 }
 
@@ -106,13 +104,7 @@ async fn ask_in(
     id: &str,
     text: &str,
     timeout: Option<Duration>,
-) -> Result<
-    (
-        tonic::Streaming<pb::ConverseResponse>,
-        mpsc::Sender<pb::ConverseRequest>,
-    ),
-    tonic::Status,
-> {
+) -> Opened {
     // Lazily connected: a server that no longer listens gives UNAVAILABLE, as to any client.
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap()

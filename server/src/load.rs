@@ -167,6 +167,14 @@ async fn visitor(
 ) -> Tally {
     let mut t = Tally::default();
     let mut client = client;
+    // Different in every run, so no server cache remembers an earlier run's messages.
+    static SALT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let salt = *SALT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| (d.as_millis() % 1_000_000) as usize)
+            * 1_000_000
+    });
     'conversations: while Instant::now() < until {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if args.conversations > 0 && n >= args.conversations {
@@ -211,7 +219,7 @@ async fn visitor(
             }
             let mut text = args.messages[(n + k) % args.messages.len()].clone();
             if args.unique {
-                text.push_str(&format!(" Thanks, from {}.", letters(n * args.turns + k)));
+                text.push_str(&format!(" Thanks, from {}.", letters(salt + n * args.turns + k)));
             }
             let sent = Instant::now();
             let msg = pb::ConverseRequest {

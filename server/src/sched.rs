@@ -250,60 +250,63 @@ pub struct Snapshot {
 /// Prometheus text exposition of the reply path's figures.
 pub fn prometheus(m: &Metrics, s: &Snapshot) -> String {
     let (n, p50, p99, max) = m.stop_after_drop();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+    let rows: [(&str, &str, &str, String); 8] = [
+        (
+            "closer_replies_in_flight",
+            "gauge",
+            "Reply permits in use (generating or queued for the generator).",
+            s.in_flight.to_string(),
+        ),
+        (
+            "closer_replies_in_flight_max",
+            "gauge",
+            "Most reply permits ever in use at once.",
+            m.max_in_flight.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "closer_replies_limit",
+            "gauge",
+            "--max-pending-replies.",
+            s.limit.to_string(),
+        ),
+        (
+            "closer_generator_waiting",
+            "gauge",
+            "Replies queued for a generator slot.",
+            s.waiting.to_string(),
+        ),
+        (
+            "closer_turns_total",
+            "counter",
+            "Turns admitted.",
+            load(&m.turns),
+        ),
+        (
+            "closer_replies_refused_total",
+            "counter",
+            "Turns refused with RESOURCE_EXHAUSTED.",
+            load(&m.refused),
+        ),
+        (
+            "closer_turns_dropped_total",
+            "counter",
+            "Turns stopped because the client went away.",
+            n.to_string(),
+        ),
+        (
+            "closer_turns_deadline_exceeded_total",
+            "counter",
+            "Turns stopped by the client's deadline.",
+            load(&m.deadline_exceeded),
+        ),
+    ];
     let mut out = String::new();
-    let mut put = |name: &str, kind: &str, help: &str, value: String| {
+    for (name, kind, help, value) in rows {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
-    };
-    put(
-        "closer_replies_in_flight",
-        "gauge",
-        "Reply permits in use (generating or queued for the generator).",
-        s.in_flight.to_string(),
-    );
-    put(
-        "closer_replies_in_flight_max",
-        "gauge",
-        "Most reply permits ever in use at once.",
-        m.max_in_flight.load(Ordering::Relaxed).to_string(),
-    );
-    put(
-        "closer_replies_limit",
-        "gauge",
-        "--max-pending-replies.",
-        s.limit.to_string(),
-    );
-    put(
-        "closer_generator_waiting",
-        "gauge",
-        "Replies queued for a generator slot.",
-        s.waiting.to_string(),
-    );
-    put(
-        "closer_turns_total",
-        "counter",
-        "Turns admitted.",
-        m.turns.load(Ordering::Relaxed).to_string(),
-    );
-    put(
-        "closer_replies_refused_total",
-        "counter",
-        "Turns refused with RESOURCE_EXHAUSTED.",
-        m.refused.load(Ordering::Relaxed).to_string(),
-    );
-    put(
-        "closer_turns_dropped_total",
-        "counter",
-        "Turns stopped because the client went away.",
-        n.to_string(),
-    );
-    put(
-        "closer_turns_deadline_exceeded_total",
-        "counter",
-        "Turns stopped by the client's deadline.",
-        m.deadline_exceeded.load(Ordering::Relaxed).to_string(),
-    );
+    }
     out.push_str("# HELP closer_stop_after_drop_ms Time from a client dropping its stream to the turn's work stopping.\n# TYPE closer_stop_after_drop_ms summary\n");
     out.push_str(&format!(
         "closer_stop_after_drop_ms{{quantile=\"0.5\"}} {p50:.3}\ncloser_stop_after_drop_ms{{quantile=\"0.99\"}} {p99:.3}\ncloser_stop_after_drop_ms{{quantile=\"1\"}} {max:.3}\ncloser_stop_after_drop_ms_count {n}\n"

@@ -83,9 +83,10 @@ EOF
     serve R8 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 8
     load R8.alone --tenant calm --concurrency 4 --seconds 60 "${MSGS[@]}"
     load R8.flood --tenant applinks --concurrency 32 --seconds 70 "${MSGS[@]}" >/dev/null &
+    local flood=$!
     sleep 5
     load R8.calm --tenant calm --concurrency 4 --seconds 60 "${MSGS[@]}"
-    wait
+    wait $flood
     cat "$OUT/R8.flood.txt"
     stop ;;
   R8real) # The same with the real model: a calm team (2 visitors who read each reply for 3 s),
@@ -93,9 +94,10 @@ EOF
     serve R8real --tenant-max-pending-replies 8
     load R8real.alone --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
     load R8real.flood --tenant applinks --concurrency 32 --seconds 170 "${MSGS[@]}" >/dev/null &
+    local flood=$!
     sleep 10
     load R8real.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
-    wait
+    wait $flood
     cat "$OUT/R8real.flood.txt"
     stop ;;
   *) echo "unknown run $1"; exit 2 ;;

@@ -120,8 +120,18 @@ impl AnswerGenerator for ScriptedGenerator {
             ..Default::default()
         };
         let mut first = true;
-        if !self.prefill.is_zero() {
-            std::thread::sleep(self.prefill);
+        // Reading the prompt in chunks (as the real generator does), with a chance to stop
+        // between them: an empty piece.
+        let mut left = self.prefill;
+        while !left.is_zero() {
+            let step = left.min(std::time::Duration::from_millis(25).max(self.delay));
+            std::thread::sleep(step);
+            left -= step;
+            if !left.is_zero() && on_text("").is_break() {
+                stats.stopped_by_consumer = true;
+                stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                return Ok(stats);
+            }
         }
         for piece in text.split_inclusive(' ') {
             if !self.delay.is_zero() {

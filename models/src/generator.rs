@@ -103,6 +103,12 @@ impl AnswerGenerator for QwenGenerator {
         // The prompt in chunks, so a competing sequence waits for one chunk, not a whole prefill.
         let mut logits = None;
         for (i, chunk) in prompt_ids.chunks(PREFILL_CHUNK).enumerate() {
+            // Between chunks the consumer may stop us (an empty piece carries no text).
+            if i > 0 && on_text("").is_break() {
+                stats.stopped_by_consumer = true;
+                stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                return Ok(stats);
+            }
             logits = Some(forward(chunk, i * PREFILL_CHUNK, &mut cache)?);
         }
         let logits = logits.ok_or_else(|| Error::Other("empty prompt".into()))?;

@@ -146,7 +146,8 @@ pub struct GenerationStats {
     pub stopped_by_consumer: bool,
 }
 
-/// Streams an answer. `on_text` receives each new piece of text as it is decoded; returning
+/// Streams an answer. `on_text` receives each new piece of text as it is decoded (and an empty
+/// piece between chunks of the prompt, so that a consumer can stop a long prefill); returning
 /// `ControlFlow::Break` stops generation (a client went away, a deadline passed).
 pub trait AnswerGenerator: Send + Sync {
     fn generate(

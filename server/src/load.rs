@@ -219,7 +219,10 @@ async fn visitor(
             }
             let mut text = args.messages[(n + k) % args.messages.len()].clone();
             if args.unique {
-                text.push_str(&format!(" Thanks, from {}.", letters(salt + n * args.turns + k)));
+                text.push_str(&format!(
+                    " Thanks, from {}.",
+                    letters(salt + n * args.turns + k)
+                ));
             }
             let sent = Instant::now();
             let msg = pb::ConverseRequest {

@@ -207,9 +207,9 @@ pub struct Metrics {
     pub max_in_flight: AtomicUsize,
     pub refused: AtomicU64,
     pub turns: AtomicU64,
-    pub dropped: AtomicU64,
     pub deadline_exceeded: AtomicU64,
-    /// Time from the client's stream closing to the turn's work stopping.
+    /// Time from the client's stream closing to the turn's work stopping; its count is the
+    /// number of dropped turns.
     stop_after_drop: Mutex<Samples>,
 }
 
@@ -217,7 +217,6 @@ impl Metrics {
     pub fn record_stop(&self, why: Stop, ms: f64) {
         match why {
             Stop::Gone => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
                 self.stop_after_drop
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -455,3 +455,75 @@ async fn a_tenant_flood_waits_its_turn_behind_a_calm_tenant() {
         calm + 1
     );
 }
+
+/// Records each generation's share key and whether it ran in the background.
+struct Recording {
+    inner: ScriptedGenerator,
+    seen: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl AnswerGenerator for Recording {
+    fn generate(
+        &self,
+        r: &closer_models::GenerationRequest,
+        f: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> closer_models::Result<closer_models::GenerationStats> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((r.share.clone(), r.background));
+        self.inner.generate(r, f)
+    }
+    fn name(&self) -> &str {
+        "recording"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_pressing_past_its_quota_generates_in_the_background() {
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let mut inner = ScriptedGenerator::new(Arc::new(|req: &closer_models::GenerationRequest| {
+        req.system
+            .lines()
+            .filter_map(|l| l.strip_prefix("- ").map(str::trim))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }));
+    inner.delay = Duration::from_millis(20);
+    let models = fake_models(Arc::new(Recording {
+        inner,
+        seen: seen.clone(),
+    }));
+    let data = demo_data();
+    closer_kb::load::load_dir(&example_dir(), data.path(), Some("calm")).unwrap();
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.tenant_max_pending_replies = 1;
+    let server = serve_ready(cfg, models).await;
+    let url = format!("http://{}", server.addr);
+    let q = "How much does each seat cost?";
+
+    // Within its quota: foreground.
+    let (mut first, _tx1) = ask(&url, "applinks", q, None).await.unwrap();
+    while seen.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past it: refused...
+    let (mut second, _tx2) = ask(&url, "applinks", q, None).await.unwrap();
+    let refused = finish(&mut second).await.unwrap_err();
+    assert!(refused.message().starts_with("RESOURCE_EXHAUSTED"), "{refused:?}");
+    finish(&mut first).await.unwrap();
+    // ...and the team's next turn, admitted, yields the model to other teams.
+    let (mut third, _tx3) = ask(&url, "applinks", q, None).await.unwrap();
+    finish(&mut third).await.unwrap();
+    let (mut calm, _tx4) = ask(&url, "calm", q, None).await.unwrap();
+    finish(&mut calm).await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let flags: Vec<bool> = seen.iter().map(|(_, bg)| *bg).collect();
+    assert_eq!(flags, [false, true, false], "{seen:?}");
+    assert_eq!(seen[0].0, seen[1].0);
+    assert_ne!(seen[0].0, seen[2].0);
+    let m = metrics(server.addr).await;
+    assert_eq!(metric(&m, "closer_turns_background_total"), 1.0);
+    assert_eq!(metric(&m, "closer_replies_refused_total"), 1.0);
+}

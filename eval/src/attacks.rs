@@ -204,6 +204,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
             user: message.clone(),
             max_tokens: 160,
             share: "baseline".into(),
+            background: false,
         };
         let generator = generator.clone();
         let baseline = tokio::task::spawn_blocking(move || {

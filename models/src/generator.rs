@@ -97,7 +97,7 @@ impl AnswerGenerator for QwenGenerator {
         let seq = self.steps.sequence();
         let forward = |ids: &[u32], pos: usize, cache: &mut crate::qwen2::KvCache| {
             let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-            let _turn = self.steps.step(&request.share, seq);
+            let _turn = self.steps.step(&request.share, seq, request.background);
             self.model.forward(&input, pos, cache)?.squeeze(0)
         };
         // The prompt in chunks, so a competing sequence waits for one chunk, not a whole prefill.

@@ -133,6 +133,9 @@ pub struct GenerationRequest {
     /// Whose share of the model this counts against (the tenant): when sequences compete, the
     /// key that used the least compute lately goes first.
     pub share: String,
+    /// Run in the background: each forward pass waits while any foreground pass wants the model
+    /// (the server sets it for a team pressing past its quota).
+    pub background: bool,
 }
 
 /// What a finished generation measured.

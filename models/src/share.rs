@@ -7,6 +7,11 @@
 //! waits for at most the one forward pass in progress. A sequence that just finished a pass gets
 //! a few milliseconds to ask for its next one (it is decoding and streaming its token) before a
 //! busier key may take the model, so a quiet team's reply is not broken up by every flood pass.
+//!
+//! Least-used-first alone converges to equal shares: a team that floods without pause would
+//! still take half the model from a team that chats normally. So a pass can be asked for in the
+//! background (the server does this for a team pressing past its quota): background passes go
+//! only when no foreground pass waits, whatever the usage.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -22,12 +27,13 @@ pub struct StepScheduler {
 struct State {
     busy: bool,
     next: u64,
-    /// Waiting passes: their sequence's ticket and key.
-    waiting: Vec<(u64, String)>,
+    /// Waiting passes: their sequence's ticket, key and whether they are in the background.
+    waiting: Vec<(u64, String, bool)>,
     /// Compute seconds each key used, decayed to `at`.
     usage: HashMap<String, (f64, Instant)>,
-    /// The key that just released the model, and until when busier keys wait for it.
-    hold: Option<(String, Instant)>,
+    /// The key that just released the model (and whether its pass was in the background), and
+    /// until when busier keys wait for it.
+    hold: Option<(String, bool, Instant)>,
 }
 
 /// How long a key that just released the model keeps its place against busier keys.
@@ -37,6 +43,7 @@ const HOLD: Duration = Duration::from_millis(5);
 pub struct Step<'a> {
     sched: &'a StepScheduler,
     key: String,
+    background: bool,
     started: Instant,
 }
 
@@ -70,21 +77,22 @@ impl StepScheduler {
     }
 
     /// Waits for the model for a pass of sequence `ticket` (from [`Self::sequence`]); returns it
-    /// for one forward pass.
-    pub fn step(&self, key: &str, ticket: u64) -> Step<'_> {
+    /// for one forward pass. A `background` pass waits while any foreground pass does.
+    pub fn step(&self, key: &str, ticket: u64, background: bool) -> Step<'_> {
         let mut s = self.lock();
-        s.waiting.push((ticket, key.to_string()));
+        s.waiting.push((ticket, key.to_string(), background));
         loop {
             if !s.busy {
                 let now = Instant::now();
                 match self.pick(&s, now) {
                     Pick::Ticket(t) if t == ticket => {
-                        s.waiting.retain(|(t, _)| *t != ticket);
+                        s.waiting.retain(|(t, _, _)| *t != ticket);
                         s.busy = true;
                         s.hold = None;
                         return Step {
                             sched: self,
                             key: key.to_string(),
+                            background,
                             started: now,
                         };
                     }
@@ -103,32 +111,40 @@ impl StepScheduler {
         }
     }
 
-    /// Who gets the free model: the least used waiting key (oldest ticket on a tie); while a
-    /// hold is on, only the holder's own passes or strictly less used keys.
+    /// Who gets the free model: a foreground pass before any background one, then the least
+    /// used waiting key (oldest ticket on a tie); while a hold is on, only the holder's own
+    /// passes or strictly better placed ones.
     fn pick(&self, s: &State, now: Instant) -> Pick {
-        let best = |filter: &dyn Fn(f64, &str) -> bool| {
+        let rank = |background: bool, key: &str| (background, self.decayed(s, key, now));
+        let better = |a: (bool, f64), b: (bool, f64)| a.0 < b.0 || (a.0 == b.0 && a.1 < b.1);
+        let best = |filter: &dyn Fn((bool, f64)) -> bool| {
             s.waiting
                 .iter()
-                .map(|(t, k)| (self.decayed(s, k, now), *t, k.as_str()))
-                .filter(|(u, _, k)| filter(*u, k))
-                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-                .map(|(_, t, _)| t)
+                .map(|(t, k, bg)| (rank(*bg, k), *t))
+                .filter(|(r, _)| filter(*r))
+                .min_by(|a, b| {
+                    (a.0 .0)
+                        .cmp(&b.0 .0)
+                        .then(a.0 .1.total_cmp(&b.0 .1))
+                        .then(a.1.cmp(&b.1))
+                })
+                .map(|(_, t)| t)
         };
         match &s.hold {
-            Some((holder, until)) if now < *until => {
-                let hu = self.decayed(s, holder, now);
+            Some((holder, holder_bg, until)) if now < *until => {
+                let hr = rank(*holder_bg, holder);
                 let own = s
                     .waiting
                     .iter()
-                    .filter(|(_, k)| k == holder)
-                    .map(|(t, _)| *t)
+                    .filter(|(_, k, _)| k == holder)
+                    .map(|(t, _, _)| *t)
                     .min();
-                match best(&|u, _| u < hu).or(own) {
+                match best(&|r| better(r, hr)).or(own) {
                     Some(t) => Pick::Ticket(t),
                     None => Pick::WaitUntil(*until),
                 }
             }
-            _ => best(&|_, _| true).map_or(Pick::WaitUntil(now + HOLD), Pick::Ticket),
+            _ => best(&|_| true).map_or(Pick::WaitUntil(now + HOLD), Pick::Ticket),
         }
     }
 }
@@ -143,7 +159,7 @@ impl Drop for Step<'_> {
         let now = Instant::now();
         let mut s = self.sched.lock();
         let used = self.sched.decayed(&s, &self.key, now) + (now - self.started).as_secs_f64();
-        s.hold = Some((self.key.clone(), now + HOLD));
+        s.hold = Some((self.key.clone(), self.background, now + HOLD));
         s.usage.insert(std::mem::take(&mut self.key), (used, now));
         if s.usage.len() > 10_000 {
             // Forget keys whose usage has decayed to nothing.
@@ -167,20 +183,20 @@ mod tests {
         let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
         // "busy" used the model for a while.
         for _ in 0..3 {
-            let _s = sched.step("busy", sched.sequence());
+            let _s = sched.step("busy", sched.sequence(), false);
             std::thread::sleep(Duration::from_millis(20));
         }
         let order = Arc::new(Mutex::new(vec![]));
-        let held = sched.step("holder", sched.sequence());
+        let held = sched.step("holder", sched.sequence(), false);
         let mut hs = vec![];
         for k in ["busy", "quiet"] {
             let (sc, order) = (sched.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
-                let _s = sc.step(k, sc.sequence());
+                let _s = sc.step(k, sc.sequence(), false);
                 order.lock().unwrap().push(k);
             }));
             // "busy" asks first.
-            while sched.lock().waiting.iter().all(|(_, w)| w != k) {
+            while sched.lock().waiting.iter().all(|(_, w, _)| w != k) {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -192,15 +208,46 @@ mod tests {
     }
 
     #[test]
+    fn a_background_pass_waits_for_every_foreground_one() {
+        let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
+        for _ in 0..3 {
+            let _s = sched.step("busy", sched.sequence(), false);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let order = Arc::new(Mutex::new(vec![]));
+        let held = sched.step("holder", sched.sequence(), true);
+        let mut hs = vec![];
+        // The unused key asks first, but in the background; then the busy key, twice.
+        for (i, (k, bg)) in [("flood", true), ("busy", false), ("busy", false)]
+            .into_iter()
+            .enumerate()
+        {
+            let (sc, order) = (sched.clone(), order.clone());
+            hs.push(std::thread::spawn(move || {
+                let _s = sc.step(k, sc.sequence(), bg);
+                order.lock().unwrap().push(k);
+            }));
+            while sched.lock().waiting.len() < i + 1 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(held);
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["busy", "busy", "flood"]);
+    }
+
+    #[test]
     fn equal_keys_go_in_order_of_asking() {
         let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
-        let held = sched.step("x", sched.sequence());
+        let held = sched.step("x", sched.sequence(), false);
         let order = Arc::new(Mutex::new(vec![]));
         let mut hs = vec![];
         for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
             let (sc, order) = (sched.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
-                let _s = sc.step(k, sc.sequence());
+                let _s = sc.step(k, sc.sequence(), false);
                 order.lock().unwrap().push(k);
             }));
             while sched.lock().waiting.len() < i + 1 {

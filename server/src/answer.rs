@@ -243,6 +243,8 @@ pub struct TurnControl<'a> {
     pub gate: &'a crate::sched::FairGate,
     /// Asked before generating, while queued for the generator, and after every token.
     pub stop: &'a dyn Fn() -> Option<Stop>,
+    /// The team is pressing past its quota: its generation yields the model to other teams.
+    pub background: bool,
 }
 
 /// Runs one turn and emits its events in protocol order. `emit` returning `Break` means the
@@ -515,6 +517,7 @@ pub fn run_turn(
                 user: covered_clauses.join(" "),
                 max_tokens: cfg.max_new_tokens,
                 share: tenant.id.clone(),
+                background: ctl.background,
             };
             let mut splitter = SentenceSplitter::default();
             let mut replaced_with: Vec<String> = vec![];

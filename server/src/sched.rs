@@ -207,6 +207,8 @@ pub struct Metrics {
     pub max_in_flight: AtomicUsize,
     pub refused: AtomicU64,
     pub turns: AtomicU64,
+    /// Turns of a team pressing past its quota, generated in the background.
+    pub background: AtomicU64,
     pub deadline_exceeded: AtomicU64,
     /// Time from the client's stream closing to the turn's work stopping; its count is the
     /// number of dropped turns.
@@ -250,7 +252,7 @@ pub struct Snapshot {
 pub fn prometheus(m: &Metrics, s: &Snapshot) -> String {
     let (n, p50, p99, max) = m.stop_after_drop();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-    let rows: [(&str, &str, &str, String); 8] = [
+    let rows: [(&str, &str, &str, String); 9] = [
         (
             "closer_replies_in_flight",
             "gauge",
@@ -280,6 +282,12 @@ pub fn prometheus(m: &Metrics, s: &Snapshot) -> String {
             "counter",
             "Turns admitted.",
             load(&m.turns),
+        ),
+        (
+            "closer_turns_background_total",
+            "counter",
+            "Turns admitted while their team pressed past its quota, generated after other teams' work.",
+            load(&m.background),
         ),
         (
             "closer_replies_refused_total",

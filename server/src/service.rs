@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use closer_proto::v1 as pb;
 use tokio::sync::{mpsc, Semaphore};
@@ -48,13 +48,23 @@ use crate::config::ServeConfig;
 use crate::error::{Error, Result};
 use crate::state::Engine;
 
+/// A team that was refused a turn this recently is pressing past its quota: the turns it does
+/// get generate in the background (after every other team's forward passes).
+pub const PRESSING: Duration = Duration::from_secs(10);
+
+struct TenantQuota {
+    permits: Arc<Semaphore>,
+    refused_at: Option<Instant>,
+}
+
 /// Shared by every service; `engine` is set once models and tenants are loaded.
 pub struct AppState {
     pub config: ServeConfig,
     pub engine: OnceLock<Arc<Engine>>,
     pending_replies: Arc<Semaphore>,
-    /// Per tenant: at most `tenant_max_pending_replies` of the permits above.
-    tenant_replies: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    /// Per tenant: at most `tenant_max_pending_replies` of the permits above, and when the
+    /// tenant was last refused one.
+    tenant_replies: std::sync::Mutex<std::collections::HashMap<String, TenantQuota>>,
     /// The generator's slots, shared round-robin by tenant.
     pub gate: crate::sched::FairGate,
     pub metrics: crate::sched::Metrics,
@@ -103,24 +113,28 @@ impl AppState {
         ),
         &'static str,
     > {
-        let quota = {
+        let own = {
             let mut m = self
                 .tenant_replies
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            m.entry(tenant.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(
-                        self.config.tenant_max_pending_replies.max(1),
-                    ))
-                })
-                .clone()
+            let q = m.entry(tenant.to_string()).or_insert_with(|| TenantQuota {
+                permits: Arc::new(Semaphore::new(
+                    self.config.tenant_max_pending_replies.max(1),
+                )),
+                refused_at: None,
+            });
+            let own = q.permits.clone().try_acquire_owned();
+            if own.is_err() {
+                q.refused_at = Some(Instant::now());
+            }
+            own
         };
         let refused = |why| {
             self.metrics.refused.fetch_add(1, Ordering::Relaxed);
             why
         };
-        let own = quota.try_acquire_owned().map_err(|_| {
+        let own = own.map_err(|_| {
             refused("this team has too many replies in progress; retry in a few seconds")
         })?;
         let global = self
@@ -135,6 +149,17 @@ impl AppState {
             .fetch_max(in_use, Ordering::Relaxed);
         self.metrics.turns.fetch_add(1, Ordering::Relaxed);
         Ok((own, global))
+    }
+
+    /// Whether `tenant` was refused a turn by its own quota within [`PRESSING`].
+    pub fn pressing(&self, tenant: &str) -> bool {
+        let m = self
+            .tenant_replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        m.get(tenant)
+            .and_then(|q| q.refused_at)
+            .is_some_and(|at| at.elapsed() < PRESSING)
     }
 
     pub(crate) fn engine(&self) -> Result<Arc<Engine>> {
@@ -455,6 +480,10 @@ impl pb::assistant_server::Assistant for AssistantService {
                         let _ = closed_at.set(Instant::now());
                     })
                 };
+                let background = state.pressing(&tenant.id);
+                if background {
+                    state.metrics.background.fetch_add(1, Ordering::Relaxed);
+                }
                 let state2 = state.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
@@ -471,6 +500,7 @@ impl pb::assistant_server::Assistant for AssistantService {
                     let ctl = TurnControl {
                         gate: &state2.gate,
                         stop: &stop,
+                        background,
                     };
                     run_turn(
                         &engine,

@@ -975,6 +975,41 @@ fn real_encoder_matches_the_candle_reference() {
     }
 }
 
+/// The fast inference path (unpadded, fused, SIMD) gives the candle graph's pooled vectors at
+/// every layer asked for, for a batch of mixed lengths larger than one forward chunk.
+#[test]
+fn real_fast_encoder_path_matches_the_candle_graph() {
+    let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
+    let base = [
+        "hi",
+        "How much does each seat cost?",
+        "Are you SOC II compliant? And who would be our rep? We are a 200-person team in Berlin \
+         looking at the enterprise plan with SSO, audit logs and a dedicated success manager.",
+        "¿Tienen precios para equipos pequeños? 日本語のサポートはありますか",
+    ];
+    let texts: Vec<String> = (0..40).map(|i| format!("{} {i}", base[i % 4])).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let layers = [6, 0, 3];
+    let fast = enc.pooled_layers_fast(&texts, &layers).unwrap();
+    let reference = enc.pooled_layers_candle(&texts, &layers).unwrap();
+    assert_eq!(fast.len(), 40);
+    for (t, (a, b)) in texts.iter().zip(fast.iter().zip(&reference)) {
+        assert_eq!(a.len(), 3 * 384);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{t:?}: max difference {diff}");
+    }
+    assert!(enc.pooled_layers(&texts[..1], &[7]).is_err());
+    // The size policy: a short message goes the fast way, a big batch candle's; both agree.
+    let auto = enc.pooled_layers(&texts, &[6]).unwrap();
+    for (a, b) in auto.iter().zip(&reference) {
+        assert!(a.iter().zip(&b[..384]).all(|(x, y)| (x - y).abs() < 1e-5));
+    }
+}
+
 /// The fine-tuning path: the encoder's own top layer through `pooled_with_top` gives exactly
 /// `embed`, and a few fine-tuning steps pull two intents' examples apart.
 #[test]

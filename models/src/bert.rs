@@ -8,23 +8,23 @@ use candle_transformers::models::bert::Config;
 
 #[derive(Clone)]
 pub struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    inter: Linear,
-    out: Linear,
-    out_norm: LayerNorm,
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attn_out: Linear,
+    pub(crate) attn_norm: LayerNorm,
+    pub(crate) inter: Linear,
+    pub(crate) out: Linear,
+    pub(crate) out_norm: LayerNorm,
 }
 
 pub struct Bert {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
-    emb_norm: LayerNorm,
-    layers: Vec<Layer>,
-    heads: usize,
+    pub(crate) word: Embedding,
+    pub(crate) position: Embedding,
+    pub(crate) token_type: Embedding,
+    pub(crate) emb_norm: LayerNorm,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) heads: usize,
 }
 
 impl Bert {

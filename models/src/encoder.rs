@@ -7,16 +7,26 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 
 use crate::bert::{Bert, Layer};
+use crate::fastbert::FastBert;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Embedder, Error, Result};
 
 /// Longest input the encoder sees, in tokens; longer texts are truncated.
 pub const MAX_TOKENS: usize = 256;
+/// Token rows up to which a batch takes the fast path (see [`crate::fastbert`]); measured
+/// with `cargo bench -p closer-models --bench encoder`: one message 18.5 → 9.7 ms, while a
+/// batch of 32 messages (~400 rows) is about as fast either way and 32 facts are faster
+/// through candle.
+const FAST_MAX_ROWS: usize = 128;
 /// Texts per forward pass when embedding many.
 const BATCH: usize = 32;
 
 pub struct MiniLmEncoder {
+    /// What serves short inputs (visitor messages, queries).
+    fast: FastBert,
+    /// The candle graph of the same weights: large batches, fine-tuning experiments, and the
+    /// reference the fast path is tested and benchmarked against.
     model: Bert,
     tokenizer: Tokenizer,
     device: Device,
@@ -27,22 +37,9 @@ impl MiniLmEncoder {
     /// Loads from a folder holding `model.safetensors`, `config.json` and `tokenizer.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let device = Device::Cpu;
-        let read = |name: &str| {
-            let p = dir.join(name);
-            std::fs::read(&p).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::Missing(p.display().to_string())
-                } else {
-                    Error::io(&p, e)
-                }
-            })
-        };
-        let config: Config = serde_json::from_slice(&read("config.json")?)
-            .map_err(|e| Error::Other(format!("encoder config.json: {e}")))?;
-        let weights = read("model.safetensors")?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        let model = Bert::load(vb, &config)?;
-        let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)
+        let (config, model) = Self::load_candle(dir)?;
+        let fast = FastBert::from_bert(&model, config.layer_norm_eps)?;
+        let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
         tokenizer.with_padding(Some(PaddingParams {
@@ -56,6 +53,7 @@ impl MiniLmEncoder {
             }))
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Self {
+            fast,
             model,
             tokenizer,
             device,
@@ -63,22 +61,71 @@ impl MiniLmEncoder {
         })
     }
 
+    fn load_candle(dir: &Path) -> Result<(Config, Bert)> {
+        let config: Config = serde_json::from_slice(&read(dir, "config.json")?)
+            .map_err(|e| Error::Other(format!("encoder config.json: {e}")))?;
+        let weights = read(dir, "model.safetensors")?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)?;
+        let model = Bert::load(vb, &config)?;
+        Ok((config, model))
+    }
+
     /// Mean-pooled (over the attention mask), unit-length vectors of the hidden states at
-    /// `layers` (0 = embeddings output, 6 = last layer), concatenated per text.
+    /// `layers` (0 = embeddings output, 6 = last layer), concatenated per text. A forward
+    /// chunk of at most [`FAST_MAX_ROWS`] tokens takes the fast path, a larger one candle's.
     pub fn pooled_layers(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.pooled_by(texts, layers, Route::BySize)
+    }
+
+    /// As [`Self::pooled_layers`], always through the fast path.
+    pub fn pooled_layers_fast(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.pooled_by(texts, layers, Route::Fast)
+    }
+
+    /// As [`Self::pooled_layers`], always through the candle graph with padded batches: the
+    /// reference for the fast path.
+    pub fn pooled_layers_candle(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.pooled_by(texts, layers, Route::Candle)
+    }
+
+    fn pooled_by(&self, texts: &[&str], layers: &[usize], route: Route) -> Result<Vec<Vec<f32>>> {
+        if let Some(l) = layers.iter().find(|&&l| l > self.last_layer()) {
+            return Err(Error::Other(format!("no encoder layer {l}")));
+        }
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(BATCH) {
-            out.extend(self.pooled_batch(chunk, layers)?);
+            let encodings = self.encode(chunk)?;
+            // Unpadded: each text's own tokens.
+            let ids: Vec<&[u32]> = encodings
+                .iter()
+                .map(|e| {
+                    let n = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+                    &e.get_ids()[..n]
+                })
+                .collect();
+            let rows: usize = ids.iter().map(|t| t.len()).sum();
+            let fast = match route {
+                Route::BySize => rows <= FAST_MAX_ROWS,
+                Route::Fast => true,
+                Route::Candle => false,
+            };
+            if fast {
+                out.extend(self.fast.pooled(&ids, layers)?);
+            } else {
+                out.extend(self.pooled_batch(&encodings, layers)?);
+            }
         }
         Ok(out)
     }
 
-    /// Token ids and attention mask of a batch, padded to its longest text.
-    fn batch_tensors(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
-        let encodings = self
-            .tokenizer
+    fn encode(&self, texts: &[&str]) -> Result<Vec<tokenizers::Encoding>> {
+        self.tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Token ids and attention mask of a batch, padded to its longest text.
+    fn batch_tensors(&self, encodings: &[tokenizers::Encoding]) -> Result<(Tensor, Tensor)> {
         let n = encodings.len();
         let len = encodings
             .iter()
@@ -87,7 +134,7 @@ impl MiniLmEncoder {
             .unwrap_or(0);
         let mut ids = Vec::with_capacity(n * len);
         let mut mask = Vec::with_capacity(n * len);
-        for e in &encodings {
+        for e in encodings {
             ids.extend_from_slice(e.get_ids());
             mask.extend_from_slice(e.get_attention_mask());
         }
@@ -99,7 +146,7 @@ impl MiniLmEncoder {
     /// Hidden states of a batch after all but the last layer, and its mask: the input of a
     /// fine-tuned top layer.
     pub fn below_top(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
-        let (ids, mask) = self.batch_tensors(texts)?;
+        let (ids, mask) = self.batch_tensors(&self.encode(texts)?)?;
         let h = self
             .model
             .forward_until(&ids, &mask, self.last_layer() - 1)?;
@@ -112,7 +159,7 @@ impl MiniLmEncoder {
     }
 
     pub fn heads(&self) -> usize {
-        self.model.heads()
+        self.fast.heads()
     }
 
     /// Pooled unit vectors with `top` in place of the last layer.
@@ -126,8 +173,12 @@ impl MiniLmEncoder {
         Ok(out)
     }
 
-    fn pooled_batch(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
-        let (ids, mask) = self.batch_tensors(texts)?;
+    fn pooled_batch(
+        &self,
+        encodings: &[tokenizers::Encoding],
+        layers: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = self.batch_tensors(encodings)?;
         let hidden = self.model.forward_all(&ids, &mask)?;
         let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
         let counts = maskf.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
@@ -144,8 +195,26 @@ impl MiniLmEncoder {
     }
 
     fn last_layer(&self) -> usize {
-        self.model.num_layers()
+        self.fast.num_layers()
     }
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    BySize,
+    Fast,
+    Candle,
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let p = dir.join(name);
+    std::fs::read(&p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Missing(p.display().to_string())
+        } else {
+            Error::io(&p, e)
+        }
+    })
 }
 
 /// Mean over the attention mask of `(n, len, dim)` hidden states, scaled to unit length: `(n, dim)`.

@@ -16,6 +16,7 @@ pub mod bert;
 pub mod cache;
 pub mod encoder;
 pub mod fake;
+pub mod fastbert;
 pub mod finetune;
 pub mod generator;
 pub mod head;

@@ -1,0 +1,97 @@
+//! The encoder behind intents and retrieval: one short visitor message (what Classify embeds),
+//! and a batch of 32 (what a burst of conversations or a knowledge-base load embeds), through
+//! the fast path that serves and through the candle graph it replaced.
+//!
+//! `cargo bench -p closer-models --bench encoder` (needs `closer models pull`).
+
+use closer_models::encoder::MiniLmEncoder;
+use closer_models::source::ModelPaths;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const ONE: &str = "How much does each seat cost for a team of 200?";
+
+fn batch() -> Vec<String> {
+    let base = [
+        "How much does each seat cost?",
+        "Are you SOC II compliant?",
+        "Who would be our rep?",
+        "Can I book a demo for next Tuesday afternoon?",
+        "I'd like to talk to a human please",
+        "Are you hiring backend engineers in Berlin?",
+        "Just looking around for now, thanks",
+        "My dashboard stopped loading after the last update",
+    ];
+    (0..32)
+        .map(|i| format!("{} ({i})", base[i % base.len()]))
+        .collect()
+}
+
+fn encoder(c: &mut Criterion) {
+    let paths = ModelPaths::new(ModelPaths::default_root());
+    if let Err(e) = paths.check() {
+        eprintln!("skipping the encoder benchmarks: {e} (run `closer models pull`)");
+        return;
+    }
+    let enc = MiniLmEncoder::load(&paths.encoder_dir()).expect("encoder loads");
+    let last = [6];
+    let mut g = c.benchmark_group("encoder/one message");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("fast", |b| {
+        b.iter(|| enc.pooled_layers_fast(&[ONE], &last).unwrap())
+    });
+    g.bench_function("candle", |b| {
+        b.iter(|| enc.pooled_layers_candle(&[ONE], &last).unwrap())
+    });
+    g.finish();
+
+    let texts = batch();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group("encoder/batch");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    g.sample_size(20);
+    for (name, fast) in [("fast", true), ("candle", false)] {
+        g.bench_with_input(BenchmarkId::new(name, refs.len()), &refs, |b, refs| {
+            b.iter(|| {
+                if fast {
+                    enc.pooled_layers_fast(refs, &last).unwrap()
+                } else {
+                    enc.pooled_layers_candle(refs, &last).unwrap()
+                }
+            })
+        });
+    }
+    g.finish();
+
+    // Knowledge-base facts: longer texts of mixed lengths (a padded batch pays for the longest).
+    let facts: Vec<String> = (0..32)
+        .map(|i| {
+            let answer = "Each seat costs $80 per user per month billed monthly, or $960 per user \
+                          per year billed annually; volume discounts start at 50 seats and SSO, \
+                          audit logs and a dedicated success manager come with Enterprise.";
+            answer
+                .split(' ')
+                .take(8 + (i * 7) % 40)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let refs: Vec<&str> = facts.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group("encoder/facts");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    g.sample_size(10);
+    for (name, fast) in [("fast", true), ("candle", false)] {
+        g.bench_with_input(BenchmarkId::new(name, refs.len()), &refs, |b, refs| {
+            b.iter(|| {
+                if fast {
+                    enc.pooled_layers_fast(refs, &last).unwrap()
+                } else {
+                    enc.pooled_layers_candle(refs, &last).unwrap()
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encoder);
+criterion_main!(benches);

@@ -1,0 +1,438 @@
+//! The encoder's inference path without a tensor library: the same BERT maths as
+//! [`crate::bert`] on plain `f32` buffers, written for what an intent or a query is — a handful
+//! of messages of 5–30 tokens.
+//!
+//! What makes it faster than the candle graph (see `models/benches/encoder.rs`):
+//! - no padding: the texts of a batch are packed one after another and attention runs per text,
+//!   so a batch costs the sum of its lengths, not `n × longest`;
+//! - query, key and value are one fused linear; bias, GELU and the residual add are applied in
+//!   the same pass over the output; nothing is allocated per op;
+//! - the linears are a register-blocked kernel over weights packed once at load into panels of
+//!   16 outputs (each panel streamed front to back; 4 input rows × 16 outputs accumulated in
+//!   registers along the input: 8 independent FMA chains, no horizontal sums), SIMD with run-time dispatch: AVX2+FMA where the CPU has it, plain code
+//!   otherwise, so one binary runs on any x86-64;
+//! - threads by size: a linear is split over the rayon pool only when it has enough work to
+//!   pay for the hand-off (a single short message mostly stays on one core, leaving the other
+//!   to a concurrent request).
+//!
+//! It is the latency path: with a few dozen token rows the linears are bound by streaming the
+//! weights, which the packed panels do once per pass. Large batches are compute-bound, where
+//! candle's matmul (AVX-512 where the CPU has it) does better: the encoder sends those there
+//! (see `MiniLmEncoder::pooled_layers`). Outputs match the candle path within float rounding
+//! (test `real_fast_encoder_path_matches_the_candle_graph`).
+
+use candle_core::{Result, Tensor};
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
+
+use crate::bert::Bert;
+
+struct Linear {
+    /// Packed in panels of [`NR`] outputs: panel `p` holds, for each input `i` in order, the
+    /// weights of outputs `p·NR .. p·NR+NR` (zero past `out`), so the kernel streams each
+    /// panel once, front to back.
+    packed: Vec<f32>,
+    b: Vec<f32>,
+    out: usize,
+    inp: usize,
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: (Vec<f32>, Vec<f32>),
+    inter: Linear,
+    out: Linear,
+    out_norm: (Vec<f32>, Vec<f32>),
+}
+
+pub struct FastBert {
+    /// Shared with the candle model (not copied): rows are gathered per text.
+    word: Tensor,
+    position: Vec<f32>,
+    max_positions: usize,
+    token_type0: Vec<f32>,
+    emb_norm: (Vec<f32>, Vec<f32>),
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    eps: f32,
+    arch: Arch,
+}
+
+/// Outputs per weight panel (two AVX2 vectors).
+const NR: usize = 16;
+
+/// Inputs per chunk of a panel (64 × 16 floats = 4 KiB, well inside L1).
+const KC: usize = 64;
+
+/// Multiply-adds below which a linear runs on the calling thread.
+const PARALLEL_MIN_FMA: usize = 1 << 20;
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn linear(ws: &[&candle_nn::Linear]) -> Result<Linear> {
+    let mut w = vec![];
+    let mut b = vec![];
+    let mut out = 0;
+    let mut inp = 0;
+    for l in ws {
+        let (o, i) = l.weight().dims2()?;
+        w.extend(flat(l.weight())?);
+        b.extend(flat(l.bias().expect("BERT linears have a bias"))?);
+        out += o;
+        inp = i;
+    }
+    let panels = out.div_ceil(NR);
+    let mut packed = vec![0f32; panels * inp * NR];
+    for (o, row) in w.chunks_exact(inp).enumerate() {
+        let (p, j) = (o / NR, o % NR);
+        for (i, v) in row.iter().enumerate() {
+            packed[(p * inp + i) * NR + j] = *v;
+        }
+    }
+    Ok(Linear {
+        packed,
+        b,
+        out,
+        inp,
+    })
+}
+
+fn norm(ln: &candle_nn::LayerNorm) -> Result<(Vec<f32>, Vec<f32>)> {
+    Ok((
+        flat(ln.weight())?,
+        flat(ln.bias().expect("BERT layer norms have a bias"))?,
+    ))
+}
+
+impl FastBert {
+    /// Copies the weights of a loaded candle model.
+    pub fn from_bert(b: &Bert, eps: f64) -> Result<Self> {
+        let layers = b
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    qkv: linear(&[&l.query, &l.key, &l.value])?,
+                    attn_out: linear(&[&l.attn_out])?,
+                    attn_norm: norm(&l.attn_norm)?,
+                    inter: linear(&[&l.inter])?,
+                    out: linear(&[&l.out])?,
+                    out_norm: norm(&l.out_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (max_positions, hidden) = b.position.embeddings().dims2()?;
+        let token_type0 = b.token_type.embeddings().get(0)?.to_vec1::<f32>()?;
+        Ok(Self {
+            word: b.word.embeddings().clone(),
+            position: flat(b.position.embeddings())?,
+            max_positions,
+            token_type0,
+            emb_norm: norm(&b.emb_norm)?,
+            layers,
+            heads: b.heads,
+            hidden,
+            eps: eps as f32,
+            arch: Arch::new(),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// For each text (its token ids, unpadded), the mean over its tokens of the hidden states
+    /// at each of `layers` (0 = embeddings, `num_layers()` = last), each scaled to unit length
+    /// and concatenated.
+    pub fn pooled(&self, texts: &[&[u32]], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let h = self.hidden;
+        let lens: Vec<usize> = texts
+            .iter()
+            .map(|t| t.len().clamp(1, self.max_positions))
+            .collect();
+        let rows: usize = lens.iter().sum();
+        let vocab = self.word.dim(0)?;
+        let mut ids = Vec::with_capacity(rows);
+        for (t, &len) in texts.iter().zip(&lens) {
+            // An empty text reads as one [PAD] (id 0).
+            ids.extend((0..len).map(|p| t.get(p).copied().unwrap_or(0).min(vocab as u32 - 1)));
+        }
+        let ids = Tensor::new(ids.as_slice(), self.word.device())?;
+        let mut x = flat(&self.word.index_select(&ids, 0)?)?;
+        let mut r = 0;
+        for &len in &lens {
+            for p in 0..len {
+                let row = &mut x[r * h..(r + 1) * h];
+                let pos = &self.position[p * h..(p + 1) * h];
+                for j in 0..h {
+                    row[j] += pos[j] + self.token_type0[j];
+                }
+                r += 1;
+            }
+        }
+        layer_norm(&mut x, h, &self.emb_norm, self.eps);
+        // Pooled vectors per model layer asked for, put in the caller's order at the end.
+        let mut at: Vec<Option<Vec<Vec<f32>>>> = vec![None; self.layers.len() + 1];
+        let pool = |x: &[f32]| -> Vec<Vec<f32>> {
+            let mut r = 0;
+            lens.iter()
+                .map(|&len| {
+                    let mut mean = vec![0f32; h];
+                    for row in x[r * h..(r + len) * h].chunks_exact(h) {
+                        for (m, v) in mean.iter_mut().zip(row) {
+                            *m += v;
+                        }
+                    }
+                    r += len;
+                    let n = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                    mean.iter().map(|v| v / n).collect()
+                })
+                .collect()
+        };
+        if layers.contains(&0) {
+            at[0] = Some(pool(&x));
+        }
+        let mut qkv = vec![];
+        let mut ctx = vec![0f32; rows * h];
+        let mut inter = vec![];
+        let mut tmp = vec![0f32; rows * h];
+        for (i, l) in self.layers.iter().enumerate() {
+            self.linear(&l.qkv, &x, rows, &mut qkv);
+            self.attention(&qkv, &lens, &mut ctx);
+            self.linear(&l.attn_out, &ctx, rows, &mut tmp);
+            for (t, v) in tmp.iter_mut().zip(&x) {
+                *t += v;
+            }
+            layer_norm(&mut tmp, h, &l.attn_norm, self.eps);
+            std::mem::swap(&mut x, &mut tmp); // x = attention block's output
+            self.linear(&l.inter, &x, rows, &mut inter);
+            for v in inter.iter_mut() {
+                *v = gelu(*v);
+            }
+            self.linear(&l.out, &inter, rows, &mut tmp);
+            for (t, v) in tmp.iter_mut().zip(&x) {
+                *t += v;
+            }
+            layer_norm(&mut tmp, h, &l.out_norm, self.eps);
+            std::mem::swap(&mut x, &mut tmp);
+            if layers.contains(&(i + 1)) {
+                at[i + 1] = Some(pool(&x));
+            }
+        }
+        Ok((0..texts.len())
+            .map(|t| {
+                layers
+                    .iter()
+                    .flat_map(|&l| {
+                        at.get(l)
+                            .and_then(|p| p.as_ref())
+                            .map_or(&[][..], |p| &p[t])
+                    })
+                    .copied()
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// `y = x · Wᵀ + b` for `rows` rows of `x`.
+    fn linear(&self, l: &Linear, x: &[f32], rows: usize, y: &mut Vec<f32>) {
+        let (n, k) = (l.out, l.inp);
+        let panels = n.div_ceil(NR);
+        // Each panel's outputs, `rows × NR`, contiguous; a task takes a run of panels.
+        let mut outs = vec![0f32; panels * rows * NR];
+        let work = rows * n * k;
+        let threads = rayon::current_num_threads();
+        let per = if work >= PARALLEL_MIN_FMA && threads > 1 {
+            panels.div_ceil(threads * 2)
+        } else {
+            panels
+        };
+        let run = |c: usize, out: &mut [f32]| {
+            let p0 = c * per;
+            let np = out.len() / (rows * NR);
+            self.arch.dispatch(Kernel {
+                x,
+                rows,
+                k,
+                packed: &l.packed[p0 * k * NR..(p0 + np) * k * NR],
+                out,
+            });
+        };
+        if per < panels {
+            outs.par_chunks_mut(per * rows * NR)
+                .enumerate()
+                .for_each(|(c, o)| run(c, o));
+        } else {
+            run(0, &mut outs);
+        }
+        y.clear();
+        y.resize(rows * n, 0.0);
+        for (p, panel) in outs.chunks_exact(rows * NR).enumerate() {
+            let o0 = p * NR;
+            let w = NR.min(n - o0);
+            for (r, prow) in panel.chunks_exact(NR).enumerate() {
+                let yrow = &mut y[r * n + o0..r * n + o0 + w];
+                for ((yv, pv), b) in yrow.iter_mut().zip(prow).zip(&l.b[o0..o0 + w]) {
+                    *yv = pv + b;
+                }
+            }
+        }
+    }
+
+    /// Self-attention of each text over its own tokens; `qkv` rows are `[q | k | v]`.
+    fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut [f32]) {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut start = 0;
+        let mut scores = vec![];
+        for &len in lens {
+            for head in 0..self.heads {
+                let q = |i: usize| &qkv[(start + i) * 3 * h + head * d..][..d];
+                let k = |i: usize| &qkv[(start + i) * 3 * h + h + head * d..][..d];
+                let v = |i: usize| &qkv[(start + i) * 3 * h + 2 * h + head * d..][..d];
+                for i in 0..len {
+                    scores.clear();
+                    scores.extend((0..len).map(|j| dot(q(i), k(j)) * scale));
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let out = &mut ctx[(start + i) * h + head * d..][..d];
+                    out.fill(0.0);
+                    for (j, p) in scores.iter().enumerate() {
+                        let p = p / sum;
+                        for (o, vv) in out.iter_mut().zip(v(j)) {
+                            *o += p * vv;
+                        }
+                    }
+                }
+            }
+            start += len;
+        }
+    }
+}
+
+/// For each packed panel and input row `r`: `out[panel][r][j] = x[r] · W[panel·NR + j]`, in
+/// blocks of up to 4 rows × NR outputs accumulated in registers along the input.
+struct Kernel<'a> {
+    x: &'a [f32],
+    rows: usize,
+    k: usize,
+    packed: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Kernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(mut self, simd: S) -> Self::Output {
+        match std::mem::size_of::<S::f32s>() / 4 {
+            16 => self.panels::<S, 1>(simd),
+            8 => self.panels::<S, 2>(simd),
+            4 => self.panels::<S, 4>(simd),
+            2 => self.panels::<S, 8>(simd),
+            _ => self.panels::<S, 16>(simd),
+        }
+    }
+}
+
+impl Kernel<'_> {
+    /// `NV` vectors make one panel's `NR` outputs. The input is walked in chunks of [`KC`]:
+    /// every row block runs over a chunk while it is in L1, so the panel streams from memory
+    /// once while the other blocks compute.
+    #[inline(always)]
+    fn panels<S: Simd, const NV: usize>(&mut self, simd: S) {
+        let np = self.packed.len() / (self.k * NR);
+        for p in 0..np {
+            let mut k0 = 0;
+            while k0 < self.k {
+                let k1 = (k0 + KC).min(self.k);
+                let mut r = 0;
+                while r < self.rows {
+                    let mr = (self.rows - r).min(4);
+                    match mr {
+                        4 => self.block::<S, 4, NV>(simd, p, r, k0, k1),
+                        3 => self.block::<S, 3, NV>(simd, p, r, k0, k1),
+                        2 => self.block::<S, 2, NV>(simd, p, r, k0, k1),
+                        _ => self.block::<S, 1, NV>(simd, p, r, k0, k1),
+                    }
+                    r += mr;
+                }
+                k0 = k1;
+            }
+        }
+    }
+
+    /// Adds inputs `k0..k1` of rows `r..r+MR` to their outputs in panel `p`.
+    #[inline(always)]
+    fn block<S: Simd, const MR: usize, const NV: usize>(
+        &mut self,
+        simd: S,
+        p: usize,
+        r: usize,
+        k0: usize,
+        k1: usize,
+    ) {
+        let k = self.k;
+        let base = p * self.rows * NR;
+        let mut acc: [[S::f32s; NV]; MR] = std::array::from_fn(|i| {
+            let (v, _) = S::as_simd_f32s(&self.out[base + (r + i) * NR..base + (r + i + 1) * NR]);
+            std::array::from_fn(|j| v[j])
+        });
+        let panel = &self.packed[(p * k + k0) * NR..(p * k + k1) * NR];
+        let xs: [&[f32]; MR] = std::array::from_fn(|i| &self.x[(r + i) * k + k0..(r + i) * k + k1]);
+        for (kk, w) in panel.chunks_exact(NR).enumerate() {
+            let (wv, _) = S::as_simd_f32s(w);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb = simd.splat_f32s(xs[i][kk]);
+                for v in 0..NV {
+                    a[v] = simd.mul_add_e_f32s(xb, wv[v], a[v]);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let dst = &mut self.out[base + (r + i) * NR..base + (r + i + 1) * NR];
+            let (dv, _) = S::as_mut_simd_f32s(dst);
+            dv[..NV].copy_from_slice(a);
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, at) = a.split_at(a.len() / 8 * 8);
+    let (bc, bt) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + at.iter().zip(bt).map(|(x, y)| x * y).sum::<f32>()
+}
+
+fn gelu(v: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
+fn layer_norm(x: &mut [f32], h: usize, (w, b): &(Vec<f32>, Vec<f32>), eps: f32) {
+    for row in x.chunks_exact_mut(h) {
+        let mean = row.iter().sum::<f32>() / h as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    }
+}

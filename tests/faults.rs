@@ -510,7 +510,10 @@ async fn a_team_pressing_past_its_quota_generates_in_the_background() {
     // Past it: refused...
     let (mut second, _tx2) = ask(&url, "applinks", q, None).await.unwrap();
     let refused = finish(&mut second).await.unwrap_err();
-    assert!(refused.message().starts_with("RESOURCE_EXHAUSTED"), "{refused:?}");
+    assert!(
+        refused.message().starts_with("RESOURCE_EXHAUSTED"),
+        "{refused:?}"
+    );
     finish(&mut first).await.unwrap();
     // ...and the team's next turn, admitted, yields the model to other teams.
     let (mut third, _tx3) = ask(&url, "applinks", q, None).await.unwrap();

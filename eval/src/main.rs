@@ -10,6 +10,7 @@ mod data;
 mod grounding;
 mod metrics;
 mod report;
+mod speed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ enum Command {
     Grounding(grounding::GroundingArgs),
     /// Prompt-injection corpora through the real models: attack success before and after the guards.
     Attacks(attacks::AttacksArgs),
+    /// The encoder's single-message latency (fast path and candle graph) and batch throughput.
+    Speed(speed::SpeedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -735,5 +738,6 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(attacks::run(args)),
+        Command::Speed(args) => speed::run(args),
     }
 }

@@ -118,6 +118,11 @@ impl MiniLmEncoder {
         Ok(out)
     }
 
+    /// A text's token ids as the encoder reads it (with [CLS] and [SEP], truncated).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode(&[text])?.remove(0).get_ids().to_vec())
+    }
+
     fn encode(&self, texts: &[&str]) -> Result<Vec<tokenizers::Encoding>> {
         self.tokenizer
             .encode_batch(texts.to_vec(), true)

@@ -835,6 +835,64 @@ async fn reflection_lists_the_public_services() {
     }
 }
 
+/// A cached system prompt (instructions and facts) starts later generations: the same request
+/// reads only the visitor's part and says exactly the same; a request with the same
+/// instructions but other facts reuses the instructions and says what a fresh model says.
+#[test]
+fn real_generator_reuses_cached_prompt_prefixes_without_changing_answers() {
+    use closer_models::{AnswerGenerator, GenerationRequest};
+    let g = closer_models::generator::QwenGenerator::load(&model_paths().generator_file()).unwrap();
+    let instructions = "You are the website chat assistant of Applinks. Answer the visitor in one \
+                        to three short sentences using only these facts:\n";
+    let pricing = GenerationRequest {
+        system: format!(
+            "{instructions}- Each seat costs $80 per user per month billed monthly, or $960 per \
+             user per year billed annually.\n"
+        ),
+        user: "How much does each seat cost?".into(),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let security = GenerationRequest {
+        system: format!(
+            "{instructions}- Applinks holds a SOC 2 Type II report, renewed every year by an \
+             independent auditor; customers can request it under NDA.\n"
+        ),
+        user: "Are you SOC 2 compliant?".into(),
+        max_tokens: 24,
+        ..Default::default()
+    };
+    let run = |r: &GenerationRequest| {
+        let mut text = String::new();
+        let stats = g
+            .generate(r, &mut |t| {
+                text.push_str(t);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        (text, stats)
+    };
+    g.clear_prefix_cache();
+    let (first, s1) = run(&pricing);
+    assert_eq!(s1.reused_prompt_tokens, 0);
+    let (again, s2) = run(&pricing);
+    assert_eq!(again, first);
+    assert!(
+        s2.reused_prompt_tokens > 30 && s2.reused_prompt_tokens < s2.prompt_tokens,
+        "{s2:?}"
+    );
+    let (shared, s3) = run(&security);
+    assert!(
+        s3.reused_prompt_tokens >= 8 && s3.reused_prompt_tokens < s2.reused_prompt_tokens,
+        "the instructions only: {s3:?}"
+    );
+    g.clear_prefix_cache();
+    let (fresh, s4) = run(&security);
+    assert_eq!(s4.reused_prompt_tokens, 0);
+    assert_eq!(shared, fresh);
+    assert!(!first.is_empty() && !fresh.is_empty());
+}
+
 /// The generator's own Qwen2 forward pass (KV cache outside the weights, prompt read in chunks)
 /// picks the same greedy tokens as candle-transformers' quantized Qwen2 on the same weights.
 #[test]

@@ -143,6 +143,8 @@ pub struct GenerationRequest {
 #[derive(Debug, Clone, Default)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from a cached prompt prefix (not read again).
+    pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub time_to_first_token_ms: f64,
     pub total_ms: f64,

@@ -41,7 +41,9 @@ struct Layer {
     head_dim: usize,
 }
 
-/// One sequence's keys and values, layer by layer.
+/// One sequence's keys and values, layer by layer. Cloning shares the tensors (a forward pass
+/// appends by making new ones), so a cached prompt prefix can start many sequences.
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
@@ -58,6 +60,19 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The cache of the first `n` tokens only.
+    pub fn truncated(&self, n: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
     }
 }
 

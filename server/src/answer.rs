@@ -581,6 +581,7 @@ pub fn run_turn(
             }
             tracing::debug!(
                 prompt_tokens = result.prompt_tokens,
+                reused_prompt_tokens = result.reused_prompt_tokens,
                 generated = result.generated_tokens,
                 ttft_ms = result.time_to_first_token_ms,
                 "generated"

@@ -886,6 +886,12 @@ fn real_generator_reuses_cached_prompt_prefixes_without_changing_answers() {
         s3.reused_prompt_tokens >= 8 && s3.reused_prompt_tokens < s2.reused_prompt_tokens,
         "the instructions only: {s3:?}"
     );
+    // Another team never starts from this team's cache.
+    let (_, other) = run(&GenerationRequest {
+        share: "another-team".into(),
+        ..pricing.clone()
+    });
+    assert_eq!(other.reused_prompt_tokens, 0);
     g.clear_prefix_cache();
     let (fresh, s4) = run(&security);
     assert_eq!(s4.reused_prompt_tokens, 0);

@@ -39,7 +39,9 @@ pub struct QwenGenerator {
     tokenizer: Tokenizer,
     eos: u32,
     device: Device,
-    prefixes: std::sync::Mutex<Vec<(Vec<u32>, crate::qwen2::KvCache)>>,
+    /// Per share key (tenant): a system prompt's tokens and their cache. Never shared across
+    /// keys, so no team can time whether another team's prompt is cached.
+    prefixes: std::sync::Mutex<Vec<(String, Vec<u32>, crate::qwen2::KvCache)>>,
 }
 
 impl QwenGenerator {
@@ -80,12 +82,17 @@ impl QwenGenerator {
 
     /// The cached prefix sharing the longest start with `ids` (at most `ids.len() - 1` tokens,
     /// so at least one is read to get logits): that many tokens and their cache.
-    fn cached_prefix(&self, ids: &[u32]) -> Result<Option<(usize, crate::qwen2::KvCache)>> {
+    fn cached_prefix(
+        &self,
+        share: &str,
+        ids: &[u32],
+    ) -> Result<Option<(usize, crate::qwen2::KvCache)>> {
         let mut p = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
         let best = p
             .iter()
             .enumerate()
-            .map(|(i, (k, _))| {
+            .filter(|(_, (s, _, _))| s == share)
+            .map(|(i, (_, k, _))| {
                 let n = k.iter().zip(ids).take_while(|(a, b)| a == b).count();
                 (i, n.min(ids.len().saturating_sub(1)))
             })
@@ -93,10 +100,10 @@ impl QwenGenerator {
         match best {
             Some((i, n)) if n >= MIN_REUSE => {
                 let entry = p.remove(i);
-                let cache = if n == entry.0.len() {
-                    entry.1.clone()
+                let cache = if n == entry.1.len() {
+                    entry.2.clone()
                 } else {
-                    entry.1.truncated(n)?
+                    entry.2.truncated(n)?
                 };
                 p.push(entry);
                 Ok(Some((n, cache)))
@@ -105,13 +112,13 @@ impl QwenGenerator {
         }
     }
 
-    fn keep_prefix(&self, ids: &[u32], cache: &crate::qwen2::KvCache) {
+    fn keep_prefix(&self, share: &str, ids: &[u32], cache: &crate::qwen2::KvCache) {
         let mut p = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
-        p.retain(|(k, _)| k != ids);
+        p.retain(|(s, k, _)| s != share || k != ids);
         if p.len() >= PREFIX_CACHE {
             p.remove(0);
         }
-        p.push((ids.to_vec(), cache.clone()));
+        p.push((share.to_string(), ids.to_vec(), cache.clone()));
     }
 
     /// The ChatML prompt for one request.
@@ -142,7 +149,7 @@ impl AnswerGenerator for QwenGenerator {
                 prompt_ids.len()
             )));
         }
-        let (reused, mut cache) = match self.cached_prefix(&prompt_ids)? {
+        let (reused, mut cache) = match self.cached_prefix(&request.share, &prompt_ids)? {
             Some((n, c)) => (n, c),
             None => (0, self.model.new_cache()),
         };
@@ -183,7 +190,7 @@ impl AnswerGenerator for QwenGenerator {
                 pos += chunk.len();
             }
             if to == system_end && to > from {
-                self.keep_prefix(&prompt_ids[..system_end], &cache);
+                self.keep_prefix(&request.share, &prompt_ids[..system_end], &cache);
             }
         }
         let logits = logits.ok_or_else(|| Error::Other("empty prompt".into()))?;

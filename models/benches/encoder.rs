@@ -45,23 +45,7 @@ fn encoder(c: &mut Criterion) {
     g.finish();
 
     let texts = batch();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let mut g = c.benchmark_group("encoder/batch");
-    g.throughput(Throughput::Elements(refs.len() as u64));
-    g.sample_size(20);
-    for (name, fast) in [("fast", true), ("candle", false)] {
-        g.bench_with_input(BenchmarkId::new(name, refs.len()), &refs, |b, refs| {
-            b.iter(|| {
-                if fast {
-                    enc.pooled_layers_fast(refs, &last).unwrap()
-                } else {
-                    enc.pooled_layers_candle(refs, &last).unwrap()
-                }
-            })
-        });
-    }
-    g.finish();
-
+    compare(c, &enc, "encoder/batch", &texts, 20);
     // Knowledge-base facts: longer texts of mixed lengths (a padded batch pays for the longest).
     let facts: Vec<String> = (0..32)
         .map(|i| {
@@ -75,17 +59,22 @@ fn encoder(c: &mut Criterion) {
                 .join(" ")
         })
         .collect();
-    let refs: Vec<&str> = facts.iter().map(String::as_str).collect();
-    let mut g = c.benchmark_group("encoder/facts");
+    compare(c, &enc, "encoder/facts", &facts, 10);
+}
+
+/// One batch of `texts` through both paths.
+fn compare(c: &mut Criterion, enc: &MiniLmEncoder, group: &str, texts: &[String], samples: usize) {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(refs.len() as u64));
-    g.sample_size(10);
+    g.sample_size(samples);
     for (name, fast) in [("fast", true), ("candle", false)] {
         g.bench_with_input(BenchmarkId::new(name, refs.len()), &refs, |b, refs| {
             b.iter(|| {
                 if fast {
-                    enc.pooled_layers_fast(refs, &last).unwrap()
+                    enc.pooled_layers_fast(refs, &[6]).unwrap()
                 } else {
-                    enc.pooled_layers_candle(refs, &last).unwrap()
+                    enc.pooled_layers_candle(refs, &[6]).unwrap()
                 }
             })
         });

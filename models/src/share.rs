@@ -178,50 +178,27 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn a_quiet_key_goes_before_a_busy_one() {
+    /// "busy" has used the model for a while.
+    fn with_busy_key() -> Arc<StepScheduler> {
         let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
-        // "busy" used the model for a while.
         for _ in 0..3 {
             let _s = sched.step("busy", sched.sequence(), false);
             std::thread::sleep(Duration::from_millis(20));
         }
-        let order = Arc::new(Mutex::new(vec![]));
-        let held = sched.step("holder", sched.sequence(), false);
-        let mut hs = vec![];
-        for k in ["busy", "quiet"] {
-            let (sc, order) = (sched.clone(), order.clone());
-            hs.push(std::thread::spawn(move || {
-                let _s = sc.step(k, sc.sequence(), false);
-                order.lock().unwrap().push(k);
-            }));
-            // "busy" asks first.
-            while sched.lock().waiting.iter().all(|(_, w, _)| w != k) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        drop(held);
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), ["quiet", "busy"]);
+        sched
     }
 
-    #[test]
-    fn a_background_pass_waits_for_every_foreground_one() {
-        let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
-        for _ in 0..3 {
-            let _s = sched.step("busy", sched.sequence(), false);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// While a pass of `holder` runs, `asks` (key, background) queue up in this order; then the
+    /// model is free: the order they got it in.
+    fn served(
+        sched: &Arc<StepScheduler>,
+        holder: (&str, bool),
+        asks: &[(&'static str, bool)],
+    ) -> Vec<&'static str> {
         let order = Arc::new(Mutex::new(vec![]));
-        let held = sched.step("holder", sched.sequence(), true);
+        let held = sched.step(holder.0, sched.sequence(), holder.1);
         let mut hs = vec![];
-        // The unused key asks first, but in the background; then the busy key, twice.
-        for (i, (k, bg)) in [("flood", true), ("busy", false), ("busy", false)]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, &(k, bg)) in asks.iter().enumerate() {
             let (sc, order) = (sched.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
                 let _s = sc.step(k, sc.sequence(), bg);
@@ -235,29 +212,42 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), ["busy", "busy", "flood"]);
+        let order = order.lock().unwrap().clone();
+        order
+    }
+
+    #[test]
+    fn a_quiet_key_goes_before_a_busy_one() {
+        let sched = with_busy_key();
+        // "busy" asks first.
+        let order = served(
+            &sched,
+            ("holder", false),
+            &[("busy", false), ("quiet", false)],
+        );
+        assert_eq!(order, ["quiet", "busy"]);
+    }
+
+    #[test]
+    fn a_background_pass_waits_for_every_foreground_one() {
+        let sched = with_busy_key();
+        // The unused key asks first, but in the background; then the busy key, twice.
+        let order = served(
+            &sched,
+            ("holder", true),
+            &[("flood", true), ("busy", false), ("busy", false)],
+        );
+        assert_eq!(order, ["busy", "busy", "flood"]);
     }
 
     #[test]
     fn equal_keys_go_in_order_of_asking() {
         let sched = Arc::new(StepScheduler::new(Duration::from_secs(10)));
-        let held = sched.step("x", sched.sequence(), false);
-        let order = Arc::new(Mutex::new(vec![]));
-        let mut hs = vec![];
-        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
-            let (sc, order) = (sched.clone(), order.clone());
-            hs.push(std::thread::spawn(move || {
-                let _s = sc.step(k, sc.sequence(), false);
-                order.lock().unwrap().push(k);
-            }));
-            while sched.lock().waiting.len() < i + 1 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        drop(held);
-        for h in hs {
-            h.join().unwrap();
-        }
-        assert_eq!(*order.lock().unwrap(), ["a", "b", "c"]);
+        let order = served(
+            &sched,
+            ("x", false),
+            &[("a", false), ("b", false), ("c", false)],
+        );
+        assert_eq!(order, ["a", "b", "c"]);
     }
 }

@@ -58,6 +58,7 @@ impl QwenGenerator {
         let content = gguf_file::Content::read(&mut reader)?;
         let (tokenizer, eos) = crate::qwen_tokenizer::from_gguf(&content)?;
         let model = Weights::from_gguf(content, &mut reader, &device)?;
+        model.warm_up()?;
         Ok(Self {
             model,
             steps: StepScheduler::new(std::time::Duration::from_secs(10)),

@@ -1,20 +1,104 @@
 //! Qwen2 (quantised GGUF) forward pass with the KV cache outside the weights.
 //!
 //! Adapted from candle-transformers 0.11.1 `models::quantized_qwen2` (MIT OR Apache-2.0, the
-//! candle authors). The arithmetic is unchanged; what differs is that the per-layer key/value
-//! cache is a [`KvCache`] the caller owns, so one copy of the weights can serve several
-//! sequences and the generator can interleave them token by token (see `generator.rs`).
+//! candle authors). What differs:
+//! - the per-layer key/value cache is a [`KvCache`] the caller owns, so one copy of the weights
+//!   can serve several sequences and the generator can interleave them token by token (see
+//!   `generator.rs`);
+//! - the token table stays quantised (rows are dequantised as they are looked up) and is the
+//!   same tensor as the tied output head, instead of a second, 544 MB f32 copy;
+//! - [`Kernels::Vnni`]: where the CPU has AVX-512 VNNI or AVX-VNNI, candle multiplies Q8_0
+//!   matrices with int8 dot-product kernels, but only when the inner dimension is a multiple of
+//!   256. Qwen2.5-0.5B's is 896, so at load every Q8_0 matrix that reads the hidden state is
+//!   widened to 1024 columns of zeros, and its input to 1024 zeros-padded values. The product is
+//!   the same sum; what changes is how the activations are quantised (one int8 scale per 256
+//!   values instead of per 32), so logits move by about 1 % (tested against the reference
+//!   kernels, see `tests/api.rs`).
 
-use candle_core::quantized::{gguf_file, QMatMul};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::Embedding;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
+/// Which matrix kernels the weights are laid out for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// As stored: candle's per-32 block kernels (AVX2 where present). The reference arithmetic.
+    Reference,
+    /// Q8_0 matrices widened to a multiple of 256 columns so candle's int8 VNNI kernels apply.
+    Vnni,
+}
+
+impl Kernels {
+    /// The fastest this CPU supports (candle's own dispatch, which `MISTRALRS_FORCE_AVX2=1`
+    /// also turns off, decides whether the VNNI kernels run).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let forced_off = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
+            let vnni = (is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vnni"))
+                || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"));
+            if vnni && !forced_off {
+                return Self::Vnni;
+            }
+        }
+        Self::Reference
+    }
+}
+
+/// A quantised matrix and the input width it takes (wider than the activations when padded).
+struct Linear {
+    mm: QMatMul,
+    k: usize,
+}
+
+impl Linear {
+    fn new(t: QTensor) -> Result<Self> {
+        let k = t.shape().dims2()?.1;
+        Ok(Self {
+            mm: QMatMul::from_qtensor(t)?,
+            k,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = x.dim(D::Minus1)?;
+        if w < self.k {
+            self.mm
+                .forward(&x.pad_with_zeros(D::Minus1, 0, self.k - w)?)
+        } else {
+            self.mm.forward(x)
+        }
+    }
+}
+
+/// `t` (rows × k) with zero columns appended up to `k_to`; blocks of zeros are zero in every
+/// block-quantised format (all-zero bytes: scale 0).
+fn widened(t: QTensor, k_to: usize) -> Result<QTensor> {
+    let (n, k) = t.shape().dims2()?;
+    let dtype = t.dtype();
+    let (block, size) = (dtype.block_size(), dtype.type_size());
+    if k >= k_to || !k.is_multiple_of(block) || !k_to.is_multiple_of(block) {
+        return Ok(t);
+    }
+    let data = t.data()?;
+    let (row, wide) = (k / block * size, k_to / block * size);
+    let mut out = vec![0u8; n * wide];
+    for (dst, src) in out.chunks_exact_mut(wide).zip(data.chunks_exact(row)) {
+        dst[..row].copy_from_slice(src);
+    }
+    drop(data);
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &t.device(), dtype)?;
+    QTensor::new(storage, (n, k_to))
+}
+
 struct Mlp {
-    w1: QMatMul,
-    w2: QMatMul,
-    w3: QMatMul,
+    w1: Linear,
+    w2: Linear,
+    w3: Linear,
 }
 
 impl Mlp {
@@ -26,13 +110,13 @@ impl Mlp {
 }
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
     bq: Tensor,
     bk: Tensor,
     bv: Tensor,
-    wo: QMatMul,
+    wo: Linear,
     attention_norm: RmsNorm,
     mlp: Mlp,
     ffn_norm: RmsNorm,
@@ -78,10 +162,13 @@ impl KvCache {
 
 /// The model's weights, shared by every sequence.
 pub struct Weights {
-    tok_embeddings: Embedding,
+    /// The token table (vocabulary × width, maybe widened), quantised.
+    tok_embeddings: Arc<QTensor>,
+    hidden: usize,
+    kernels: Kernels,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     neg_inf: Tensor,
@@ -106,10 +193,20 @@ fn rope_tables(
 }
 
 impl Weights {
+    /// Loads with the fastest kernels this CPU has ([`Kernels::detect`]).
     pub fn from_gguf<R: std::io::Seek + std::io::Read>(
         ct: gguf_file::Content,
         reader: &mut R,
         device: &Device,
+    ) -> Result<Self> {
+        Self::from_gguf_for(ct, reader, device, Kernels::detect())
+    }
+
+    pub fn from_gguf_for<R: std::io::Seek + std::io::Read>(
+        ct: gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        kernels: Kernels,
     ) -> Result<Self> {
         let md = |s: &str| match ct.metadata.get(s) {
             None => candle_core::bail!("cannot find {s} in metadata"),
@@ -125,19 +222,38 @@ impl Weights {
             .and_then(|m| m.to_f32())
             .unwrap_or(10000f32);
         let head_dim = embedding / n_head;
+        // Widen only the Q8_0 matrices that read the hidden state: those are what the VNNI
+        // kernels take (the feed-forward down projection reads 4864 = 19 × 256 values already).
+        let k_to = match kernels {
+            Kernels::Vnni => embedding.div_ceil(256) * 256,
+            Kernels::Reference => embedding,
+        };
+        let q = |t: QTensor| -> Result<Linear> {
+            let k = t.shape().dims2()?.1;
+            if t.dtype() == GgmlDType::Q8_0 && k == embedding {
+                Linear::new(widened(t, k_to)?)
+            } else {
+                Linear::new(t)
+            }
+        };
         let tok = ct.tensor(reader, "token_embd.weight", device)?;
-        let tok = tok.dequantize(device)?;
         let norm = RmsNorm::from_qtensor(ct.tensor(reader, "output_norm.weight", device)?, eps)?;
-        let output = match ct.tensor(reader, "output.weight", device) {
-            Ok(v) => QMatMul::from_qtensor(v)?,
-            // Tied word embeddings.
-            _ => QMatMul::from_qtensor(ct.tensor(reader, "token_embd.weight", device)?)?,
+        let (tok_embeddings, output) = match ct.tensor(reader, "output.weight", device) {
+            Ok(v) => (Arc::new(tok), q(v)?),
+            // Tied word embeddings: one tensor is both the table and the head.
+            _ => {
+                let head = q(tok)?;
+                let table = match &head.mm {
+                    QMatMul::QTensor(t) => t.clone(),
+                    _ => candle_core::bail!("token_embd.weight is not quantised"),
+                };
+                (table, head)
+            }
         };
         let (cos, sin) = rope_tables(head_dim, freq_base, context, device)?;
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
             let mut t = |name: &str| ct.tensor(reader, &format!("blk.{i}.{name}"), device);
-            let q = |t: candle_core::quantized::QTensor| QMatMul::from_qtensor(t);
             layers.push(Layer {
                 wq: q(t("attn_q.weight")?)?,
                 wk: q(t("attn_k.weight")?)?,
@@ -159,7 +275,9 @@ impl Weights {
             });
         }
         Ok(Self {
-            tok_embeddings: Embedding::new(tok, embedding),
+            tok_embeddings,
+            hidden: embedding,
+            kernels,
             layers,
             norm,
             output,
@@ -167,6 +285,39 @@ impl Weights {
             sin,
             neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
         })
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The embeddings of `x` (`[batch, tokens]`): rows of the quantised table, dequantised.
+    fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        let e = self.tok_embeddings.embedding(x)?;
+        if e.dim(D::Minus1)? > self.hidden {
+            e.narrow(D::Minus1, 0, self.hidden)?.contiguous()
+        } else {
+            Ok(e)
+        }
+    }
+
+    /// Runs a prompt-sized and a token-sized pass once, so that candle lays out its repacked
+    /// kernel tiles (built on first use) at load rather than in a visitor's first answer.
+    pub fn warm_up(&self) -> Result<()> {
+        let device = self.cos.device();
+        let mut cache = self.new_cache();
+        let ids: Vec<u32> = (0..32).collect();
+        self.forward(
+            &Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?,
+            0,
+            &mut cache,
+        )?;
+        self.forward(
+            &Tensor::new(&[32u32], device)?.unsqueeze(0)?,
+            32,
+            &mut cache,
+        )?;
+        Ok(())
     }
 
     /// An empty cache for a new sequence.
@@ -235,7 +386,7 @@ impl Weights {
         } else {
             Some(build_causal_mask(seq_len, index_pos, x.device())?)
         };
-        let mut h = self.tok_embeddings.forward(x)?;
+        let mut h = self.embed(x)?;
         for (l, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let residual = h.clone();
             let x = l.attention_norm.forward(&h)?;

@@ -899,6 +899,72 @@ fn real_generator_reuses_cached_prompt_prefixes_without_changing_answers() {
     assert!(!first.is_empty() && !fresh.is_empty());
 }
 
+/// Prompt-lookup decoding proposes spans of the facts and keeps what the model would have
+/// picked: the answer is the plain greedy one, in fewer passes; a consumer stopping mid-draft
+/// gets no text after it asked to stop, and the token limit holds.
+#[test]
+fn real_prompt_lookup_drafts_keep_the_plain_answer() {
+    use closer_models::generator::QwenGenerator;
+    use closer_models::{AnswerGenerator, GenerationRequest};
+    let loaded = QwenGenerator::load(&model_paths().generator_file()).unwrap();
+    let drafting = loaded.draft_limit() > 0;
+    let mut g = loaded.with_draft_limit(closer_models::generator::MAX_DRAFT);
+    let request = GenerationRequest {
+        system: "You are a website chat assistant. Answer in one to three short sentences, using \
+                 only these facts:\n- Each seat costs $80 per user per month billed monthly, or \
+                 $960 per user per year billed annually.\n- Applinks holds a SOC 2 Type II \
+                 report, renewed every year by an independent auditor; customers can request it \
+                 under NDA.\n"
+            .into(),
+        user: "How much does each seat cost? Are you SOC II compliant?".into(),
+        max_tokens: 64,
+        ..Default::default()
+    };
+    let run = |g: &QwenGenerator, r: &GenerationRequest, stop_after: usize| {
+        let mut pieces = vec![];
+        let stats = g
+            .generate(r, &mut |t| {
+                if !t.is_empty() {
+                    pieces.push(t.to_string());
+                }
+                if pieces.len() >= stop_after {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        (pieces.concat(), pieces.len(), stats)
+    };
+    let (drafted, _, s) = run(&g, &request, usize::MAX);
+    assert!(drafted.contains("$80 per user per month"), "{drafted}");
+    assert!(s.accepted_draft_tokens > 10, "{s:?}");
+    assert!(
+        s.decode_passes + s.accepted_draft_tokens >= s.generated_tokens,
+        "{s:?}"
+    );
+    assert!(s.decode_passes < s.generated_tokens, "{s:?}");
+    // Stopped by the consumer after 5 pieces, in the middle of a taken draft.
+    let (_, pieces, s) = run(&g, &request, 5);
+    assert_eq!(pieces, 5);
+    assert!(s.stopped_by_consumer);
+    // The token limit holds however long the drafts.
+    let short = GenerationRequest {
+        max_tokens: 7,
+        ..request.clone()
+    };
+    let (_, _, s) = run(&g, &short, usize::MAX);
+    assert_eq!(s.generated_tokens, 7, "{s:?}");
+    g = g.with_draft_limit(0);
+    let (plain, _, s) = run(&g, &request, usize::MAX);
+    assert_eq!((s.drafted_tokens, s.accepted_draft_tokens), (0, 0));
+    assert_eq!(s.decode_passes, s.generated_tokens);
+    assert_eq!(drafted, plain);
+    // Drafting is on by default only where several tokens cost little more than one.
+    use closer_models::qwen2::Kernels;
+    assert_eq!(drafting, Kernels::detect() == Kernels::Vnni);
+}
+
 /// The generator's own Qwen2 forward pass (KV cache outside the weights, prompt read in chunks)
 /// picks the same greedy tokens as candle-transformers' quantized Qwen2 on the same weights.
 #[test]

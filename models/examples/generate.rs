@@ -1,4 +1,5 @@
 //! Runs the generator once: `cargo run --release -p closer-models --example generate -- SYSTEM USER`.
+//! `DRAFT=N` sets the most tokens drafted per pass by prompt lookup (0: plain decoding).
 use std::io::Write;
 use std::ops::ControlFlow;
 
@@ -13,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.get(2).cloned().unwrap_or_default(),
     );
     let paths = ModelPaths::new(ModelPaths::default_root());
-    let g = QwenGenerator::load(&paths.generator_file())?;
+    let mut g = QwenGenerator::load(&paths.generator_file())?;
+    if let Ok(n) = std::env::var("DRAFT") {
+        g = g.with_draft_limit(n.parse()?);
+    }
     let req = GenerationRequest {
         system,
         user,

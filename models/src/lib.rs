@@ -150,6 +150,13 @@ pub struct GenerationStats {
     pub total_ms: f64,
     /// True when the consumer asked to stop before the model did.
     pub stopped_by_consumer: bool,
+    /// Tokens proposed by prompt lookup (copied from what followed the same words earlier in
+    /// the prompt or answer) and checked in one pass with the token before them.
+    pub drafted_tokens: usize,
+    /// Of those, the ones the model would have picked itself (kept; each saved a pass).
+    pub accepted_draft_tokens: usize,
+    /// Forward passes while decoding.
+    pub decode_passes: usize,
 }
 
 /// Streams an answer. `on_text` receives each new piece of text as it is decoded (and an empty

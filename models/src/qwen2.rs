@@ -380,6 +380,20 @@ impl Weights {
     /// Logits of the token after `x` (shape `[batch, tokens]`), whose first token sits at
     /// `index_pos`; `cache` holds the sequence's earlier tokens and gains these.
     pub fn forward(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.hidden(x, index_pos, cache)?;
+        let seq_len = h.dim(1)?;
+        self.output.forward(&h.i((.., seq_len - 1, ..))?)
+    }
+
+    /// Logits after every token of `x` (`[batch, tokens, vocabulary]`): what verifying drafted
+    /// tokens needs. Otherwise as [`Weights::forward`].
+    pub fn forward_all(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.hidden(x, index_pos, cache)?;
+        self.output.forward(&h)
+    }
+
+    /// The final-normed hidden states of `x`.
+    fn hidden(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
         let (_b, seq_len) = x.dims2()?;
         let mask = if seq_len == 1 {
             None
@@ -395,8 +409,6 @@ impl Weights {
             let y = l.mlp.forward(&l.ffn_norm.forward(&x)?)?;
             h = (y + residual)?;
         }
-        let x = self.norm.forward(&h)?;
-        let x = x.i((.., seq_len - 1, ..))?;
-        self.output.forward(&x)
+        self.norm.forward(&h)
     }
 }

@@ -1,7 +1,7 @@
 //! The generator on the seed question (a ~120-token prompt: the demo tenant's instructions and
 //! the facts Converse cites for it): time to first token with nothing cached and with the
 //! system prompt's keys and values cached (the same facts asked about again), and decoding
-//! speed in tokens per second.
+//! speed in tokens per second, with prompt-lookup drafts and without.
 //!
 //! `cargo bench -p closer-models --bench generator` (needs `closer models pull`).
 
@@ -57,28 +57,37 @@ fn generator(c: &mut Criterion) {
     grp.bench_function("system prompt cached", |b| b.iter(|| run(&g, &first)));
     grp.finish();
 
-    // Decoding only: the time after the first token, per generated token.
+    // Decoding only: the time after the first token, per generated token, with prompt-lookup
+    // drafts (where on by default) and without.
     let long = seed_request(48);
-    let mut grp = c.benchmark_group("generator/decode");
-    grp.sample_size(10);
-    grp.measurement_time(Duration::from_secs(30));
-    grp.throughput(Throughput::Elements(1));
-    grp.bench_function("per token", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let s = run(&g, &long);
-                let n = s.generated_tokens.saturating_sub(1).max(1) as u64;
-                let per = (s.total_ms - s.time_to_first_token_ms) / n as f64;
-                let take = n.min(iters - done);
-                total += Duration::from_secs_f64(per / 1e3 * take as f64);
-                done += take;
-            }
-            total
-        })
-    });
-    grp.finish();
+    let drafting = g.draft_limit();
+    let mut g = g;
+    for (name, draft) in [("per token", drafting), ("per token, no drafts", 0)] {
+        if name != "per token" && drafting == 0 {
+            break;
+        }
+        g = g.with_draft_limit(draft);
+        let mut grp = c.benchmark_group("generator/decode");
+        grp.sample_size(10);
+        grp.measurement_time(Duration::from_secs(30));
+        grp.throughput(Throughput::Elements(1));
+        grp.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let s = run(&g, &long);
+                    let n = s.generated_tokens.saturating_sub(1).max(1) as u64;
+                    let per = (s.total_ms - s.time_to_first_token_ms) / n as f64;
+                    let take = n.min(iters - done);
+                    total += Duration::from_secs_f64(per / 1e3 * take as f64);
+                    done += take;
+                }
+                total
+            })
+        });
+        grp.finish();
+    }
 }
 
 criterion_group!(benches, generator);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load and fault runs of issue 7 (R1–R8), against servers on loopback started here.
-# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8 ...]   (default: all but R1real)
+# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|S1|S48 ...]   (default: R1 R2 R4 R5 R7 R8)
 # Figures go to target/load/<run>.{txt,json}. Needs `make build models`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,12 +35,21 @@ serve() {
 stop() { kill -TERM $SERVER_PID; wait $SERVER_PID || true; }
 load() { local name=$1; shift; echo "== $name"; $CLOSER load --url $URL --json "$OUT/$name.json" "$@" | tee "$OUT/$name.txt"; }
 
+SEED=(-m "How much does each seat cost? Are you SOC II compliant? And who would be our rep?")
 FAKE=(--generator fake --fake-token-ms 25 --fake-prefill-ms 300)
 run() {
   case $1 in
   R1) # 48 conversations for 5 minutes; the fake generator as a batched backend (48 slots).
     serve R1 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64
     load R1 --concurrency 48 --seconds 300 --pid $SERVER_PID "${MSGS[@]}"
+    stop ;;
+  S1) # Issue 6: the seed question, one visitor at a time, the real model.
+    serve S1
+    load S1 --concurrency 1 --seconds 90 --domain acme.com --pid $SERVER_PID --unique "${SEED[@]}"
+    stop ;;
+  S48) # Issue 6: 48 conversations at a visitor's pace (20 s reading and typing between turns).
+    serve S48 --tenant-max-pending-replies 64
+    load S48 --concurrency 48 --think-ms 20000 --seconds 240 --domain acme.com --pid $SERVER_PID "${MSGS[@]}"
     stop ;;
   R1real) # The real model: one sequence at a time, so replies queue.
     serve R1real --tenant-max-pending-replies 64

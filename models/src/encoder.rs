@@ -38,7 +38,8 @@ impl MiniLmEncoder {
     pub fn load(dir: &Path) -> Result<Self> {
         let device = Device::Cpu;
         let (config, model) = Self::load_candle(dir)?;
-        let fast = FastBert::from_bert(&model, config.layer_norm_eps)?;
+        let int8 = crate::qwen2::Kernels::detect() == crate::qwen2::Kernels::Vnni;
+        let fast = FastBert::from_bert(&model, config.layer_norm_eps, int8)?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
@@ -72,12 +73,25 @@ impl MiniLmEncoder {
 
     /// Mean-pooled (over the attention mask), unit-length vectors of the hidden states at
     /// `layers` (0 = embeddings output, 6 = last layer), concatenated per text. A forward
-    /// chunk of at most [`FAST_MAX_ROWS`] tokens takes the fast path, a larger one candle's.
+    /// chunk of at most [`FAST_MAX_ROWS`] tokens takes the fast path, a larger one candle's;
+    /// where the int8 linears are built ([`Self::int8`]), every chunk takes them.
     pub fn pooled_layers(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         self.pooled_by(texts, layers, Route::BySize)
     }
 
-    /// As [`Self::pooled_layers`], always through the fast path.
+    /// As [`Self::pooled_layers`], always through the int8 linears (f32 where this CPU has no
+    /// VNNI: see [`Self::int8`]).
+    pub fn pooled_layers_int8(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.pooled_by(texts, layers, Route::Int8)
+    }
+
+    /// Whether inputs are served through int8 linears (CPUs with AVX-512 VNNI or AVX-VNNI,
+    /// unless `MISTRALRS_FORCE_AVX2=1`).
+    pub fn int8(&self) -> bool {
+        self.fast.has_int8()
+    }
+
+    /// As [`Self::pooled_layers`], always through the f32 fast path.
     pub fn pooled_layers_fast(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         self.pooled_by(texts, layers, Route::Fast)
     }
@@ -105,12 +119,16 @@ impl MiniLmEncoder {
                 .collect();
             let rows: usize = ids.iter().map(|t| t.len()).sum();
             let fast = match route {
-                Route::BySize => rows <= FAST_MAX_ROWS,
-                Route::Fast => true,
+                Route::BySize => rows <= FAST_MAX_ROWS || self.fast.has_int8(),
+                Route::Fast | Route::Int8 => true,
                 Route::Candle => false,
             };
+            let int8 = match route {
+                Route::BySize | Route::Int8 => self.fast.has_int8(),
+                Route::Fast | Route::Candle => false,
+            };
             if fast {
-                out.extend(self.fast.pooled(&ids, layers)?);
+                out.extend(self.fast.pooled(&ids, layers, int8)?);
             } else {
                 out.extend(self.pooled_batch(&encodings, layers)?);
             }
@@ -208,6 +226,7 @@ impl MiniLmEncoder {
 enum Route {
     BySize,
     Fast,
+    Int8,
     Candle,
 }
 
@@ -241,6 +260,12 @@ impl Embedder for MiniLmEncoder {
     }
 
     fn name(&self) -> &str {
-        "all-MiniLM-L6-v2"
+        // Part of a trained head's version: a head trained on f32 vectors is retrained for
+        // int8 ones (and back) rather than reused.
+        if self.int8() {
+            "all-MiniLM-L6-v2 int8"
+        } else {
+            "all-MiniLM-L6-v2"
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The encoder behind intents and retrieval: one short visitor message (what Classify embeds),
 //! and a batch of 32 (what a burst of conversations or a knowledge-base load embeds), through
-//! the fast path that serves and through the candle graph it replaced.
+//! the int8 path that serves where the CPU has VNNI, the f32 fast path that serves elsewhere,
+//! and the candle graph they replaced.
 //!
 //! `cargo bench -p closer-models --bench encoder` (needs `closer models pull`).
 
@@ -36,6 +37,11 @@ fn encoder(c: &mut Criterion) {
     let last = [6];
     let mut g = c.benchmark_group("encoder/one message");
     g.throughput(Throughput::Elements(1));
+    if enc.int8() {
+        g.bench_function("int8", |b| {
+            b.iter(|| enc.pooled_layers_int8(&[ONE], &last).unwrap())
+        });
+    }
     g.bench_function("fast", |b| {
         b.iter(|| enc.pooled_layers_fast(&[ONE], &last).unwrap())
     });
@@ -62,20 +68,21 @@ fn encoder(c: &mut Criterion) {
     compare(c, &enc, "encoder/facts", &facts, 10);
 }
 
-/// One batch of `texts` through both paths.
+/// One batch of `texts` through each path (int8 where this CPU has VNNI).
 fn compare(c: &mut Criterion, enc: &MiniLmEncoder, group: &str, texts: &[String], samples: usize) {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(refs.len() as u64));
     g.sample_size(samples);
-    for (name, fast) in [("fast", true), ("candle", false)] {
+    for name in ["int8", "fast", "candle"] {
+        if name == "int8" && !enc.int8() {
+            continue;
+        }
         g.bench_with_input(BenchmarkId::new(name, refs.len()), &refs, |b, refs| {
-            b.iter(|| {
-                if fast {
-                    enc.pooled_layers_fast(refs, &[6]).unwrap()
-                } else {
-                    enc.pooled_layers_candle(refs, &[6]).unwrap()
-                }
+            b.iter(|| match name {
+                "int8" => enc.pooled_layers_int8(refs, &[6]).unwrap(),
+                "fast" => enc.pooled_layers_fast(refs, &[6]).unwrap(),
+                _ => enc.pooled_layers_candle(refs, &[6]).unwrap(),
             })
         });
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The load and fault runs of issue 7 (R1–R8), against servers on loopback started here.
+# The load and fault runs of issue 7 (R1–R8) and the Converse speed runs of issue 6 (S1, S48),
+# against servers on loopback started here.
 # Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|S1|S48 ...]   (default: R1 R2 R4 R5 R7 R8)
 # Figures go to target/load/<run>.{txt,json}. Needs `make build models`.
 set -euo pipefail

@@ -955,8 +955,17 @@ fn real_prompt_lookup_drafts_keep_the_plain_answer() {
     };
     let (_, _, s) = run(&g, &short, usize::MAX);
     assert_eq!(s.generated_tokens, 7, "{s:?}");
+    // A team pressing past its quota generates in the background: short passes, no drafts.
+    let background = GenerationRequest {
+        background: true,
+        ..request.clone()
+    };
+    let (bg, _, s) = run(&g, &background, usize::MAX);
+    assert_eq!(s.drafted_tokens, 0, "{s:?}");
+    assert_eq!(s.decode_passes, s.generated_tokens);
     g = g.with_draft_limit(0);
     let (plain, _, s) = run(&g, &request, usize::MAX);
+    assert_eq!(bg, plain);
     assert_eq!((s.drafted_tokens, s.accepted_draft_tokens), (0, 0));
     assert_eq!(s.decode_passes, s.generated_tokens);
     assert_eq!(drafted, plain);

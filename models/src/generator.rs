@@ -23,6 +23,10 @@ pub const MAX_PROMPT_TOKENS: usize = 2048;
 
 /// Prompt tokens per forward pass while reading the prompt.
 const PREFILL_CHUNK: usize = 64;
+/// The same for a background sequence (a team pressing past its quota): a foreground pass that
+/// arrives waits for at most one pass of the background one, so those passes are kept short —
+/// small prefill chunks, no drafted tokens.
+const BACKGROUND_PREFILL_CHUNK: usize = 16;
 
 /// System prompts (a tenant's instructions and the facts cited) whose keys and values are kept,
 /// most recently used last. A prompt that starts the same way (the same instructions; the
@@ -225,6 +229,11 @@ impl AnswerGenerator for QwenGenerator {
             .position(|&t| t == self.eos)
             .map_or(prompt_ids.len(), |i| i + 1);
         // The prompt in chunks, so a competing sequence waits for one chunk, not a whole prefill.
+        let chunk_len = if request.background {
+            BACKGROUND_PREFILL_CHUNK
+        } else {
+            PREFILL_CHUNK
+        };
         let mut logits = None;
         let mut pos = reused;
         let mut first = true;
@@ -232,7 +241,7 @@ impl AnswerGenerator for QwenGenerator {
             (reused, system_end.max(reused)),
             (system_end.max(reused), prompt_ids.len()),
         ] {
-            for chunk in prompt_ids[from..to].chunks(PREFILL_CHUNK) {
+            for chunk in prompt_ids[from..to].chunks(chunk_len) {
                 // Between chunks the consumer may stop us (an empty piece carries no text).
                 if !first && on_text("").is_break() {
                     stats.stopped_by_consumer = true;
@@ -269,7 +278,8 @@ impl AnswerGenerator for QwenGenerator {
             }
             Ok(ControlFlow::Continue(()))
         };
-        let mut budget = self.draft.min(START_DRAFT);
+        let max_draft = if request.background { 0 } else { self.draft };
+        let mut budget = max_draft.min(START_DRAFT);
         'decode: while next != self.eos && context.len() - generated_from < request.max_tokens {
             if take(&mut context, next)?.is_break() {
                 stats.stopped_by_consumer = true;
@@ -300,9 +310,9 @@ impl AnswerGenerator for QwenGenerator {
             // Draft further while drafts are taken whole, less after a miss.
             if !draft.is_empty() {
                 budget = if accepted == draft.len() {
-                    (budget + 2).min(self.draft)
+                    (budget + 2).min(max_draft)
                 } else {
-                    (accepted + 1).min(self.draft)
+                    (accepted + 1).min(max_draft)
                 };
             }
             if accepted < draft.len() {

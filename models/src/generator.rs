@@ -39,10 +39,11 @@ const MIN_REUSE: usize = 8;
 /// Prompt-lookup decoding: most tokens drafted per pass. Answers copy spans of the facts
 /// ("$80 per user per month billed monthly"); the tokens that followed the same words earlier
 /// are proposed and the model checks them all in the pass it makes anyway, keeping those it
-/// would have picked itself (greedy, so the answer is the one plain decoding gives). Worth it
-/// only where a pass over several tokens costs little more than over one: with the VNNI kernels
-/// 5 tokens cost about 1.3 passes; with the per-32-block kernels each token is a full pass, so
-/// drafting is off there.
+/// would have picked itself (greedy, so the answer is the one plain decoding gives, up to float
+/// rounding: a pass over several rows can round differently from one over a single row). Worth
+/// it only where a pass over several tokens costs little more than over one: with the VNNI
+/// kernels a pass over 9 tokens costs about 2 passes over 1; with the per-32-block kernels each
+/// token is a full pass, so drafting is off there.
 pub const MAX_DRAFT: usize = 8;
 /// Tokens drafted in a turn's first pass; then two more after a draft taken whole, and after a
 /// miss one more than were taken.
@@ -259,10 +260,12 @@ impl AnswerGenerator for QwenGenerator {
         let logits = logits.ok_or_else(|| Error::Other("empty prompt".into()))?;
         let mut next = sampler.sample(&logits)?;
         stats.time_to_first_token_ms = start.elapsed().as_secs_f64() * 1e3;
-        let mut context = prompt_ids.clone(); // the prompt, then the answer so far
+        // The prompt, then the answer so far.
+        let mut context = prompt_ids.clone();
         let generated_from = context.len();
-        let mut emitted = 0usize; // bytes of decoded text already handed out
-                                  // Takes `token` into the answer and hands out the text it completes.
+        // Bytes of decoded text already handed out.
+        let mut emitted = 0usize;
+        // Takes `token` into the answer and hands out the text it completes.
         let mut take = |context: &mut Vec<u32>, token: u32| -> Result<ControlFlow<()>> {
             context.push(token);
             let text = self

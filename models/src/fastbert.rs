@@ -43,7 +43,8 @@ struct Linear {
     b: Vec<f32>,
     out: usize,
     inp: usize,
-    /// The same weights as Q8_0 for candle's int8 VNNI kernels, inputs widened to `int8_k`.
+    /// The same weights as Q8_0 for candle's int8 VNNI kernels, and the input width they take
+    /// (`inp` rounded up to a multiple of 256; the extra inputs are zeros).
     int8: Option<(QMatMul, usize)>,
 }
 
@@ -137,17 +138,16 @@ impl FastBert {
     /// Copies the weights of a loaded candle model; with `int8`, also as Q8_0 for candle's
     /// int8 VNNI kernels (only worth it where the CPU has VNNI: see [`crate::qwen2::Kernels`]).
     pub fn from_bert(b: &Bert, eps: f64, int8: bool) -> Result<Self> {
-        let q = int8;
         let layers = b
             .layers
             .iter()
             .map(|l| {
                 Ok(Layer {
-                    qkv: linear(&[&l.query, &l.key, &l.value], q)?,
-                    attn_out: linear(&[&l.attn_out], q)?,
+                    qkv: linear(&[&l.query, &l.key, &l.value], int8)?,
+                    attn_out: linear(&[&l.attn_out], int8)?,
                     attn_norm: norm(&l.attn_norm)?,
-                    inter: linear(&[&l.inter], q)?,
-                    out: linear(&[&l.out], q)?,
+                    inter: linear(&[&l.inter], int8)?,
+                    out: linear(&[&l.out], int8)?,
                     out_norm: norm(&l.out_norm)?,
                 })
             })

@@ -1068,12 +1068,11 @@ fn real_generator_matches_the_candle_reference() {
     }
 }
 
-/// The encoder's own forward pass (which also exposes every layer) gives the same last-layer
-/// embeddings as candle-transformers' BERT on the same weights.
+/// The encoder's own f32 forward pass (which also exposes every layer) gives the same
+/// last-layer embeddings as candle-transformers' BERT on the same weights.
 #[test]
 fn real_encoder_matches_the_candle_reference() {
     use candle_core::{DType, Device, Tensor};
-    use closer_models::Embedder;
     let dir = model_paths().encoder_dir();
     let texts = [
         "How much does each seat cost?",
@@ -1226,11 +1225,10 @@ fn real_int8_encoder_path_stays_close_to_f32() {
 }
 
 /// The fine-tuning path: the encoder's own top layer through `pooled_with_top` gives exactly
-/// `embed`, and a few fine-tuning steps pull two intents' examples apart.
+/// the candle graph's vectors, and a few fine-tuning steps pull two intents' examples apart.
 #[test]
 fn real_top_layer_path_and_finetuning() {
     use closer_models::finetune::{finetune_top, FinetuneConfig};
-    use closer_models::Embedder;
     let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
     let texts = [
         "How much does it cost?",

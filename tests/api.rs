@@ -974,6 +974,135 @@ fn real_prompt_lookup_drafts_keep_the_plain_answer() {
     assert_eq!(drafting, Kernels::detect() == Kernels::Vnni);
 }
 
+/// Several sequences in one forward pass (the matrix products over all their rows, attention
+/// per sequence) give each the logits of its own pass; and concurrent generations, whose passes
+/// the generator batches, give the answers they give one at a time.
+#[test]
+fn real_batched_passes_match_one_sequence_at_a_time() {
+    use candle_core::quantized::gguf_file;
+    use candle_core::{Device, Tensor};
+    use closer_models::generator::QwenGenerator;
+    use closer_models::qwen2::{Segment, Weights};
+    use closer_models::{AnswerGenerator, GenerationRequest};
+    let path = model_paths().generator_file();
+    let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let c = gguf_file::Content::read(&mut r).unwrap();
+    let (tokenizer, _) = closer_models::qwen_tokenizer::from_gguf(&c).unwrap();
+    let dev = Device::Cpu;
+    let w = Weights::from_gguf(c, &mut r, &dev).unwrap();
+    let ids = |t: &str| tokenizer.encode_fast(t, false).unwrap().get_ids().to_vec();
+    let a = ids("Each seat costs $80 per user per month billed monthly.");
+    let b = ids("Applinks holds a SOC 2 Type II report, renewed every year.");
+    let c = ids("Who would be our account executive?");
+    // Alone: a and b read whole; c read, then one more token after it.
+    let alone = |x: &[u32], pos: usize, cache: &mut closer_models::qwen2::KvCache| {
+        let t = Tensor::new(x, &dev).unwrap().unsqueeze(0).unwrap();
+        w.forward_all(&t, pos, cache).unwrap().squeeze(0).unwrap()
+    };
+    let (mut ca, mut cb, mut cc) = (w.new_cache(), w.new_cache(), w.new_cache());
+    let want_a = alone(&a, 0, &mut ca);
+    let want_b = alone(&b, 0, &mut cb);
+    alone(&c, 0, &mut cc);
+    let mut cc_batched = cc.clone();
+    let want_c = alone(&[11], c.len(), &mut cc);
+    // Together: a (every row), b (last row), c's next token, in one pass.
+    let (mut ba, mut bb) = (w.new_cache(), w.new_cache());
+    let next = [11u32];
+    let mut segs = [
+        Segment {
+            ids: &a,
+            pos: 0,
+            cache: &mut ba,
+            all: true,
+        },
+        Segment {
+            ids: &b,
+            pos: 0,
+            cache: &mut bb,
+            all: false,
+        },
+        Segment {
+            ids: &next,
+            pos: c.len(),
+            cache: &mut cc_batched,
+            all: false,
+        },
+    ];
+    let got = w.forward_batch(&mut segs).unwrap();
+    assert_eq!(got[0].dims(), want_a.dims());
+    assert_eq!(got[1].dims()[0], 1);
+    let b_last = want_b.narrow(0, b.len() - 1, 1).unwrap();
+    for (got, want) in [(&got[0], &want_a), (&got[1], &b_last), (&got[2], &want_c)] {
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let d: f32 = d.to_scalar().unwrap();
+        assert!(d < 1e-3, "batched logits differ by {d}");
+    }
+    assert_eq!(
+        (ba.len(), bb.len(), cc_batched.len()),
+        (a.len(), b.len(), c.len() + 1)
+    );
+    drop(w);
+
+    // Four visitors at once through the generator: the same answers as one at a time, and
+    // their passes did run together.
+    let g = std::sync::Arc::new(QwenGenerator::load(&model_paths().generator_file()).unwrap());
+    let facts = "You are a website chat assistant. Answer in one to three short sentences, using \
+                 only these facts:\n- Each seat costs $80 per user per month billed monthly, or \
+                 $960 per user per year billed annually.\n- Applinks holds a SOC 2 Type II \
+                 report; customers can request it under NDA.\n- Dana Reyes owns the acme.com \
+                 account.\n";
+    let requests: Vec<GenerationRequest> = [
+        "How much does each seat cost?",
+        "Are you SOC II compliant?",
+        "Who would be our rep? We are acme.com.",
+        "Is there a yearly price per seat?",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, q)| GenerationRequest {
+        system: facts.into(),
+        user: (*q).into(),
+        max_tokens: 40,
+        share: format!("team{}", i % 2),
+        ..Default::default()
+    })
+    .collect();
+    let answer = |g: &QwenGenerator, r: &GenerationRequest| {
+        let mut text = String::new();
+        let stats = g
+            .generate(r, &mut |t| {
+                text.push_str(t);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        (text, stats)
+    };
+    let alone: Vec<String> = requests.iter().map(|r| answer(&g, r).0).collect();
+    g.clear_prefix_cache();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let g = &g;
+                s.spawn(move || answer(g, r))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let shared: usize = together.iter().map(|(_, s)| s.shared_passes).sum();
+    assert!(shared > 0, "no pass was shared: {together:?}");
+    for ((got, stats), want) in together.iter().zip(&alone) {
+        assert_eq!(got, want, "{stats:?}");
+    }
+}
+
 /// The generator's own Qwen2 forward pass (KV cache outside the weights, prompt read in chunks)
 /// picks the same greedy tokens as candle-transformers' quantized Qwen2 on the same weights.
 #[test]

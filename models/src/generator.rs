@@ -1,12 +1,17 @@
 //! Qwen2.5-Coder-0.5B-Instruct (GGUF): ChatML prompt, greedy decoding, stop on `<|im_end|>`, text
 //! streamed as it is decoded. One copy of the weights serves every sequence; each generation has
 //! its own KV cache, and forward passes of competing generations are interleaved by
-//! [`StepScheduler`] (the least recently busy tenant first).
+//! [`StepScheduler`] (the least recently busy tenant first). Passes that wait together run as
+//! one batched pass ([`Weights::forward_batch`]): the sequence given the model takes the others'
+//! rows into its pass and hands them their logits.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -14,7 +19,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 
-use crate::qwen2::{Kernels, Weights};
+use crate::qwen2::{Kernels, KvCache, Segment, Weights};
 use crate::share::StepScheduler;
 use crate::{AnswerGenerator, Error, GenerationRequest, GenerationStats, Result};
 
@@ -50,6 +55,36 @@ pub const MAX_DRAFT: usize = 8;
 const START_DRAFT: usize = 4;
 /// Longest run of trailing tokens looked up, tried longest first.
 const LOOKUP_NGRAM: usize = 3;
+/// Most token rows in one batched pass: a prefill chunk and a few decoding sequences.
+pub const MAX_PASS_ROWS: usize = 96;
+
+/// One sequence's forward pass, waiting to run (maybe inside another sequence's pass).
+struct Pass {
+    ids: Vec<u32>,
+    pos: usize,
+    cache: KvCache,
+    all: bool,
+}
+
+/// Its logits and its cache with the new rows, or why the batch failed.
+type Ran = std::result::Result<(Tensor, KvCache), String>;
+
+/// Passes handed over for batching, and the results of those run in another sequence's pass.
+#[derive(Default)]
+struct Batcher {
+    waiting: Mutex<HashMap<u64, Pass>>,
+    ran: Mutex<HashMap<u64, Ran>>,
+    ready: Condvar,
+}
+
+/// Counts a generation in progress while alive.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Prompt lookup: the tokens (at most `max`) that followed the latest earlier occurrence of the
 /// last `n` tokens of `context`, for `n` from [`LOOKUP_NGRAM`] down to 1; empty when none recurs.
@@ -74,12 +109,14 @@ pub struct QwenGenerator {
     steps: StepScheduler,
     tokenizer: Tokenizer,
     eos: u32,
-    device: Device,
     /// Per share key (tenant): a system prompt's tokens and their cache. Never shared across
     /// keys, so no team can time whether another team's prompt is cached.
     prefixes: std::sync::Mutex<Vec<(String, Vec<u32>, crate::qwen2::KvCache)>>,
     /// Most tokens drafted per decoding pass (0: plain decoding).
     draft: usize,
+    batcher: Batcher,
+    /// Generations in progress.
+    active: AtomicUsize,
 }
 
 impl QwenGenerator {
@@ -107,9 +144,100 @@ impl QwenGenerator {
             steps: StepScheduler::new(std::time::Duration::from_secs(10)),
             tokenizer,
             eos,
-            device,
             prefixes: Default::default(),
+            batcher: Batcher::default(),
+            active: AtomicUsize::new(0),
         })
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one forward pass of sequence `seq`: waits for the model, then either runs it
+    /// together with the passes of other sequences that wait in its class, or finds that
+    /// another sequence's pass ran it. Returns its logits, its cache, and whether the pass
+    /// was shared with other sequences.
+    fn run_pass(
+        &self,
+        request: &GenerationRequest,
+        seq: u64,
+        pass: Pass,
+    ) -> Result<(Tensor, KvCache, bool)> {
+        let rows = pass.ids.len();
+        Self::lock(&self.batcher.waiting).insert(seq, pass);
+        let Some(mut step) = self
+            .steps
+            .step_or_served(&request.share, seq, request.background)
+        else {
+            let mut ran = Self::lock(&self.batcher.ran);
+            loop {
+                if let Some(r) = ran.remove(&seq) {
+                    return r.map(|(l, c)| (l, c, true)).map_err(Error::Other);
+                }
+                ran = self
+                    .batcher
+                    .ready
+                    .wait(ran)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let own = Self::lock(&self.batcher.waiting)
+            .remove(&seq)
+            .ok_or_else(|| Error::Other("pass lost before it ran".into()))?;
+        let mut batch = vec![(seq, own)];
+        let mut total = rows;
+        self.steps.absorb(&mut step, rows as f64, |t| {
+            let mut waiting = Self::lock(&self.batcher.waiting);
+            let n = waiting.get(&t)?.ids.len();
+            if total + n > MAX_PASS_ROWS {
+                return None;
+            }
+            total += n;
+            batch.push((t, waiting.remove(&t)?));
+            Some(n as f64)
+        });
+        let result = {
+            let mut segs: Vec<Segment<'_>> = batch
+                .iter_mut()
+                .map(|(_, p)| Segment {
+                    ids: &p.ids,
+                    pos: p.pos,
+                    cache: &mut p.cache,
+                    all: p.all,
+                })
+                .collect();
+            self.model.forward_batch(&mut segs)
+        };
+        drop(step);
+        let shared = batch.len() > 1;
+        let mut batch = batch.into_iter();
+        let (_, mine) = batch.next().expect("the pass's own sequence");
+        match result {
+            Ok(logits) => {
+                let mut logits = logits.into_iter();
+                let own_logits = logits.next();
+                {
+                    let mut ran = Self::lock(&self.batcher.ran);
+                    for ((t, p), l) in batch.zip(logits) {
+                        ran.insert(t, Ok((l, p.cache)));
+                    }
+                }
+                self.batcher.ready.notify_all();
+                let l = own_logits.ok_or_else(|| Error::Other("no logits".into()))?;
+                Ok((l, mine.cache, shared))
+            }
+            Err(e) => {
+                {
+                    let mut ran = Self::lock(&self.batcher.ran);
+                    for (t, _) in batch {
+                        ran.insert(t, Err(format!("batched forward pass failed: {e}")));
+                    }
+                }
+                self.batcher.ready.notify_all();
+                Err(e.into())
+            }
+        }
     }
 
     /// Sets the most tokens drafted per decoding pass (0 turns prompt lookup off).
@@ -214,15 +342,20 @@ impl AnswerGenerator for QwenGenerator {
         };
         let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
         let seq = self.steps.sequence();
-        let forward = |ids: &[u32], pos: usize, cache: &mut crate::qwen2::KvCache| {
-            let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-            let _turn = self.steps.step(&request.share, seq, request.background);
-            self.model.forward(&input, pos, cache)?.squeeze(0)
-        };
-        let forward_all = |ids: &[u32], pos: usize, cache: &mut crate::qwen2::KvCache| {
-            let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-            let _turn = self.steps.step(&request.share, seq, request.background);
-            self.model.forward_all(&input, pos, cache)?.squeeze(0)
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active(&self.active);
+        let shared_passes = std::cell::Cell::new(0);
+        // Logits after the last of `ids` (or after each, when `all`); the cache gains them.
+        let forward = |ids: &[u32], pos: usize, cache: KvCache, all: bool| {
+            let pass = Pass {
+                ids: ids.to_vec(),
+                pos,
+                cache,
+                all,
+            };
+            let (logits, cache, shared) = self.run_pass(request, seq, pass)?;
+            shared_passes.set(shared_passes.get() + usize::from(shared));
+            Ok::<_, Error>((if all { logits } else { logits.squeeze(0)? }, cache))
         };
         // The system part ends with the first `<|im_end|>`: its cache is kept for later prompts.
         let system_end = prompt_ids
@@ -247,10 +380,12 @@ impl AnswerGenerator for QwenGenerator {
                 if !first && on_text("").is_break() {
                     stats.stopped_by_consumer = true;
                     stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+                    stats.shared_passes = shared_passes.get();
                     return Ok(stats);
                 }
                 first = false;
-                logits = Some(forward(chunk, pos, &mut cache)?);
+                let (l, grown) = forward(chunk, pos, cache, false)?;
+                (logits, cache) = (Some(l), grown);
                 pos += chunk.len();
             }
             if to == system_end && to > from {
@@ -281,8 +416,7 @@ impl AnswerGenerator for QwenGenerator {
             }
             Ok(ControlFlow::Continue(()))
         };
-        let max_draft = if request.background { 0 } else { self.draft };
-        let mut budget = max_draft.min(START_DRAFT);
+        let mut budget = self.draft.min(START_DRAFT);
         'decode: while next != self.eos && context.len() - generated_from < request.max_tokens {
             if take(&mut context, next)?.is_break() {
                 stats.stopped_by_consumer = true;
@@ -290,13 +424,21 @@ impl AnswerGenerator for QwenGenerator {
             }
             // `next` and the drafted tokens after it, in one pass: row i holds the logits
             // after input token i.
+            // Drafted rows are guesses: with other sequences decoding in the same passes, rows
+            // are no longer nearly free, so each sequence drafts less.
+            let max_draft = if request.background {
+                0
+            } else {
+                self.draft / self.active.load(Ordering::Relaxed).max(1)
+            };
             let room = request.max_tokens - (context.len() - generated_from);
-            let draft = draft_from_context(&context, budget.min(room)).to_vec();
+            let draft = draft_from_context(&context, budget.min(max_draft).min(room)).to_vec();
             let pos = context.len() - 1;
             let mut input = Vec::with_capacity(1 + draft.len());
             input.push(next);
             input.extend_from_slice(&draft);
-            let rows = forward_all(&input, pos, &mut cache)?;
+            let (rows, grown) = forward(&input, pos, cache, true)?;
+            cache = grown;
             stats.decode_passes += 1;
             stats.drafted_tokens += draft.len();
             next = sampler.sample(&rows.get(0)?)?;
@@ -326,6 +468,7 @@ impl AnswerGenerator for QwenGenerator {
         let generated = &context[generated_from..];
         stats.generated_tokens = generated.len();
         stats.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        stats.shared_passes = shared_passes.get();
         Ok(stats)
     }
 

@@ -157,6 +157,8 @@ pub struct GenerationStats {
     pub accepted_draft_tokens: usize,
     /// Forward passes while decoding.
     pub decode_passes: usize,
+    /// Forward passes (prompt or answer) run in one batch with other sequences' rows.
+    pub shared_passes: usize,
 }
 
 /// Streams an answer. `on_text` receives each new piece of text as it is decoded (and an empty

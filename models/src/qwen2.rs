@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
@@ -95,24 +95,74 @@ fn widened(t: QTensor, k_to: usize) -> Result<QTensor> {
     QTensor::new(storage, (n, k_to))
 }
 
+/// Matrices that read the same input (query, key and value; gate and up). When they share a
+/// quantisation type and width, their rows are stacked into one matrix at load: one product
+/// instead of several, and the input padded and quantised once instead of once per matrix. Each
+/// output row is the same dot product either way.
+struct Group {
+    fused: Option<(Linear, Vec<usize>)>,
+    parts: Vec<Linear>,
+}
+
+impl Group {
+    fn new(parts: Vec<QTensor>) -> Result<Self> {
+        let same = parts.windows(2).all(|w| {
+            w[0].dtype() == w[1].dtype()
+                && w[0].shape().dims2().ok().map(|d| d.1) == w[1].shape().dims2().ok().map(|d| d.1)
+        });
+        if !same || parts.len() < 2 {
+            let parts = parts.into_iter().map(Linear::new).collect::<Result<_>>()?;
+            return Ok(Self { fused: None, parts });
+        }
+        let (mut rows, mut data) = (vec![], vec![]);
+        let k = parts[0].shape().dims2()?.1;
+        for p in &parts {
+            rows.push(p.shape().dims2()?.0);
+            data.extend_from_slice(&p.data()?);
+        }
+        let device = parts[0].device();
+        let storage =
+            QStorage::from_data(std::borrow::Cow::Owned(data), &device, parts[0].dtype())?;
+        let t = QTensor::new(storage, (rows.iter().sum::<usize>(), k))?;
+        Ok(Self {
+            fused: Some((Linear::new(t)?, rows)),
+            parts: vec![],
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match &self.fused {
+            Some((l, rows)) => {
+                let y = l.forward(x)?;
+                let mut at = 0;
+                rows.iter()
+                    .map(|&n| {
+                        at += n;
+                        y.narrow(D::Minus1, at - n, n)
+                    })
+                    .collect()
+            }
+            None => self.parts.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+}
+
 struct Mlp {
-    w1: Linear,
+    /// Gate and up.
+    w13: Group,
     w2: Linear,
-    w3: Linear,
 }
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let w1 = self.w1.forward(xs)?;
-        let w3 = self.w3.forward(xs)?;
-        self.w2.forward(&(candle_nn::ops::silu(&w1)? * w3)?)
+        let gu = self.w13.forward(xs)?;
+        self.w2.forward(&(candle_nn::ops::silu(&gu[0])? * &gu[1])?)
     }
 }
 
 struct Layer {
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Query, key and value.
+    wqkv: Group,
     bq: Tensor,
     bk: Tensor,
     bv: Tensor,
@@ -228,14 +278,15 @@ impl Weights {
             Kernels::Vnni => embedding.div_ceil(256) * 256,
             Kernels::Reference => embedding,
         };
-        let q = |t: QTensor| -> Result<Linear> {
+        let wide = |t: QTensor| -> Result<QTensor> {
             let k = t.shape().dims2()?.1;
             if t.dtype() == GgmlDType::Q8_0 && k == embedding {
-                Linear::new(widened(t, k_to)?)
+                widened(t, k_to)
             } else {
-                Linear::new(t)
+                Ok(t)
             }
         };
+        let q = |t: QTensor| Linear::new(wide(t)?);
         let tok = ct.tensor(reader, "token_embd.weight", device)?;
         let norm = RmsNorm::from_qtensor(ct.tensor(reader, "output_norm.weight", device)?, eps)?;
         let (tok_embeddings, output) = match ct.tensor(reader, "output.weight", device) {
@@ -255,18 +306,22 @@ impl Weights {
         for i in 0..blocks {
             let mut t = |name: &str| ct.tensor(reader, &format!("blk.{i}.{name}"), device);
             layers.push(Layer {
-                wq: q(t("attn_q.weight")?)?,
-                wk: q(t("attn_k.weight")?)?,
-                wv: q(t("attn_v.weight")?)?,
+                wqkv: Group::new(vec![
+                    wide(t("attn_q.weight")?)?,
+                    wide(t("attn_k.weight")?)?,
+                    wide(t("attn_v.weight")?)?,
+                ])?,
                 bq: t("attn_q.bias")?.dequantize(device)?,
                 bk: t("attn_k.bias")?.dequantize(device)?,
                 bv: t("attn_v.bias")?.dequantize(device)?,
                 wo: q(t("attn_output.weight")?)?,
                 attention_norm: RmsNorm::from_qtensor(t("attn_norm.weight")?, eps)?,
                 mlp: Mlp {
-                    w1: q(t("ffn_gate.weight")?)?,
+                    w13: Group::new(vec![
+                        wide(t("ffn_gate.weight")?)?,
+                        wide(t("ffn_up.weight")?)?,
+                    ])?,
                     w2: q(t("ffn_down.weight")?)?,
-                    w3: q(t("ffn_up.weight")?)?,
                 },
                 ffn_norm: RmsNorm::from_qtensor(t("ffn_norm.weight")?, eps)?,
                 n_head,
@@ -334,18 +389,18 @@ impl Weights {
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
     }
 
-    fn attention(
+    /// Self-attention of one sequence's rows (`q`, `k`, `v`: `[1, rows, width]`, projected and
+    /// biased), whose first row sits at `index_pos`; `cache` gains the rows' keys and values.
+    /// Returns `[1, rows, n_embd]`, before the output projection.
+    fn attend(
         &self,
         l: &Layer,
-        x: &Tensor,
-        mask: Option<&Tensor>,
+        (q, k, v): (Tensor, Tensor, Tensor),
         index_pos: usize,
+        mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        let (b, seq_len, n_embd) = x.dims3()?;
-        let q = l.wq.forward(x)?.broadcast_add(&l.bq)?;
-        let k = l.wk.forward(x)?.broadcast_add(&l.bk)?;
-        let v = l.wv.forward(x)?.broadcast_add(&l.bv)?;
+        let (b, seq_len, n_embd) = q.dims3()?;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             t.reshape((b, seq_len, n, l.head_dim))?
                 .transpose(1, 2)?
@@ -365,50 +420,151 @@ impl Weights {
         let v = repeat_kv(v, l.n_head / l.n_kv_head)?;
         let att = (q.matmul(&k.t()?)? / (l.head_dim as f64).sqrt())?;
         let att = match mask {
-            None => att,
             Some(mask) => {
                 let mask = mask.broadcast_as(att.shape())?;
                 mask.where_cond(&self.neg_inf.broadcast_as(mask.shape().dims())?, &att)?
             }
+            None => att,
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape(&[b, seq_len, n_embd])?;
-        l.wo.forward(&y)
+        y.transpose(1, 2)?.reshape(&[b, seq_len, n_embd])
     }
 
-    /// Logits of the token after `x` (shape `[batch, tokens]`), whose first token sits at
+    /// Logits of the token after `x` (shape `[1, tokens]`), whose first token sits at
     /// `index_pos`; `cache` holds the sequence's earlier tokens and gains these.
     pub fn forward(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.hidden(x, index_pos, cache)?;
-        let seq_len = h.dim(1)?;
-        self.output.forward(&h.i((.., seq_len - 1, ..))?)
+        self.forward_one(x, index_pos, cache, false)
     }
 
-    /// Logits after every token of `x` (`[batch, tokens, vocabulary]`): what verifying drafted
+    /// Logits after every token of `x` (`[1, tokens, vocabulary]`): what verifying drafted
     /// tokens needs. Otherwise as [`Weights::forward`].
     pub fn forward_all(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
-        let h = self.hidden(x, index_pos, cache)?;
-        self.output.forward(&h)
+        self.forward_one(x, index_pos, cache, true)
     }
 
-    /// The final-normed hidden states of `x`.
-    fn hidden(&self, x: &Tensor, index_pos: usize, cache: &mut KvCache) -> Result<Tensor> {
-        let (_b, seq_len) = x.dims2()?;
-        let mask = if seq_len == 1 {
-            None
+    fn forward_one(
+        &self,
+        x: &Tensor,
+        index_pos: usize,
+        cache: &mut KvCache,
+        all: bool,
+    ) -> Result<Tensor> {
+        let (b, _) = x.dims2()?;
+        if b != 1 {
+            candle_core::bail!("one sequence per call, got a batch of {b}");
+        }
+        let ids = x.squeeze(0)?.to_vec1::<u32>()?;
+        let mut seg = [Segment {
+            ids: &ids,
+            pos: index_pos,
+            cache,
+            all,
+        }];
+        let logits = self.forward_batch(&mut seg)?.pop();
+        let logits = logits.ok_or_else(|| candle_core::Error::Msg("no logits".into()))?;
+        if all {
+            logits.unsqueeze(0)
         } else {
-            Some(build_causal_mask(seq_len, index_pos, x.device())?)
-        };
-        let mut h = self.embed(x)?;
-        for (l, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            logits.squeeze(0)?.unsqueeze(0)
+        }
+    }
+
+    /// One forward pass over the rows of several sequences at once: the matrix products take
+    /// every row together (a pass over a few rows costs little more than over one), attention
+    /// runs per sequence against its own cache. For each segment, its logits: `[rows,
+    /// vocabulary]` when `all`, else `[1, vocabulary]` (after its last row).
+    pub fn forward_batch(&self, segs: &mut [Segment<'_>]) -> Result<Vec<Tensor>> {
+        let device = self.cos.device();
+        let ids: Vec<u32> = segs.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        if segs.iter().any(|s| s.ids.is_empty()) {
+            candle_core::bail!("a segment without tokens");
+        }
+        let masks = segs
+            .iter()
+            .map(|s| {
+                let n = s.ids.len();
+                (n > 1)
+                    .then(|| build_causal_mask(n, s.pos, device))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut h = self.embed(&Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)?;
+        for (li, l) in self.layers.iter().enumerate() {
             let residual = h.clone();
             let x = l.attention_norm.forward(&h)?;
-            let x = (self.attention(l, &x, mask.as_ref(), index_pos, c)? + residual)?;
+            let qkv = l.wqkv.forward(&x)?;
+            let q = qkv[0].broadcast_add(&l.bq)?;
+            let k = qkv[1].broadcast_add(&l.bk)?;
+            let v = qkv[2].broadcast_add(&l.bv)?;
+            let y = if segs.len() == 1 {
+                let s = &mut segs[0];
+                self.attend(
+                    l,
+                    (q, k, v),
+                    s.pos,
+                    masks[0].as_ref(),
+                    &mut s.cache.layers[li],
+                )?
+            } else {
+                let mut ys = Vec::with_capacity(segs.len());
+                let mut at = 0;
+                for (s, mask) in segs.iter_mut().zip(&masks) {
+                    let n = s.ids.len();
+                    let part = |t: &Tensor| t.narrow(1, at, n);
+                    ys.push(self.attend(
+                        l,
+                        (part(&q)?, part(&k)?, part(&v)?),
+                        s.pos,
+                        mask.as_ref(),
+                        &mut s.cache.layers[li],
+                    )?);
+                    at += n;
+                }
+                Tensor::cat(&ys, 1)?
+            };
+            let x = (l.wo.forward(&y)? + residual)?;
             let residual = x.clone();
             let y = l.mlp.forward(&l.ffn_norm.forward(&x)?)?;
             h = (y + residual)?;
         }
-        self.norm.forward(&h)
+        // Only the rows whose logits are wanted go through the norm and the (large) head.
+        let mut rows = Vec::new();
+        let mut at = 0u32;
+        for s in segs.iter() {
+            let n = s.ids.len() as u32;
+            if s.all {
+                rows.extend(at..at + n);
+            } else {
+                rows.push(at + n - 1);
+            }
+            at += n;
+        }
+        let h = if rows.len() == ids.len() {
+            h
+        } else {
+            h.index_select(&Tensor::new(rows.as_slice(), device)?, 1)?
+        };
+        let logits = self.output.forward(&self.norm.forward(&h)?)?.squeeze(0)?;
+        let mut out = Vec::with_capacity(segs.len());
+        let mut at = 0;
+        for s in segs.iter() {
+            let n = if s.all { s.ids.len() } else { 1 };
+            out.push(logits.narrow(0, at, n)?);
+            at += n;
+        }
+        Ok(out)
     }
+}
+
+/// One sequence's part of a batched forward pass ([`Weights::forward_batch`]).
+pub struct Segment<'a> {
+    /// Its new tokens.
+    pub ids: &'a [u32],
+    /// Where the first of them sits in the sequence.
+    pub pos: usize,
+    /// Its earlier tokens' keys and values; gains these.
+    pub cache: &'a mut KvCache,
+    /// Logits after every token (checking drafts) rather than after the last only.
+    pub all: bool,
 }

@@ -1,7 +1,8 @@
 //! The generator on the seed question (a ~120-token prompt: the demo tenant's instructions and
 //! the facts Converse cites for it): time to first token with nothing cached and with the
 //! system prompt's keys and values cached (the same facts asked about again), and decoding
-//! speed in tokens per second, with prompt-lookup drafts and without.
+//! speed in tokens per second, with prompt-lookup drafts and without; and the tokens per second
+//! four visitors asking at once get in all (their passes batched).
 //!
 //! `cargo bench -p closer-models --bench generator` (needs `closer models pull`).
 
@@ -88,6 +89,53 @@ fn generator(c: &mut Criterion) {
         });
         grp.finish();
     }
+
+    // Four visitors asking at once (different questions, the same facts): their passes run
+    // batched. Time per generated token over all four, prompts included, so the figure is
+    // the throughput the model gives concurrent visitors.
+    let g = g.with_draft_limit(drafting);
+    let questions = [
+        "How much does each seat cost?",
+        "Are you SOC II compliant?",
+        "Who would be our rep? We are acme.com.",
+        "Is there a yearly price per seat?",
+    ];
+    let requests: Vec<GenerationRequest> = questions
+        .iter()
+        .map(|q| GenerationRequest {
+            user: (*q).into(),
+            ..seed_request(48)
+        })
+        .collect();
+    let mut grp = c.benchmark_group("generator/4 visitors at once");
+    grp.sample_size(10);
+    grp.measurement_time(Duration::from_secs(40));
+    grp.throughput(Throughput::Elements(1));
+    grp.bench_function("per token, all four", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let t = std::time::Instant::now();
+                let tokens: usize = std::thread::scope(|s| {
+                    let hs: Vec<_> = requests
+                        .iter()
+                        .map(|r| {
+                            let g = &g;
+                            s.spawn(move || run(g, r).generated_tokens)
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).sum()
+                });
+                let per = t.elapsed().as_secs_f64() / tokens.max(1) as f64;
+                let take = (tokens as u64).min(iters - done);
+                total += Duration::from_secs_f64(per * take as f64);
+                done += take;
+            }
+            total
+        })
+    });
+    grp.finish();
 }
 
 criterion_group!(benches, generator);

@@ -55,7 +55,8 @@ pub const MAX_DRAFT: usize = 8;
 const START_DRAFT: usize = 4;
 /// Longest run of trailing tokens looked up, tried longest first.
 const LOOKUP_NGRAM: usize = 3;
-/// Most token rows in one batched pass: a prefill chunk and a few decoding sequences.
+/// Most token rows in one batched pass: a prefill chunk and a few decoding sequences (in the
+/// background, [`BACKGROUND_PREFILL_CHUNK`]).
 pub const MAX_PASS_ROWS: usize = 96;
 
 /// One sequence's forward pass, waiting to run (maybe inside another sequence's pass).
@@ -187,10 +188,17 @@ impl QwenGenerator {
             .ok_or_else(|| Error::Other("pass lost before it ran".into()))?;
         let mut batch = vec![(seq, own)];
         let mut total = rows;
+        // A background pass stays short however many background sequences it takes in: a
+        // foreground pass that arrives meanwhile waits for all of it.
+        let cap = if request.background {
+            BACKGROUND_PREFILL_CHUNK
+        } else {
+            MAX_PASS_ROWS
+        };
         self.steps.absorb(&mut step, rows as f64, |t| {
             let mut waiting = Self::lock(&self.batcher.waiting);
             let n = waiting.get(&t)?.ids.len();
-            if total + n > MAX_PASS_ROWS {
+            if total + n > cap {
                 return None;
             }
             total += n;

@@ -862,16 +862,7 @@ fn real_generator_reuses_cached_prompt_prefixes_without_changing_answers() {
         max_tokens: 24,
         ..Default::default()
     };
-    let run = |r: &GenerationRequest| {
-        let mut text = String::new();
-        let stats = g
-            .generate(r, &mut |t| {
-                text.push_str(t);
-                std::ops::ControlFlow::Continue(())
-            })
-            .unwrap();
-        (text, stats)
-    };
+    let run = |r: &GenerationRequest| whole_answer(&g, r);
     g.clear_prefix_cache();
     let (first, s1) = run(&pricing);
     assert_eq!(s1.reused_prompt_tokens, 0);
@@ -974,6 +965,21 @@ fn real_prompt_lookup_drafts_keep_the_plain_answer() {
     assert_eq!(drafting, Kernels::detect() == Kernels::Vnni);
 }
 
+/// A generator's whole answer to `r`, and its statistics.
+fn whole_answer(
+    g: &dyn closer_models::AnswerGenerator,
+    r: &closer_models::GenerationRequest,
+) -> (String, closer_models::GenerationStats) {
+    let mut text = String::new();
+    let stats = g
+        .generate(r, &mut |t| {
+            text.push_str(t);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    (text, stats)
+}
+
 /// Several sequences in one forward pass (the matrix products over all their rows, attention
 /// per sequence) give each the logits of its own pass; and concurrent generations, whose passes
 /// the generator batches, give the answers they give one at a time.
@@ -1052,7 +1058,7 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
 
     // Four visitors at once through the generator: the same answers as one at a time, and
     // their passes did run together.
-    let g = std::sync::Arc::new(QwenGenerator::load(&model_paths().generator_file()).unwrap());
+    let g = QwenGenerator::load(&model_paths().generator_file()).unwrap();
     let facts = "You are a website chat assistant. Answer in one to three short sentences, using \
                  only these facts:\n- Each seat costs $80 per user per month billed monthly, or \
                  $960 per user per year billed annually.\n- Applinks holds a SOC 2 Type II \
@@ -1074,16 +1080,7 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
         ..Default::default()
     })
     .collect();
-    let answer = |g: &QwenGenerator, r: &GenerationRequest| {
-        let mut text = String::new();
-        let stats = g
-            .generate(r, &mut |t| {
-                text.push_str(t);
-                std::ops::ControlFlow::Continue(())
-            })
-            .unwrap();
-        (text, stats)
-    };
+    let answer = whole_answer;
     let alone: Vec<String> = requests.iter().map(|r| answer(&g, r).0).collect();
     g.clear_prefix_cache();
     let together: Vec<_> = std::thread::scope(|s| {

@@ -7,7 +7,7 @@
 //!   so a batch costs the sum of its lengths, not `n × longest`;
 //! - query, key and value are one fused linear; bias, GELU and the residual add are applied in
 //!   the same pass over the output; nothing is allocated per op;
-//! - the linears are a register-blocked kernel over weights packed once at load into panels of
+//! - the linears are a register-blocked kernel over weights packed once (at load; on first use where int8 serves) into panels of
 //!   16 outputs (each panel streamed front to back; 4 input rows × 16 outputs accumulated in
 //!   registers along the input: 8 independent FMA chains, no horizontal sums), SIMD with run-time dispatch: AVX2+FMA where the CPU has it, plain code
 //!   otherwise, so one binary runs on any x86-64;
@@ -28,6 +28,8 @@
 //! 222 → 354 messages/s on the 2-core VM), and stays within cosine 0.985 of the f32 vectors
 //! (test `real_int8_encoder_path_stays_close_to_f32`).
 
+use std::sync::OnceLock;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 use pulp::{Arch, Simd, WithSimd};
@@ -38,8 +40,11 @@ use crate::bert::Bert;
 struct Linear {
     /// Packed in panels of [`NR`] outputs: panel `p` holds, for each input `i` in order, the
     /// weights of outputs `p·NR .. p·NR+NR` (zero past `out`), so the kernel streams each
-    /// panel once, front to back.
-    packed: Vec<f32>,
+    /// panel once, front to back. Packed at load when the f32 path serves; where int8 serves,
+    /// only if the f32 path is asked for (tests, benchmarks), saving about 40 MB.
+    packed: OnceLock<Vec<f32>>,
+    /// The weights of the parts (shared with the candle model, not copied), to pack from.
+    src: Vec<Tensor>,
     b: Vec<f32>,
     out: usize,
     inp: usize,
@@ -85,32 +90,19 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 fn linear(ws: &[&candle_nn::Linear], int8: bool) -> Result<Linear> {
-    let mut w = vec![];
     let mut b = vec![];
     let mut out = 0;
     let mut inp = 0;
     for l in ws {
         let (o, i) = l.weight().dims2()?;
-        w.extend(flat(l.weight())?);
         b.extend(flat(l.bias().expect("BERT linears have a bias"))?);
         out += o;
         inp = i;
     }
-    let panels = out.div_ceil(NR);
-    let mut packed = vec![0f32; panels * inp * NR];
-    for (o, row) in w.chunks_exact(inp).enumerate() {
-        let (p, j) = (o / NR, o % NR);
-        for (i, v) in row.iter().enumerate() {
-            packed[(p * inp + i) * NR + j] = *v;
-        }
-    }
+    let src: Vec<Tensor> = ws.iter().map(|l| l.weight().clone()).collect();
     let int8 = if int8 {
         let k_to = inp.div_ceil(256) * 256;
-        let wt = Tensor::from_vec(w, (out, inp), &candle_core::Device::Cpu)?.pad_with_zeros(
-            1,
-            0,
-            k_to - inp,
-        )?;
+        let wt = Tensor::cat(&src, 0)?.pad_with_zeros(1, 0, k_to - inp)?;
         Some((
             QMatMul::from_qtensor(QTensor::quantize(&wt, GgmlDType::Q8_0)?)?,
             k_to,
@@ -118,13 +110,40 @@ fn linear(ws: &[&candle_nn::Linear], int8: bool) -> Result<Linear> {
     } else {
         None
     };
-    Ok(Linear {
-        packed,
+    let l = Linear {
+        packed: OnceLock::new(),
+        src,
         b,
         out,
         inp,
         int8,
-    })
+    };
+    if l.int8.is_none() {
+        l.packed()?;
+    }
+    Ok(l)
+}
+
+impl Linear {
+    /// The f32 weights in panels (packed on first use).
+    fn packed(&self) -> Result<&[f32]> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let inp = self.inp;
+        let mut packed = vec![0f32; self.out.div_ceil(NR) * inp * NR];
+        let mut o = 0;
+        for w in &self.src {
+            for row in flat(w)?.chunks_exact(inp) {
+                let (p, j) = (o / NR, o % NR);
+                for (i, v) in row.iter().enumerate() {
+                    packed[(p * inp + i) * NR + j] = *v;
+                }
+                o += 1;
+            }
+        }
+        Ok(self.packed.get_or_init(|| packed))
+    }
 }
 
 fn norm(ln: &candle_nn::LayerNorm) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -297,6 +316,7 @@ impl FastBert {
             }
             return Ok(());
         }
+        let packed = l.packed()?;
         let panels = n.div_ceil(NR);
         // Each panel's outputs, `rows × NR`, contiguous; a task takes a run of panels.
         let mut outs = vec![0f32; panels * rows * NR];
@@ -314,7 +334,7 @@ impl FastBert {
                 x,
                 rows,
                 k,
-                packed: &l.packed[p0 * k * NR..(p0 + np) * k * NR],
+                packed: &packed[p0 * k * NR..(p0 + np) * k * NR],
                 out,
             });
         };

@@ -106,7 +106,8 @@ pub fn draft_from_context(context: &[u32], max: usize) -> &[u32] {
 
 pub struct QwenGenerator {
     model: Weights,
-    /// One forward pass at a time (they use every core); competing sequences take turns.
+    /// One forward pass at a time (they use every core); competing sequences take turns, and
+    /// those waiting together ride in one batched pass.
     steps: StepScheduler,
     tokenizer: Tokenizer,
     eos: u32,
@@ -195,10 +196,14 @@ impl QwenGenerator {
         } else {
             MAX_PASS_ROWS
         };
+        // A decoding pass (a token and its draft) does not take a prompt chunk in: it would
+        // make that token wait for the whole chunk. A chunk takes decoding passes in (they
+        // add little to it).
+        let widest = rows.max(MAX_DRAFT + 1);
         self.steps.absorb(&mut step, rows as f64, |t| {
             let mut waiting = Self::lock(&self.batcher.waiting);
             let n = waiting.get(&t)?.ids.len();
-            if total + n > cap {
+            if total + n > cap || n > widest {
                 return None;
             }
             total += n;
@@ -215,7 +220,11 @@ impl QwenGenerator {
                     all: p.all,
                 })
                 .collect();
-            self.model.forward_batch(&mut segs)
+            // A panic in the pass must still answer the sequences riding in it.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.model.forward_batch(&mut segs)
+            }))
+            .unwrap_or_else(|_| Err(candle_core::Error::Msg("the forward pass panicked".into())))
         };
         drop(step);
         let shared = batch.len() > 1;

@@ -840,7 +840,7 @@ async fn reflection_lists_the_public_services() {
 /// instructions but other facts reuses the instructions and says what a fresh model says.
 #[test]
 fn real_generator_reuses_cached_prompt_prefixes_without_changing_answers() {
-    use closer_models::{AnswerGenerator, GenerationRequest};
+    use closer_models::GenerationRequest;
     let g = closer_models::generator::QwenGenerator::load(&model_paths().generator_file()).unwrap();
     let instructions = "You are the website chat assistant of Applinks. Answer the visitor in one \
                         to three short sentences using only these facts:\n";
@@ -989,7 +989,7 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
     use candle_core::{Device, Tensor};
     use closer_models::generator::QwenGenerator;
     use closer_models::qwen2::{Segment, Weights};
-    use closer_models::{AnswerGenerator, GenerationRequest};
+    use closer_models::GenerationRequest;
     let path = model_paths().generator_file();
     let mut r = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
     let c = gguf_file::Content::read(&mut r).unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load and fault runs of issue 7 (R1–R8) and the Converse speed runs of issue 6 (S1, S48),
 # against servers on loopback started here.
-# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|S1|S48 ...]   (default: R1 R2 R4 R5 R7 R8)
+# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|R8seed|S1|S48 ...]   (default: R1 R2 R4 R5 R7 R8)
 # Figures go to target/load/<run>.{txt,json}. Needs `make build models`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +109,17 @@ EOF
     load R8real.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
     wait $flood
     cat "$OUT/R8real.flood.txt"
+    stop ;;
+  R8seed) # As R8real, but every calm turn generates: the calm visitors ask the seed question
+    # (made unique), so the p99 is over ~50 generated replies rather than a handful.
+    serve R8seed --tenant-max-pending-replies 8
+    load R8seed.alone --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 --domain acme.com --unique "${SEED[@]}"
+    load R8seed.flood --tenant applinks --concurrency 32 --seconds 170 "${MSGS[@]}" >/dev/null &
+    local flood=$!
+    sleep 10
+    load R8seed.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 --domain acme.com --unique "${SEED[@]}"
+    wait $flood
+    cat "$OUT/R8seed.flood.txt"
     stop ;;
   *) echo "unknown run $1"; exit 2 ;;
   esac

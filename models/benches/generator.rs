@@ -1,6 +1,7 @@
 //! The generator on the seed question (a ~120-token prompt: the demo tenant's instructions and
-//! the facts Converse cites for it): time to first token with nothing cached and with the
-//! system prompt's keys and values cached (the same facts asked about again), and decoding
+//! the facts Converse cites for it): time to first token with nothing cached, with the team's
+//! instructions cached (an earlier question cited other facts), and with the whole system
+//! prompt's keys and values cached (the same facts asked about again), and decoding
 //! speed in tokens per second, with prompt-lookup drafts and without; and the tokens per second
 //! four visitors asking at once get in all (their passes batched).
 //!
@@ -53,6 +54,35 @@ fn generator(c: &mut Criterion) {
         b.iter(|| {
             g.clear_prefix_cache();
             run(&g, &first)
+        })
+    });
+    // The common case in serving: the team's instructions were read for an earlier question
+    // (the prompt starts the same way), but these facts were not.
+    let earlier = GenerationRequest {
+        system: first
+            .system
+            .split("facts:\n")
+            .next()
+            .map(|instructions| {
+                format!(
+                    "{instructions}facts:\n- Applinks offers a 14-day free trial of every plan.\n"
+                )
+            })
+            .expect("the seed instructions"),
+        user: "Is there a free trial?".into(),
+        ..seed_request(1)
+    };
+    grp.bench_function("instructions cached, new facts", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                g.clear_prefix_cache();
+                run(&g, &earlier);
+                let s = run(&g, &first);
+                assert!(s.reused_prompt_tokens > 0, "the instructions were reused");
+                total += Duration::from_secs_f64(s.time_to_first_token_ms / 1e3);
+            }
+            total
         })
     });
     grp.bench_function("system prompt cached", |b| b.iter(|| run(&g, &first)));

@@ -36,6 +36,19 @@ serve() {
 stop() { kill -TERM $SERVER_PID; wait $SERVER_PID || true; }
 load() { local name=$1; shift; echo "== $name"; $CLOSER load --url $URL --json "$OUT/$name.json" "$@" | tee "$OUT/$name.txt"; }
 
+# flood NAME SECONDS SETTLE CALM-ARGS... : the calm team alone for SECONDS, then for SECONDS again
+# while the demo team floods at 32 visitors (starting SETTLE s before and ending SETTLE s after).
+flood() {
+  local name=$1 secs=$2 settle=$3; shift 3
+  load "$name.alone" --tenant calm --seconds "$secs" "$@"
+  load "$name.flood" --tenant applinks --concurrency 32 --seconds $((secs + 2 * settle)) "${MSGS[@]}" >/dev/null &
+  local pid=$!
+  sleep "$settle"
+  load "$name.calm" --tenant calm --seconds "$secs" "$@"
+  wait $pid
+  cat "$OUT/$name.flood.txt"
+}
+
 SEED=(-m "How much does each seat cost? Are you SOC II compliant? And who would be our rep?")
 FAKE=(--generator fake --fake-token-ms 25 --fake-prefill-ms 300)
 run() {
@@ -91,35 +104,17 @@ EOF
     ;;
   R8) # The calm tenant alone, then while another floods at 4x its quota (8).
     serve R8 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 8
-    load R8.alone --tenant calm --concurrency 4 --seconds 60 "${MSGS[@]}"
-    load R8.flood --tenant applinks --concurrency 32 --seconds 70 "${MSGS[@]}" >/dev/null &
-    local flood=$!
-    sleep 5
-    load R8.calm --tenant calm --concurrency 4 --seconds 60 "${MSGS[@]}"
-    wait $flood
-    cat "$OUT/R8.flood.txt"
+    flood R8 60 5 --concurrency 4 "${MSGS[@]}"
     stop ;;
   R8real) # The same with the real model: a calm team (2 visitors who read each reply for 3 s),
     # alone and while another team floods at 4x its quota of 8.
     serve R8real --tenant-max-pending-replies 8
-    load R8real.alone --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
-    load R8real.flood --tenant applinks --concurrency 32 --seconds 170 "${MSGS[@]}" >/dev/null &
-    local flood=$!
-    sleep 10
-    load R8real.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 "${MSGS[@]}"
-    wait $flood
-    cat "$OUT/R8real.flood.txt"
+    flood R8real 150 10 --concurrency 2 --think-ms 3000 "${MSGS[@]}"
     stop ;;
   R8seed) # As R8real, but every calm turn generates: the calm visitors ask the seed question
     # (made unique), so the p99 is over ~50 generated replies rather than a handful.
     serve R8seed --tenant-max-pending-replies 8
-    load R8seed.alone --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 --domain acme.com --unique "${SEED[@]}"
-    load R8seed.flood --tenant applinks --concurrency 32 --seconds 170 "${MSGS[@]}" >/dev/null &
-    local flood=$!
-    sleep 10
-    load R8seed.calm --tenant calm --concurrency 2 --think-ms 3000 --seconds 150 --domain acme.com --unique "${SEED[@]}"
-    wait $flood
-    cat "$OUT/R8seed.flood.txt"
+    flood R8seed 150 10 --concurrency 2 --think-ms 3000 --domain acme.com --unique "${SEED[@]}"
     stop ;;
   *) echo "unknown run $1"; exit 2 ;;
   esac

@@ -58,17 +58,14 @@ fn generator(c: &mut Criterion) {
     });
     // The common case in serving: the team's instructions were read for an earlier question
     // (the prompt starts the same way), but these facts were not.
+    let (instructions, _) = first
+        .system
+        .split_once("facts:\n")
+        .expect("the seed prompt lists facts");
     let earlier = GenerationRequest {
-        system: first
-            .system
-            .split("facts:\n")
-            .next()
-            .map(|instructions| {
-                format!(
-                    "{instructions}facts:\n- Applinks offers a 14-day free trial of every plan.\n"
-                )
-            })
-            .expect("the seed instructions"),
+        system: format!(
+            "{instructions}facts:\n- Applinks offers a 14-day free trial of every plan.\n"
+        ),
         user: "Is there a free trial?".into(),
         ..seed_request(1)
     };

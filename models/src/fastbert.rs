@@ -7,9 +7,10 @@
 //!   so a batch costs the sum of its lengths, not `n × longest`;
 //! - query, key and value are one fused linear; bias, GELU and the residual add are applied in
 //!   the same pass over the output; nothing is allocated per op;
-//! - the linears are a register-blocked kernel over weights packed once (at load; on first use where int8 serves) into panels of
-//!   16 outputs (each panel streamed front to back; 4 input rows × 16 outputs accumulated in
-//!   registers along the input: 8 independent FMA chains, no horizontal sums), SIMD with run-time dispatch: AVX2+FMA where the CPU has it, plain code
+//! - the linears are a register-blocked kernel over weights packed once (at load; on first use
+//!   where int8 serves) into panels of 16 outputs (each panel streamed front to back; 4 input
+//!   rows × 16 outputs accumulated in registers along the input: 8 independent FMA chains, no
+//!   horizontal sums), SIMD with run-time dispatch: AVX2+FMA where the CPU has it, plain code
 //!   otherwise, so one binary runs on any x86-64;
 //! - threads by size: a linear is split over the rayon pool only when it has enough work to
 //!   pay for the hand-off (a single short message mostly stays on one core, leaving the other

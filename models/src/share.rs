@@ -212,7 +212,7 @@ impl StepScheduler {
     /// passes or strictly better placed ones.
     fn pick(&self, s: &State, now: Instant) -> Pick {
         let rank = |background: bool, key: &str| (background, self.decayed(s, key, now));
-        let better = |a: (bool, f64), b: (bool, f64)| a.0 < b.0 || (a.0 == b.0 && a.1 < b.1);
+        let better = |a: (bool, f64), b: (bool, f64)| (!a.0 && b.0) || (a.0 == b.0 && a.1 < b.1);
         let best = |filter: &dyn Fn((bool, f64)) -> bool| {
             s.waiting
                 .iter()

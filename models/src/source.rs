@@ -153,7 +153,7 @@ impl ModelPaths {
             return PathBuf::from(dir);
         }
         dirs::cache_dir()
-            .unwrap_or_else(|| std::env::temp_dir())
+            .unwrap_or_else(std::env::temp_dir)
             .join("closer")
             .join("models")
     }

@@ -962,7 +962,7 @@ fn real_prompt_lookup_drafts_keep_the_plain_answer() {
     assert_eq!(drafted, plain);
     // Drafting is on by default only where several tokens cost little more than one.
     use closer_models::qwen2::Kernels;
-    assert_eq!(drafting, Kernels::detect() == Kernels::Vnni);
+    assert_eq!(drafting, Kernels::detect().int8());
 }
 
 /// A generator's whole answer to `r`, and its statistics.
@@ -1007,11 +1007,21 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
     };
     let (mut ca, mut cb, mut cc) = (w.new_cache(), w.new_cache(), w.new_cache());
     let want_a = alone(&a, 0, &mut ca);
-    let want_b = alone(&b, 0, &mut cb);
+    // b as a prompt (its last logits only: where AMX is on, prompt rows take it).
+    let b_last = w
+        .forward(
+            &Tensor::new(b.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            0,
+            &mut cb,
+        )
+        .unwrap();
     alone(&c, 0, &mut cc);
     let mut cc_batched = cc.clone();
     let want_c = alone(&[11], c.len(), &mut cc);
-    // Together: a (every row), b (last row), c's next token, in one pass.
+    // Together: a (every row), b (last row), c's next token (a decoding row), in one pass.
     let (mut ba, mut bb) = (w.new_cache(), w.new_cache());
     let next = [11u32];
     let mut segs = [
@@ -1031,14 +1041,16 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
             ids: &next,
             pos: c.len(),
             cache: &mut cc_batched,
-            all: false,
+            all: true,
         },
     ];
     let got = w.forward_batch(&mut segs).unwrap();
     assert_eq!(got[0].dims(), want_a.dims());
     assert_eq!(got[1].dims()[0], 1);
-    let b_last = want_b.narrow(0, b.len() - 1, 1).unwrap();
-    for (got, want) in [(&got[0], &want_a), (&got[1], &b_last), (&got[2], &want_c)] {
+    for (i, (got, want)) in [(&got[0], &want_a), (&got[1], &b_last), (&got[2], &want_c)]
+        .into_iter()
+        .enumerate()
+    {
         let d = (got - want)
             .unwrap()
             .abs()
@@ -1048,7 +1060,7 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
             .max(0)
             .unwrap();
         let d: f32 = d.to_scalar().unwrap();
-        assert!(d < 1e-3, "batched logits differ by {d}");
+        assert!(d < 1e-3, "segment {i}: batched logits differ by {d}");
     }
     assert_eq!(
         (ba.len(), bb.len(), cc_batched.len()),
@@ -1160,11 +1172,15 @@ fn real_generator_matches_the_candle_reference() {
     drop(theirs);
     // Ours, the prompt in chunks of 64 and a cache of its own: with the reference kernels the
     // same arithmetic, with the VNNI layout (where this CPU has it) activations quantised per
-    // 256 values instead of 32, which must not change the greedy answer either.
+    // 256 values instead of 32, and with AMX (where this CPU has it) the prompt's Q8_0 products
+    // in bf16, neither of which must change the greedy answer.
     use closer_models::qwen2::Kernels;
     let mut layouts = vec![Kernels::Reference];
-    if Kernels::detect() == Kernels::Vnni {
+    if Kernels::detect().int8() {
         layouts.push(Kernels::Vnni);
+    }
+    if Kernels::detect() == Kernels::Amx {
+        layouts.push(Kernels::Amx);
     }
     for kernels in layouts {
         let (c, mut r) = read();
@@ -1293,7 +1309,7 @@ fn real_fast_encoder_path_matches_the_candle_graph() {
 fn real_int8_encoder_path_stays_close_to_f32() {
     use closer_models::Embedder;
     let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
-    let vnni = closer_models::qwen2::Kernels::detect() == closer_models::qwen2::Kernels::Vnni;
+    let vnni = closer_models::qwen2::Kernels::detect().int8();
     assert_eq!(enc.int8(), vnni);
     assert_eq!(enc.name().ends_with("int8"), vnni);
     let texts: Vec<String> = std::fs::read_to_string("../eval/data/applinks-intents-test.jsonl")

@@ -38,7 +38,7 @@ impl MiniLmEncoder {
     pub fn load(dir: &Path) -> Result<Self> {
         let device = Device::Cpu;
         let (config, model) = Self::load_candle(dir)?;
-        let int8 = crate::qwen2::Kernels::detect() == crate::qwen2::Kernels::Vnni;
+        let int8 = crate::qwen2::Kernels::detect().int8();
         let fast = FastBert::from_bert(&model, config.layer_norm_eps, int8)?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;

@@ -32,6 +32,10 @@ const PREFILL_CHUNK: usize = 64;
 /// arrives waits for at most one pass of the background one, so those passes are kept short —
 /// small prefill chunks, no drafted tokens.
 const BACKGROUND_PREFILL_CHUNK: usize = 16;
+/// Longest prompt read in one pass when no other reply is being generated: each pass reads all
+/// the weights (and with AMX dequantises them), so one pass costs less than several; chunks
+/// only matter when another sequence could be kept waiting.
+const SOLO_PREFILL: usize = 256;
 
 /// System prompts (a tenant's instructions and the facts cited) whose keys and values are kept,
 /// most recently used last. A prompt that starts the same way (the same instructions; the
@@ -137,7 +141,7 @@ impl QwenGenerator {
         let model = Weights::from_gguf(content, &mut reader, &device)?;
         model.warm_up()?;
         let draft = match model.kernels() {
-            Kernels::Vnni => MAX_DRAFT,
+            Kernels::Vnni | Kernels::Amx => MAX_DRAFT,
             Kernels::Reference => 0,
         };
         Ok(Self {
@@ -388,10 +392,27 @@ impl AnswerGenerator for QwenGenerator {
         let mut logits = None;
         let mut pos = reused;
         let mut first = true;
-        for (from, to) in [
-            (reused, system_end.max(reused)),
-            (system_end.max(reused), prompt_ids.len()),
-        ] {
+        let solo = !request.background
+            && self.active.load(Ordering::Relaxed) <= 1
+            && prompt_ids.len() - reused <= SOLO_PREFILL;
+        if solo {
+            let (l, grown) = forward(&prompt_ids[reused..], pos, cache, false)?;
+            (logits, cache) = (Some(l), grown);
+            pos = prompt_ids.len();
+            if system_end > reused {
+                let system = cache.truncated(system_end)?;
+                self.keep_prefix(&request.share, &prompt_ids[..system_end], &system);
+            }
+        }
+        let parts = if solo {
+            vec![]
+        } else {
+            vec![
+                (reused, system_end.max(reused)),
+                (system_end.max(reused), prompt_ids.len()),
+            ]
+        };
+        for (from, to) in parts {
             for chunk in prompt_ids[from..to].chunks(chunk_len) {
                 // Between chunks the consumer may stop us (an empty piece carries no text).
                 if !first && on_text("").is_break() {

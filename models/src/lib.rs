@@ -12,6 +12,7 @@
 //!
 //! Models sit behind the narrow traits below so the server never depends on candle directly.
 
+pub mod amx;
 pub mod bert;
 pub mod cache;
 pub mod encoder;

@@ -29,11 +29,19 @@ pub enum Kernels {
     Reference,
     /// Q8_0 matrices widened to a multiple of 256 columns so candle's int8 VNNI kernels apply.
     Vnni,
+    /// [`Self::Vnni`], and the prompt's products (Q8_0, Q4K, Q6K) on the AMX tile unit in bf16
+    /// ([`crate::amx`]; decoding stays on the int8 kernels, which read a few rows faster).
+    Amx,
 }
 
 impl Kernels {
+    /// Whether the Q8_0 matrices are laid out for the int8 kernels (widened).
+    pub fn int8(self) -> bool {
+        self != Self::Reference
+    }
+
     /// The fastest this CPU supports (candle's own dispatch, which `MISTRALRS_FORCE_AVX2=1`
-    /// also turns off, decides whether the VNNI kernels run).
+    /// also turns off, decides whether the VNNI kernels run; `CLOSER_AMX=0` turns AMX off).
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -42,29 +50,109 @@ impl Kernels {
                 && is_x86_feature_detected!("avx512vnni"))
                 || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"));
             if vnni && !forced_off {
-                return Self::Vnni;
+                return if crate::amx::available() {
+                    Self::Amx
+                } else {
+                    Self::Vnni
+                };
             }
         }
         Self::Reference
     }
 }
 
+/// The block formats [`crate::amx`] reads.
+fn amx_format(dtype: GgmlDType) -> Option<crate::amx::Format> {
+    match dtype {
+        GgmlDType::Q8_0 => Some(crate::amx::Format::Q8_0),
+        GgmlDType::Q4K => Some(crate::amx::Format::Q4K),
+        GgmlDType::Q6K => Some(crate::amx::Format::Q6K),
+        _ => None,
+    }
+}
+
+/// The rows of a pass as runs of `(rows, amx)`, one a segment (sequence) in order. With
+/// [`Kernels::Amx`], prompt rows (segments that want only their last logits) take the AMX
+/// kernels and decoding rows (a token and its drafts) candle's: a row's arithmetic depends
+/// neither on how the prompt was cut into passes nor on which other sequences ride in its pass,
+/// so answers are the same alone and under load.
+type Runs = [(usize, bool)];
+
 /// A quantised matrix and the input width it takes (wider than the activations when padded).
 struct Linear {
     mm: QMatMul,
     k: usize,
+    /// Whether passes of many rows go through [`crate::amx`] (Q8_0 only).
+    amx: bool,
 }
 
 impl Linear {
-    fn new(t: QTensor) -> Result<Self> {
+    fn new(t: QTensor, kernels: Kernels) -> Result<Self> {
         let k = t.shape().dims2()?.1;
+        let amx = kernels == Kernels::Amx
+            && amx_format(t.dtype()).is_some()
+            && crate::amx::available()
+            && crate::amx::fits(t.shape().dims2()?.0, 32);
         Ok(Self {
             mm: QMatMul::from_qtensor(t)?,
             k,
+            amx,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` (`[1, rows, width]`) times the matrix; `runs` splits the rows into the segments of
+    /// the pass, each with whether it takes the AMX kernels (see [`Runs`]).
+    fn forward(&self, x: &Tensor, runs: &Runs) -> Result<Tensor> {
+        if !self.amx || runs.iter().all(|&(_, amx)| !amx) {
+            return self.forward_candle(x);
+        }
+        let mut merged: Vec<(usize, bool)> = vec![];
+        for &(n, amx) in runs {
+            match merged.last_mut() {
+                Some(last) if last.1 == amx => last.0 += n,
+                _ => merged.push((n, amx)),
+            }
+        }
+        if let [(_, true)] = merged[..] {
+            return self.forward_amx(x);
+        }
+        let mut parts = Vec::with_capacity(merged.len());
+        let mut at = 0;
+        for (n, amx) in merged {
+            let part = x.narrow(1, at, n)?;
+            parts.push(if amx {
+                self.forward_amx(&part)?
+            } else {
+                self.forward_candle(&part)?
+            });
+            at += n;
+        }
+        Tensor::cat(&parts, 1)
+    }
+
+    /// Through [`crate::amx`] (candle's kernels where the width does not fit it).
+    fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
+        let w = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / w.max(1);
+        match &self.mm {
+            QMatMul::QTensor(t)
+                if crate::amx::fits(32, w)
+                    && amx_format(t.dtype()).is_some_and(|f| w.is_multiple_of(f.block().0)) =>
+            {
+                let format = amx_format(t.dtype()).expect("checked");
+                let n = t.shape().dims2()?.0;
+                let data = t.data()?;
+                let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let y = crate::amx::matmul(format, &data, n, data.len() / n, &xs, rows, w / 32);
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("a matrix has dimensions") = n;
+                Tensor::from_vec(y, dims, x.device())
+            }
+            _ => self.forward_candle(x),
+        }
+    }
+
+    fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
         let w = x.dim(D::Minus1)?;
         if w < self.k {
             self.mm
@@ -105,13 +193,16 @@ struct Group {
 }
 
 impl Group {
-    fn new(parts: Vec<QTensor>) -> Result<Self> {
+    fn new(parts: Vec<QTensor>, kernels: Kernels) -> Result<Self> {
         let same = parts.windows(2).all(|w| {
             w[0].dtype() == w[1].dtype()
                 && w[0].shape().dims2().ok().map(|d| d.1) == w[1].shape().dims2().ok().map(|d| d.1)
         });
         if !same || parts.len() < 2 {
-            let parts = parts.into_iter().map(Linear::new).collect::<Result<_>>()?;
+            let parts = parts
+                .into_iter()
+                .map(|p| Linear::new(p, kernels))
+                .collect::<Result<_>>()?;
             return Ok(Self { fused: None, parts });
         }
         let (mut rows, mut data) = (vec![], vec![]);
@@ -125,15 +216,15 @@ impl Group {
             QStorage::from_data(std::borrow::Cow::Owned(data), &device, parts[0].dtype())?;
         let t = QTensor::new(storage, (rows.iter().sum::<usize>(), k))?;
         Ok(Self {
-            fused: Some((Linear::new(t)?, rows)),
+            fused: Some((Linear::new(t, kernels)?, rows)),
             parts: vec![],
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    fn forward(&self, x: &Tensor, runs: &Runs) -> Result<Vec<Tensor>> {
         match &self.fused {
             Some((l, rows)) => {
-                let y = l.forward(x)?;
+                let y = l.forward(x, runs)?;
                 let mut at = 0;
                 rows.iter()
                     .map(|&n| {
@@ -142,7 +233,7 @@ impl Group {
                     })
                     .collect()
             }
-            None => self.parts.iter().map(|l| l.forward(x)).collect(),
+            None => self.parts.iter().map(|l| l.forward(x, runs)).collect(),
         }
     }
 }
@@ -154,9 +245,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gu = self.w13.forward(xs)?;
-        self.w2.forward(&(candle_nn::ops::silu(&gu[0])? * &gu[1])?)
+    fn forward(&self, xs: &Tensor, runs: &Runs) -> Result<Tensor> {
+        let gu = self.w13.forward(xs, runs)?;
+        self.w2
+            .forward(&(candle_nn::ops::silu(&gu[0])? * &gu[1])?, runs)
     }
 }
 
@@ -275,7 +367,7 @@ impl Weights {
         // Widen only the Q8_0 matrices that read the hidden state: those are what the VNNI
         // kernels take (the feed-forward down projection reads 4864 = 19 × 256 values already).
         let k_to = match kernels {
-            Kernels::Vnni => embedding.div_ceil(256) * 256,
+            Kernels::Vnni | Kernels::Amx => embedding.div_ceil(256) * 256,
             Kernels::Reference => embedding,
         };
         let wide = |t: QTensor| -> Result<QTensor> {
@@ -286,7 +378,7 @@ impl Weights {
                 Ok(t)
             }
         };
-        let q = |t: QTensor| Linear::new(wide(t)?);
+        let q = |t: QTensor| Linear::new(wide(t)?, kernels);
         let tok = ct.tensor(reader, "token_embd.weight", device)?;
         let norm = RmsNorm::from_qtensor(ct.tensor(reader, "output_norm.weight", device)?, eps)?;
         let (tok_embeddings, output) = match ct.tensor(reader, "output.weight", device) {
@@ -306,21 +398,24 @@ impl Weights {
         for i in 0..blocks {
             let mut t = |name: &str| ct.tensor(reader, &format!("blk.{i}.{name}"), device);
             layers.push(Layer {
-                wqkv: Group::new(vec![
-                    wide(t("attn_q.weight")?)?,
-                    wide(t("attn_k.weight")?)?,
-                    wide(t("attn_v.weight")?)?,
-                ])?,
+                wqkv: Group::new(
+                    vec![
+                        wide(t("attn_q.weight")?)?,
+                        wide(t("attn_k.weight")?)?,
+                        wide(t("attn_v.weight")?)?,
+                    ],
+                    kernels,
+                )?,
                 bq: t("attn_q.bias")?.dequantize(device)?,
                 bk: t("attn_k.bias")?.dequantize(device)?,
                 bv: t("attn_v.bias")?.dequantize(device)?,
                 wo: q(t("attn_output.weight")?)?,
                 attention_norm: RmsNorm::from_qtensor(t("attn_norm.weight")?, eps)?,
                 mlp: Mlp {
-                    w13: Group::new(vec![
-                        wide(t("ffn_gate.weight")?)?,
-                        wide(t("ffn_up.weight")?)?,
-                    ])?,
+                    w13: Group::new(
+                        vec![wide(t("ffn_gate.weight")?)?, wide(t("ffn_up.weight")?)?],
+                        kernels,
+                    )?,
                     w2: q(t("ffn_down.weight")?)?,
                 },
                 ffn_norm: RmsNorm::from_qtensor(t("ffn_norm.weight")?, eps)?,
@@ -489,11 +584,12 @@ impl Weights {
                     .transpose()
             })
             .collect::<Result<Vec<_>>>()?;
+        let runs: Vec<_> = segs.iter().map(|s| (s.ids.len(), !s.all)).collect();
         let mut h = self.embed(&Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)?;
         for (li, l) in self.layers.iter().enumerate() {
             let residual = h.clone();
             let x = l.attention_norm.forward(&h)?;
-            let qkv = l.wqkv.forward(&x)?;
+            let qkv = l.wqkv.forward(&x, &runs)?;
             let q = qkv[0].broadcast_add(&l.bq)?;
             let k = qkv[1].broadcast_add(&l.bk)?;
             let v = qkv[2].broadcast_add(&l.bv)?;
@@ -523,9 +619,9 @@ impl Weights {
                 }
                 Tensor::cat(&ys, 1)?
             };
-            let x = (l.wo.forward(&y)? + residual)?;
+            let x = (l.wo.forward(&y, &runs)? + residual)?;
             let residual = x.clone();
-            let y = l.mlp.forward(&l.ffn_norm.forward(&x)?)?;
+            let y = l.mlp.forward(&l.ffn_norm.forward(&x)?, &runs)?;
             h = (y + residual)?;
         }
         // Only the rows whose logits are wanted go through the norm and the (large) head.
@@ -545,7 +641,13 @@ impl Weights {
         } else {
             h.index_select(&Tensor::new(rows.as_slice(), device)?, 1)?
         };
-        let logits = self.output.forward(&self.norm.forward(&h)?)?.squeeze(0)?;
+        // The head stays on candle's kernels: in serving it reads a row per sequence, or a token
+        // and its drafts, and a row's logits are then the same whichever rows come with it.
+        let head_rows = h.dim(1)?;
+        let logits = self
+            .output
+            .forward(&self.norm.forward(&h)?, &[(head_rows, false)])?
+            .squeeze(0)?;
         let mut out = Vec::with_capacity(segs.len());
         let mut at = 0;
         for s in segs.iter() {

@@ -54,7 +54,6 @@ fn classify(tenant: &str) -> pb::ClassifyRequest {
     pb::ClassifyRequest {
         tenant: tenant.into(),
         text: "How much does each seat cost?".into(),
-        ..Default::default()
     }
 }
 

@@ -99,9 +99,12 @@ pub(crate) struct VectorLog {
     entries: usize,
 }
 
+/// The latest vector per id, with the sequence number it was written under.
+type Latest = HashMap<String, (u64, Vector)>;
+
 impl VectorLog {
     /// Reads the log in `dir` (cutting a torn tail); returns it and the latest vector per id.
-    pub(crate) fn open(dir: &Path) -> Result<(Self, HashMap<String, (u64, Vector)>)> {
+    pub(crate) fn open(dir: &Path) -> Result<(Self, Latest)> {
         let legacy = dir.join(LEGACY_FILE);
         if legacy.exists() {
             std::fs::remove_file(&legacy).map_err(|e| io_err(&legacy, e))?;

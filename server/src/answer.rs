@@ -589,10 +589,11 @@ pub fn run_turn(
             // Whatever the model left out is stated in the team's own words.
             let said: Vec<Claim> = released.iter().flat_map(|s| claims(s)).collect();
             for c in &cited {
-                if !released.iter().any(|r| r == &c.answer) && !is_stated(c, &said) {
-                    if send(&c.answer, &mut released).is_break() {
-                        return Ok(());
-                    }
+                if !released.iter().any(|r| r == &c.answer)
+                    && !is_stated(c, &said)
+                    && send(&c.answer, &mut released).is_break()
+                {
+                    return Ok(());
                 }
             }
         }

@@ -326,7 +326,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 if let Some(kib) = crate::bench::proc_status_kib(pid, "VmRSS:") {
                     last = kib / 1024.0;
                 }
-                if elapsed % 60 == 0 {
+                if elapsed.is_multiple_of(60) {
                     by_minute.push(last);
                 }
             }

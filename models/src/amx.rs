@@ -244,13 +244,17 @@ mod kernel {
     pub(super) unsafe fn run(job: &Job, pairs: std::ops::Range<usize>, out: *mut f32) {
         WEIGHT_TILES.with(|tiles| {
             let mut tiles = tiles.borrow_mut();
-            tiles.clear();
-            tiles.resize(job.kb * 2 * 16, ZERO_LINE);
+            // Every line is written before it is read, so the buffer only grows.
+            let need = job.kb * 2 * 16;
+            if tiles.len() < need {
+                tiles.resize(need, ZERO_LINE);
+            }
+            let tiles = &mut tiles[..need];
             unsafe {
                 load_config(OURS);
                 for pair in pairs {
-                    dequantise(job, pair, &mut tiles);
-                    multiply(job, pair, &tiles, out);
+                    dequantise(job, pair, tiles);
+                    multiply(job, pair, tiles, out);
                 }
                 load_config(CANDLES);
             }

@@ -82,7 +82,7 @@ type Runs = [(usize, bool)];
 struct Linear {
     mm: QMatMul,
     k: usize,
-    /// Whether passes of many rows go through [`crate::amx`] (Q8_0 only).
+    /// Whether its prompt rows go through [`crate::amx`] (Q8_0, Q4K and Q6K with [`Kernels::Amx`]).
     amx: bool,
 }
 

@@ -32,9 +32,10 @@ const PREFILL_CHUNK: usize = 64;
 /// arrives waits for at most one pass of the background one, so those passes are kept short —
 /// small prefill chunks, no drafted tokens.
 const BACKGROUND_PREFILL_CHUNK: usize = 16;
-/// Longest prompt read in one pass when no other reply is being generated: each pass reads all
-/// the weights (and with AMX dequantises them), so one pass costs less than several; chunks
-/// only matter when another sequence could be kept waiting.
+/// Longest prompt read in one pass (longer ones go in [`PREFILL_CHUNK`]s): each pass reads all
+/// the weights (and with AMX dequantises them), so one pass costs less than several, and a
+/// prompt read the same way whether or not other replies are generating gets the same answer
+/// (chunks round differently). Decoding sequences ride in that pass meanwhile.
 const SOLO_PREFILL: usize = 256;
 
 /// System prompts (a tenant's instructions and the facts cited) whose keys and values are kept,
@@ -392,9 +393,7 @@ impl AnswerGenerator for QwenGenerator {
         let mut logits = None;
         let mut pos = reused;
         let mut first = true;
-        let solo = !request.background
-            && self.active.load(Ordering::Relaxed) <= 1
-            && prompt_ids.len() - reused <= SOLO_PREFILL;
+        let solo = !request.background && prompt_ids.len() - reused <= SOLO_PREFILL;
         if solo {
             let (l, grown) = forward(&prompt_ids[reused..], pos, cache, false)?;
             (logits, cache) = (Some(l), grown);

@@ -99,15 +99,14 @@ struct IntentArgs {
     /// Keep embeddings here, keyed by model and texts, so repeated runs skip the encoder.
     #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
     cache_dir: PathBuf,
-    /// Head training overrides (defaults are the server's).
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    lr: Option<f32>,
+    /// Head training overrides (defaults are the server's): the L2 penalty (per example, as
+    /// in a mean loss), and the L-BFGS step limit and gradient tolerance.
     #[arg(long)]
     l2: Option<f32>,
     #[arg(long)]
-    batch: Option<usize>,
+    max_iter: Option<usize>,
+    #[arg(long)]
+    tolerance: Option<f32>,
     #[arg(long)]
     word_weight: Option<f32>,
     #[arg(long)]
@@ -127,10 +126,9 @@ impl IntentArgs {
     fn config(&self) -> ClassifierConfig {
         let mut cfg = ClassifierConfig::default();
         let h: &mut HeadConfig = &mut cfg.head;
-        h.epochs = self.epochs.unwrap_or(h.epochs);
-        h.learning_rate = self.lr.unwrap_or(h.learning_rate);
         h.l2 = self.l2.unwrap_or(h.l2);
-        h.batch = self.batch.unwrap_or(h.batch);
+        h.max_iter = self.max_iter.unwrap_or(h.max_iter);
+        h.tolerance = self.tolerance.unwrap_or(h.tolerance);
         h.seed = self.seed;
         if self.no_ngrams {
             h.ngrams = None;
@@ -282,11 +280,11 @@ impl Local {
         let x = self.features(&texts, top.as_ref())?;
         let data = TrainingData { texts, y, labels };
         let cfg = self.args.config();
-        let pb = bar(cfg.head.epochs * 2, "training");
+        let pb = bar(cfg.head.max_iter * 2, "training");
         let trained = TrainedHead::train(&data, x, self.encoder.name(), &cfg, &mut |p| {
-            if let TrainProgress::Training { epoch, epochs } = p {
-                pb.set_length(epochs as u64);
-                pb.set_position(epoch as u64);
+            if let TrainProgress::Training { step, steps } = p {
+                pb.set_length(steps as u64);
+                pb.set_position(step as u64);
             }
         });
         pb.finish_and_clear();

@@ -277,8 +277,15 @@ impl Default for ClassifierConfig {
 /// Where training is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainProgress {
-    Embedding { done: usize, total: usize },
-    Training { epoch: usize, epochs: usize },
+    Embedding {
+        done: usize,
+        total: usize,
+    },
+    /// Optimiser steps of the head (both fits: the held-out one, then the final one).
+    Training {
+        step: usize,
+        steps: usize,
+    },
 }
 
 /// What training measured.
@@ -409,7 +416,7 @@ impl TrainedHead {
         } else {
             ((0..data.y.len()).collect(), vec![])
         };
-        let epochs = cfg.head.epochs;
+        let steps = cfg.head.max_iter;
         let rounds = if held.is_empty() { 1 } else { 2 };
         let (mut temperature, mut threshold, mut holdout_accuracy) = (
             1.0,
@@ -429,8 +436,8 @@ impl TrainedHead {
             let first =
                 LinearHead::train(&x, &ty, data.labels.clone(), ng, &cfg.head, &mut |e, n| {
                     progress(TrainProgress::Training {
-                        epoch: e,
-                        epochs: n * rounds,
+                        step: e,
+                        steps: n * rounds,
                     })
                 });
             let (ht, he, hy) = pick(&held);
@@ -457,7 +464,7 @@ impl TrainedHead {
             };
         }
         let (ng, x) = LinearHead::fit_features(&data.texts, embeddings, &cfg.head);
-        let done = if rounds == 2 { epochs } else { 0 };
+        let done = if rounds == 2 { steps } else { 0 };
         let mut head = LinearHead::train(
             &x,
             &data.y,
@@ -466,8 +473,8 @@ impl TrainedHead {
             &cfg.head,
             &mut |e, _| {
                 progress(TrainProgress::Training {
-                    epoch: done + e,
-                    epochs: epochs * rounds,
+                    step: done + e,
+                    steps: steps * rounds,
                 })
             },
         );
@@ -558,18 +565,37 @@ pub enum Decision {
 /// With held-out `out_of_scope` examples: the threshold that maximises in-scope accuracy plus
 /// out-of-scope recall. Without: the one that rejects about `in_scope_reject_rate` of held-out
 /// in-scope examples. Clamped to the configured bounds.
+/// Held-out `out_of_scope` rows needed before they steer the threshold.
+const MIN_HELD_OUT_OOS: usize = 10;
+
 fn calibrate_threshold(
     probs: &[Vec<f32>],
     gold: &[usize],
     oos: Option<usize>,
     cfg: &ClassifierConfig,
 ) -> f32 {
-    let has_oos = oos.is_some_and(|o| gold.contains(&o));
-    let t = if has_oos {
+    // The floor: about `in_scope_reject_rate` of held-out in-scope rows fall below it.
+    let mut conf: Vec<f32> = probs
+        .iter()
+        .zip(gold)
+        .filter(|(_, &g)| Some(g) != oos)
+        .map(|(p, _)| top2(p).0 .1)
+        .collect();
+    conf.sort_by(f32::total_cmp);
+    let at = ((conf.len() as f32 * cfg.in_scope_reject_rate).floor() as usize)
+        .min(conf.len().saturating_sub(1));
+    let floor = conf.get(at).copied().unwrap_or(cfg.max_threshold);
+    // With enough held-out `out_of_scope` rows, the threshold at or above the floor that
+    // maximises in-scope accuracy + OOS recall (the lowest of equals). With fewer, a recall
+    // moving in steps of a quarter or more would swamp the in-scope term, so the floor is kept.
+    // The floor matters in the scan too: a few held-out OOS rows often leave the sum flat, and
+    // the lowest threshold would then reject nothing the OOS intent itself does not catch.
+    let held_oos = oos.map_or(0, |o| gold.iter().filter(|&&g| g == o).count());
+    let t = if held_oos >= MIN_HELD_OUT_OOS {
         let o = oos.unwrap_or(usize::MAX);
-        let mut best = (f32::MIN, 0.0);
-        for step in 0..=95 {
-            let t = step as f32 / 100.0;
+        let mut best = (f32::MIN, floor);
+        let steps = (0..=95).map(|s| s as f32 / 100.0).filter(|&t| t > floor);
+        for t in std::iter::once(floor).chain(steps) {
             let (mut ins, mut ins_ok, mut out, mut out_ok) = (0, 0, 0, 0);
             for (p, &g) in probs.iter().zip(gold) {
                 let ((i, pi), _) = top2(p);
@@ -589,16 +615,7 @@ fn calibrate_threshold(
         }
         best.1
     } else {
-        let mut conf: Vec<f32> = probs
-            .iter()
-            .zip(gold)
-            .filter(|(_, &g)| Some(g) != oos)
-            .map(|(p, _)| top2(p).0 .1)
-            .collect();
-        conf.sort_by(f32::total_cmp);
-        let at = ((conf.len() as f32 * cfg.in_scope_reject_rate).floor() as usize)
-            .min(conf.len().saturating_sub(1));
-        conf.get(at).copied().unwrap_or(cfg.max_threshold)
+        floor
     };
     t.clamp(cfg.min_threshold, cfg.max_threshold)
 }

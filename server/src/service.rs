@@ -894,15 +894,15 @@ impl pb::intents_server::Intents for IntentsService {
                         done: done as u32,
                         total: total as u32,
                     })),
-                    TrainProgress::Training { epoch, epochs } => {
-                        let bucket = epoch * 20 / epochs.max(1);
-                        if last == (1, bucket) && epoch != epochs {
+                    TrainProgress::Training { step, steps } => {
+                        let bucket = step * 20 / steps.max(1);
+                        if last == (1, bucket) && step != steps {
                             None
                         } else {
                             last = (1, bucket);
                             Some(Event::Training(pb::Step {
-                                done: epoch as u32,
-                                total: epochs as u32,
+                                done: step as u32,
+                                total: steps as u32,
                             }))
                         }
                     }

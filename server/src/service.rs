@@ -486,7 +486,9 @@ impl pb::assistant_server::Assistant for AssistantService {
                 }
                 let state2 = state.clone();
                 let result = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
+                    // Given back before the final event is sent: a client that has the whole
+                    // reply may ask again at once without meeting its own turn's permit.
+                    let mut permit = Some(permit);
                     let mut conv = conv2.lock().unwrap_or_else(|p| p.into_inner());
                     let stop = || {
                         if tx2.is_closed() {
@@ -511,11 +513,15 @@ impl pb::assistant_server::Assistant for AssistantService {
                         &mut conv,
                         turn,
                         &text,
-                        &mut |event| match tx2
-                            .blocking_send(Ok(pb::ConverseResponse { event: Some(event) }))
-                        {
-                            Ok(()) => std::ops::ControlFlow::Continue(()),
-                            Err(_) => std::ops::ControlFlow::Break(()),
+                        &mut |event| {
+                            if matches!(event, pb::converse_response::Event::Final(_)) {
+                                permit.take();
+                            }
+                            match tx2.blocking_send(Ok(pb::ConverseResponse { event: Some(event) }))
+                            {
+                                Ok(()) => std::ops::ControlFlow::Continue(()),
+                                Err(_) => std::ops::ControlFlow::Break(()),
+                            }
                         },
                     )
                 })

@@ -336,7 +336,7 @@ fn lbfgs(
     let mut q = vec![0f32; n];
     let mut next = vec![0f32; n];
     let mut g_next = vec![0f32; n];
-    let mut alpha = vec![0f64; MEMORY];
+    let mut alpha = [0f64; MEMORY];
     for step in 1..=max_iter {
         if g.iter().all(|v| v.abs() <= tol) {
             return step - 1;
@@ -635,6 +635,91 @@ mod tests {
         );
         let f = h.features(&["card arriving?"], vec![vec![]]);
         assert!(h.predict(&f[0])[0] > 0.7, "{:?}", h.predict(&f[0]));
+    }
+
+    #[test]
+    fn lbfgs_finds_the_minimum_of_a_badly_scaled_quadratic() {
+        // f(x) = Σ a_i (x_i - c_i)², curvatures spanning three orders of magnitude.
+        let a: Vec<f64> = (0..50).map(|i| 10f64.powf(i as f64 / 16.0)).collect();
+        let c: Vec<f64> = (0..50).map(|i| (i as f64 * 0.7).sin()).collect();
+        let mut f = |x: &[f32], g: &mut [f32]| {
+            let mut v = 0.0;
+            for i in 0..x.len() {
+                let dx = f64::from(x[i]) - c[i];
+                v += a[i] * dx * dx;
+                g[i] = (2.0 * a[i] * dx) as f32;
+            }
+            v
+        };
+        let mut x = vec![0f32; 50];
+        let mut calls = 0;
+        let steps = lbfgs(&mut f, &mut x, 500, 1e-3, &mut |_| calls += 1);
+        assert!(steps < 500, "converged early: {steps}");
+        assert_eq!(calls, steps);
+        for i in 0..50 {
+            assert!((f64::from(x[i]) - c[i]).abs() < 1e-3, "x[{i}] = {}", x[i]);
+        }
+    }
+
+    #[test]
+    fn the_objectives_gradient_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        let mut unit = || (rng.below(2001) as f32 - 1000.0) / 1000.0;
+        let x: Vec<Features> = (0..7)
+            .map(|i| Features {
+                dense: (0..5).map(|_| unit()).collect(),
+                sparse: vec![(i % 3, 0.5 + unit().abs()), (3 + i % 2, unit())],
+            })
+            .collect();
+        let y = [0, 1, 2, 0, 1, 2, 2];
+        let p = Problem {
+            x: &x,
+            y: &y,
+            k: 3,
+            d: 5,
+            vocab: 5,
+            penalty: 0.01,
+        };
+        let theta: Vec<f32> = (0..p.len()).map(|_| unit() * 0.5).collect();
+        let mut g = vec![0f32; p.len()];
+        p.loss_grad(&theta, &mut g);
+        let mut scratch = vec![0f32; p.len()];
+        for i in 0..p.len() {
+            let h = 1e-2f32;
+            let (mut up, mut down) = (theta.clone(), theta.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (p.loss_grad(&up, &mut scratch) - p.loss_grad(&down, &mut scratch))
+                / f64::from(2.0 * h);
+            assert!(
+                (numeric - f64::from(g[i])).abs() < 1e-3,
+                "component {i}: analytic {} numeric {numeric}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn training_stops_at_the_tolerance_and_leaves_the_bias_unpenalised() {
+        // Two classes, the first three times as common, and features that say nothing: the
+        // optimum puts every weight at zero and the bias at the log prior odds.
+        let x: Vec<Features> = (0..8).map(|_| dense(&[1.0, 1.0])).collect();
+        let y = [0, 0, 0, 1, 0, 0, 0, 1];
+        let h = LinearHead::train(
+            &x,
+            &y,
+            vec!["a".into(), "b".into()],
+            None,
+            &HeadConfig {
+                l2: 1.0,
+                ngrams: None,
+                ..HeadConfig::default()
+            },
+            &mut |_, _| {},
+        );
+        assert!(h.weights.iter().all(|w| w.abs() < 1e-3), "{:?}", h.weights);
+        let odds = h.bias[0] - h.bias[1];
+        assert!((odds - 3f32.ln()).abs() < 1e-3, "{odds}");
     }
 
     #[test]

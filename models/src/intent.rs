@@ -562,12 +562,13 @@ pub enum Decision {
     },
 }
 
-/// With held-out `out_of_scope` examples: the threshold that maximises in-scope accuracy plus
-/// out-of-scope recall. Without: the one that rejects about `in_scope_reject_rate` of held-out
-/// in-scope examples. Clamped to the configured bounds.
 /// Held-out `out_of_scope` rows needed before they steer the threshold.
 const MIN_HELD_OUT_OOS: usize = 10;
 
+/// The out-of-scope threshold from held-out probabilities: the one that rejects about
+/// `in_scope_reject_rate` of held-out in-scope rows, raised, when at least [`MIN_HELD_OUT_OOS`]
+/// `out_of_scope` rows are held out, to where in-scope accuracy plus out-of-scope recall is
+/// highest. Clamped to the configured bounds.
 fn calibrate_threshold(
     probs: &[Vec<f32>],
     gold: &[usize],
@@ -817,23 +818,34 @@ mod tests {
     }
 
     #[test]
-    fn threshold_calibration_uses_held_out_oos_examples() {
-        // Labels 0, 1 and 2 = out_of_scope. In-scope rows are confident; OOS rows are not.
-        let probs = vec![
-            vec![0.9, 0.05, 0.05],
-            vec![0.1, 0.85, 0.05],
-            vec![0.5, 0.3, 0.2],
-            vec![0.35, 0.4, 0.25],
-        ];
-        let gold = vec![0, 1, 2, 2];
+    fn threshold_calibration_uses_enough_held_out_oos_examples() {
+        // Labels 0, 1 and 2 = out_of_scope. 100 in-scope rows, right, with top probabilities
+        // 0.500, 0.505, ... 0.995; OOS rows taken for label 0 at 0.55.
+        let mut probs: Vec<Vec<f32>> = (0..100)
+            .map(|i| {
+                let p = 0.5 + i as f32 * 0.005;
+                vec![p, 1.0 - p, 0.0]
+            })
+            .collect();
+        let mut gold = vec![0; 100];
+        probs.extend((0..10).map(|_| vec![0.55, 0.25, 0.2]));
+        gold.extend([2; 10]);
         let cfg = ClassifierConfig::default();
+        // Ten held-out OOS rows: raised just above them (0.56), where the sum is 0.88 + 1.0.
         let t = calibrate_threshold(&probs, &gold, Some(2), &cfg);
-        assert!(t > 0.5 && t <= 0.85, "{t}");
-        // Without OOS rows, the threshold rejects about 3 % of in-scope rows: here the lowest one.
-        let t = calibrate_threshold(&probs[..2], &gold[..2], Some(2), &cfg);
+        assert!((t - 0.56).abs() < 1e-6, "{t}");
+        // Four: too few to steer it, so it stays at the floor, which rejects 3 of the 100
+        // in-scope rows (0.500, 0.505, 0.510).
+        let t = calibrate_threshold(&probs[..104], &gold[..104], Some(2), &cfg);
+        assert!((t - 0.515).abs() < 1e-6, "{t}");
+        // None: the same floor.
+        let t = calibrate_threshold(&probs[..100], &gold[..100], Some(2), &cfg);
+        assert!((t - 0.515).abs() < 1e-6, "{t}");
+        // A floor above the ceiling is clamped to it.
+        let t = calibrate_threshold(&probs[95..100], &gold[95..100], Some(2), &cfg);
         assert!(
             (t - 0.6).abs() < 1e-6,
-            "{t} (0.85 clamped to the 0.6 ceiling)"
+            "{t} (0.975 clamped to the 0.6 ceiling)"
         );
     }
 

@@ -12,7 +12,7 @@ vectors. Needs numpy, scikit-learn, safetensors, tokenizers and torch in a virtu
 Measured on the 2-core VM (2026-11-23): BANKING77 3 epochs, 395 s, 94.03 % (LR 93.43 %);
 10 shots, 5 epochs, 62 s, 85.57 % (LR 85.97 %).
 """
-import json, math, os, random, sys, time
+import math, os, sys, time
 
 import numpy as np
 import torch
@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from tokenizers import Tokenizer
 
+from common import rows, shots_of
+
 MODEL = os.path.expanduser("~/.cache/closer/models/all-minilm-l6-v2")
-DATA = os.path.join(os.path.dirname(__file__), "../../../shared/datasets")
 ds = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 lr = float(sys.argv[3]) if len(sys.argv) > 3 else 5e-5
@@ -32,16 +33,8 @@ torch.manual_seed(0)
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 
 
-def rows(p):
-    return [json.loads(l) for l in open(p)]
-
-
-tr, va = rows(f"{DATA}/{ds}/train.jsonl"), rows(f"{DATA}/{ds}/val.jsonl")
-if shots:
-    rng, by = random.Random(7), {}
-    for r in tr:
-        by.setdefault(r["intent"], []).append(r)
-    tr = [x for k in sorted(by) for x in rng.sample(by[k], min(shots, len(by[k])))]
+tr, va = rows(ds, "train"), rows(ds, "val")
+tr = [tr[i] for i in shots_of(tr, shots)]
 labels = sorted({r["intent"] for r in tr})
 li = {l: i for i, l in enumerate(labels)}
 tok = Tokenizer.from_file(f"{MODEL}/tokenizer.json")

@@ -120,20 +120,6 @@ impl LinearHead {
         let k = labels.len();
         let d = x.first().map_or(0, |f| f.dense.len());
         let vocab = ngrams.as_ref().map_or(0, Ngrams::len);
-        let mut head = Self {
-            labels,
-            dim: d,
-            weights: vec![0.0; k * d],
-            sparse_weights: vec![0.0; vocab * k],
-            bias: vec![0.0; k],
-            temperature: 1.0,
-            ngrams,
-        };
-        let n = x.len();
-        if n == 0 || k == 0 {
-            progress(cfg.max_iter, cfg.max_iter);
-            return head;
-        }
         let problem = Problem {
             x,
             y,
@@ -142,34 +128,33 @@ impl LinearHead {
             vocab,
             penalty: f64::from(cfg.l2.max(0.0)),
         };
+        // All zeros: the optimum when there is nothing to learn from.
         let mut theta = vec![0f32; problem.len()];
-        lbfgs(
-            &mut |t, g| problem.loss_grad(t, g),
-            &mut theta,
-            cfg.max_iter,
-            cfg.tolerance,
-            &mut |step| progress(step, cfg.max_iter),
-        );
+        if !x.is_empty() && k > 0 {
+            lbfgs(
+                &mut |t, g| problem.loss_grad(t, g),
+                &mut theta,
+                cfg.max_iter,
+                cfg.tolerance,
+                &mut |step| progress(step, cfg.max_iter),
+            );
+        }
         progress(cfg.max_iter, cfg.max_iter);
-        let (w, rest) = theta.split_at(k * d);
-        let (s, b) = rest.split_at(vocab * k);
-        head.weights = w.to_vec();
-        head.sparse_weights = s.to_vec();
-        head.bias = b.to_vec();
-        head
+        let bias = theta.split_off(k * d + vocab * k);
+        let sparse_weights = theta.split_off(k * d);
+        Self {
+            labels,
+            dim: d,
+            weights: theta,
+            sparse_weights,
+            bias,
+            temperature: 1.0,
+            ngrams,
+        }
     }
 
     fn logits_into(&self, f: &Features, out: &mut [f32]) {
-        let (k, d) = (self.labels.len(), self.dim);
-        for (c, o) in out.iter_mut().enumerate() {
-            *o = self.bias[c] + crate::dot(&self.weights[c * d..(c + 1) * d], &f.dense);
-        }
-        for &(col, v) in &f.sparse {
-            let j = col as usize;
-            for (o, &w) in out.iter_mut().zip(&self.sparse_weights[j * k..(j + 1) * k]) {
-                *o += v * w;
-            }
-        }
+        linear_logits(&self.weights, &self.sparse_weights, &self.bias, f, out);
     }
 
     /// Raw logits (before temperature).
@@ -243,15 +228,7 @@ impl Problem<'_> {
                 let mut p = vec![0f32; k];
                 for i in start..(start + size).min(n) {
                     let f = &self.x[i];
-                    for (c, o) in p.iter_mut().enumerate() {
-                        *o = b[c] + dot8(&w[c * d..(c + 1) * d], &f.dense);
-                    }
-                    for &(col, v) in &f.sparse {
-                        let j = col as usize;
-                        for (o, &sw) in p.iter_mut().zip(&s[j * k..(j + 1) * k]) {
-                            *o += v * sw;
-                        }
-                    }
+                    linear_logits(w, s, b, f, &mut p);
                     let m = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     let sum: f32 = p.iter().map(|v| (v - m).exp()).sum();
                     loss += f64::from(m + sum.ln() - p[self.y[i]]);
@@ -296,18 +273,20 @@ impl Problem<'_> {
     }
 }
 
-/// A dot product in eight lanes (so it vectorises).
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+/// `out` = W·dense + S·sparse + b, with W row-major (labels × dim) and S one row of
+/// `labels` values per n-gram column: the head's logits, at inference and in training.
+fn linear_logits(w: &[f32], s: &[f32], b: &[f32], f: &Features, out: &mut [f32]) {
+    let k = b.len();
+    let d = f.dense.len();
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = b[c] + crate::dot(&w[c * d..(c + 1) * d], &f.dense);
+    }
+    for &(col, v) in &f.sparse {
+        let j = col as usize;
+        for (o, &sw) in out.iter_mut().zip(&s[j * k..(j + 1) * k]) {
+            *o += v * sw;
         }
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 fn dot64(a: &[f32], b: &[f32]) -> f64 {

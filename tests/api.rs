@@ -53,6 +53,7 @@ fn real_models() -> Models {
 fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
     Models {
         embedder: Arc::new(HashEmbedder::default()),
+        intent_embedder: None,
         generator,
     }
 }
@@ -1221,7 +1222,7 @@ fn real_encoder_matches_the_candle_reference() {
         "Are you SOC II compliant? And who would be our rep?",
         "hi",
     ];
-    let ours = closer_models::encoder::MiniLmEncoder::load(&dir)
+    let ours = closer_models::encoder::TextEncoder::load(&dir, "all-MiniLM-L6-v2")
         .unwrap()
         .pooled_layers_fast(&texts, &[6])
         .unwrap();
@@ -1265,11 +1266,60 @@ fn real_encoder_matches_the_candle_reference() {
     }
 }
 
+/// The larger intent encoder (all-mpnet-base-v2: relative-position buckets, positions past the
+/// padding id, no token types) gives Hugging Face transformers' pooled vectors, on the fast
+/// path, the candle graph (padded batches of mixed lengths) and the int8 path. Reference
+/// values: `AutoModel` in PyTorch 2.x, mean over tokens, unit length. The 30-token text spans
+/// relative distances past 16, a bucket boundary.
+#[test]
+fn real_mpnet_encoder_matches_hugging_face() {
+    use closer_models::source::EncoderModel;
+    let paths = model_paths();
+    if let Err(e) = paths.check_encoder(EncoderModel::MpNet) {
+        panic!("the MPNet test needs it pulled (make models does): {e}");
+    }
+    let enc = closer_models::encoder::TextEncoder::open(&paths, EncoderModel::MpNet).unwrap();
+    assert_eq!(closer_models::Embedder::dim(&enc), 768);
+    let texts = [
+        "How much does each seat cost?",
+        "Are you SOC II compliant? And who would be our rep? We are a team of forty people in \
+         Berlin planning to buy this quarter.",
+        "hi",
+    ];
+    assert_eq!(enc.token_ids(texts[1]).unwrap().len(), 30);
+    let heads: [[f32; 6]; 3] = [
+        [-0.01209, -0.03907, 0.0298, 0.0348, -0.02589, 0.01276],
+        [0.01246, -0.01627, -0.0107, 0.02191, 0.03218, -0.01813],
+        [0.03395, -0.00561, -0.00122, 0.01597, -0.00624, 0.02568],
+    ];
+    let cosines = [(0, 1, 0.10491f32), (0, 2, 0.06259), (1, 2, 0.16065)];
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let fast = enc.pooled_layers_fast(&texts, &[12]).unwrap();
+    let graph = enc.pooled_layers_candle(&texts, &[12]).unwrap();
+    for (route, v, tol) in [("fast", &fast, 2e-5f32), ("candle", &graph, 2e-5)] {
+        for (t, (vec, head)) in texts.iter().zip(v.iter().zip(&heads)) {
+            for (a, b) in vec.iter().zip(head) {
+                assert!((a - b).abs() < tol, "{route} {t:?}: {:?} vs {head:?}", &vec[..6]);
+            }
+        }
+        for (i, j, c) in cosines {
+            let got = cos(&v[i], &v[j]);
+            assert!((got - c).abs() < 1e-4, "{route} cosine {i}-{j}: {got} vs {c}");
+        }
+    }
+    if enc.int8() {
+        let q = enc.pooled_layers_int8(&texts, &[12]).unwrap();
+        for (t, (a, b)) in texts.iter().zip(q.iter().zip(&fast)) {
+            assert!(cos(a, b) > 0.98, "{t:?}: int8 cosine to f32 {}", cos(a, b));
+        }
+    }
+}
+
 /// The fast inference path (unpadded, fused, SIMD) gives the candle graph's pooled vectors at
 /// every layer asked for, for a batch of mixed lengths larger than one forward chunk.
 #[test]
 fn real_fast_encoder_path_matches_the_candle_graph() {
-    let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
+    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let base = [
         "hi",
         "How much does each seat cost?",
@@ -1308,7 +1358,7 @@ fn real_fast_encoder_path_matches_the_candle_graph() {
 #[test]
 fn real_int8_encoder_path_stays_close_to_f32() {
     use closer_models::Embedder;
-    let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
+    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let vnni = closer_models::qwen2::Kernels::detect().int8();
     assert_eq!(enc.int8(), vnni);
     assert_eq!(enc.name().ends_with("int8"), vnni);
@@ -1371,7 +1421,7 @@ fn real_int8_encoder_path_stays_close_to_f32() {
 #[test]
 fn real_top_layer_path_and_finetuning() {
     use closer_models::finetune::{finetune_top, FinetuneConfig};
-    let enc = closer_models::encoder::MiniLmEncoder::load(&model_paths().encoder_dir()).unwrap();
+    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let texts = [
         "How much does it cost?",
         "What is the price per seat?",

@@ -137,6 +137,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
     let generator = models.generator.clone();
     let models = closer_server::state::Models {
         embedder: models.embedder,
+        intent_embedder: None,
         generator: Arc::new(Recording {
             inner: models.generator,
             log: log.clone(),

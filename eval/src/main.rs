@@ -96,6 +96,10 @@ struct IntentArgs {
     /// Folder of ready models (`closer models pull`).
     #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
     model_dir: PathBuf,
+    /// The sentence encoder: `text_encoder` (the default) or `mpnet` (as the server's
+    /// `--intent-encoder`; `closer models pull --intent-encoder mpnet` first).
+    #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "text_encoder")]
+    encoder: closer_models::source::EncoderModel,
     /// Keep embeddings here, keyed by model and texts, so repeated runs skip the encoder.
     #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
     cache_dir: PathBuf,
@@ -222,7 +226,7 @@ struct Predictions {
 
 struct Local {
     encoder: Arc<dyn Embedder>,
-    minilm: Arc<closer_models::encoder::MiniLmEncoder>,
+    text_encoder: Arc<closer_models::encoder::TextEncoder>,
     args: IntentArgs,
     map: LabelMap,
 }
@@ -231,7 +235,7 @@ impl Local {
     /// Features of `texts`: cached frozen embeddings, or the fine-tuned encoder's.
     fn features(&self, texts: &[&str], top: Option<&Layer>) -> anyhow::Result<Vec<Vec<f32>>> {
         match top {
-            Some(t) => Ok(self.minilm.pooled_with_top(texts, t)?),
+            Some(t) => Ok(self.text_encoder.pooled_with_top(texts, t)?),
             None => cached_embed(self.encoder.as_ref(), texts, &self.args.cache_dir),
         }
     }
@@ -257,7 +261,7 @@ impl Local {
             fc.lr = self.args.finetune_lr.unwrap_or(fc.lr);
             let pb = bar(1, "fine-tuning");
             let layer = finetune_top(
-                &self.minilm,
+                &self.text_encoder,
                 &texts,
                 &y,
                 labels.len(),
@@ -334,7 +338,7 @@ impl Local {
         for r in rows.iter().take(200) {
             let t = Instant::now();
             let v = match top {
-                Some(l) => self.minilm.pooled_with_top(&[r.text.as_str()], l)?,
+                Some(l) => self.text_encoder.pooled_with_top(&[r.text.as_str()], l)?,
                 None => self.encoder.embed(&[r.text.as_str()])?,
             };
             let f = trained.head.features(&[r.text.as_str()], v);
@@ -473,17 +477,18 @@ fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
 
 fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
-    let minilm = Arc::new(closer_models::encoder::MiniLmEncoder::load(
-        &paths.encoder_dir(),
+    let text_encoder = Arc::new(closer_models::encoder::TextEncoder::open(
+        &paths,
+        args.encoder,
     )?);
-    let encoder: Arc<dyn Embedder> = minilm.clone();
+    let encoder: Arc<dyn Embedder> = text_encoder.clone();
     let mut train_rows = data::read_rows(&args.train)?;
     if let Some(n) = args.shots {
         train_rows = data::shots(&train_rows, n, args.seed);
     }
     let local = Local {
         encoder,
-        minilm,
+        text_encoder,
         map: LabelMap {
             oos: args.oos_label.clone(),
         },

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use closer_models::encoder::MiniLmEncoder;
+use closer_models::encoder::TextEncoder;
 use serde_json::json;
 
 #[derive(Args, Clone)]
@@ -65,8 +65,9 @@ fn quantiles(mut v: Vec<f64>) -> [f64; 3] {
 
 pub fn run(args: SpeedArgs) -> anyhow::Result<()> {
     let texts = read_texts(&args.texts)?;
-    let enc = MiniLmEncoder::load(
-        &closer_models::source::ModelPaths::new(args.model_dir.clone()).encoder_dir(),
+    let enc = TextEncoder::open(
+        &closer_models::source::ModelPaths::new(args.model_dir.clone()),
+        Default::default(),
     )?;
     let last = [6];
     let time =

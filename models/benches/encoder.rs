@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p closer-models --bench encoder` (needs `closer models pull`).
 
-use closer_models::encoder::MiniLmEncoder;
+use closer_models::encoder::TextEncoder;
 use closer_models::source::ModelPaths;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -33,7 +33,7 @@ fn encoder(c: &mut Criterion) {
         eprintln!("skipping the encoder benchmarks: {e} (run `closer models pull`)");
         return;
     }
-    let enc = MiniLmEncoder::load(&paths.encoder_dir()).expect("encoder loads");
+    let enc = TextEncoder::open(&paths, Default::default()).expect("encoder loads");
     let last = [6];
     let mut g = c.benchmark_group("encoder/one message");
     g.throughput(Throughput::Elements(1));
@@ -69,7 +69,7 @@ fn encoder(c: &mut Criterion) {
 }
 
 /// One batch of `texts` through each path (int8 where this CPU has VNNI).
-fn compare(c: &mut Criterion, enc: &MiniLmEncoder, group: &str, texts: &[String], samples: usize) {
+fn compare(c: &mut Criterion, enc: &TextEncoder, group: &str, texts: &[String], samples: usize) {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(refs.len() as u64));

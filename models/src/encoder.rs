@@ -1,12 +1,12 @@
-//! all-MiniLM-L6-v2 on candle's BERT: tokenize, forward, mean-pool over the attention mask, L2-normalise.
+//! A sentence encoder (all-MiniLM-L6-v2 by default, all-mpnet-base-v2 as the larger option) on
+//! the BERT-family forward pass in [`crate::bert`]: tokenize, forward, mean-pool over the
+//! attention mask, L2-normalise.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::Config;
-
-use crate::bert::{Bert, Layer};
+use crate::bert::{Bert, Config, Layer};
 use crate::fastbert::FastBert;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -22,7 +22,7 @@ const FAST_MAX_ROWS: usize = 128;
 /// Texts per forward pass when embedding many.
 const BATCH: usize = 32;
 
-pub struct MiniLmEncoder {
+pub struct TextEncoder {
     /// What serves short inputs (visitor messages, queries).
     fast: FastBert,
     /// The candle graph of the same weights: large batches, fine-tuning experiments, and the
@@ -31,15 +31,18 @@ pub struct MiniLmEncoder {
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
+    /// The model's name (part of a trained head's version).
+    name: String,
 }
 
-impl MiniLmEncoder {
-    /// Loads from a folder holding `model.safetensors`, `config.json` and `tokenizer.json`.
-    pub fn load(dir: &Path) -> Result<Self> {
+impl TextEncoder {
+    /// Loads from a folder holding `model.safetensors`, `config.json` and `tokenizer.json`;
+    /// `name` names the model in trained heads' versions.
+    pub fn load(dir: &Path, name: &str) -> Result<Self> {
         let device = Device::Cpu;
         let (config, model) = Self::load_candle(dir)?;
         let int8 = crate::qwen2::Kernels::detect().int8();
-        let fast = FastBert::from_bert(&model, config.layer_norm_eps, int8)?;
+        let fast = FastBert::from_bert(&model, config.layer_norm_eps, config.pad_token_id, int8)?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
@@ -59,7 +62,18 @@ impl MiniLmEncoder {
             tokenizer,
             device,
             dim: config.hidden_size,
+            name: if int8 {
+                format!("{name} int8")
+            } else {
+                name.to_string()
+            },
         })
+    }
+
+    /// Loads `model` from the model folder (see [`crate::source::ModelPaths`]).
+    pub fn open(paths: &crate::source::ModelPaths, model: crate::source::EncoderModel) -> Result<Self> {
+        paths.check_encoder(model)?;
+        Self::load(&paths.encoder_dir_of(model), model.name())
     }
 
     fn load_candle(dir: &Path) -> Result<(Config, Bert)> {
@@ -185,12 +199,18 @@ impl MiniLmEncoder {
         self.fast.heads()
     }
 
+    /// What a batch's attention scores get added: the padding mask, and MPNet's
+    /// relative-position bias (see [`Bert::attention_bias`]).
+    pub fn attention_bias(&self, mask: &Tensor) -> Result<Tensor> {
+        Ok(self.model.attention_bias(mask)?)
+    }
+
     /// Pooled unit vectors with `top` in place of the last layer.
     pub fn pooled_with_top(&self, texts: &[&str], top: &Layer) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(BATCH) {
             let (h, mask) = self.below_top(chunk)?;
-            let h = top.forward(&h, &crate::bert::additive_mask(&mask)?, self.heads(), false)?;
+            let h = top.forward(&h, &self.attention_bias(&mask)?, self.heads(), false)?;
             out.extend(mean_pool_unit(&h, &mask)?.to_vec2::<f32>()?);
         }
         Ok(out)
@@ -250,7 +270,7 @@ pub fn mean_pool_unit(h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> 
     mean.broadcast_div(&norm)
 }
 
-impl Embedder for MiniLmEncoder {
+impl Embedder for TextEncoder {
     fn dim(&self) -> usize {
         self.dim
     }
@@ -261,11 +281,7 @@ impl Embedder for MiniLmEncoder {
 
     fn name(&self) -> &str {
         // Part of a trained head's version: a head trained on f32 vectors is retrained for
-        // int8 ones (and back) rather than reused.
-        if self.int8() {
-            "all-MiniLM-L6-v2 int8"
-        } else {
-            "all-MiniLM-L6-v2"
-        }
+        // int8 ones (and back), and one trained on another encoder's, rather than reused.
+        &self.name
     }
 }

@@ -19,7 +19,7 @@
 //! It is the latency path: with a few dozen token rows the linears are bound by streaming the
 //! weights, which the packed panels do once per pass. Large batches are compute-bound, where
 //! candle's matmul (AVX-512 where the CPU has it) does better: the encoder sends those there
-//! (see `MiniLmEncoder::pooled_layers`). Outputs match the candle path within float rounding
+//! (see `TextEncoder::pooled_layers`). Outputs match the candle path within float rounding
 //! (test `real_fast_encoder_path_matches_the_candle_graph`).
 //!
 //! Where the CPU has AVX-512 VNNI or AVX-VNNI, the same pass can run its linears in int8
@@ -66,9 +66,14 @@ struct Layer {
 pub struct FastBert {
     /// Shared with the candle model (not copied): rows are gathered per text.
     word: Tensor,
+    /// Position rows from the model's first position (MPNet's start past its padding id).
     position: Vec<f32>,
     max_positions: usize,
+    /// Token type 0's row, added to every token (zeros where the model has no token types).
     token_type0: Vec<f32>,
+    /// MPNet's relative-position bias, `[bucket][head]`, and its bucket count.
+    relative: Option<(Vec<f32>, usize)>,
+    pad_id: u32,
     emb_norm: (Vec<f32>, Vec<f32>),
     layers: Vec<Layer>,
     heads: usize,
@@ -157,7 +162,7 @@ fn norm(ln: &candle_nn::LayerNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 impl FastBert {
     /// Copies the weights of a loaded candle model; with `int8`, also as Q8_0 for candle's
     /// int8 VNNI kernels (only worth it where the CPU has VNNI: see [`crate::qwen2::Kernels`]).
-    pub fn from_bert(b: &Bert, eps: f64, int8: bool) -> Result<Self> {
+    pub fn from_bert(b: &Bert, eps: f64, pad_id: usize, int8: bool) -> Result<Self> {
         let layers = b
             .layers
             .iter()
@@ -172,13 +177,22 @@ impl FastBert {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let (max_positions, hidden) = b.position.embeddings().dims2()?;
-        let token_type0 = b.token_type.embeddings().get(0)?.to_vec1::<f32>()?;
+        let (rows, hidden) = b.position.embeddings().dims2()?;
+        let token_type0 = match &b.token_type {
+            Some(tt) => tt.embeddings().get(0)?.to_vec1::<f32>()?,
+            None => vec![0.0; hidden],
+        };
+        let relative = match &b.relative {
+            Some(r) => Some((flat(&r.table)?, r.buckets)),
+            None => None,
+        };
         Ok(Self {
             word: b.word.embeddings().clone(),
-            position: flat(b.position.embeddings())?,
-            max_positions,
+            position: flat(b.position.embeddings())?[b.position_offset * hidden..].to_vec(),
+            max_positions: rows.saturating_sub(b.position_offset),
             token_type0,
+            relative,
+            pad_id: pad_id as u32,
             emb_norm: norm(&b.emb_norm)?,
             layers,
             heads: b.heads,
@@ -215,8 +229,10 @@ impl FastBert {
         let vocab = self.word.dim(0)?;
         let mut ids = Vec::with_capacity(rows);
         for (t, &len) in texts.iter().zip(&lens) {
-            // An empty text reads as one [PAD] (id 0).
-            ids.extend((0..len).map(|p| t.get(p).copied().unwrap_or(0).min(vocab as u32 - 1)));
+            // An empty text reads as one padding token.
+            ids.extend(
+                (0..len).map(|p| t.get(p).copied().unwrap_or(self.pad_id).min(vocab as u32 - 1)),
+            );
         }
         let ids = Tensor::new(ids.as_slice(), self.word.device())?;
         let mut x = flat(&self.word.index_select(&ids, 0)?)?;
@@ -368,7 +384,18 @@ impl FastBert {
         let scale = 1.0 / (d as f32).sqrt();
         let mut start = 0;
         let mut scores = vec![];
+        // MPNet: per head, the bias of each relative position `j − i + len − 1`.
+        let mut bias = vec![];
         for &len in lens {
+            if let Some((table, buckets)) = &self.relative {
+                bias.clear();
+                for head in 0..self.heads {
+                    bias.extend((0..2 * len - 1).map(|r| {
+                        let b = crate::bert::relative_bucket(r as i64 - (len as i64 - 1), *buckets);
+                        table[b * self.heads + head]
+                    }));
+                }
+            }
             for head in 0..self.heads {
                 let q = |i: usize| &qkv[(start + i) * 3 * h + head * d..][..d];
                 let k = |i: usize| &qkv[(start + i) * 3 * h + h + head * d..][..d];
@@ -376,6 +403,12 @@ impl FastBert {
                 for i in 0..len {
                     scores.clear();
                     scores.extend((0..len).map(|j| dot(q(i), k(j)) * scale));
+                    if !bias.is_empty() {
+                        let b = &bias[head * (2 * len - 1) + len - 1 - i..][..len];
+                        for (s, b) in scores.iter_mut().zip(b) {
+                            *s += b;
+                        }
+                    }
                     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0.0;
                     for s in scores.iter_mut() {

@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use crate::bert::{additive_mask, Layer};
-use crate::encoder::{mean_pool_unit, MiniLmEncoder};
+use crate::bert::Layer;
+use crate::encoder::{mean_pool_unit, TextEncoder};
 use crate::head::Rng;
 use crate::Result;
 
@@ -37,7 +37,7 @@ impl Default for FinetuneConfig {
 
 /// Returns a tuned copy of the encoder's last layer. `progress(step, steps)` after each step.
 pub fn finetune_top(
-    enc: &MiniLmEncoder,
+    enc: &TextEncoder,
     texts: &[&str],
     y: &[usize],
     k: usize,
@@ -55,7 +55,7 @@ pub fn finetune_top(
         let t: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
         let (h, mask) = enc.below_top(&t)?;
         let labels = Tensor::new(chunk.iter().map(|&i| y[i] as u32).collect::<Vec<_>>(), &dev)?;
-        batches.push((h, additive_mask(&mask)?, mask, labels));
+        batches.push((h, enc.attention_bias(&mask)?, mask, labels));
     }
     let (layer, vars) = enc.top_layer().trainable()?;
     let dim = crate::Embedder::dim(enc);
@@ -100,5 +100,5 @@ pub fn finetune_top(
     }
     // Detach: plain tensors for inference.
     let tensors: Vec<Tensor> = layer.tensors().iter().map(|t| t.detach()).collect();
-    Ok(Layer::from_tensors(&tensors, 1e-12)?)
+    Ok(Layer::from_tensors(&tensors, layer.eps)?)
 }

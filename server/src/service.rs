@@ -889,7 +889,7 @@ impl pb::intents_server::Intents for IntentsService {
             }))
             .await;
         tracing::info!(tenant = %req.tenant, intents = set.intents.len(), "intent set uploaded; retraining");
-        let embedder = engine.models.embedder.clone();
+        let embedder = engine.models.intents();
         let cfg = engine.classifier_config.clone();
         tokio::task::spawn_blocking(move || {
             let mut last = (0u8, 0usize);

@@ -14,6 +14,8 @@ use closer_models::intent::{
     TrainingData,
 };
 use closer_models::{AnswerGenerator, Embedder};
+use closer_models::encoder::TextEncoder;
+use closer_models::source::EncoderModel;
 
 use crate::error::{Error, Result};
 use crate::playbook::Playbook;
@@ -23,29 +25,49 @@ use closer_store::Store;
 /// The embedded database of conversations, leads and events, in the data directory.
 pub const STORE_FILE: &str = "closer.db";
 
-/// The two models every tenant shares.
+/// The models every tenant shares.
 #[derive(Clone)]
 pub struct Models {
+    /// Retrieval, and intents unless `intent_embedder` is set.
     pub embedder: Arc<dyn Embedder>,
+    /// A separate encoder for intents (`--intent-encoder mpnet`).
+    pub intent_embedder: Option<Arc<dyn Embedder>>,
     pub generator: Arc<dyn AnswerGenerator>,
 }
 
 impl Models {
     /// The real candle models from ready files.
     pub fn load(paths: &closer_models::source::ModelPaths) -> Result<Self> {
-        Self::load_with(paths, None)
+        Self::load_with(paths, None, EncoderModel::MiniLm)
     }
 
-    /// The real encoder, and the real generator or (with `fake = Some((per word, prefill))`)
-    /// the fake one that restates the cited facts at that pace, for load tests.
+    /// The encoder that intent classifiers read.
+    pub fn intents(&self) -> Arc<dyn Embedder> {
+        self.intent_embedder
+            .clone()
+            .unwrap_or_else(|| self.embedder.clone())
+    }
+
+    /// The real encoder (and `intent_encoder` for intents when it is not the default one),
+    /// and the real generator or (with `fake = Some((per word, prefill))`) the fake one that
+    /// restates the cited facts at that pace, for load tests.
     pub fn load_with(
         paths: &closer_models::source::ModelPaths,
         fake: Option<(Duration, Duration)>,
+        intent_encoder: EncoderModel,
     ) -> Result<Self> {
         paths.check()?;
         let t = Instant::now();
-        let embedder = closer_models::encoder::MiniLmEncoder::load(&paths.encoder_dir())?;
+        let embedder = TextEncoder::open(paths, EncoderModel::MiniLm)?;
         tracing::info!(ms = t.elapsed().as_millis() as u64, "encoder loaded");
+        let intent_embedder: Option<Arc<dyn Embedder>> = if intent_encoder == EncoderModel::MiniLm {
+            None
+        } else {
+            let t = Instant::now();
+            let e = TextEncoder::open(paths, intent_encoder)?;
+            tracing::info!(ms = t.elapsed().as_millis() as u64, encoder = intent_encoder.name(), "intent encoder loaded");
+            Some(Arc::new(closer_models::cache::CachedEmbedder::new(Arc::new(e), 4096)))
+        };
         let generator: Arc<dyn AnswerGenerator> = match fake {
             Some((delay, prefill)) => {
                 let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
@@ -70,6 +92,7 @@ impl Models {
                 Arc::new(embedder),
                 4096,
             )),
+            intent_embedder,
             generator,
         })
     }
@@ -108,14 +131,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Tenant {
-    pub fn open(
-        data_dir: &Path,
-        id: &str,
-        embedder: Arc<dyn Embedder>,
-        cfg: &ClassifierConfig,
-    ) -> Result<Self> {
+    /// Opens a tenant: its knowledge base read through `models.embedder`, its intent model
+    /// through `models.intents()`.
+    pub fn open(data_dir: &Path, id: &str, models: &Models, cfg: &ClassifierConfig) -> Result<Self> {
         let t = Instant::now();
-        let kb = KnowledgeBase::open(data_dir, id, embedder.clone())?;
+        let kb = KnowledgeBase::open(data_dir, id, models.embedder.clone())?;
+        let embedder = models.intents();
         let dir = closer_kb::tenant_dir(data_dir, id);
         let path = dir.join(SET_FILE);
         let text = std::fs::read_to_string(&path)
@@ -267,7 +288,7 @@ impl Engine {
     ) -> Result<Self> {
         let mut tenants = HashMap::new();
         for id in closer_kb::list_tenants(data_dir)? {
-            let t = Tenant::open(data_dir, &id, models.embedder.clone(), &classifier_config)?;
+            let t = Tenant::open(data_dir, &id, &models, &classifier_config)?;
             tenants.insert(id, Arc::new(t));
         }
         if tenants.is_empty() {

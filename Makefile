@@ -4,6 +4,8 @@ CARGO      ?= cargo
 DATA_DIR   ?= $(HOME)/.local/share/closer
 ADDR       ?= 127.0.0.1:50051
 CLOSER     := target/release/closer
+# The intent encoder: minilm (default) or mpnet (larger, slower; see README "Intent encoder").
+INTENT_ENCODER ?= minilm
 
 .PHONY: run test build models demo bench eval fmt clippy fuzz
 
@@ -12,17 +14,19 @@ build:
 
 # Fetch and verify the pinned models (idempotent), load the demo tenant, serve gRPC.
 run: build models demo
-	$(CLOSER) serve --addr $(ADDR) --data-dir $(DATA_DIR)
+	$(CLOSER) serve --addr $(ADDR) --data-dir $(DATA_DIR) --intent-encoder $(INTENT_ENCODER)
 
 models: build
-	$(CLOSER) models pull
+	$(CLOSER) models pull --intent-encoder $(INTENT_ENCODER)
 
 demo: build
 	$(CLOSER) kb load knowledge-base/examples/applinks --data-dir $(DATA_DIR)
 
-# Every test, including those that run the real models (which `models` fetches first).
-# The real-model tests share 2 cores: run test threads serially to avoid oversubscription.
-test: models
+# Every test, including those that run the real models (fetched first, the optional MPNet
+# intent encoder too). The real-model tests share 2 cores: run test threads serially to avoid
+# oversubscription.
+test: build
+	$(CLOSER) models pull --intent-encoder mpnet
 	set -o pipefail; $(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 

@@ -77,6 +77,9 @@ struct IntentArgs {
     /// A fixed out-of-scope threshold instead of the one calibrated on held-out examples.
     #[arg(long)]
     threshold: Option<f32>,
+    /// Held-out in-scope accuracy the calibrated threshold may cost (default the server's).
+    #[arg(long)]
+    in_scope_loss: Option<f32>,
     /// Also build this many multi-intent messages from the test rows and score them.
     #[arg(long, default_value_t = 0)]
     multi: usize,
@@ -96,9 +99,9 @@ struct IntentArgs {
     /// Folder of ready models (`closer models pull`).
     #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
     model_dir: PathBuf,
-    /// The sentence encoder: `text_encoder` (the default) or `mpnet` (as the server's
+    /// The sentence encoder: `minilm` (the default) or `mpnet` (as the server's
     /// `--intent-encoder`; `closer models pull --intent-encoder mpnet` first).
-    #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "text_encoder")]
+    #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
     encoder: closer_models::source::EncoderModel,
     /// Keep embeddings here, keyed by model and texts, so repeated runs skip the encoder.
     #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
@@ -142,6 +145,7 @@ impl IntentArgs {
             n.char_weight = self.char_weight.unwrap_or(n.char_weight);
         }
         cfg.fixed_threshold = self.threshold;
+        cfg.in_scope_loss = self.in_scope_loss.unwrap_or(cfg.in_scope_loss);
         cfg
     }
 }
@@ -222,6 +226,9 @@ struct Predictions {
     conf: Vec<f32>,
     /// Top class ignoring the out-of-scope threshold (for the sweep).
     top: Vec<String>,
+    /// What the threshold is compared with (the head's top probability before temperature
+    /// scaling; with --server, the reported confidence), for the sweep.
+    score: Vec<f32>,
 }
 
 struct Local {
@@ -308,6 +315,7 @@ impl Local {
             pred: vec![],
             conf: vec![],
             top: vec![],
+            score: vec![],
         };
         let has_oos = self.map.oos.is_some();
         for f in &feats {
@@ -323,6 +331,7 @@ impl Local {
             };
             out.pred.push(pred);
             out.conf.push(bp);
+            out.score.push(trained.oos_score(&p));
             out.top.push(top);
         }
         Ok(out)
@@ -383,7 +392,7 @@ fn score(
             let pr: Vec<usize> = p
                 .top
                 .iter()
-                .zip(&p.conf)
+                .zip(&p.score)
                 .map(|(l, &c)| {
                     if c < t {
                         o
@@ -502,6 +511,7 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             pred: vec![String::new(); train_rows.len()],
             conf: vec![0.0; train_rows.len()],
             top: vec![String::new(); train_rows.len()],
+            score: vec![0.0; train_rows.len()],
         };
         let (mut secs, mut accs, mut threshold, mut lat) = (0.0, vec![], 0.0, vec![]);
         for f in 0..k {
@@ -530,6 +540,7 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             for (j, &i) in te_idx.iter().enumerate() {
                 pred.pred[i] = p.pred[j].clone();
                 pred.conf[i] = p.conf[j];
+                pred.score[i] = p.score[j];
                 pred.top[i] = p.top[j].clone();
             }
             eprintln!("fold {}/{k}: accuracy {:.2} %", f + 1, accs[f] * 100.0);
@@ -670,6 +681,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
         pred: vec![],
         conf: vec![],
         top: vec![],
+        score: vec![],
     };
     let mut lat = vec![];
     for r in &rows {
@@ -679,6 +691,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
             .first()
             .map_or_else(|| oos_name.clone(), |i| map.from_model(&i.name));
         p.conf.push(intents.first().map_or(0.0, |i| i.confidence));
+        p.score.push(intents.first().map_or(0.0, |i| i.confidence));
         p.pred.push(top.clone());
         p.top.push(top);
         pb_.inc(1);

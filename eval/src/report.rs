@@ -139,7 +139,7 @@ impl Report {
         );
         s.push_str(&self.summary());
         if !self.threshold_sweep.is_empty() {
-            s.push_str("\n## Out-of-scope threshold sweep\n\n| threshold | in-scope accuracy | OOS recall | OOS precision |\n|---|---|---|---|\n");
+            s.push_str("\n## Out-of-scope threshold sweep\n\nOver the score the threshold is compared with: the head's top probability before temperature scaling (with `--server`, the reported confidence).\n\n| threshold | in-scope accuracy | OOS recall | OOS precision |\n|---|---|---|---|\n");
             for r in &self.threshold_sweep {
                 let _ = writeln!(
                     s,

@@ -248,9 +248,10 @@ pub struct ClassifierConfig {
     /// Share of each intent's examples held out to fit the temperature and the out-of-scope
     /// threshold (the final head is then trained on all examples).
     pub holdout: f32,
-    /// When no `out_of_scope` examples are held out, the threshold is set so that about this
-    /// share of held-out in-scope examples would be rejected.
+    /// Share of held-out in-scope examples the out-of-scope threshold may reject, and of
+    /// held-out in-scope accuracy it may cost (both hold; see `calibrate_threshold`).
     pub in_scope_reject_rate: f32,
+    pub in_scope_loss: f32,
     /// Bounds of the calibrated out-of-scope threshold.
     pub min_threshold: f32,
     pub max_threshold: f32,
@@ -266,6 +267,7 @@ impl Default for ClassifierConfig {
             head: HeadConfig::default(),
             holdout: 0.2,
             in_scope_reject_rate: 0.03,
+            in_scope_loss: 0.005,
             min_threshold: 0.05,
             max_threshold: 0.6,
             fixed_threshold: None,
@@ -377,7 +379,8 @@ fn top2(p: &[f32]) -> ((usize, f32), (usize, f32)) {
 pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConfig) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(b"closer-intent-head v1\0");
+    // v2: the out-of-scope threshold applies to the top probability before temperature scaling.
+    h.update(b"closer-intent-head v2\0");
     h.update(encoder.as_bytes());
     // The margin only affects how results are reported, not what is trained.
     let cfg = ClassifierConfig {
@@ -444,10 +447,12 @@ impl TrainedHead {
             let hx = first.features(&ht, he);
             let logits: Vec<Vec<f32>> = hx.iter().map(|f| first.logits(f)).collect();
             temperature = fit_temperature(&logits, &hy);
+            // The threshold is calibrated on the head's own probabilities (temperature 1): see
+            // [`TrainedHead::oos_score`].
             let probs: Vec<Vec<f32>> = logits
                 .iter()
                 .map(|l| {
-                    let mut p: Vec<f32> = l.iter().map(|v| v / temperature).collect();
+                    let mut p = l.clone();
                     softmax_in_place(&mut p);
                     p
                 })
@@ -497,12 +502,30 @@ impl TrainedHead {
         }
     }
 
+    /// What the out-of-scope threshold is compared with: the top probability of the head's own
+    /// softmax (temperature 1), recovered from the calibrated `probs` (`softmax(z / T)`):
+    /// `1 / Σ_j (p_j / p_max)^T = 1 / Σ_j exp(z_j − z_max)`.
+    ///
+    /// Not the calibrated confidence: temperature scaling (T ≈ 0.6 on CLINC150 and BANKING77)
+    /// sharpens every clause alike, which ranks an out-of-scope message (flat logits) less
+    /// apart from an in-scope one. On CLINC150 val (MPNet) the calibrated top probability
+    /// reached 85 % OOS recall at 95.3 % in-scope accuracy, the raw one at 96.8 %.
+    pub fn oos_score(&self, probs: &[f32]) -> f32 {
+        let t = self.head.temperature;
+        let max = probs.iter().copied().fold(0f32, f32::max);
+        if max <= 0.0 {
+            return 0.0;
+        }
+        let sum: f32 = probs.iter().map(|&p| (p / max).powf(t)).sum();
+        1.0 / sum
+    }
+
     /// The intent of one featurized clause: (label index, probability, runner-up when within the
     /// ambiguity margin), or `None` when the clause is out of scope.
     pub fn decide(&self, probs: &[f32]) -> Decision {
         let ((i, p), (j, q)) = top2(probs);
         let oos = |x: usize| self.head.labels[x] == OUT_OF_SCOPE;
-        if oos(i) || p < self.threshold {
+        if oos(i) || self.oos_score(probs) < self.threshold {
             let conf = if oos(i) { p } else { 1.0 - p };
             return Decision::OutOfScope { confidence: conf };
         }
@@ -562,62 +585,42 @@ pub enum Decision {
     },
 }
 
-/// Held-out `out_of_scope` rows needed before they steer the threshold.
-const MIN_HELD_OUT_OOS: usize = 10;
-
-/// The out-of-scope threshold from held-out probabilities: the one that rejects about
-/// `in_scope_reject_rate` of held-out in-scope rows, raised, when at least [`MIN_HELD_OUT_OOS`]
-/// `out_of_scope` rows are held out, to where in-scope accuracy plus out-of-scope recall is
-/// highest. Clamped to the configured bounds.
+/// The out-of-scope threshold from held-out probabilities at temperature 1 (what
+/// [`TrainedHead::oos_score`] reads): the highest that rejects at most `in_scope_reject_rate`
+/// of the held-out in-scope rows and at most `in_scope_loss` of them that the head gets right
+/// (those it gets wrong may go: a hand-off beats a wrong answer). Clamped to the bounds.
+///
+/// It needs no `out_of_scope` examples, so every tenant gets the same rule; those a tenant
+/// gives train the out-of-scope intent itself. On CLINC150 (3,000 held-out in-scope rows) the
+/// accuracy cap decides; on a tenant of a few dozen held-out rows, where it would allow no
+/// right row at all, the reject-rate cap does. (Steering by held-out `out_of_scope` rows to
+/// maximise in-scope accuracy + OOS recall, as before, went to the 0.6 ceiling on CLINC150:
+/// 20 held-out OOS rows against 3,000 in-scope ones.)
 fn calibrate_threshold(
     probs: &[Vec<f32>],
     gold: &[usize],
     oos: Option<usize>,
     cfg: &ClassifierConfig,
 ) -> f32 {
-    // The floor: about `in_scope_reject_rate` of held-out in-scope rows fall below it.
-    let mut conf: Vec<f32> = probs
-        .iter()
-        .zip(gold)
-        .filter(|(_, &g)| Some(g) != oos)
-        .map(|(p, _)| top2(p).0 .1)
-        .collect();
-    conf.sort_by(f32::total_cmp);
-    let at = ((conf.len() as f32 * cfg.in_scope_reject_rate).floor() as usize)
-        .min(conf.len().saturating_sub(1));
-    let floor = conf.get(at).copied().unwrap_or(cfg.max_threshold);
-    // With enough held-out `out_of_scope` rows, the threshold at or above the floor that
-    // maximises in-scope accuracy + OOS recall (the lowest of equals). With fewer, a recall
-    // moving in steps of a quarter or more would swamp the in-scope term, so the floor is kept.
-    // The floor matters in the scan too: a few held-out OOS rows often leave the sum flat, and
-    // the lowest threshold would then reject nothing the OOS intent itself does not catch.
-    let held_oos = oos.map_or(0, |o| gold.iter().filter(|&&g| g == o).count());
-    let t = if held_oos >= MIN_HELD_OUT_OOS {
-        let o = oos.unwrap_or(usize::MAX);
-        let mut best = (f32::MIN, floor);
-        let steps = (0..=95).map(|s| s as f32 / 100.0).filter(|&t| t > floor);
-        for t in std::iter::once(floor).chain(steps) {
-            let (mut ins, mut ins_ok, mut out, mut out_ok) = (0, 0, 0, 0);
-            for (p, &g) in probs.iter().zip(gold) {
-                let ((i, pi), _) = top2(p);
-                let pred_oos = i == o || pi < t;
-                if g == o {
-                    out += 1;
-                    out_ok += usize::from(pred_oos);
-                } else {
-                    ins += 1;
-                    ins_ok += usize::from(!pred_oos && i == g);
-                }
-            }
-            let score = ins_ok as f32 / ins.max(1) as f32 + out_ok as f32 / out.max(1) as f32;
-            if score > best.0 + 1e-6 {
-                best = (score, t);
-            }
+    let (mut all, mut right) = (vec![], vec![]);
+    for (p, &g) in probs.iter().zip(gold) {
+        if Some(g) == oos {
+            continue;
         }
-        best.1
-    } else {
-        floor
+        let ((i, score), _) = top2(p);
+        all.push(score);
+        if i == g {
+            right.push(score);
+        }
+    }
+    all.sort_by(f32::total_cmp);
+    right.sort_by(f32::total_cmp);
+    // Rows scoring below the threshold are rejected: at `v[k]`, k rows of sorted `v` go.
+    let cap = |v: &[f32], share: f32| {
+        let k = (all.len() as f32 * share).floor() as usize;
+        v.get(k).copied().unwrap_or(cfg.max_threshold)
     };
+    let t = cap(&all, cfg.in_scope_reject_rate).min(cap(&right, cfg.in_scope_loss));
     t.clamp(cfg.min_threshold, cfg.max_threshold)
 }
 
@@ -818,35 +821,54 @@ mod tests {
     }
 
     #[test]
-    fn threshold_calibration_uses_enough_held_out_oos_examples() {
-        // Labels 0, 1 and 2 = out_of_scope. 100 in-scope rows, right, with top probabilities
-        // 0.500, 0.505, ... 0.995; OOS rows taken for label 0 at 0.55.
-        let mut probs: Vec<Vec<f32>> = (0..100)
-            .map(|i| {
-                let p = 0.5 + i as f32 * 0.005;
-                vec![p, 1.0 - p, 0.0]
-            })
+    fn threshold_calibration_costs_at_most_the_in_scope_loss() {
+        // Labels 0–4, 5 = out_of_scope. 200 in-scope rows (gold 0) with top probabilities
+        // 0.200, 0.202, ... 0.598: those at 0.200–0.218 are wrong (top 1), the rest right.
+        let row = |top: usize, p: f32| -> Vec<f32> {
+            let mut v = vec![(1.0 - p) / 5.0; 6];
+            v[top] = p;
+            v
+        };
+        let probs: Vec<Vec<f32>> = (0..200)
+            .map(|i| row(usize::from(i < 10), 0.2 + i as f32 * 0.002))
             .collect();
-        let mut gold = vec![0; 100];
-        probs.extend((0..10).map(|_| vec![0.55, 0.25, 0.2]));
-        gold.extend([2; 10]);
+        let gold = vec![0; 200];
         let cfg = ClassifierConfig::default();
-        // Ten held-out OOS rows: raised just above them (0.56), where the sum is 0.88 + 1.0.
-        let t = calibrate_threshold(&probs, &gold, Some(2), &cfg);
-        assert!((t - 0.56).abs() < 1e-6, "{t}");
-        // Four: too few to steer it, so it stays at the floor, which rejects 3 of the 100
-        // in-scope rows (0.500, 0.505, 0.510).
-        let t = calibrate_threshold(&probs[..104], &gold[..104], Some(2), &cfg);
-        assert!((t - 0.515).abs() < 1e-6, "{t}");
-        // None: the same floor.
-        let t = calibrate_threshold(&probs[..100], &gold[..100], Some(2), &cfg);
-        assert!((t - 0.515).abs() < 1e-6, "{t}");
-        // A floor above the ceiling is clamped to it.
-        let t = calibrate_threshold(&probs[95..100], &gold[95..100], Some(2), &cfg);
-        assert!(
-            (t - 0.6).abs() < 1e-6,
-            "{t} (0.975 clamped to the 0.6 ceiling)"
-        );
+        // Defaults: 3 % of 200 rows may be rejected (the threshold is the 7th score, 0.212);
+        // 0.5 % = 1 right row may go (the 2nd right score, 0.222). The lower, 0.212, holds:
+        // six rows go, all wrong.
+        let t = calibrate_threshold(&probs, &gold, Some(5), &cfg);
+        assert!((t - 0.212).abs() < 1e-6, "{t}");
+        // With a 20 % reject cap (up to the 41st score, 0.280), the accuracy cap decides:
+        // 1 % = 2 right rows (0.220, 0.222) go, the threshold is the third, 0.224, and the
+        // 10 wrong rows below it go too.
+        let loose = ClassifierConfig {
+            in_scope_reject_rate: 0.2,
+            in_scope_loss: 0.01,
+            ..cfg.clone()
+        };
+        let t = calibrate_threshold(&probs, &gold, Some(5), &loose);
+        assert!((t - 0.224).abs() < 1e-6, "{t}");
+        // Held-out out_of_scope rows do not move it.
+        let mut with_oos = probs.clone();
+        with_oos.extend((0..30).map(|_| row(0, 0.5)));
+        let mut gold_oos = gold.clone();
+        gold_oos.extend([5; 30]);
+        assert_eq!(calibrate_threshold(&with_oos, &gold_oos, Some(5), &loose), t);
+        // 5 %: 10 right rows go, up to 0.240.
+        let looser = ClassifierConfig {
+            in_scope_loss: 0.05,
+            ..loose.clone()
+        };
+        let t = calibrate_threshold(&probs, &gold, Some(5), &looser);
+        assert!((t - 0.240).abs() < 1e-6, "{t}");
+        // Clamped to the bounds: all right rows above the ceiling, or below the floor.
+        let high: Vec<Vec<f32>> = (0..50).map(|i| row(0, 0.9 + i as f32 * 0.001)).collect();
+        let t = calibrate_threshold(&high, &[0; 50], Some(5), &cfg);
+        assert!((t - 0.6).abs() < 1e-6, "{t} (clamped to the 0.6 ceiling)");
+        let low: Vec<Vec<f32>> = (0..50).map(|_| vec![0.02, 0.01, 0.01, 0.0, 0.0, 0.0]).collect();
+        let t = calibrate_threshold(&low, &[0; 50], Some(5), &cfg);
+        assert!((t - 0.05).abs() < 1e-6, "{t} (raised to the 0.05 floor)");
     }
 
     #[test]
@@ -896,9 +918,30 @@ mod tests {
             t.decide(&[0.25, 0.24, 0.51]),
             Decision::OutOfScope { .. }
         ));
+        let mut t = t;
+        t.threshold = 0.4;
         assert!(
-            matches!(t.decide(&[0.28, 0.27, 0.2]), Decision::OutOfScope { .. }),
+            matches!(t.decide(&[0.38, 0.33, 0.29]), Decision::OutOfScope { .. }),
             "below the threshold"
         );
+
+        // The threshold reads the head's own probabilities, not the sharpened ones.
+        t.head.temperature = 0.5;
+        let z = [0.6f32, 0.2, 0.0];
+        let soft = |scale: f32| {
+            let mut p: Vec<f32> = z.iter().map(|v| v * scale).collect();
+            crate::head::softmax_in_place(&mut p);
+            p
+        };
+        let (calibrated, raw) = (soft(2.0), soft(1.0));
+        assert!((t.oos_score(&calibrated) - raw[0]).abs() < 1e-5);
+        t.threshold = 0.5;
+        assert!(calibrated[0] > 0.5 && raw[0] < 0.5, "{calibrated:?} {raw:?}");
+        assert!(matches!(
+            t.decide(&calibrated),
+            Decision::OutOfScope { .. }
+        ));
+        t.head.temperature = 1.0;
+        assert_eq!(t.oos_score(&raw), raw[0]);
     }
 }

@@ -177,7 +177,7 @@ fn lower_first(s: &str) -> String {
     match c.next() {
         // Keep "I" and acronyms ("SOC", "API") as they are.
         Some(f)
-            if !(f == 'I' && s[1..].starts_with([' ', '\'']))
+            if (f != 'I' || !s[1..].starts_with([' ', '\'']))
                 && !c.clone().next().is_some_and(char::is_uppercase) =>
         {
             f.to_lowercase().chain(c).collect()

@@ -209,7 +209,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
         let q: Question = serde_json::from_str(line)
             .with_context(|| format!("{}: line {}", args.questions.display(), i + 1))?;
         anyhow::ensure!(
-            q.unanswerable != !q.expected.is_empty(),
+            q.unanswerable == q.expected.is_empty(),
             "{}: line {}: give either `expected` fact ids or `unanswerable: true`",
             args.questions.display(),
             i + 1

@@ -68,7 +68,7 @@ mod tests {
             let len = (rng.next() % 40) as usize;
             let (mut text, mut expected) = (String::new(), String::new());
             for _ in 0..len {
-                if rng.next() % 3 == 0 {
+                if rng.next().is_multiple_of(3) {
                     text.push(hidden_pool[(rng.next() as usize) % hidden_pool.len()]);
                 } else {
                     let c = visible_pool[(rng.next() as usize) % visible_pool.len()];

@@ -43,7 +43,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train and evaluate the intent classifier (or evaluate a running server's).
-    Intents(IntentArgs),
+    Intents(Box<IntentArgs>),
     /// Run a grounding question set through a running server: retrieval recall, answer
     /// correctness, invented spans, refusals.
     Grounding(grounding::GroundingArgs),
@@ -211,7 +211,7 @@ impl LabelMap {
             l
         }
     }
-    fn from_model(&self, l: &str) -> String {
+    fn to_dataset(&self, l: &str) -> String {
         match &self.oos {
             Some(o) if l == OUT_OF_SCOPE => o.clone(),
             _ => l.to_string(),
@@ -324,9 +324,9 @@ impl Local {
                 p.iter()
                     .enumerate()
                     .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
-            let top = self.map.from_model(&trained.head.labels[best]);
+            let top = self.map.to_dataset(&trained.head.labels[best]);
             let pred = match trained.decide(&p) {
-                Decision::OutOfScope { .. } if has_oos => self.map.from_model(OUT_OF_SCOPE),
+                Decision::OutOfScope { .. } if has_oos => self.map.to_dataset(OUT_OF_SCOPE),
                 _ => top.clone(),
             };
             out.pred.push(pred);
@@ -603,8 +603,8 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
         for m in &multi {
             let found = clf.classify(&m.text)?;
             got.push(sorted_set(
-                found.into_iter().map(|i| local.map.from_model(&i.name)),
-                &local.map.from_model(OUT_OF_SCOPE),
+                found.into_iter().map(|i| local.map.to_dataset(&i.name)),
+                &local.map.to_dataset(OUT_OF_SCOPE),
             ));
             pb.inc(1);
         }
@@ -664,7 +664,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
     let map = LabelMap {
         oos: args.oos_label.clone(),
     };
-    let oos_name = map.from_model(OUT_OF_SCOPE);
+    let oos_name = map.to_dataset(OUT_OF_SCOPE);
     let mut classify = async |text: &str| -> anyhow::Result<(Vec<pb::Intent>, f64)> {
         let t = Instant::now();
         let resp = client
@@ -689,7 +689,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
         lat.push(ms);
         let top = intents
             .first()
-            .map_or_else(|| oos_name.clone(), |i| map.from_model(&i.name));
+            .map_or_else(|| oos_name.clone(), |i| map.to_dataset(&i.name));
         p.conf.push(intents.first().map_or(0.0, |i| i.confidence));
         p.score.push(intents.first().map_or(0.0, |i| i.confidence));
         p.pred.push(top.clone());
@@ -704,7 +704,7 @@ async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
         for m in &multi {
             let (intents, _) = classify(&m.text).await?;
             got.push(sorted_set(
-                intents.into_iter().map(|i| map.from_model(&i.name)),
+                intents.into_iter().map(|i| map.to_dataset(&i.name)),
                 &oos_name,
             ));
         }
@@ -734,8 +734,8 @@ fn main() -> anyhow::Result<()> {
                 Some(addr) => tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
-                    .block_on(run_server(args, addr))?,
-                None => run_local(args)?,
+                    .block_on(run_server(*args, addr))?,
+                None => run_local(*args)?,
             };
             report.write(&out)?;
             println!("{}", report.summary());

@@ -417,6 +417,66 @@ async fn real_invalid_input_gets_the_right_status() {
     assert!(e.message().starts_with("start:"), "{}", e.message());
 }
 
+/// `--intent-encoder mpnet`: the server loads the larger encoder for intents from the model
+/// folder, retrains the tenant's stored MiniLM model once for it (its version names the
+/// encoder), and Classify reads the three intents of the seed message through it; retrieval
+/// keeps MiniLM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_mpnet_intent_encoder_retrains_once_and_serves_classify() {
+    use closer_models::source::EncoderModel;
+    let data = demo_data();
+    let stored = closer_kb::tenant_dir(data.path(), "applinks").join("intent-model.bin");
+    let classify = |addr: std::net::SocketAddr, text: &'static str| async move {
+        let mut c = pb::assistant_client::AssistantClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.classify(pb::ClassifyRequest {
+            tenant: "applinks".into(),
+            text: text.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    };
+    let mut names_by = vec![];
+    let mut versions = vec![];
+    for encoder in [
+        EncoderModel::MiniLm,
+        EncoderModel::MpNet,
+        EncoderModel::MpNet,
+    ] {
+        let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), model_paths().root);
+        cfg.generator = "fake".into();
+        cfg.intent_encoder = encoder;
+        let mut server = start(cfg, ModelSource::Files(model_paths())).await.unwrap();
+        server.wait_ready().await.unwrap();
+        let got = classify(server.addr, SEED).await;
+        let mut names: Vec<String> = got.intents.iter().map(|i| i.name.clone()).collect();
+        names.sort();
+        names_by.push(names);
+        let off_topic = classify(server.addr, "What's the weather like in Paris tomorrow?").await;
+        assert!(
+            off_topic.intents.iter().all(|i| i.name == "out_of_scope"),
+            "{encoder}: {:?}",
+            off_topic.intents
+        );
+        versions.push(std::fs::read(&stored).unwrap());
+        server.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+    for names in &names_by {
+        assert_eq!(
+            names,
+            &["account_owner", "pricing", "security_compliance"],
+            "{names_by:?}"
+        );
+    }
+    assert_ne!(versions[0], versions[1], "retrained for MPNet");
+    assert_eq!(
+        versions[1], versions[2],
+        "stored and reloaded, not retrained again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_health_is_serving_only_after_models_load() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -1299,12 +1359,19 @@ fn real_mpnet_encoder_matches_hugging_face() {
     for (route, v, tol) in [("fast", &fast, 2e-5f32), ("candle", &graph, 2e-5)] {
         for (t, (vec, head)) in texts.iter().zip(v.iter().zip(&heads)) {
             for (a, b) in vec.iter().zip(head) {
-                assert!((a - b).abs() < tol, "{route} {t:?}: {:?} vs {head:?}", &vec[..6]);
+                assert!(
+                    (a - b).abs() < tol,
+                    "{route} {t:?}: {:?} vs {head:?}",
+                    &vec[..6]
+                );
             }
         }
         for (i, j, c) in cosines {
             let got = cos(&v[i], &v[j]);
-            assert!((got - c).abs() < 1e-4, "{route} cosine {i}-{j}: {got} vs {c}");
+            assert!(
+                (got - c).abs() < 1e-4,
+                "{route} cosine {i}-{j}: {got} vs {c}"
+            );
         }
     }
     if enc.int8() {
@@ -1319,7 +1386,8 @@ fn real_mpnet_encoder_matches_hugging_face() {
 /// every layer asked for, for a batch of mixed lengths larger than one forward chunk.
 #[test]
 fn real_fast_encoder_path_matches_the_candle_graph() {
-    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
+    let enc =
+        closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let base = [
         "hi",
         "How much does each seat cost?",
@@ -1358,7 +1426,8 @@ fn real_fast_encoder_path_matches_the_candle_graph() {
 #[test]
 fn real_int8_encoder_path_stays_close_to_f32() {
     use closer_models::Embedder;
-    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
+    let enc =
+        closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let vnni = closer_models::qwen2::Kernels::detect().int8();
     assert_eq!(enc.int8(), vnni);
     assert_eq!(enc.name().ends_with("int8"), vnni);
@@ -1421,7 +1490,8 @@ fn real_int8_encoder_path_stays_close_to_f32() {
 #[test]
 fn real_top_layer_path_and_finetuning() {
     use closer_models::finetune::{finetune_top, FinetuneConfig};
-    let enc = closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
+    let enc =
+        closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let texts = [
         "How much does it cost?",
         "What is the price per seat?",

@@ -100,7 +100,9 @@ pub struct Bert {
 impl Bert {
     pub fn load(vb: VarBuilder, c: &Config) -> Result<Self> {
         if let Some(act) = c.hidden_act.as_deref().filter(|a| *a != "gelu") {
-            candle_core::bail!("encoder config.json: hidden_act {act:?} (only \"gelu\" is supported)");
+            candle_core::bail!(
+                "encoder config.json: hidden_act {act:?} (only \"gelu\" is supported)"
+            );
         }
         let mpnet = c.is_mpnet();
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
@@ -118,11 +120,23 @@ impl Bert {
                 // MPNet: attention.attn.{q,k,v,o} and attention.LayerNorm.
                 let (q, k, v, o, ln) = if mpnet {
                     let s = a.pp("attn");
-                    (s.pp("q"), s.pp("k"), s.pp("v"), s.pp("o"), a.pp("LayerNorm"))
+                    (
+                        s.pp("q"),
+                        s.pp("k"),
+                        s.pp("v"),
+                        s.pp("o"),
+                        a.pp("LayerNorm"),
+                    )
                 } else {
                     let s = a.pp("self");
                     let out = a.pp("output");
-                    (s.pp("query"), s.pp("key"), s.pp("value"), out.pp("dense"), out.pp("LayerNorm"))
+                    (
+                        s.pp("query"),
+                        s.pp("key"),
+                        s.pp("value"),
+                        out.pp("dense"),
+                        out.pp("LayerNorm"),
+                    )
                 };
                 Ok(Layer {
                     query: linear(h, h, q)?,
@@ -150,7 +164,11 @@ impl Bert {
         let token_type = if mpnet {
             None
         } else {
-            Some(embedding(c.type_vocab_size.max(1), h, e.pp("token_type_embeddings"))?)
+            Some(embedding(
+                c.type_vocab_size.max(1),
+                h,
+                e.pp("token_type_embeddings"),
+            )?)
         };
         Ok(Self {
             word: embedding(c.vocab_size, h, e.pp("word_embeddings"))?,
@@ -352,9 +370,30 @@ mod tests {
     fn relative_buckets_match_hugging_face_mpnet() {
         // From transformers' MPNetEncoder.relative_position_bucket(rel, num_buckets=32).
         let expected = [
-            (-300, 15), (-128, 15), (-127, 15), (-64, 14), (-63, 13), (-32, 12), (-31, 11),
-            (-16, 10), (-15, 9), (-8, 8), (-7, 7), (-1, 1), (0, 0), (1, 17), (7, 23), (8, 24),
-            (15, 25), (16, 26), (31, 27), (32, 28), (63, 29), (64, 30), (127, 31), (128, 31),
+            (-300, 15),
+            (-128, 15),
+            (-127, 15),
+            (-64, 14),
+            (-63, 13),
+            (-32, 12),
+            (-31, 11),
+            (-16, 10),
+            (-15, 9),
+            (-8, 8),
+            (-7, 7),
+            (-1, 1),
+            (0, 0),
+            (1, 17),
+            (7, 23),
+            (8, 24),
+            (15, 25),
+            (16, 26),
+            (31, 27),
+            (32, 28),
+            (63, 29),
+            (64, 30),
+            (127, 31),
+            (128, 31),
             (300, 31),
         ];
         for (rel, bucket) in expected {

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use crate::bert::{Bert, Config, Layer};
 use crate::fastbert::FastBert;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Embedder, Error, Result};
@@ -71,7 +71,10 @@ impl TextEncoder {
     }
 
     /// Loads `model` from the model folder (see [`crate::source::ModelPaths`]).
-    pub fn open(paths: &crate::source::ModelPaths, model: crate::source::EncoderModel) -> Result<Self> {
+    pub fn open(
+        paths: &crate::source::ModelPaths,
+        model: crate::source::EncoderModel,
+    ) -> Result<Self> {
         paths.check_encoder(model)?;
         Self::load(&paths.encoder_dir_of(model), model.name())
     }

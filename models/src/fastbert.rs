@@ -230,9 +230,12 @@ impl FastBert {
         let mut ids = Vec::with_capacity(rows);
         for (t, &len) in texts.iter().zip(&lens) {
             // An empty text reads as one padding token.
-            ids.extend(
-                (0..len).map(|p| t.get(p).copied().unwrap_or(self.pad_id).min(vocab as u32 - 1)),
-            );
+            ids.extend((0..len).map(|p| {
+                t.get(p)
+                    .copied()
+                    .unwrap_or(self.pad_id)
+                    .min(vocab as u32 - 1)
+            }));
         }
         let ids = Tensor::new(ids.as_slice(), self.word.device())?;
         let mut x = flat(&self.word.index_select(&ids, 0)?)?;

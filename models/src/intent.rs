@@ -854,7 +854,10 @@ mod tests {
         with_oos.extend((0..30).map(|_| row(0, 0.5)));
         let mut gold_oos = gold.clone();
         gold_oos.extend([5; 30]);
-        assert_eq!(calibrate_threshold(&with_oos, &gold_oos, Some(5), &loose), t);
+        assert_eq!(
+            calibrate_threshold(&with_oos, &gold_oos, Some(5), &loose),
+            t
+        );
         // 5 %: 10 right rows go, up to 0.240.
         let looser = ClassifierConfig {
             in_scope_loss: 0.05,
@@ -866,7 +869,9 @@ mod tests {
         let high: Vec<Vec<f32>> = (0..50).map(|i| row(0, 0.9 + i as f32 * 0.001)).collect();
         let t = calibrate_threshold(&high, &[0; 50], Some(5), &cfg);
         assert!((t - 0.6).abs() < 1e-6, "{t} (clamped to the 0.6 ceiling)");
-        let low: Vec<Vec<f32>> = (0..50).map(|_| vec![0.02, 0.01, 0.01, 0.0, 0.0, 0.0]).collect();
+        let low: Vec<Vec<f32>> = (0..50)
+            .map(|_| vec![0.02, 0.01, 0.01, 0.0, 0.0, 0.0])
+            .collect();
         let t = calibrate_threshold(&low, &[0; 50], Some(5), &cfg);
         assert!((t - 0.05).abs() < 1e-6, "{t} (raised to the 0.05 floor)");
     }
@@ -936,11 +941,11 @@ mod tests {
         let (calibrated, raw) = (soft(2.0), soft(1.0));
         assert!((t.oos_score(&calibrated) - raw[0]).abs() < 1e-5);
         t.threshold = 0.5;
-        assert!(calibrated[0] > 0.5 && raw[0] < 0.5, "{calibrated:?} {raw:?}");
-        assert!(matches!(
-            t.decide(&calibrated),
-            Decision::OutOfScope { .. }
-        ));
+        assert!(
+            calibrated[0] > 0.5 && raw[0] < 0.5,
+            "{calibrated:?} {raw:?}"
+        );
+        assert!(matches!(t.decide(&calibrated), Decision::OutOfScope { .. }));
         t.head.temperature = 1.0;
         assert_eq!(t.oos_score(&raw), raw[0]);
     }

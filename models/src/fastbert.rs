@@ -272,13 +272,14 @@ impl FastBert {
         if layers.contains(&0) {
             at[0] = Some(pool(&x));
         }
+        let bias = self.relative_bias(&lens);
         let mut qkv = vec![];
         let mut ctx = vec![0f32; rows * h];
         let mut inter = vec![];
         let mut tmp = vec![0f32; rows * h];
         for (i, l) in self.layers.iter().enumerate() {
             self.linear(&l.qkv, &x, rows, int8, &mut qkv)?;
-            self.attention(&qkv, &lens, &mut ctx);
+            self.attention(&qkv, &lens, &bias, &mut ctx);
             self.linear(&l.attn_out, &ctx, rows, int8, &mut tmp)?;
             for (t, v) in tmp.iter_mut().zip(&x) {
                 *t += v;
@@ -380,25 +381,34 @@ impl FastBert {
         Ok(())
     }
 
-    /// Self-attention of each text over its own tokens; `qkv` rows are `[q | k | v]`.
-    fn attention(&self, qkv: &[f32], lens: &[usize], ctx: &mut [f32]) {
+    /// MPNet's relative-position bias for texts of `lens` tokens (empty for BERT): per text,
+    /// per head, the bias of each relative position `j − i + len − 1`. The same in every layer.
+    fn relative_bias(&self, lens: &[usize]) -> Vec<Vec<f32>> {
+        let Some((table, buckets)) = &self.relative else {
+            return vec![];
+        };
+        lens.iter()
+            .map(|&len| {
+                let rows: Vec<usize> = (0..2 * len - 1)
+                    .map(|r| crate::bert::relative_bucket(r as i64 - (len as i64 - 1), *buckets))
+                    .collect();
+                (0..self.heads)
+                    .flat_map(|head| rows.iter().map(move |&b| table[b * self.heads + head]))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Self-attention of each text over its own tokens; `qkv` rows are `[q | k | v]`; `bias`
+    /// from [`Self::relative_bias`].
+    fn attention(&self, qkv: &[f32], lens: &[usize], bias: &[Vec<f32>], ctx: &mut [f32]) {
         let h = self.hidden;
         let d = h / self.heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut start = 0;
         let mut scores = vec![];
-        // MPNet: per head, the bias of each relative position `j − i + len − 1`.
-        let mut bias = vec![];
-        for &len in lens {
-            if let Some((table, buckets)) = &self.relative {
-                bias.clear();
-                for head in 0..self.heads {
-                    bias.extend((0..2 * len - 1).map(|r| {
-                        let b = crate::bert::relative_bucket(r as i64 - (len as i64 - 1), *buckets);
-                        table[b * self.heads + head]
-                    }));
-                }
-            }
+        for (t, &len) in lens.iter().enumerate() {
+            let bias = bias.get(t).map_or(&[][..], Vec::as_slice);
             for head in 0..self.heads {
                 let q = |i: usize| &qkv[(start + i) * 3 * h + head * d..][..d];
                 let k = |i: usize| &qkv[(start + i) * 3 * h + h + head * d..][..d];

@@ -420,10 +420,9 @@ async fn real_invalid_input_gets_the_right_status() {
 /// `--intent-encoder mpnet`: the server loads the larger encoder for intents from the model
 /// folder, retrains the tenant's stored MiniLM model once for it (its version names the
 /// encoder), and Classify reads the three intents of the seed message through it; retrieval
-/// keeps MiniLM.
+/// keeps MiniLM. `minilm+mpnet` (both side by side) retrains once more and reads them alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_mpnet_intent_encoder_retrains_once_and_serves_classify() {
-    use closer_models::source::EncoderModel;
     let data = demo_data();
     let stored = closer_kb::tenant_dir(data.path(), "applinks").join("intent-model.bin");
     let classify = |addr: std::net::SocketAddr, text: &'static str| async move {
@@ -440,14 +439,10 @@ async fn real_mpnet_intent_encoder_retrains_once_and_serves_classify() {
     };
     let mut names_by = vec![];
     let mut versions = vec![];
-    for encoder in [
-        EncoderModel::MiniLm,
-        EncoderModel::MpNet,
-        EncoderModel::MpNet,
-    ] {
+    for encoder in ["minilm", "mpnet", "mpnet", "minilm+mpnet"] {
         let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), model_paths().root);
         cfg.generator = "fake".into();
-        cfg.intent_encoder = encoder;
+        cfg.intent_encoder = encoder.parse().unwrap();
         let mut server = start(cfg, ModelSource::Files(model_paths())).await.unwrap();
         server.wait_ready().await.unwrap();
         let got = classify(server.addr, SEED).await;
@@ -474,6 +469,10 @@ async fn real_mpnet_intent_encoder_retrains_once_and_serves_classify() {
     assert_eq!(
         versions[1], versions[2],
         "stored and reloaded, not retrained again"
+    );
+    assert_ne!(
+        versions[2], versions[3],
+        "retrained for both encoders side by side"
     );
 }
 

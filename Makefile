@@ -4,7 +4,7 @@ CARGO      ?= cargo
 DATA_DIR   ?= $(HOME)/.local/share/closer
 ADDR       ?= 127.0.0.1:50051
 CLOSER     := target/release/closer
-# The intent encoder: minilm (default) or mpnet (larger, slower; see README "Intent encoder").
+# The intent encoder: minilm (default), mpnet or minilm+mpnet (larger, slower; see README "Intent encoder").
 INTENT_ENCODER ?= minilm
 
 .PHONY: run test build models demo bench eval fmt clippy fuzz

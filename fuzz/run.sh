@@ -19,7 +19,7 @@ seed facts_json fuzz/seeds/facts.json
 printf '\x01' | cat - $ex/facts.jsonl >"$root/facts.jsonl.seed" && seed facts_json "$root/facts.jsonl.seed"
 seed facts_markdown fuzz/seeds/faq.md
 seed accounts_reps_csv $ex/accounts.csv $ex/reps.csv
-seed playbook $ex/playbook.yaml
+seed playbook $ex/playbook.yaml fuzz/seeds/playbook-hours-overflow.yaml  # a crash found by CI
 seed intent_file $ex/intents.yaml
 seed visitor_query fuzz/seeds/questions.txt
 seed request fuzz/seeds/questions.txt

@@ -189,7 +189,7 @@ const SLOTS: &[&str] = &[
 fn minutes(s: &str) -> Option<u32> {
     let (h, m) = s.trim().split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
+    (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then(|| h * 60 + m)
 }
 
 /// `HH:MM-HH:MM` as minutes after midnight.
@@ -755,6 +755,17 @@ mod tests {
 
     fn reps() -> Vec<Rep> {
         closer_kb::load::read_reps(&example_dir().join("reps.csv")).unwrap()
+    }
+
+    #[test]
+    fn office_hours_parse_and_huge_hours_are_refused_not_overflowed() {
+        assert_eq!(parse_hours("09:00-17:30"), Some((540, 1050)));
+        assert_eq!(parse_hours("17:00-09:00"), None);
+        assert_eq!(parse_hours("24:01-24:30"), None);
+        // Found by the playbook fuzz target: the hour times 60 overflowed u32 (a panic where
+        // overflow is checked; `fuzz/seeds/playbook-hours-overflow.yaml` replays it there).
+        assert_eq!(parse_hours("000000962987587:00-18:00"), None);
+        assert_eq!(parse_hours("4294967295:00-18:00"), None);
     }
 
     fn accounts() -> Vec<Account> {

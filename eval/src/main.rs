@@ -121,6 +121,9 @@ struct IntentArgs {
     /// Use the sentence embedding alone (no n-gram features).
     #[arg(long)]
     no_ngrams: bool,
+    /// Read embeddings as they are, without subtracting the training examples' mean.
+    #[arg(long)]
+    no_center: bool,
     /// Train on the examples alone, not also on each intent's name read as words.
     #[arg(long)]
     no_name_examples: bool,
@@ -140,6 +143,7 @@ impl IntentArgs {
         h.max_iter = self.max_iter.unwrap_or(h.max_iter);
         h.tolerance = self.tolerance.unwrap_or(h.tolerance);
         h.seed = self.seed;
+        h.center = !self.no_center;
         if self.no_ngrams {
             h.ngrams = None;
         } else {

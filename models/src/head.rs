@@ -25,6 +25,13 @@ pub struct HeadConfig {
     pub seed: u64,
     /// Lexical features; `None` uses the embedding alone.
     pub ngrams: Option<NgramConfig>,
+    /// Subtract the training examples' mean embedding from every embedding and rescale it to
+    /// unit length before the head reads it. Sentence embeddings share a large common
+    /// direction (their cosines rarely fall below 0.2); taking it out spreads the examples
+    /// over the sphere, so the unit-length rescaling and the L2 penalty treat every direction
+    /// that tells intents apart alike.
+    #[serde(default)]
+    pub center: bool,
 }
 
 impl Default for HeadConfig {
@@ -35,6 +42,7 @@ impl Default for HeadConfig {
             tolerance: 1e-4,
             seed: 7,
             ngrams: Some(NgramConfig::default()),
+            center: true,
         }
     }
 }
@@ -61,6 +69,34 @@ pub struct LinearHead {
     pub temperature: f32,
     /// The fitted n-gram featurizer, when the head uses lexical features.
     pub ngrams: Option<Ngrams>,
+    /// The mean embedding subtracted before the head reads one (empty: none; see
+    /// [`HeadConfig::center`]).
+    pub center: Vec<f32>,
+}
+
+/// What turns a text and its embedding into [`Features`], fitted on the training examples.
+#[derive(Debug, Clone, Default)]
+pub struct Featurizer {
+    pub ngrams: Option<Ngrams>,
+    /// Mean training embedding (empty: embeddings are read as they are).
+    pub center: Vec<f32>,
+}
+
+impl Featurizer {
+    pub fn features(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
+        featurize(self.ngrams.as_ref(), &self.center, texts, embeddings)
+    }
+}
+
+/// The mean of `rows` (all of one length).
+fn mean_row(rows: &[Vec<f32>]) -> Vec<f32> {
+    let d = rows.first().map_or(0, Vec::len);
+    let mut m = vec![0f64; d];
+    for r in rows {
+        m.iter_mut().zip(r).for_each(|(a, &b)| *a += f64::from(b));
+    }
+    let n = rows.len().max(1) as f64;
+    m.into_iter().map(|a| (a / n) as f32).collect()
 }
 
 /// A small deterministic PRNG (SplitMix64) for shuffles and splits.
@@ -99,10 +135,16 @@ impl LinearHead {
         texts: &[&str],
         embeddings: Vec<Vec<f32>>,
         cfg: &HeadConfig,
-    ) -> (Option<Ngrams>, Vec<Features>) {
+    ) -> (Featurizer, Vec<Features>) {
         let ngrams = cfg.ngrams.clone().map(|c| Ngrams::fit(texts, c));
-        let feats = featurize(ngrams.as_ref(), texts, embeddings);
-        (ngrams, feats)
+        let center = if cfg.center {
+            mean_row(&embeddings)
+        } else {
+            vec![]
+        };
+        let f = Featurizer { ngrams, center };
+        let feats = f.features(texts, embeddings);
+        (f, feats)
     }
 
     /// Trains on featurized examples: multinomial logistic regression with an L2 penalty,
@@ -113,10 +155,11 @@ impl LinearHead {
         x: &[Features],
         y: &[usize],
         labels: Vec<String>,
-        ngrams: Option<Ngrams>,
+        featurizer: Featurizer,
         cfg: &HeadConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Self {
+        let Featurizer { ngrams, center } = featurizer;
         let k = labels.len();
         let d = x.first().map_or(0, |f| f.dense.len());
         let vocab = ngrams.as_ref().map_or(0, Ngrams::len);
@@ -150,6 +193,7 @@ impl LinearHead {
             bias,
             temperature: 1.0,
             ngrams,
+            center,
         }
     }
 
@@ -174,17 +218,31 @@ impl LinearHead {
 
     /// Featurizes texts with this head's n-gram vocabulary.
     pub fn features(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
-        featurize(self.ngrams.as_ref(), texts, embeddings)
+        featurize(self.ngrams.as_ref(), &self.center, texts, embeddings)
     }
 }
 
-fn featurize(ngrams: Option<&Ngrams>, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
+fn featurize(
+    ngrams: Option<&Ngrams>,
+    center: &[f32],
+    texts: &[&str],
+    embeddings: Vec<Vec<f32>>,
+) -> Vec<Features> {
     texts
         .iter()
         .zip(embeddings)
-        .map(|(t, dense)| Features {
-            dense,
-            sparse: ngrams.map(|n| n.transform(t)).unwrap_or_default(),
+        .map(|(t, mut dense)| {
+            if !center.is_empty() && center.len() == dense.len() {
+                dense.iter_mut().zip(center).for_each(|(v, c)| *v -= c);
+                let norm = dense.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if norm > 1e-12 {
+                    dense.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+            Features {
+                dense,
+                sparse: ngrams.map(|n| n.transform(t)).unwrap_or_default(),
+            }
         })
         .collect()
 }
@@ -469,6 +527,7 @@ pub fn save_artefact(path: &Path, head: &LinearHead, meta: &ArtefactMeta) -> Res
     f32s(&head.weights, &mut payload);
     f32s(&head.sparse_weights, &mut payload);
     f32s(&head.bias, &mut payload);
+    f32s(&head.center, &mut payload);
     if let Some(ng) = &head.ngrams {
         ng.hashes
             .iter()
@@ -514,8 +573,9 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
     }
     let k = meta.labels.len();
     let has_ngrams = meta.config.ngrams.is_some();
-    let expect =
-        4 * (k * meta.dim + meta.vocab * k + k) + if has_ngrams { 12 * meta.vocab } else { 0 };
+    let center_len = if meta.config.center { meta.dim } else { 0 };
+    let arrays = 4 * (k * meta.dim + meta.vocab * k + k + center_len);
+    let expect = arrays + if has_ngrams { 12 * meta.vocab } else { 0 };
     if payload.len() != expect {
         return Err(bad("wrong size"));
     }
@@ -531,9 +591,10 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
     let weights = take_f32(k * meta.dim);
     let sparse_weights = take_f32(meta.vocab * k);
     let bias = take_f32(k);
+    let center = take_f32(center_len);
     let ngrams = match &meta.config.ngrams {
         Some(cfg) => {
-            let start = 4 * (k * meta.dim + meta.vocab * k + k);
+            let start = arrays;
             let hashes: Vec<u64> = payload[start..start + 8 * meta.vocab]
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -554,6 +615,7 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
         bias,
         temperature: meta.temperature,
         ngrams,
+        center,
     };
     Ok((head, meta))
 }
@@ -586,12 +648,48 @@ mod tests {
             &x,
             &y,
             vec!["a".into(), "b".into()],
-            None,
+            Featurizer::default(),
             &cfg,
             &mut |_, _| {},
         );
         assert!(h.predict(&dense(&[1.0, 0.0]))[0] > 0.9);
         assert!(h.predict(&dense(&[0.0, 1.0]))[1] > 0.9);
+    }
+
+    #[test]
+    fn embeddings_are_centred_on_the_training_mean_and_rescaled() {
+        // Two intents whose vectors share one large common direction: raw cosines are 0.98,
+        // centred ones -1.
+        let e = |s: f32| vec![1.0, 0.2 * s];
+        let texts = ["a", "b", "c", "d"];
+        let cfg = HeadConfig {
+            ngrams: None,
+            ..HeadConfig::default()
+        };
+        let (f, x) = LinearHead::fit_features(&texts, vec![e(1.0), e(1.0), e(-1.0), e(-1.0)], &cfg);
+        assert!((f.center[0] - 1.0).abs() < 1e-6 && f.center[1].abs() < 1e-6);
+        assert!((x[0].dense[0]).abs() < 1e-6 && (x[0].dense[1] - 1.0).abs() < 1e-6);
+        assert!((x[2].dense[1] + 1.0).abs() < 1e-6);
+        let h = LinearHead::train(
+            &x,
+            &[0, 0, 1, 1],
+            vec!["p".into(), "q".into()],
+            f,
+            &cfg,
+            &mut |_, _| {},
+        );
+        // A new message is centred with the stored mean before the head reads it.
+        let g = h.features(&["e"], vec![vec![1.0, 0.1]]);
+        assert!((g[0].dense[1] - 1.0).abs() < 1e-6, "{:?}", g[0].dense);
+        assert!(h.predict(&g[0])[0] > 0.9);
+        // Off: embeddings are read as they are.
+        let raw = HeadConfig {
+            center: false,
+            ..cfg
+        };
+        let (f, x) = LinearHead::fit_features(&texts, vec![e(1.0), e(1.0), e(-1.0), e(-1.0)], &raw);
+        assert!(f.center.is_empty());
+        assert_eq!(x[0].dense, e(1.0));
     }
 
     #[test]
@@ -688,7 +786,7 @@ mod tests {
             &x,
             &y,
             vec!["a".into(), "b".into()],
-            None,
+            Featurizer::default(),
             &HeadConfig {
                 l2: 1.0,
                 ngrams: None,
@@ -752,11 +850,12 @@ mod tests {
         let (back, m2) = load_artefact(&path).unwrap();
         assert_eq!(back.weights, h.weights);
         assert_eq!(back.sparse_weights, h.sparse_weights);
+        assert_eq!(back.center, h.center);
+        assert!((h.center[0] - 0.3).abs() < 1e-6 && (h.center[1] - 0.7).abs() < 1e-6);
         assert_eq!(m2.oos_threshold, 0.3);
-        assert_eq!(
-            back.features(&["card arrival"], vec![vec![0.5, 0.5]])[0].sparse,
-            x[0].sparse
-        );
+        let f = back.features(&["card arrival"], vec![vec![0.5, 0.5]]);
+        assert_eq!(f[0].sparse, x[0].sparse);
+        assert_eq!(f[0].dense, x[0].dense);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;

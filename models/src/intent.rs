@@ -441,8 +441,9 @@ pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConf
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     // v2: the out-of-scope threshold applies to the top probability before temperature scaling;
-    // v3: each intent's name is an example too.
-    h.update(b"closer-intent-head v3\0");
+    // v3: each intent's name is an example too; v4: embeddings are centred on the examples'
+    // mean.
+    h.update(b"closer-intent-head v4\0");
     h.update(encoder.as_bytes());
     // The margin only affects how results are reported, not what is trained.
     let cfg = ClassifierConfig {
@@ -976,6 +977,7 @@ mod tests {
             bias: vec![0.0; 3],
             temperature: 1.0,
             ngrams: None,
+            center: vec![],
         };
         let report = TrainReport {
             version: String::new(),

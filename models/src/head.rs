@@ -67,24 +67,46 @@ pub struct LinearHead {
     pub bias: Vec<f32>,
     /// Logits are divided by this before the softmax.
     pub temperature: f32,
-    /// The fitted n-gram featurizer, when the head uses lexical features.
-    pub ngrams: Option<Ngrams>,
-    /// The mean embedding subtracted before the head reads one (empty: none; see
-    /// [`HeadConfig::center`]).
-    pub center: Vec<f32>,
+    /// What turns a text and its embedding into the head's input.
+    pub featurizer: Featurizer,
 }
 
 /// What turns a text and its embedding into [`Features`], fitted on the training examples.
 #[derive(Debug, Clone, Default)]
 pub struct Featurizer {
+    /// The fitted n-gram featurizer, when the head uses lexical features.
     pub ngrams: Option<Ngrams>,
-    /// Mean training embedding (empty: embeddings are read as they are).
+    /// The mean training embedding, subtracted before the head reads one (empty: embeddings
+    /// are read as they are; see [`HeadConfig::center`]).
     pub center: Vec<f32>,
 }
 
 impl Featurizer {
     pub fn features(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
-        featurize(self.ngrams.as_ref(), &self.center, texts, embeddings)
+        texts
+            .iter()
+            .zip(embeddings)
+            .map(|(t, mut dense)| {
+                if !self.center.is_empty() && self.center.len() == dense.len() {
+                    dense
+                        .iter_mut()
+                        .zip(&self.center)
+                        .for_each(|(v, c)| *v -= c);
+                    let norm = dense.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    if norm > 1e-12 {
+                        dense.iter_mut().for_each(|v| *v /= norm);
+                    }
+                }
+                Features {
+                    dense,
+                    sparse: self
+                        .ngrams
+                        .as_ref()
+                        .map(|n| n.transform(t))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -159,10 +181,9 @@ impl LinearHead {
         cfg: &HeadConfig,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Self {
-        let Featurizer { ngrams, center } = featurizer;
         let k = labels.len();
         let d = x.first().map_or(0, |f| f.dense.len());
-        let vocab = ngrams.as_ref().map_or(0, Ngrams::len);
+        let vocab = featurizer.ngrams.as_ref().map_or(0, Ngrams::len);
         let problem = Problem {
             x,
             y,
@@ -192,8 +213,7 @@ impl LinearHead {
             sparse_weights,
             bias,
             temperature: 1.0,
-            ngrams,
-            center,
+            featurizer,
         }
     }
 
@@ -216,35 +236,10 @@ impl LinearHead {
         p
     }
 
-    /// Featurizes texts with this head's n-gram vocabulary.
+    /// Featurizes texts as this head was trained to read them.
     pub fn features(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
-        featurize(self.ngrams.as_ref(), &self.center, texts, embeddings)
+        self.featurizer.features(texts, embeddings)
     }
-}
-
-fn featurize(
-    ngrams: Option<&Ngrams>,
-    center: &[f32],
-    texts: &[&str],
-    embeddings: Vec<Vec<f32>>,
-) -> Vec<Features> {
-    texts
-        .iter()
-        .zip(embeddings)
-        .map(|(t, mut dense)| {
-            if !center.is_empty() && center.len() == dense.len() {
-                dense.iter_mut().zip(center).for_each(|(v, c)| *v -= c);
-                let norm = dense.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if norm > 1e-12 {
-                    dense.iter_mut().for_each(|v| *v /= norm);
-                }
-            }
-            Features {
-                dense,
-                sparse: ngrams.map(|n| n.transform(t)).unwrap_or_default(),
-            }
-        })
-        .collect()
 }
 
 /// The training objective of the head: mean cross-entropy of the softmax over
@@ -527,8 +522,8 @@ pub fn save_artefact(path: &Path, head: &LinearHead, meta: &ArtefactMeta) -> Res
     f32s(&head.weights, &mut payload);
     f32s(&head.sparse_weights, &mut payload);
     f32s(&head.bias, &mut payload);
-    f32s(&head.center, &mut payload);
-    if let Some(ng) = &head.ngrams {
+    f32s(&head.featurizer.center, &mut payload);
+    if let Some(ng) = &head.featurizer.ngrams {
         ng.hashes
             .iter()
             .for_each(|h| payload.extend_from_slice(&h.to_le_bytes()));
@@ -614,8 +609,7 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
         sparse_weights,
         bias,
         temperature: meta.temperature,
-        ngrams,
-        center,
+        featurizer: Featurizer { ngrams, center },
     };
     Ok((head, meta))
 }
@@ -836,7 +830,7 @@ mod tests {
             encoder: "e".into(),
             labels: h.labels.clone(),
             dim: h.dim,
-            vocab: h.ngrams.as_ref().map_or(0, Ngrams::len),
+            vocab: h.featurizer.ngrams.as_ref().map_or(0, Ngrams::len),
             temperature: 1.5,
             config: cfg,
             oos_threshold: 0.3,
@@ -850,8 +844,9 @@ mod tests {
         let (back, m2) = load_artefact(&path).unwrap();
         assert_eq!(back.weights, h.weights);
         assert_eq!(back.sparse_weights, h.sparse_weights);
-        assert_eq!(back.center, h.center);
-        assert!((h.center[0] - 0.3).abs() < 1e-6 && (h.center[1] - 0.7).abs() < 1e-6);
+        let c = &h.featurizer.center;
+        assert_eq!(&back.featurizer.center, c);
+        assert!((c[0] - 0.3).abs() < 1e-6 && (c[1] - 0.7).abs() < 1e-6);
         assert_eq!(m2.oos_threshold, 0.3);
         let f = back.features(&["card arrival"], vec![vec![0.5, 0.5]]);
         assert_eq!(f[0].sparse, x[0].sparse);

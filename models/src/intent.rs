@@ -608,7 +608,7 @@ impl TrainedHead {
             encoder: String::new(),
             labels: self.head.labels.clone(),
             dim: self.head.dim,
-            vocab: self.head.ngrams.as_ref().map_or(0, |n| n.len()),
+            vocab: self.head.featurizer.ngrams.as_ref().map_or(0, |n| n.len()),
             temperature: self.head.temperature,
             config: self.config.head.clone(),
             oos_threshold: self.threshold,
@@ -976,8 +976,7 @@ mod tests {
             sparse_weights: vec![],
             bias: vec![0.0; 3],
             temperature: 1.0,
-            ngrams: None,
-            center: vec![],
+            featurizer: crate::head::Featurizer::default(),
         };
         let report = TrainReport {
             version: String::new(),

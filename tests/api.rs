@@ -1041,8 +1041,9 @@ fn whole_answer(
 }
 
 /// Several sequences in one forward pass (the matrix products over all their rows, attention
-/// per sequence) give each the logits of its own pass; and concurrent generations, whose passes
-/// the generator batches, give the answers they give one at a time.
+/// per sequence) give each exactly the logits of its own pass, as do a prompt read in two
+/// passes and a token checked with drafts; so concurrent generations, whose passes the
+/// generator batches, give the answers they give one at a time.
 #[test]
 fn real_batched_passes_match_one_sequence_at_a_time() {
     use candle_core::quantized::gguf_file;
@@ -1120,11 +1121,31 @@ fn real_batched_passes_match_one_sequence_at_a_time() {
             .max(0)
             .unwrap();
         let d: f32 = d.to_scalar().unwrap();
-        assert!(d < 1e-3, "segment {i}: batched logits differ by {d}");
+        assert_eq!(d, 0.0, "segment {i}: batched logits differ by {d}");
     }
     assert_eq!(
         (ba.len(), bb.len(), cc_batched.len()),
         (a.len(), b.len(), c.len() + 1)
+    );
+    // Nor does a row depend on how its sequence was cut into passes: b read as a start and the
+    // rest (as after a cached system prompt), c's next token checked with two drafted tokens.
+    let prompt = |x: &[u32], pos: usize, cache: &mut closer_models::qwen2::KvCache| {
+        let t = Tensor::new(x, &dev).unwrap().unsqueeze(0).unwrap();
+        w.forward(&t, pos, cache).unwrap()
+    };
+    let mut split = w.new_cache();
+    prompt(&b[..5], 0, &mut split);
+    let rest = prompt(&b[5..], 5, &mut split);
+    let same = |x: &Tensor, y: &Tensor| {
+        let (x, y) = (x.flatten_all().unwrap(), y.flatten_all().unwrap());
+        x.to_vec1::<f32>().unwrap() == y.to_vec1::<f32>().unwrap()
+    };
+    assert!(same(&rest, &b_last), "b read in two passes");
+    let mut drafted = cc_batched.truncated(c.len()).unwrap();
+    let rows = alone(&[11, 13, 17], c.len(), &mut drafted);
+    assert!(
+        same(&rows.narrow(0, 0, 1).unwrap(), &want_c),
+        "c's token with drafts"
     );
     drop(w);
 

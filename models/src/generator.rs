@@ -33,9 +33,8 @@ const PREFILL_CHUNK: usize = 64;
 /// small prefill chunks, no drafted tokens.
 const BACKGROUND_PREFILL_CHUNK: usize = 16;
 /// Longest prompt read in one pass (longer ones go in [`PREFILL_CHUNK`]s): each pass reads all
-/// the weights (and with AMX dequantises them), so one pass costs less than several, and a
-/// prompt read the same way whether or not other replies are generating gets the same answer
-/// (chunks round differently). Decoding sequences ride in that pass meanwhile.
+/// the weights (and with AMX dequantises them), so one pass costs less than several.
+/// Decoding sequences ride in that pass meanwhile.
 const SOLO_PREFILL: usize = 256;
 
 /// System prompts (a tenant's instructions and the facts cited) whose keys and values are kept,
@@ -49,8 +48,8 @@ const MIN_REUSE: usize = 8;
 /// Prompt-lookup decoding: most tokens drafted per pass. Answers copy spans of the facts
 /// ("$80 per user per month billed monthly"); the tokens that followed the same words earlier
 /// are proposed and the model checks them all in the pass it makes anyway, keeping those it
-/// would have picked itself (greedy, so the answer is the one plain decoding gives, up to float
-/// rounding: a pass over several rows can round differently from one over a single row). Worth
+/// would have picked itself (greedy, so the answer is the one plain decoding gives: a row's
+/// logits do not depend on the other rows of its pass, see `qwen2::Linear`). Worth
 /// it only where a pass over several tokens costs little more than over one: with the VNNI
 /// kernels a pass over 9 tokens costs about 2 passes over 1; with the per-32-block kernels each
 /// token is a full pass, so drafting is off there.

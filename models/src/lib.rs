@@ -13,6 +13,7 @@
 //! Models sit behind the narrow traits below so the server never depends on candle directly.
 
 pub mod amx;
+pub mod attention;
 pub mod bert;
 pub mod cache;
 pub mod concat;

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
 /// Which matrix kernels the weights are laid out for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,16 +151,49 @@ impl Linear {
         }
     }
 
+    /// Through candle's kernels, with every row computed the way it would be in any other
+    /// pass. candle picks kernels by row count: one row of a Q6K matrix goes through a compact
+    /// dot product and several through repacked tiles, and 32 or more rows of a Q4K matrix
+    /// through its AMX int8 kernel where the CPU has one; those round differently. So a lone
+    /// Q6K row rides with a zero row, and Q4K rows go at most 31 at a time.
     fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
         let w = x.dim(D::Minus1)?;
-        if w < self.k {
-            self.mm
-                .forward(&x.pad_with_zeros(D::Minus1, 0, self.k - w)?)
+        let x = if w < self.k {
+            x.pad_with_zeros(D::Minus1, 0, self.k - w)?
         } else {
-            self.mm.forward(x)
+            x.clone()
+        };
+        let rows = x.elem_count() / self.k.max(1);
+        let dtype = match &self.mm {
+            QMatMul::QTensor(t) => Some(t.dtype()),
+            _ => None,
+        };
+        let flat = |x: &Tensor| x.reshape((1, rows, self.k));
+        let shaped = |y: Tensor| {
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("a matrix has dimensions") = y.dim(D::Minus1)?;
+            y.reshape(dims)
+        };
+        match dtype {
+            Some(GgmlDType::Q6K) if rows == 1 => {
+                let two = Tensor::cat(&[&flat(&x)?, &flat(&x)?.zeros_like()?], 1)?;
+                shaped(self.mm.forward(&two)?.narrow(1, 0, 1)?)
+            }
+            Some(GgmlDType::Q4K) if rows > Q4K_ROWS => {
+                let x = flat(&x)?;
+                let parts = (0..rows)
+                    .step_by(Q4K_ROWS)
+                    .map(|at| self.mm.forward(&x.narrow(1, at, Q4K_ROWS.min(rows - at))?))
+                    .collect::<Result<Vec<_>>>()?;
+                shaped(Tensor::cat(&parts, 1)?)
+            }
+            _ => self.mm.forward(&x),
         }
     }
 }
+
+/// Most rows of a Q4K matrix given to candle at once (see [`Linear::forward_candle`]).
+const Q4K_ROWS: usize = 31;
 
 /// `t` (rows × k) with zero columns appended up to `k_to`; blocks of zeros are zero in every
 /// block-quantised format (all-zero bytes: scale 0).
@@ -313,7 +345,6 @@ pub struct Weights {
     output: Linear,
     cos: Tensor,
     sin: Tensor,
-    neg_inf: Tensor,
 }
 
 fn rope_tables(
@@ -433,7 +464,6 @@ impl Weights {
             output,
             cos,
             sin,
-            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
         })
     }
 
@@ -486,13 +516,13 @@ impl Weights {
 
     /// Self-attention of one sequence's rows (`q`, `k`, `v`: `[1, rows, width]`, projected and
     /// biased), whose first row sits at `index_pos`; `cache` gains the rows' keys and values.
-    /// Returns `[1, rows, n_embd]`, before the output projection.
+    /// Returns `[1, rows, n_embd]`, before the output projection. Each row is computed on its
+    /// own ([`crate::attention`]), so it comes out the same in any pass.
     fn attend(
         &self,
         l: &Layer,
         (q, k, v): (Tensor, Tensor, Tensor),
         index_pos: usize,
-        mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let (b, seq_len, n_embd) = q.dims3()?;
@@ -510,20 +540,24 @@ impl Weights {
             }
             _ => (k, v),
         };
+        let len = k.dim(2)?;
+        // The cache must hold exactly the positions before these rows.
+        if b != 1 || len - seq_len != index_pos {
+            candle_core::bail!(
+                "{seq_len} rows at position {index_pos} over a cache of {} (batch {b})",
+                len - seq_len
+            );
+        }
         *cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, l.n_head / l.n_kv_head)?;
-        let v = repeat_kv(v, l.n_head / l.n_kv_head)?;
-        let att = (q.matmul(&k.t()?)? / (l.head_dim as f64).sqrt())?;
-        let att = match mask {
-            Some(mask) => {
-                let mask = mask.broadcast_as(att.shape())?;
-                mask.where_cond(&self.neg_inf.broadcast_as(mask.shape().dims())?, &att)?
-            }
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?;
-        y.transpose(1, 2)?.reshape(&[b, seq_len, n_embd])
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let y = crate::attention::causal(
+            &flat(&q)?,
+            &flat(&k)?,
+            &flat(&v)?,
+            (l.n_head, l.n_kv_head, l.head_dim),
+            len - seq_len,
+        );
+        Tensor::from_vec(y, (b, seq_len, n_embd), q.device())
     }
 
     /// Logits of the token after `x` (shape `[1, tokens]`), whose first token sits at
@@ -575,15 +609,6 @@ impl Weights {
         if segs.iter().any(|s| s.ids.is_empty()) {
             candle_core::bail!("a segment without tokens");
         }
-        let masks = segs
-            .iter()
-            .map(|s| {
-                let n = s.ids.len();
-                (n > 1)
-                    .then(|| build_causal_mask(n, s.pos, device))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
         let runs: Vec<_> = segs.iter().map(|s| (s.ids.len(), !s.all)).collect();
         let mut h = self.embed(&Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)?;
         for (li, l) in self.layers.iter().enumerate() {
@@ -595,24 +620,17 @@ impl Weights {
             let v = qkv[2].broadcast_add(&l.bv)?;
             let y = if segs.len() == 1 {
                 let s = &mut segs[0];
-                self.attend(
-                    l,
-                    (q, k, v),
-                    s.pos,
-                    masks[0].as_ref(),
-                    &mut s.cache.layers[li],
-                )?
+                self.attend(l, (q, k, v), s.pos, &mut s.cache.layers[li])?
             } else {
                 let mut ys = Vec::with_capacity(segs.len());
                 let mut at = 0;
-                for (s, mask) in segs.iter_mut().zip(&masks) {
+                for s in segs.iter_mut() {
                     let n = s.ids.len();
                     let part = |t: &Tensor| t.narrow(1, at, n);
                     ys.push(self.attend(
                         l,
                         (part(&q)?, part(&k)?, part(&v)?),
                         s.pos,
-                        mask.as_ref(),
                         &mut s.cache.layers[li],
                     )?);
                     at += n;

@@ -46,7 +46,7 @@ pub fn causal(
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for kj in kh.chunks_exact(d).take(pos + i + 1) {
-                let s = dot(qi, kj) * scale;
+                let s = crate::dot(qi, kj) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
@@ -73,23 +73,6 @@ pub fn causal(
             .for_each(row);
     }
     out
-}
-
-/// `a · b` in a fixed order: eight running sums over the lanes, then added pairwise.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! running server's Classify RPC. See README.md, "Evaluating intents".
 
 mod attacks;
+mod augment;
 mod data;
 mod grounding;
 mod metrics;
@@ -51,6 +52,9 @@ enum Command {
     Attacks(attacks::AttacksArgs),
     /// The encoder's single-message latency (fast path and candle graph) and batch throughput.
     Speed(speed::SpeedArgs),
+    /// Write more training messages per intent with the local generator (an experiment; see
+    /// `intents --extra`).
+    Augment(augment::AugmentArgs),
 }
 
 #[derive(Args, Clone)]
@@ -133,6 +137,10 @@ struct IntentArgs {
     finetune_epochs: usize,
     #[arg(long)]
     finetune_lr: Option<f64>,
+    /// More training rows (JSONL, e.g. from `closer-eval augment`), added after sampling and
+    /// never held out; rows of intents absent from --train are ignored.
+    #[arg(long)]
+    extra: Option<PathBuf>,
 }
 
 impl IntentArgs {
@@ -244,6 +252,8 @@ struct Local {
     text_encoder: Arc<closer_models::encoder::TextEncoder>,
     args: IntentArgs,
     map: LabelMap,
+    /// Rows from --extra.
+    extra: Vec<Row>,
 }
 
 impl Local {
@@ -297,7 +307,13 @@ impl Local {
             None
         };
         let cfg = self.args.config();
-        let data = TrainingData::new(texts, y, labels, cfg.name_examples);
+        let mut data = TrainingData::new(texts, y, labels, cfg.name_examples);
+        for r in &self.extra {
+            if let Some(&i) = index.get(self.map.to_model(&r.intent)) {
+                data.texts.push(r.text.as_str().into());
+                data.y.push(i);
+            }
+        }
         let x = self.features(&data.text_refs(), top.as_ref())?;
         let pb = bar(cfg.head.max_iter * 2, "training");
         let trained = TrainedHead::train(&data, x, self.encoder.name(), &cfg, &mut |p| {
@@ -523,6 +539,10 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             oos: args.oos_label.clone(),
         },
         args: args.clone(),
+        extra: match &args.extra {
+            Some(p) => data::read_rows(p)?,
+            None => vec![],
+        },
     };
     if let Some(k) = args.folds {
         anyhow::ensure!(k >= 2, "--folds must be 2 or more");
@@ -776,5 +796,6 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(attacks::run(args)),
         Command::Speed(args) => speed::run(args),
+        Command::Augment(args) => augment::run(args),
     }
 }

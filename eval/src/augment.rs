@@ -3,7 +3,7 @@
 //! writes new messages with the same intent; they are parsed one per line, cleaned and
 //! deduplicated, and written as JSONL rows for `closer-eval intents --extra`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -88,14 +88,6 @@ pub fn run(args: AugmentArgs) -> anyhow::Result<()> {
     if let Some(n) = args.shots {
         rows = data::shots(&rows, n, args.seed);
     }
-    let mut by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for r in &rows {
-        by.entry(r.intent.as_str())
-            .or_default()
-            .push(r.text.as_str());
-    }
-    let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
-    let g = QwenGenerator::load(&paths.generator_file())?;
     let (part, parts) = args
         .part
         .split_once('/')
@@ -104,18 +96,21 @@ pub fn run(args: AugmentArgs) -> anyhow::Result<()> {
         .ok_or_else(|| {
             anyhow::anyhow!("--part: expected I/N with 1 <= I <= N, got {}", args.part)
         })?;
-    let mine: Vec<(&str, &Vec<&str>)> = by
+    let by = data::by_label(&rows);
+    let mine: Vec<(&str, Vec<&str>)> = by
         .iter()
         .enumerate()
         .filter(|(i, _)| i % parts == part - 1)
-        .map(|(_, (k, v))| (*k, v))
+        .map(|(_, (k, idx))| (*k, idx.iter().map(|&i| rows[i].text.as_str()).collect()))
         .collect();
+    let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
+    let g = QwenGenerator::load(&paths.generator_file())?;
     let pb = crate::bar(mine.iter().map(|(_, v)| v.len()).sum(), "rewriting");
     let mut out = std::fs::File::create(&args.out)?;
     let (mut kept, mut tokens, t0) = (0usize, 0usize, std::time::Instant::now());
     for (intent, examples) in mine {
         let mut seen: BTreeSet<String> = examples.iter().map(|e| key(e)).collect();
-        for example in examples {
+        for example in &examples {
             let req = GenerationRequest {
                 system: SYSTEM.to_string(),
                 user: prompt(example),

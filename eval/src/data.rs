@@ -54,7 +54,7 @@ pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Rows grouped by label, labels sorted, each group in file order.
-fn by_label(rows: &[Row]) -> BTreeMap<&str, Vec<usize>> {
+pub(crate) fn by_label(rows: &[Row]) -> BTreeMap<&str, Vec<usize>> {
     let mut m: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         m.entry(r.intent.as_str()).or_default().push(i);

@@ -546,6 +546,8 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     };
     if let Some(k) = args.folds {
         anyhow::ensure!(k >= 2, "--folds must be 2 or more");
+        // Rows written from the training file would carry test folds' rows into training.
+        anyhow::ensure!(args.extra.is_none(), "--extra takes --test, not --folds");
         anyhow::ensure!(args.test.is_none(), "use either --test or --folds");
         let fold = data::folds(&train_rows, k, args.seed);
         let mut pred = Predictions {
@@ -772,6 +774,9 @@ fn main() -> anyhow::Result<()> {
         Command::Intents(args) => {
             let out = args.out.clone();
             let report = match args.server.clone() {
+                Some(_) if args.extra.is_some() => {
+                    anyhow::bail!("--extra trains here; a --server is evaluated as deployed")
+                }
                 Some(addr) => tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?

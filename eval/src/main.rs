@@ -111,7 +111,8 @@ struct IntentArgs {
     #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
     cache_dir: PathBuf,
     /// Head training overrides (defaults are the server's): the L2 penalty (per example, as
-    /// in a mean loss), and the L-BFGS step limit and gradient tolerance.
+    /// in a mean loss; given, it is not chosen on the held-out share), and the L-BFGS step
+    /// limit and gradient tolerance.
     #[arg(long)]
     l2: Option<f32>,
     #[arg(long)]
@@ -147,7 +148,11 @@ impl IntentArgs {
     fn config(&self) -> ClassifierConfig {
         let mut cfg = ClassifierConfig::default();
         let h: &mut HeadConfig = &mut cfg.head;
-        h.l2 = self.l2.unwrap_or(h.l2);
+        if let Some(l2) = self.l2 {
+            // A penalty given here is used as it is, not chosen on the held-out share.
+            h.l2 = l2;
+            cfg.l2_choices.clear();
+        }
         h.max_iter = self.max_iter.unwrap_or(h.max_iter);
         h.tolerance = self.tolerance.unwrap_or(h.tolerance);
         h.seed = self.seed;
@@ -613,9 +618,10 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     }
     let (trained, secs, top) = local.train(&train_rows)?;
     eprintln!(
-        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, temperature {:.2}, OOS threshold {:.2})",
+        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, temperature {:.2}, OOS threshold {:.2})",
         train_rows.len(),
         trained.report.holdout_accuracy * 100.0,
+        trained.report.l2,
         trained.report.temperature,
         trained.threshold
     );

@@ -299,7 +299,8 @@ pub enum TrainProgress {
         done: usize,
         total: usize,
     },
-    /// Optimiser steps of the head (both fits: the held-out one, then the final one).
+    /// Optimiser steps of the head, over all its fits: one per penalty tried on the held-out
+    /// share, then the final one.
     Training {
         step: usize,
         steps: usize,
@@ -478,9 +479,10 @@ pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConf
 }
 
 impl TrainedHead {
-    /// Trains from embeddings already computed for `data.texts`: a first head on the training
-    /// share fits the temperature and the out-of-scope threshold on the held-out share, then the
-    /// final head is trained on everything.
+    /// Trains from embeddings already computed for `data.texts`: a head on the training share
+    /// (one per penalty tried, when the held-out share is large enough; see
+    /// [`ClassifierConfig::l2_choices`]) fits the temperature and the out-of-scope threshold on
+    /// the held-out share, then the final head is trained on everything with the penalty kept.
     pub fn train(
         data: &TrainingData,
         embeddings: Vec<Vec<f32>>,
@@ -557,7 +559,7 @@ impl TrainedHead {
                     l2 = penalty;
                 }
             }
-            let (logits, right) = best.unwrap_or_default();
+            let (logits, right) = best.expect("at least the configured penalty is tried");
             holdout_accuracy = right as f32 / hy.len() as f32;
             temperature = fit_temperature(&logits, &hy);
             // The threshold is calibrated on the head's own probabilities (temperature 1): see
@@ -1016,8 +1018,14 @@ mod tests {
             let f = t.head.features(&["probe"], vec![v]);
             top2(&t.head.predict(&f[0])).0 .0
         };
-        assert_eq!((probe(&chosen, 1), probe(&chosen, 2)), (1, 2));
-        assert_eq!((probe(&fixed, 1), probe(&fixed, 2)), (0, 0));
+        assert_eq!(
+            (probe(&chosen, 0), probe(&chosen, 1), probe(&chosen, 2)),
+            (0, 1, 2)
+        );
+        assert_eq!(
+            (probe(&fixed, 0), probe(&fixed, 1), probe(&fixed, 2)),
+            (0, 0, 0)
+        );
     }
 
     #[test]

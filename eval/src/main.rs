@@ -55,6 +55,44 @@ enum Command {
     /// Write more training messages per intent with the local generator (an experiment; see
     /// `intents --extra`).
     Augment(augment::AugmentArgs),
+    /// Write the intent encoder's vectors of a file's texts (raw little-endian f32, one row
+    /// per text), for measurements outside Closer (eval/experiments).
+    Embed(EmbedArgs),
+}
+
+#[derive(Args, Clone)]
+struct EmbedArgs {
+    /// Rows: JSONL `{"text","intent"}`, or a tenant intent file (.yaml).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where the vectors go.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
+    encoder: closer_models::source::IntentEncoder,
+    #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
+    model_dir: PathBuf,
+    #[arg(long, env = "CLOSER_EVAL_CACHE", default_value_os_t = std::env::temp_dir().join("closer-eval-cache"))]
+    cache_dir: PathBuf,
+}
+
+fn run_embed(args: EmbedArgs) -> anyhow::Result<()> {
+    let rows = data::read_rows(&args.input)?;
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let (_, encoder) = open_encoder(&args.model_dir, &args.encoder)?;
+    let t = Instant::now();
+    let v = cached_embed(encoder.as_ref(), &texts, &args.cache_dir)?;
+    let bytes: Vec<u8> = v.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&args.out, bytes).with_context(|| args.out.display().to_string())?;
+    eprintln!(
+        "{} rows × {} ({}) in {:.1} s -> {}",
+        v.len(),
+        encoder.dim(),
+        encoder.name(),
+        t.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -123,6 +161,12 @@ struct IntentArgs {
     word_weight: Option<f32>,
     #[arg(long)]
     char_weight: Option<f32>,
+    /// Within-class whitening shrinkage of the embedding (0: off; default the server's).
+    #[arg(long)]
+    whiten: Option<f32>,
+    /// Word features of word stems (Snowball English) instead of the words as written.
+    #[arg(long)]
+    stem: bool,
     /// Use the sentence embedding alone (no n-gram features).
     #[arg(long)]
     no_ngrams: bool,
@@ -163,6 +207,12 @@ impl IntentArgs {
             let n: &mut NgramConfig = h.ngrams.get_or_insert_with(NgramConfig::default);
             n.word_weight = self.word_weight.unwrap_or(n.word_weight);
             n.char_weight = self.char_weight.unwrap_or(n.char_weight);
+            n.stem = self.stem;
+        }
+        if let Some(w) = self.whiten {
+            // Given, it applies whatever the examples per intent.
+            cfg.head.whiten = w;
+            cfg.whiten_below = usize::MAX;
         }
         cfg.name_examples = !self.no_name_examples;
         cfg.fixed_threshold = self.threshold;
@@ -513,26 +563,37 @@ fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
     s.into_iter().collect()
 }
 
-fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
-    let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
-    let models = args.encoder.models();
-    let text_encoder = Arc::new(closer_models::encoder::TextEncoder::open(
+/// The intent encoder as the server builds it: the first model, and the embedder the head
+/// reads (that model, or several side by side).
+fn open_encoder(
+    model_dir: &Path,
+    which: &closer_models::source::IntentEncoder,
+) -> anyhow::Result<(Arc<closer_models::encoder::TextEncoder>, Arc<dyn Embedder>)> {
+    let paths = closer_models::source::ModelPaths::new(model_dir.to_path_buf());
+    let models = which.models();
+    let first = Arc::new(closer_models::encoder::TextEncoder::open(
         &paths, models[0],
     )?);
-    let encoder: Arc<dyn Embedder> = if models.len() == 1 {
-        text_encoder.clone()
-    } else {
-        if args.finetune_epochs > 0 {
-            anyhow::bail!("--finetune-epochs takes one encoder, not {}", args.encoder);
-        }
-        let mut parts: Vec<Arc<dyn Embedder>> = vec![text_encoder.clone()];
-        for &m in &models[1..] {
-            parts.push(Arc::new(closer_models::encoder::TextEncoder::open(
-                &paths, m,
-            )?));
-        }
-        Arc::new(closer_models::concat::ConcatEmbedder::new(parts)?)
-    };
+    if models.len() == 1 {
+        return Ok((first.clone(), first));
+    }
+    let mut parts: Vec<Arc<dyn Embedder>> = vec![first.clone()];
+    for &m in &models[1..] {
+        parts.push(Arc::new(closer_models::encoder::TextEncoder::open(
+            &paths, m,
+        )?));
+    }
+    Ok((
+        first,
+        Arc::new(closer_models::concat::ConcatEmbedder::new(parts)?),
+    ))
+}
+
+fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
+    if args.finetune_epochs > 0 && args.encoder.models().len() > 1 {
+        anyhow::bail!("--finetune-epochs takes one encoder, not {}", args.encoder);
+    }
+    let (text_encoder, encoder) = open_encoder(&args.model_dir, &args.encoder)?;
     let mut train_rows = data::read_rows(&args.train)?;
     if let Some(n) = args.shots {
         train_rows = data::shots(&train_rows, n, args.seed);
@@ -618,10 +679,15 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     }
     let (trained, secs, top) = local.train(&train_rows)?;
     eprintln!(
-        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, temperature {:.2}, OOS threshold {:.2})",
+        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, {}, temperature {:.2}, OOS threshold {:.2})",
         train_rows.len(),
         trained.report.holdout_accuracy * 100.0,
         trained.report.l2,
+        if trained.report.whitened {
+            "whitened"
+        } else {
+            "not whitened"
+        },
         trained.report.temperature,
         trained.threshold
     );
@@ -808,5 +874,6 @@ fn main() -> anyhow::Result<()> {
             .block_on(attacks::run(args)),
         Command::Speed(args) => speed::run(args),
         Command::Augment(args) => augment::run(args),
+        Command::Embed(args) => run_embed(args),
     }
 }

@@ -32,6 +32,14 @@ pub struct HeadConfig {
     /// that tells intents apart alike.
     #[serde(default)]
     pub center: bool,
+    /// Within-class whitening of the (centred, unit) embedding, shrunk toward the identity by
+    /// this much (0: off). The examples' scatter around their own intent's mean (the ways one
+    /// intent is phrased), scaled to a mean eigenvalue of 1, plus this times the identity,
+    /// is factored as L·Lᵀ, and every embedding is read as L⁻¹·x, back at unit length: the
+    /// head then leans less on directions in which an intent's own examples differ, and the
+    /// L2 penalty on them is heavier. Out-of-scope examples are left out of the scatter.
+    #[serde(default)]
+    pub whiten: f32,
 }
 
 impl Default for HeadConfig {
@@ -43,6 +51,10 @@ impl Default for HeadConfig {
             seed: 7,
             ngrams: Some(NgramConfig::default()),
             center: true,
+            // BANKING77 with 10 examples per intent, both encoders, ten seeded samples: mean
+            // 87.43 -> 87.73 %, six up, one down (seed 7: 87.16 -> 88.06 %). In scikit-learn,
+            // eight other samples, shrinkage 1 / 3 / 10: +0.15 / +0.55 / +0.53 points.
+            whiten: 3.0,
         }
     }
 }
@@ -79,6 +91,8 @@ pub struct Featurizer {
     /// The mean training embedding, subtracted before the head reads one (empty: embeddings
     /// are read as they are; see [`HeadConfig::center`]).
     pub center: Vec<f32>,
+    /// L⁻¹ of [`HeadConfig::whiten`], lower triangle packed by rows (empty: no whitening).
+    pub whiten: Vec<f32>,
 }
 
 impl Featurizer {
@@ -92,10 +106,11 @@ impl Featurizer {
                         .iter_mut()
                         .zip(&self.center)
                         .for_each(|(v, c)| *v -= c);
-                    let norm = dense.iter().map(|v| v * v).sum::<f32>().sqrt();
-                    if norm > 1e-12 {
-                        dense.iter_mut().for_each(|v| *v /= norm);
-                    }
+                    unit(&mut dense);
+                }
+                if !self.whiten.is_empty() && self.whiten.len() == packed_len(dense.len()) {
+                    dense = lower_mul(&self.whiten, &dense);
+                    unit(&mut dense);
                 }
                 Features {
                     dense,
@@ -108,6 +123,116 @@ impl Featurizer {
             })
             .collect()
     }
+}
+
+fn unit(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 1e-12 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Length of a packed lower triangle of a d×d matrix.
+fn packed_len(d: usize) -> usize {
+    d * (d + 1) / 2
+}
+
+/// `L·x` for a lower-triangular `L` packed by rows.
+fn lower_mul(l: &[f32], x: &[f32]) -> Vec<f32> {
+    (0..x.len())
+        .map(|i| {
+            let row = &l[packed_len(i)..packed_len(i) + i + 1];
+            crate::dot(row, &x[..=i])
+        })
+        .collect()
+}
+
+/// The within-class whitening transform of [`HeadConfig::whiten`]: L⁻¹ (packed lower
+/// triangle) where L·Lᵀ = S / (tr S / d) + `shrink`·I and S is the scatter of `rows` around
+/// their class means (rows of class `skip` left out). Empty when there is nothing to whiten
+/// (no dense part, or no row differs from its class mean).
+pub fn within_class_whitener(
+    rows: &[&[f32]],
+    y: &[usize],
+    skip: Option<usize>,
+    shrink: f32,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let d = rows.first().map_or(0, |r| r.len());
+    if d == 0 || shrink <= 0.0 {
+        return vec![];
+    }
+    // Class means, then the deviations column by column (d × n), so each entry of S is one
+    // dot product (computed on its own: the result does not depend on the threads).
+    let k = y.iter().copied().max().map_or(0, |m| m + 1);
+    let mut sums = vec![vec![0f64; d]; k];
+    let mut counts = vec![0usize; k];
+    for (r, &c) in rows.iter().zip(y) {
+        if Some(c) == skip {
+            continue;
+        }
+        counts[c] += 1;
+        sums[c]
+            .iter_mut()
+            .zip(*r)
+            .for_each(|(a, &b)| *a += f64::from(b));
+    }
+    let kept: Vec<usize> = (0..rows.len()).filter(|&i| Some(y[i]) != skip).collect();
+    let n = kept.len();
+    let mut cols = vec![0f32; d * n];
+    for (j, &i) in kept.iter().enumerate() {
+        let c = y[i];
+        for (a, (&v, m)) in rows[i].iter().zip(&sums[c]).enumerate() {
+            cols[a * n + j] = v - (m / counts[c] as f64) as f32;
+        }
+    }
+    let s: Vec<Vec<f64>> = (0..d)
+        .into_par_iter()
+        .map(|a| {
+            (0..=a)
+                .map(|b| {
+                    f64::from(crate::dot(
+                        &cols[a * n..(a + 1) * n],
+                        &cols[b * n..(b + 1) * n],
+                    ))
+                })
+                .collect()
+        })
+        .collect();
+    let trace: f64 = (0..d).map(|a| s[a][a]).sum();
+    if trace <= 1e-12 {
+        return vec![];
+    }
+    let scale = d as f64 / trace;
+    // Cholesky of M = S·scale + shrink·I (positive definite: shrink > 0), lower triangle.
+    let mut l: Vec<Vec<f64>> = (0..d).map(|a| vec![0f64; a + 1]).collect();
+    for a in 0..d {
+        for b in 0..=a {
+            let mut v = s[a][b] * scale + if a == b { f64::from(shrink) } else { 0.0 };
+            v -= (0..b).map(|c| l[a][c] * l[b][c]).sum::<f64>();
+            l[a][b] = if a == b {
+                v.max(1e-12).sqrt()
+            } else {
+                v / l[b][b]
+            };
+        }
+    }
+    // L⁻¹, one column at a time by forward substitution.
+    let inv_cols: Vec<Vec<f64>> = (0..d)
+        .into_par_iter()
+        .map(|b| {
+            let mut x = vec![0f64; d];
+            for a in b..d {
+                let mut v = if a == b { 1.0 } else { 0.0 };
+                v -= (b..a).map(|c| l[a][c] * x[c]).sum::<f64>();
+                x[a] = v / l[a][a];
+            }
+            x
+        })
+        .collect();
+    (0..d)
+        .flat_map(|a| inv_cols[..=a].iter().map(move |col| col[a] as f32))
+        .collect()
 }
 
 /// The mean of `rows` (all of one length).
@@ -153,9 +278,13 @@ impl Rng {
 impl LinearHead {
     /// Featurizes `texts` with their embeddings (fitting the n-gram vocabulary on them when the
     /// config asks for lexical features).
+    /// `y` are the examples' intents; those of intent `skip` (out of scope) are left out of
+    /// the whitening scatter.
     pub fn fit_features(
         texts: &[&str],
         embeddings: Vec<Vec<f32>>,
+        y: &[usize],
+        skip: Option<usize>,
         cfg: &HeadConfig,
     ) -> (Featurizer, Vec<Features>) {
         let ngrams = cfg.ngrams.clone().map(|c| Ngrams::fit(texts, c));
@@ -164,8 +293,20 @@ impl LinearHead {
         } else {
             vec![]
         };
-        let f = Featurizer { ngrams, center };
-        let feats = f.features(texts, embeddings);
+        let mut f = Featurizer {
+            ngrams,
+            center,
+            whiten: vec![],
+        };
+        let mut feats = f.features(texts, embeddings);
+        let rows: Vec<&[f32]> = feats.iter().map(|x| x.dense.as_slice()).collect();
+        f.whiten = within_class_whitener(&rows, y, skip, cfg.whiten);
+        if !f.whiten.is_empty() {
+            for x in &mut feats {
+                x.dense = lower_mul(&f.whiten, &x.dense);
+                unit(&mut x.dense);
+            }
+        }
         (f, feats)
     }
 
@@ -499,6 +640,9 @@ pub struct ArtefactMeta {
     pub labels: Vec<String>,
     pub dim: usize,
     pub vocab: usize,
+    /// Length of the whitening transform (a packed lower triangle; 0: none).
+    #[serde(default)]
+    pub whiten: usize,
     pub temperature: f32,
     pub config: HeadConfig,
     /// Below this calibrated top probability a clause is out of scope.
@@ -529,7 +673,9 @@ pub fn save_artefact(path: &Path, head: &LinearHead, meta: &ArtefactMeta) -> Res
             .for_each(|h| payload.extend_from_slice(&h.to_le_bytes()));
         f32s(&ng.idf, &mut payload);
     }
+    f32s(&head.featurizer.whiten, &mut payload);
     let mut meta = meta.clone();
+    meta.whiten = head.featurizer.whiten.len();
     meta.payload_sha256 = hex::encode(sha2::Sha256::digest(&payload));
     let header = serde_json::to_vec(&meta).map_err(|e| Error::Other(e.to_string()))?;
     let tmp = path.with_extension("tmp");
@@ -570,7 +716,11 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
     let has_ngrams = meta.config.ngrams.is_some();
     let center_len = if meta.config.center { meta.dim } else { 0 };
     let arrays = 4 * (k * meta.dim + meta.vocab * k + k + center_len);
-    let expect = arrays + if has_ngrams { 12 * meta.vocab } else { 0 };
+    let lexical = if has_ngrams { 12 * meta.vocab } else { 0 };
+    if meta.whiten != 0 && meta.whiten != packed_len(meta.dim) {
+        return Err(bad("wrong whitening size"));
+    }
+    let expect = arrays + lexical + 4 * meta.whiten;
     if payload.len() != expect {
         return Err(bad("wrong size"));
     }
@@ -594,7 +744,7 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                 .collect();
-            let idf = payload[start + 8 * meta.vocab..]
+            let idf = payload[start + 8 * meta.vocab..start + lexical]
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
@@ -602,6 +752,10 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
         }
         None => None,
     };
+    let whiten = payload[arrays + lexical..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let head = LinearHead {
         labels: meta.labels.clone(),
         dim: meta.dim,
@@ -609,7 +763,11 @@ pub fn load_artefact(path: &Path) -> Result<(LinearHead, ArtefactMeta)> {
         sparse_weights,
         bias,
         temperature: meta.temperature,
-        featurizer: Featurizer { ngrams, center },
+        featurizer: Featurizer {
+            ngrams,
+            center,
+            whiten,
+        },
     };
     Ok((head, meta))
 }
@@ -660,7 +818,13 @@ mod tests {
             ngrams: None,
             ..HeadConfig::default()
         };
-        let (f, x) = LinearHead::fit_features(&texts, vec![e(1.0), e(1.0), e(-1.0), e(-1.0)], &cfg);
+        let (f, x) = LinearHead::fit_features(
+            &texts,
+            vec![e(1.0), e(1.0), e(-1.0), e(-1.0)],
+            &[0, 0, 1, 1],
+            None,
+            &cfg,
+        );
         assert!((f.center[0] - 1.0).abs() < 1e-6 && f.center[1].abs() < 1e-6);
         assert!((x[0].dense[0]).abs() < 1e-6 && (x[0].dense[1] - 1.0).abs() < 1e-6);
         assert!((x[2].dense[1] + 1.0).abs() < 1e-6);
@@ -681,7 +845,13 @@ mod tests {
             center: false,
             ..cfg
         };
-        let (f, x) = LinearHead::fit_features(&texts, vec![e(1.0), e(1.0), e(-1.0), e(-1.0)], &raw);
+        let (f, x) = LinearHead::fit_features(
+            &texts,
+            vec![e(1.0), e(1.0), e(-1.0), e(-1.0)],
+            &[0, 0, 1, 1],
+            None,
+            &raw,
+        );
         assert!(f.center.is_empty());
         assert_eq!(x[0].dense, e(1.0));
     }
@@ -695,7 +865,7 @@ mod tests {
             "what rate do you use",
         ];
         let cfg = HeadConfig::default();
-        let (ng, x) = LinearHead::fit_features(&texts, vec![vec![]; 4], &cfg);
+        let (ng, x) = LinearHead::fit_features(&texts, vec![vec![]; 4], &[0, 0, 1, 1], None, &cfg);
         let h = LinearHead::train(
             &x,
             &[0, 0, 1, 1],
@@ -811,15 +981,27 @@ mod tests {
 
     #[test]
     fn artefact_round_trips_and_detects_corruption() {
-        let texts = ["card arrival", "exchange rate"];
+        let texts = [
+            "card arrival",
+            "card arrived",
+            "exchange rate",
+            "rate of exchange",
+        ];
         let cfg = HeadConfig {
             max_iter: 5,
             ..HeadConfig::default()
         };
-        let (ng, x) = LinearHead::fit_features(&texts, vec![vec![0.5, 0.5], vec![0.1, 0.9]], &cfg);
+        let emb = vec![
+            vec![0.5, 0.5],
+            vec![0.6, 0.3],
+            vec![0.1, 0.9],
+            vec![0.2, 0.7],
+        ];
+        let (ng, x) = LinearHead::fit_features(&texts, emb, &[0, 0, 1, 1], None, &cfg);
+        assert_eq!(ng.whiten.len(), 3, "a 2×2 lower triangle");
         let h = LinearHead::train(
             &x,
-            &[0, 1],
+            &[0, 0, 1, 1],
             vec!["a".into(), "b".into()],
             ng,
             &cfg,
@@ -831,6 +1013,7 @@ mod tests {
             labels: h.labels.clone(),
             dim: h.dim,
             vocab: h.featurizer.ngrams.as_ref().map_or(0, Ngrams::len),
+            whiten: h.featurizer.whiten.len(),
             temperature: 1.5,
             config: cfg,
             oos_threshold: 0.3,
@@ -846,7 +1029,9 @@ mod tests {
         assert_eq!(back.sparse_weights, h.sparse_weights);
         let c = &h.featurizer.center;
         assert_eq!(&back.featurizer.center, c);
-        assert!((c[0] - 0.3).abs() < 1e-6 && (c[1] - 0.7).abs() < 1e-6);
+        assert!((c[0] - 0.35).abs() < 1e-6 && (c[1] - 0.6).abs() < 1e-6);
+        assert_eq!(back.featurizer.whiten, h.featurizer.whiten);
+        assert_eq!(m2.whiten, 3);
         assert_eq!(m2.oos_threshold, 0.3);
         let f = back.features(&["card arrival"], vec![vec![0.5, 0.5]]);
         assert_eq!(f[0].sparse, x[0].sparse);
@@ -859,5 +1044,81 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("checksum"));
+    }
+
+    #[test]
+    fn within_class_whitening_undoes_the_shrunk_scatter() {
+        // Three classes in 4 dimensions; their rows vary most along the first axis.
+        let mut rng = Rng::new(3);
+        let mut r = || (rng.next_u64() % 1000) as f32 / 1000.0 - 0.5;
+        let mut rows = vec![];
+        let mut y = vec![];
+        for c in 0..3 {
+            for _ in 0..6 {
+                rows.push(vec![4.0 * r() + c as f32, r(), 0.5 * r(), r() - c as f32]);
+                y.push(c);
+            }
+        }
+        // Out-of-scope rows far from everything and each other: left out when skipped.
+        rows.push(vec![9.0, -9.0, 9.0, -9.0]);
+        rows.push(vec![-9.0, 9.0, -9.0, 9.0]);
+        y.extend([3, 3]);
+        let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+        let shrink = 0.5;
+        let t = within_class_whitener(&refs, &y, Some(3), shrink);
+        assert_eq!(t.len(), 10);
+        // The reference scatter, naively in f64, without the skipped row.
+        let d = 4;
+        let mut m = vec![vec![0f64; d]; d];
+        for c in 0..3 {
+            let idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
+            let mean: Vec<f64> = (0..d)
+                .map(|a| idx.iter().map(|&i| f64::from(rows[i][a])).sum::<f64>() / 6.0)
+                .collect();
+            for &i in &idx {
+                for a in 0..d {
+                    for b in 0..d {
+                        m[a][b] +=
+                            (f64::from(rows[i][a]) - mean[a]) * (f64::from(rows[i][b]) - mean[b]);
+                    }
+                }
+            }
+        }
+        let tr: f64 = (0..d).map(|a| m[a][a]).sum();
+        for (a, row) in m.iter_mut().enumerate() {
+            for (b, v) in row.iter_mut().enumerate() {
+                *v = *v * d as f64 / tr + if a == b { f64::from(shrink) } else { 0.0 };
+            }
+        }
+        // T·M·Tᵀ = I, T lower-triangular.
+        let at = |a: usize, b: usize| {
+            if b <= a {
+                f64::from(t[packed_len(a) + b])
+            } else {
+                0.0
+            }
+        };
+        for a in 0..d {
+            for b in 0..d {
+                let v: f64 = (0..d)
+                    .flat_map(|i| (0..d).map(move |j| (i, j)))
+                    .map(|(i, j)| at(a, i) * m[i][j] * at(b, j))
+                    .sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-4, "({a},{b}) {v}");
+            }
+        }
+        // Including the far rows changes the transform.
+        assert_ne!(within_class_whitener(&refs, &y, None, shrink), t);
+        // Nothing to whiten: no dense part, off, or rows equal to their class means.
+        assert!(within_class_whitener(&[&[], &[]], &[0, 1], None, shrink).is_empty());
+        assert!(within_class_whitener(&refs, &y, Some(3), 0.0).is_empty());
+        let same: Vec<&[f32]> = vec![&[1.0, 0.0], &[1.0, 0.0], &[0.0, 1.0]];
+        assert!(within_class_whitener(&same, &[0, 0, 1], None, shrink).is_empty());
+        // A unit vector along the first axis comes out as T's first column.
+        assert_eq!(
+            lower_mul(&t, &[1.0, 0.0, 0.0, 0.0]),
+            [t[0], t[1], t[3], t[6]]
+        );
     }
 }

@@ -1,13 +1,16 @@
-//! Lexical features for the intent head: TF-IDF over word 1–2-grams and character 2–5-grams
-//! (inside word boundaries), with sublinear term frequency and smoothed IDF, each block
-//! L2-normalised. They complement the sentence embedding, which blurs near-synonymous intents
+//! Lexical features for the intent head: TF-IDF over word 1–2-grams (optionally of word stems,
+//! by the Snowball English stemmer, so "arrived", "arrival" and "arrive" are one feature) and
+//! character 2–5-grams (inside word boundaries), with sublinear term frequency and smoothed IDF,
+//! each block L2-normalised. They complement the sentence embedding, which blurs near-synonymous intents
 //! that differ by one word ("card arrival" vs "card delivery estimate").
 //!
 //! N-grams are identified by a 64-bit FNV-1a hash; the vocabulary is the set of hashes seen in
 //! training (capped by document frequency), so the fitted featurizer is a few arrays.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use rust_stemmers::{Algorithm, Stemmer};
 use serde::{Deserialize, Serialize};
 
 /// Settings of the lexical features.
@@ -24,6 +27,11 @@ pub struct NgramConfig {
     pub char_min_df: u32,
     /// At most this many n-grams are kept (the most frequent).
     pub max_features: usize,
+    /// Words are reduced to their stems (Snowball English) before the word n-grams are
+    /// formed. Off: BANKING77 with 10 examples per intent, ten seeded samples, mean 87.73 %
+    /// without and 87.68 % with (whitened); all of BANKING77 with MiniLM 94.63 -> 94.23 %.
+    #[serde(default)]
+    pub stem: bool,
 }
 
 impl Default for NgramConfig {
@@ -36,6 +44,7 @@ impl Default for NgramConfig {
             char_max: 5,
             char_min_df: 2,
             max_features: 150_000,
+            stem: false,
         }
     }
 }
@@ -102,11 +111,17 @@ fn words(lower: &str) -> Vec<&str> {
 fn counts(text: &str, cfg: &NgramConfig) -> (HashMap<u64, u32>, HashMap<u64, u32>) {
     let lower = text.to_lowercase();
     let mut w = HashMap::new();
-    let toks = words(&lower);
+    let toks: Vec<Cow<str>> = if cfg.stem {
+        let stemmer = Stemmer::create(Algorithm::English);
+        words(&lower).into_iter().map(|t| stemmer.stem(t)).collect()
+    } else {
+        words(&lower).into_iter().map(Cow::Borrowed).collect()
+    };
     for (i, t) in toks.iter().enumerate() {
-        *w.entry(fnv(WORD, &[t])).or_insert(0) += 1;
+        *w.entry(fnv(WORD, &[t.as_ref()])).or_insert(0) += 1;
         if let Some(next) = toks.get(i + 1) {
-            *w.entry(fnv(WORD, &[t, next])).or_insert(0) += 1;
+            *w.entry(fnv(WORD, &[t.as_ref(), next.as_ref()]))
+                .or_insert(0) += 1;
         }
     }
     let mut c = HashMap::new();
@@ -204,6 +219,9 @@ impl Ngrams {
                     row.push((col, v));
                 }
             }
+            // In column order: a HashMap's order changes from process to process, and the
+            // norm's last bits (and from them a trained head) would change with it.
+            row[start..].sort_by_key(|x| x.0);
             let norm = row[start..].iter().map(|x| x.1 * x.1).sum::<f32>().sqrt();
             if norm > 0.0 {
                 row[start..].iter_mut().for_each(|x| x.1 *= weight / norm);
@@ -251,6 +269,34 @@ mod tests {
         assert_eq!(words_only.len(), 5 + 4, "5 words and 4 word pairs");
         assert!(row.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(ng.transform("zzz qqq").is_empty());
+    }
+
+    #[test]
+    fn word_features_read_stems_unless_told_not_to() {
+        let texts = ["my card arrived", "card arrival time"];
+        let stems = Ngrams::fit(
+            &texts,
+            NgramConfig {
+                stem: true,
+                ..NgramConfig::default()
+            },
+        );
+        // "arrived" and "arrival" are one stem: the second text shares two columns
+        // ("card", "arriv") and one pair ("card arriv") with the first.
+        let a = stems.transform("my card arrived");
+        let b = stems.transform("card arrival time");
+        let shared = |a: &SparseRow, b: &SparseRow| {
+            a.iter().filter(|x| b.iter().any(|y| y.0 == x.0)).count()
+        };
+        assert_eq!(shared(&a, &b), 3);
+        assert!(!stems.transform("arrives").is_empty());
+        let words = Ngrams::fit(&texts, NgramConfig::default());
+        let (a, b) = (
+            words.transform("my card arrived"),
+            words.transform("card arrival time"),
+        );
+        assert_eq!(shared(&a, &b), 1, "only \"card\"");
+        assert!(words.transform("arrives").is_empty());
     }
 
     #[test]

@@ -818,13 +818,11 @@ mod tests {
             ngrams: None,
             ..HeadConfig::default()
         };
-        let (f, x) = LinearHead::fit_features(
-            &texts,
-            vec![e(1.0), e(1.0), e(-1.0), e(-1.0)],
-            &[0, 0, 1, 1],
-            None,
-            &cfg,
-        );
+        let fit = |c: &HeadConfig| {
+            let rows = vec![e(1.0), e(1.0), e(-1.0), e(-1.0)];
+            LinearHead::fit_features(&texts, rows, &[0, 0, 1, 1], None, c)
+        };
+        let (f, x) = fit(&cfg);
         assert!((f.center[0] - 1.0).abs() < 1e-6 && f.center[1].abs() < 1e-6);
         assert!((x[0].dense[0]).abs() < 1e-6 && (x[0].dense[1] - 1.0).abs() < 1e-6);
         assert!((x[2].dense[1] + 1.0).abs() < 1e-6);
@@ -845,13 +843,7 @@ mod tests {
             center: false,
             ..cfg
         };
-        let (f, x) = LinearHead::fit_features(
-            &texts,
-            vec![e(1.0), e(1.0), e(-1.0), e(-1.0)],
-            &[0, 0, 1, 1],
-            None,
-            &raw,
-        );
+        let (f, x) = fit(&raw);
         assert!(f.center.is_empty());
         assert_eq!(x[0].dense, e(1.0));
     }

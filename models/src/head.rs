@@ -96,6 +96,15 @@ pub struct Featurizer {
 }
 
 impl Featurizer {
+    /// Reads a centred unit vector through the whitening transform, back at unit length
+    /// (nothing when there is none).
+    fn whiten_in_place(&self, dense: &mut Vec<f32>) {
+        if !self.whiten.is_empty() && self.whiten.len() == packed_len(dense.len()) {
+            *dense = lower_mul(&self.whiten, dense);
+            unit(dense);
+        }
+    }
+
     pub fn features(&self, texts: &[&str], embeddings: Vec<Vec<f32>>) -> Vec<Features> {
         texts
             .iter()
@@ -108,10 +117,7 @@ impl Featurizer {
                         .for_each(|(v, c)| *v -= c);
                     unit(&mut dense);
                 }
-                if !self.whiten.is_empty() && self.whiten.len() == packed_len(dense.len()) {
-                    dense = lower_mul(&self.whiten, &dense);
-                    unit(&mut dense);
-                }
+                self.whiten_in_place(&mut dense);
                 Features {
                     dense,
                     sparse: self
@@ -278,6 +284,7 @@ impl Rng {
 impl LinearHead {
     /// Featurizes `texts` with their embeddings (fitting the n-gram vocabulary on them when the
     /// config asks for lexical features).
+    ///
     /// `y` are the examples' intents; those of intent `skip` (out of scope) are left out of
     /// the whitening scatter.
     pub fn fit_features(
@@ -301,12 +308,9 @@ impl LinearHead {
         let mut feats = f.features(texts, embeddings);
         let rows: Vec<&[f32]> = feats.iter().map(|x| x.dense.as_slice()).collect();
         f.whiten = within_class_whitener(&rows, y, skip, cfg.whiten);
-        if !f.whiten.is_empty() {
-            for x in &mut feats {
-                x.dense = lower_mul(&f.whiten, &x.dense);
-                unit(&mut x.dense);
-            }
-        }
+        feats
+            .iter_mut()
+            .for_each(|x| f.whiten_in_place(&mut x.dense));
         (f, feats)
     }
 

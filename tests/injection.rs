@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use closer_models::GenerationRequest;
-use closer_server::attacks;
-use closer_server::guard::Evidence;
+use closer_sales::attacks;
+use closer_sales::guard::Evidence;
 
 use super::*;
 

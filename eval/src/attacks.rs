@@ -15,8 +15,8 @@ use std::time::Instant;
 use clap::Args;
 use closer_models::{AnswerGenerator, GenerationRequest, GenerationStats};
 use closer_proto::v1 as pb;
-use closer_server::attacks;
-use closer_server::guard::Evidence;
+use closer_sales::attacks;
+use closer_sales::guard::Evidence;
 use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -131,11 +131,11 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
         .unwrap_or_else(closer_models::source::ModelPaths::default_root);
     eprintln!("loading the real models…");
     let models =
-        closer_server::state::Models::load(&closer_models::source::ModelPaths::new(&model_dir))?;
+        closer_sales::engine::Models::load(&closer_models::source::ModelPaths::new(&model_dir))?;
     let log = Arc::new(Mutex::new(Vec::new()));
     let system = Arc::new(Mutex::new(String::new()));
     let generator = models.generator.clone();
-    let models = closer_server::state::Models {
+    let models = closer_sales::engine::Models {
         embedder: models.embedder,
         intent_embedder: None,
         generator: Arc::new(Recording {

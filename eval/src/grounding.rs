@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use closer_proto::v1 as pb;
-use closer_server::guard::Evidence;
+use closer_sales::guard::Evidence;
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Clone)]
@@ -121,11 +121,11 @@ async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::R
         }
     }
     texts.extend(
-        closer_server::answer::fixed_lines()
+        closer_sales::turn::fixed_lines()
             .into_iter()
             .map(str::to_string),
     );
-    texts.push(closer_server::sales::MEETING_OFFER.to_string());
+    texts.push(closer_sales::turn::meeting::MEETING_OFFER.to_string());
     Ok(texts)
 }
 
@@ -276,7 +276,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let refused = reply.contains(closer_server::answer::DONT_KNOW) || handoff;
+        let refused = reply.contains(closer_sales::turn::DONT_KNOW) || handoff;
         let correct = !q.unanswerable && q.expected.iter().all(|e| cited.contains(e));
         outcomes.push(Outcome {
             question: q.question.clone(),

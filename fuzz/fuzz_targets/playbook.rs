@@ -28,5 +28,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let (intents, reps) = demo();
     let reps: Vec<&Rep> = reps.iter().collect();
-    let _ = closer_server::playbook::Playbook::from_yaml(text, intents, &reps);
+    let _ = closer_sales::playbook::Playbook::from_yaml(text, intents, &reps);
 });

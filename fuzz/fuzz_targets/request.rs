@@ -2,15 +2,15 @@
 //! parser the server runs on them before a model is called.
 #![no_main]
 use closer_proto::v1 as pb;
-use closer_server::service::{check_start, check_text};
+use closer_server::grpc::{check_start, check_text};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
 fn visitor_text(text: &str) {
     let text = closer_kb::visible(text);
     if check_text(2000, "message.text", &text).is_ok() {
-        let _ = closer_server::slots::extract(&text);
-        let _ = closer_server::guard::claims(&text);
+        let _ = closer_sales::slots::extract(&text);
+        let _ = closer_sales::guard::claims(&text);
     }
 }
 
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         visitor_text(&r.text);
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = closer_server::sched::parse_grpc_timeout(s);
+        let _ = closer_server::metrics::parse_grpc_timeout(s);
         visitor_text(s);
     }
 });

@@ -108,7 +108,7 @@ impl Fact {
 }
 
 /// A company the team sells to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub domain: String,
     pub name: String,
@@ -130,7 +130,7 @@ pub struct Account {
 }
 
 /// A human sales rep.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rep {
     pub id: String,
     pub name: String,

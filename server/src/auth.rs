@@ -23,7 +23,7 @@ use sha2::Digest;
 use tonic::Status;
 
 use crate::error::{Error, Result};
-use crate::service::AppState;
+use crate::grpc::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

@@ -1,25 +1,12 @@
-//! The Closer service: gRPC transport, the answer path (coverage, generation, fact guard), and
-//! the tools behind the `closer` command.
+//! The Closer gRPC server: thin handlers over `closer-sales` (one file per service under
+//! [`grpc`]), API keys ([`auth`]), the leaderboard page ([`web`]), `/metrics` ([`metrics`]),
+//! reports, start-up and shutdown ([`server`]).
 
-pub mod answer;
-pub mod attacks;
 pub mod auth;
-pub mod bench;
-pub mod chat;
 pub mod config;
-pub mod coverage;
 pub mod error;
-pub mod guard;
-pub mod kbbench;
-pub mod load;
-pub mod meetings;
-pub mod playbook;
+pub mod grpc;
+pub mod metrics;
 pub mod reports;
-pub mod sales;
-pub mod sales_service;
-pub mod sched;
 pub mod server;
-pub mod service;
-pub mod slots;
-pub mod state;
 pub mod web;

@@ -18,8 +18,8 @@ use jiff::{Timestamp, ToSpan};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::service::blocking;
-use crate::state::Engine;
+use crate::grpc::blocking;
+use closer_sales::engine::Engine;
 
 /// The leaderboard's periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +251,7 @@ impl BoardRequest {
         timezone: &str,
         team: Option<String>,
     ) -> Result<Self> {
-        crate::service::check_tenant_field(tenant)?;
+        crate::grpc::check_tenant_field(tenant)?;
         engine.tenant(tenant)?;
         Ok(Self {
             tenant: tenant.to_string(),

@@ -13,12 +13,12 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
-use crate::sales_service::{
+use crate::grpc::{AppState, AssistantService, IntentsService, KnowledgeService};
+use crate::grpc::{
     ConversationsService, EventsService, LeadsService, PlaybooksService, ReportsService,
     RepsService,
 };
-use crate::service::{AppState, AssistantService, IntentsService, KnowledgeService};
-use crate::state::{Engine, Models};
+use closer_sales::engine::{Engine, Models};
 
 /// Where the server gets its models.
 pub enum ModelSource {

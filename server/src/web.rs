@@ -16,8 +16,8 @@ use axum::Router;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use crate::grpc::AppState;
 use crate::reports::{self, BoardRequest};
-use crate::service::AppState;
 
 const PAGE: &str = include_str!("leaderboard.html");
 
@@ -33,7 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::sched::prometheus(&state.metrics, &state.snapshot()),
+        crate::metrics::prometheus(&state.metrics, &state.snapshot()),
     )
         .into_response()
 }

@@ -111,7 +111,7 @@ struct Tally {
 
 impl Tally {
     fn status(&mut self, e: &tonic::Status) {
-        let code = crate::service::code_name(e.code());
+        let code = closer_server::grpc::code_name(e.code());
         self.samples
             .entry(code.clone())
             .or_insert_with(|| e.message().to_string());
@@ -197,7 +197,7 @@ async fn visitor(
             break;
         }
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        crate::auth::authorize(&mut request, args.api_key.as_deref())
+        closer_server::auth::authorize(&mut request, args.api_key.as_deref())
             .expect("checked before the run");
         if let Some(ms) = args.deadline_ms {
             request.set_timeout(Duration::from_millis(ms));
@@ -305,7 +305,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency: at least 1");
     anyhow::ensure!(!args.messages.is_empty(), "--message: at least one");
     // A key that cannot be a header fails here, not in every visitor.
-    crate::auth::authorize(&mut tonic::Request::new(()), args.api_key.as_deref())?;
+    closer_server::auth::authorize(&mut tonic::Request::new(()), args.api_key.as_deref())?;
     let channel = tonic::transport::Endpoint::from_shared(args.url.clone())?
         .connect()
         .await?;
@@ -558,11 +558,11 @@ mod tests {
 
     #[test]
     fn metrics_text_is_read_back() {
-        let m = crate::sched::Metrics::default();
-        m.record_stop(crate::sched::Stop::Gone, 3.0);
-        let text = crate::sched::prometheus(
+        let m = closer_server::metrics::Metrics::default();
+        m.record_stop(closer_sales::gate::Stop::Gone, 3.0);
+        let text = closer_server::metrics::prometheus(
             &m,
-            &crate::sched::Snapshot {
+            &closer_server::metrics::Snapshot {
                 in_flight: 0,
                 limit: 8,
                 waiting: 0,

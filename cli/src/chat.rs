@@ -47,7 +47,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     })
     .await?;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    crate::auth::authorize(&mut request, args.api_key.as_deref())?;
+    closer_server::auth::authorize(&mut request, args.api_key.as_deref())?;
     let mut inbound = client.converse(request).await?.into_inner();
     let interactive = args.messages.is_empty();
     let mut scripted = args.messages.clone().into_iter();

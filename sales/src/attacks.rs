@@ -96,8 +96,8 @@ pub fn evidence_texts(example_dir: &Path) -> std::io::Result<Vec<String>> {
     for f in std::fs::read_dir(example_dir)? {
         texts.push(std::fs::read_to_string(f?.path())?);
     }
-    texts.extend(crate::answer::fixed_lines().into_iter().map(str::to_string));
-    texts.push(crate::sales::MEETING_OFFER.into());
+    texts.extend(crate::turn::fixed_lines().into_iter().map(str::to_string));
+    texts.push(crate::turn::meeting::MEETING_OFFER.into());
     Ok(texts)
 }
 

@@ -423,13 +423,33 @@ impl Playbook {
 /// The team name that means every rep.
 pub const ALL_REPS: &str = "all";
 
+/// A slot's value as the conversation knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotValue {
+    pub value: String,
+    /// For e-mails: `business` or `free_mail`; empty otherwise.
+    pub detail: String,
+    /// The turn it was captured in (0: from the visitor context or the store).
+    pub turn: u32,
+}
+
+impl SlotValue {
+    pub fn new(value: &str, detail: &str, turn: u32) -> Self {
+        SlotValue {
+            value: value.to_string(),
+            detail: detail.to_string(),
+            turn,
+        }
+    }
+}
+
 /// What a conversation has shown so far.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
     /// Intent name → first turn it was detected.
     pub intents: BTreeMap<String, u32>,
-    /// Slot name → (value, detail, turn captured).
-    pub slots: BTreeMap<String, (String, String, u32)>,
+    /// Slot name → its value.
+    pub slots: BTreeMap<String, SlotValue>,
     /// The visitor's account, when the domain is in the accounts table.
     pub account: Option<Account>,
     pub domain: Option<String>,
@@ -440,8 +460,8 @@ impl Seen {
         if let Some(n) = self.account.as_ref().and_then(|a| a.employees) {
             return Some((u64::from(n), 0, "account employees"));
         }
-        let (v, _, t) = self.slots.get("company_size")?;
-        Some((v.parse().ok()?, *t, "stated company size"))
+        let s = self.slots.get("company_size")?;
+        Some((s.value.parse().ok()?, s.turn, "stated company size"))
     }
 
     fn country(&self) -> Option<(String, u32)> {
@@ -450,7 +470,7 @@ impl Seen {
                 return Some((a.country.to_ascii_uppercase(), 0));
             }
         }
-        self.slots.get("country").map(|(v, _, t)| (v.clone(), *t))
+        self.slots.get("country").map(|s| (s.value.clone(), s.turn))
     }
 
     fn company_known(&self) -> bool {
@@ -460,7 +480,7 @@ impl Seen {
             || self
                 .slots
                 .get("email")
-                .is_some_and(|(_, d, _)| d == "business")
+                .is_some_and(|s| s.detail == "business")
     }
 }
 
@@ -479,9 +499,9 @@ pub fn matches(w: &When, seen: &Seen) -> Option<(u32, String)> {
         what.push(format!("intent {name}"));
     }
     for s in &w.slots {
-        let (v, _, t) = seen.slots.get(s)?;
-        turn = turn.max(*t);
-        what.push(format!("{s} {v}"));
+        let v = seen.slots.get(s)?;
+        turn = turn.max(v.turn);
+        what.push(format!("{s} {}", v.value));
     }
     if let Some(r) = w.employees {
         let (n, t, src) = seen.employees()?;
@@ -528,12 +548,12 @@ pub fn matches(w: &When, seen: &Seen) -> Option<(u32, String)> {
         what.push(format!("open opportunity {want}"));
     }
     if let Some(kind) = &w.email {
-        let (v, d, t) = seen.slots.get("email")?;
-        if d != kind {
+        let v = seen.slots.get("email")?;
+        if &v.detail != kind {
             return None;
         }
-        turn = turn.max(*t);
-        what.push(format!("{kind} email {v}"));
+        turn = turn.max(v.turn);
+        what.push(format!("{kind} email {}", v.value));
     }
     if let Some(want) = w.company_known {
         if seen.company_known() != want {
@@ -794,8 +814,7 @@ mod tests {
             s.intents.entry(i.to_string()).or_insert(*t);
         }
         for (t, k, v, d) in slots {
-            s.slots
-                .insert(k.to_string(), (v.to_string(), d.to_string(), *t));
+            s.slots.insert(k.to_string(), SlotValue::new(v, d, *t));
         }
         s.account = domain.and_then(|d| accounts().into_iter().find(|a| a.domain == d));
         s.domain = domain.map(str::to_string);

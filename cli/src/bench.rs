@@ -19,7 +19,7 @@ pub const SEED_QUESTION: &str =
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Folder of tenants (as for `closer serve`).
-    #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = crate::config::default_data_dir())]
+    #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
     pub data_dir: PathBuf,
     /// Folder of ready models.
     #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]

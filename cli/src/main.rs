@@ -1,4 +1,9 @@
-//! The `closer` command: serve, chat, models pull, kb load, bench.
+//! The `closer` command: serve, chat, models pull, kb load, keys, bench, load.
+
+mod bench;
+mod chat;
+mod kbbench;
+mod load;
 
 use std::path::PathBuf;
 
@@ -21,7 +26,7 @@ enum Command {
     /// Run the gRPC server.
     Serve(ServeConfig),
     /// Talk to a running server as a visitor.
-    Chat(closer_server::chat::ChatArgs),
+    Chat(crate::chat::ChatArgs),
     /// Manage local models.
     Models {
         #[command(subcommand)]
@@ -33,9 +38,9 @@ enum Command {
         command: KbCommand,
     },
     /// Start a server and measure start-up, Classify, Converse and memory.
-    Bench(closer_server::bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// Drive a running server on this machine with concurrent visitors; latencies and errors.
-    Load(closer_server::load::LoadArgs),
+    Load(crate::load::LoadArgs),
     /// API keys per tenant (`publishable`, `rep`, `admin`); stored hashed in the data folder.
     Keys {
         #[command(subcommand)]
@@ -108,7 +113,7 @@ enum KbCommand {
     },
     /// Measure ingest, background embedding, search latency and memory at scale (synthetic
     /// facts, real encoder, in process).
-    Bench(closer_server::kbbench::KbBenchArgs),
+    Bench(crate::kbbench::KbBenchArgs),
 }
 
 fn init_tracing(json: bool) {
@@ -141,9 +146,9 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             init_tracing(cfg.log_format == "json");
             rt.block_on(closer_server::server::run(cfg))
         }
-        Command::Chat(args) => rt.block_on(closer_server::chat::run(args)),
-        Command::Bench(args) => rt.block_on(closer_server::bench::run(args)),
-        Command::Load(args) => rt.block_on(closer_server::load::run(args)),
+        Command::Chat(args) => rt.block_on(crate::chat::run(args)),
+        Command::Bench(args) => rt.block_on(crate::bench::run(args)),
+        Command::Load(args) => rt.block_on(crate::load::run(args)),
         Command::Models {
             command:
                 ModelsCommand::Pull {
@@ -183,7 +188,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         Command::Kb {
             command: KbCommand::Bench(args),
-        } => closer_server::kbbench::run(args),
+        } => crate::kbbench::run(args),
         Command::Keys { command, data_dir } => keys(command, &data_dir),
         Command::Kb {
             command:
@@ -231,7 +236,7 @@ fn keys(command: KeysCommand, data_dir: &std::path::Path) -> anyhow::Result<()> 
     use closer_store::Store;
     std::fs::create_dir_all(data_dir)?;
     let store =
-        closer_store::sqlite::SqliteStore::open(&data_dir.join(closer_server::state::STORE_FILE))?;
+        closer_store::sqlite::SqliteStore::open(&data_dir.join(closer_sales::engine::STORE_FILE))?;
     match command {
         KeysCommand::Create { tenant, role, name } => {
             closer_kb::load::validate_tenant_id(&tenant)

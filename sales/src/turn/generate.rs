@@ -1,0 +1,296 @@
+//! The generate phase: the local LLM writes the reply from the cited facts only, and each
+//! sentence is released only after the guard found every claim in it backed; a failing sentence
+//! gives way to the closest fact's authored answer. Facts the model left out are appended in the
+//! team's own words.
+
+use std::ops::ControlFlow;
+
+use closer_kb::Account;
+use closer_models::GenerationRequest;
+
+use super::events::TurnEvent;
+use super::plan::Cited;
+use super::{TurnControl, TurnSettings};
+use crate::engine::{Engine, Tenant};
+use crate::error::{Error, Result};
+use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
+
+/// The reply as released so far.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// Released sentences, in order.
+    pub sentences: Vec<String>,
+    /// Whether the guard dropped or replaced anything.
+    pub guard_replaced: bool,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.sentences.join(" ")
+    }
+
+    /// Releases a sentence to the visitor. `Break`: the client is gone.
+    pub fn send(
+        &mut self,
+        s: &str,
+        turn: u32,
+        emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let text = if self.sentences.is_empty() {
+            s.to_string()
+        } else {
+            format!(" {s}")
+        };
+        self.sentences.push(s.to_string());
+        emit(TurnEvent::Delta { turn, text })
+    }
+}
+
+/// The guard over one generated reply.
+struct Guarded<'a> {
+    cited: &'a [Cited],
+    evidence: Evidence,
+    instructions: &'a str,
+    tenant: &'a str,
+    /// Facts already used in place of a failing sentence.
+    replaced_with: Vec<String>,
+}
+
+impl Guarded<'_> {
+    /// Checks one generated sentence and releases it, its replacement, or nothing.
+    fn handle(
+        &mut self,
+        sentence: String,
+        reply: &mut Reply,
+        turn: u32,
+        emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        if leaks_prompt(&sentence, self.instructions) {
+            reply.guard_replaced = true;
+            tracing::info!(tenant = %self.tenant, "guard dropped a sentence that recites the prompt");
+            return ControlFlow::Continue(());
+        }
+        let bad = self.evidence.unsupported(&sentence);
+        if bad.is_empty() {
+            return reply.send(&sentence, turn, emit);
+        }
+        reply.guard_replaced = true;
+        tracing::info!(tenant = %self.tenant, unsupported = ?bad.iter().map(ToString::to_string).collect::<Vec<_>>(), "guard replaced a sentence");
+        // The authored answer closest to what the sentence tried to say, once.
+        let best = self
+            .cited
+            .iter()
+            .filter(|c| !self.replaced_with.contains(&c.id))
+            .max_by_key(|c| overlap(&sentence, &c.answer));
+        match best {
+            Some(c) if overlap(&sentence, &c.answer) > 0 => {
+                self.replaced_with.push(c.id.clone());
+                reply.send(&c.answer, turn, emit)
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// Generates the answer to `clauses` from `cited` (non-empty) under the guard, then states in
+/// the team's words whatever the model left out. `Ok(None)`: the client went away.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_answer(
+    engine: &Engine,
+    tenant: &Tenant,
+    settings: &TurnSettings,
+    ctl: &TurnControl<'_>,
+    cited: &[Cited],
+    clauses: &[String],
+    account: Option<&Account>,
+    turn: u32,
+    emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
+) -> Result<Option<Reply>> {
+    let mut evidence = Evidence::new(cited.iter().map(|c| c.evidence.as_str()));
+    evidence.add(&tenant.kb.profile.company);
+    for n in &tenant.kb.profile.names {
+        evidence.add(n);
+    }
+    let owner_cited = cited.iter().any(Cited::is_account);
+    let instructions = instructions(&tenant.kb.profile.company, account.filter(|_| owner_cited));
+    let request = GenerationRequest {
+        system: system_prompt(&instructions, cited),
+        user: clauses.join(" "),
+        max_tokens: settings.max_new_tokens,
+        share: tenant.id.clone(),
+        background: ctl.background,
+    };
+    let mut guard = Guarded {
+        cited,
+        evidence,
+        instructions: &instructions,
+        tenant: &tenant.kb.profile.id,
+        replaced_with: vec![],
+    };
+    let mut reply = Reply::default();
+    let mut splitter = SentenceSplitter::default();
+    let (mut stopped, mut gone) = (None, false);
+    let slot = ctl
+        .gate
+        .acquire(&tenant.id, ctl.stop)
+        .map_err(Error::Stopped)?;
+    let result = engine.models.generator.generate(&request, &mut |piece| {
+        if let Some(why) = (ctl.stop)() {
+            stopped = Some(why);
+            return ControlFlow::Break(());
+        }
+        for s in splitter.push(piece) {
+            if guard.handle(s, &mut reply, turn, emit).is_break() {
+                gone = true;
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    drop(slot);
+    if let Some(why) = stopped {
+        return Err(Error::Stopped(why));
+    }
+    if gone {
+        return Ok(None);
+    }
+    if let Some(s) = splitter.finish() {
+        if guard.handle(s, &mut reply, turn, emit).is_break() {
+            return Ok(None);
+        }
+    }
+    tracing::debug!(
+        prompt_tokens = result.prompt_tokens,
+        reused_prompt_tokens = result.reused_prompt_tokens,
+        generated = result.generated_tokens,
+        ttft_ms = result.time_to_first_token_ms,
+        "generated"
+    );
+    // Whatever the model left out is stated in the team's own words.
+    let said: Vec<Claim> = reply.sentences.iter().flat_map(|s| claims(s)).collect();
+    for c in cited {
+        if !reply.sentences.iter().any(|r| r == &c.answer)
+            && !is_stated(c, &said)
+            && reply.send(&c.answer, turn, emit).is_break()
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(reply))
+}
+
+/// True when the reply already states this fact: all its amounts, and at least half of its other
+/// checkable details.
+fn is_stated(fact: &Cited, reply_claims: &[Claim]) -> bool {
+    let fact_claims = claims(&fact.answer);
+    if fact_claims.is_empty() {
+        return !reply_claims.is_empty();
+    }
+    let mut others = 0;
+    let mut others_found = 0;
+    for c in &fact_claims {
+        let found = reply_claims.contains(c);
+        match c {
+            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) if !found => return false,
+            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) => {}
+            _ => {
+                others += 1;
+                others_found += usize::from(found);
+            }
+        }
+    }
+    others == 0 || others_found * 2 >= others
+}
+
+fn overlap(a: &str, b: &str) -> usize {
+    let words = |s: &str| crate::coverage::content_terms(s);
+    let bw = words(b);
+    words(a).iter().filter(|w| bw.contains(w)).count()
+}
+
+/// The instructions part of the system prompt (facts follow it).
+pub fn instructions(company: &str, account: Option<&Account>) -> String {
+    let mut s = format!(
+        "You are the website chat assistant of {company}. Answer the visitor in one to three short \
+         sentences using only these facts:\n"
+    );
+    if let Some(a) = account {
+        s = format!("{s}(The visitor works at {} ({}).)\n", a.name, a.domain);
+    }
+    s
+}
+
+/// The system prompt: the instructions, then one line per cited fact.
+pub fn system_prompt(instructions: &str, cited: &[Cited]) -> String {
+    let mut s = instructions.to_string();
+    for c in cited {
+        s.push_str(&format!("- {}\n", c.answer));
+    }
+    s
+}
+
+/// True when a sentence repeats five or more consecutive words of the instructions: the model is
+/// reciting its prompt rather than answering.
+fn leaks_prompt(sentence: &str, instructions: &str) -> bool {
+    let words = |t: &str| -> Vec<String> {
+        t.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (s, i) = (words(sentence), words(instructions));
+    s.windows(5).any(|w| i.windows(5).any(|x| x == w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seat() -> Cited {
+        Cited {
+            id: "pricing-seat".into(),
+            answer: "Each seat costs $80 per user per month billed monthly, or $960 per user per year billed annually.".into(),
+            evidence: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_fact_counts_as_stated_only_with_all_its_amounts() {
+        let f = seat();
+        assert!(is_stated(
+            &f,
+            &claims("A seat is $80 a month, or $960 a year.")
+        ));
+        assert!(!is_stated(&f, &claims("A seat is $80 a month.")));
+    }
+
+    #[test]
+    fn the_prompt_lists_the_facts_and_a_recited_prompt_is_caught() {
+        let i = instructions("Applinks", None);
+        let p = system_prompt(&i, &[seat()]);
+        assert!(p.starts_with("You are the website chat assistant of Applinks."));
+        assert!(p.ends_with("billed annually.\n"));
+        assert!(leaks_prompt(
+            "Answer the visitor in one to three short sentences.",
+            &i
+        ));
+        assert!(!leaks_prompt("Each seat costs $80 per user per month.", &i));
+    }
+
+    #[test]
+    fn a_reply_separates_its_sentences_with_one_space() {
+        let mut r = Reply::default();
+        let mut seen = vec![];
+        let mut emit = |e: TurnEvent| {
+            if let TurnEvent::Delta { text, .. } = e {
+                seen.push(text);
+            }
+            ControlFlow::Continue(())
+        };
+        let _ = r.send("One.", 1, &mut emit);
+        let _ = r.send("Two.", 1, &mut emit);
+        assert_eq!(seen, vec!["One.".to_string(), " Two.".to_string()]);
+        assert_eq!(r.text(), "One. Two.");
+    }
+}

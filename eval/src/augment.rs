@@ -105,7 +105,7 @@ pub fn run(args: AugmentArgs) -> anyhow::Result<()> {
         .collect();
     let paths = closer_models::source::ModelPaths::new(args.model_dir.clone());
     let g = QwenGenerator::load(&paths.generator_file())?;
-    let pb = crate::bar(mine.iter().map(|(_, v)| v.len()).sum(), "rewriting");
+    let pb = crate::ui::bar(mine.iter().map(|(_, v)| v.len()).sum(), "rewriting");
     let mut out = std::fs::File::create(&args.out)?;
     let (mut kept, mut tokens, t0) = (0usize, 0usize, std::time::Instant::now());
     for (intent, examples) in mine {

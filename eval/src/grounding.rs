@@ -222,14 +222,14 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
         .connect()
         .await?;
-    crate::wait_serving(channel.clone(), &args.server).await?;
+    crate::ui::wait_serving(channel.clone(), &args.server).await?;
     let mut evidence_by_tenant: std::collections::HashMap<String, (Vec<String>, Evidence)> =
         Default::default();
     // Every question starts its own conversation (conversations are stored and resumed by id).
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let pb_ = crate::bar(questions.len(), "asking");
+    let pb_ = crate::ui::bar(questions.len(), "asking");
     let mut outcomes = vec![];
     for (n, q) in questions.iter().enumerate() {
         if !evidence_by_tenant.contains_key(&q.tenant) {

@@ -12,6 +12,9 @@ mod grounding;
 mod metrics;
 mod report;
 mod speed;
+mod ui;
+
+use ui::{bar, wait_serving};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +32,6 @@ use closer_models::intent::{
 };
 use closer_models::ngrams::NgramConfig;
 use closer_models::{Embedder, IntentClassifier};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::{MultiRow, Row};
 use crate::report::{ConfusedPair, MultiIntentScores, Report, ThresholdRow};
@@ -219,17 +221,6 @@ impl IntentArgs {
         cfg.in_scope_loss = self.in_scope_loss.unwrap_or(cfg.in_scope_loss);
         cfg
     }
-}
-
-pub(crate) fn bar(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
 }
 
 /// Embeds texts, reusing vectors cached under `dir` for the same model and texts.
@@ -727,32 +718,6 @@ fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
         r.multi_intent = Some(score_multi(&multi, got));
     }
     Ok(r)
-}
-
-/// Waits (up to two minutes) until the server's health says SERVING: it may still be loading.
-pub(crate) async fn wait_serving(
-    channel: tonic::transport::Channel,
-    addr: &str,
-) -> anyhow::Result<()> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let req = tonic_health::pb::HealthCheckRequest {
-            service: "closer.v1.Assistant".into(),
-        };
-        let status = health.check(req).await.map(|r| r.into_inner().status);
-        if status
-            .as_ref()
-            .is_ok_and(|s| *s == ServingStatus::Serving as i32)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("{addr} is not SERVING after 2 minutes ({status:?})");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
 }
 
 async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {

@@ -22,8 +22,8 @@ use rand::RngCore;
 use sha2::Digest;
 use tonic::Status;
 
+use crate::app::AppState;
 use crate::error::{Error, Result};
-use crate::grpc::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -168,9 +168,17 @@ fn presented_key<B>(req: &http::Request<B>) -> Option<String> {
         return Some(v.trim().to_string());
     }
     if req.uri().path() == "/leaderboard/events" {
-        return req.uri().query().and_then(|q| crate::web::param(q, "key"));
+        return req.uri().query().and_then(query_key);
     }
     None
+}
+
+/// The `key` parameter of a query string, percent-decoded.
+fn query_key(query: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| (k == "key").then_some(v))
 }
 
 /// Decides a request: `Ok(None)` open, `Ok(Some(caller))` allowed, `Err` refused.
@@ -356,6 +364,15 @@ mod tests {
         assert_eq!(required_role("/leaderboard/events"), Some(Role::Rep));
         assert_eq!(required_role("/closer.v1.Whatever/New"), Some(Role::Admin));
         assert!(Role::Admin > Role::Rep && Role::Rep > Role::Publishable);
+    }
+
+    #[test]
+    fn a_key_in_the_query_is_decoded() {
+        assert_eq!(
+            query_key("tenant=a&key=ck_rep%2Bx").as_deref(),
+            Some("ck_rep+x")
+        );
+        assert_eq!(query_key("tenant=a"), None);
     }
 
     #[test]

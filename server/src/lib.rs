@@ -2,6 +2,7 @@
 //! [`grpc`]), API keys ([`auth`]), the leaderboard page ([`web`]), `/metrics` ([`metrics`]),
 //! reports, start-up and shutdown ([`server`]).
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;

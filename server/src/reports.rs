@@ -17,8 +17,8 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use tokio::sync::mpsc;
 
+use crate::app::blocking;
 use crate::error::{Error, Result};
-use crate::grpc::blocking;
 use closer_sales::engine::Engine;
 
 /// The leaderboard's periods.
@@ -251,7 +251,7 @@ impl BoardRequest {
         timezone: &str,
         team: Option<String>,
     ) -> Result<Self> {
-        crate::grpc::check_tenant_field(tenant)?;
+        crate::grpc::common::check_tenant_field(tenant)?;
         engine.tenant(tenant)?;
         Ok(Self {
             tenant: tenant.to_string(),

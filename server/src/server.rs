@@ -12,8 +12,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::app::AppState;
 use crate::config::ServeConfig;
-use crate::grpc::{AppState, AssistantService, IntentsService, KnowledgeService};
+use crate::grpc::{AssistantService, IntentsService, KnowledgeService};
 use crate::grpc::{
     ConversationsService, EventsService, LeadsService, PlaybooksService, ReportsService,
     RepsService,

@@ -16,7 +16,7 @@ use axum::Router;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::grpc::AppState;
+use crate::app::AppState;
 use crate::reports::{self, BoardRequest};
 
 const PAGE: &str = include_str!("leaderboard.html");
@@ -49,34 +49,15 @@ async fn page() -> Response {
         .into_response()
 }
 
-/// `a=1&b=x%2Fy` → the value of `name`, percent-decoded ('+' is a space).
-pub(crate) fn param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| decode(v))
-    })
-}
-
-fn decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let pair = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| Some(hex(b[i + 1])? * 16 + hex(b[i + 2])?))
-            .flatten();
-        match (b[i], pair) {
-            (_, Some(x)) => {
-                out.push(x);
-                i += 2;
-            }
-            (b'+', _) => out.push(b' '),
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The leaderboard stream's query: `tenant`, `period`, optional `timezone` and `team` (the
+/// rep `key` is read by the auth layer).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct BoardQuery {
+    tenant: String,
+    period: String,
+    timezone: String,
+    team: Option<String>,
 }
 
 fn bad(status: StatusCode, message: String) -> Response {
@@ -89,18 +70,17 @@ fn bad(status: StatusCode, message: String) -> Response {
 }
 
 async fn events(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
-    let q = q.unwrap_or_default();
+    // Parsed here rather than by the `Query` extractor, so that a bad query gets this page's
+    // plain-text error and not the extractor's.
+    let q: BoardQuery = match serde_urlencoded::from_str(q.as_deref().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
     let engine = match state.engine() {
         Ok(e) => e,
         Err(e) => return bad(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let req = match BoardRequest::check(
-        &engine,
-        &param(&q, "tenant").unwrap_or_default(),
-        &param(&q, "period").unwrap_or_default(),
-        &param(&q, "timezone").unwrap_or_default(),
-        param(&q, "team"),
-    ) {
+    let req = match BoardRequest::check(&engine, &q.tenant, &q.period, &q.timezone, q.team) {
         Ok(r) => r,
         Err(e) => {
             let status = match e.kind() {
@@ -129,14 +109,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_parameters_are_decoded() {
-        let q = "tenant=applinks&timezone=Europe%2FLondon&team=north+america&x";
-        assert_eq!(param(q, "tenant").as_deref(), Some("applinks"));
-        assert_eq!(param(q, "timezone").as_deref(), Some("Europe/London"));
-        assert_eq!(param(q, "team").as_deref(), Some("north america"));
-        assert_eq!(param(q, "x").as_deref(), Some(""));
-        assert_eq!(param(q, "period"), None);
-        assert_eq!(decode("100%"), "100%");
-        assert_eq!(decode("%zz"), "%zz");
+    fn board_queries_are_decoded_and_missing_fields_are_empty() {
+        let q: BoardQuery = serde_urlencoded::from_str(
+            "tenant=applinks&timezone=Europe%2FLondon&team=north+america&x",
+        )
+        .unwrap();
+        assert_eq!(q.tenant, "applinks");
+        assert_eq!(q.timezone, "Europe/London");
+        assert_eq!(q.team.as_deref(), Some("north america"));
+        assert_eq!(q.period, "");
     }
 }

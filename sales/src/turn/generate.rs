@@ -8,9 +8,9 @@ use std::ops::ControlFlow;
 use closer_kb::Account;
 use closer_models::GenerationRequest;
 
+use super::control::{TurnControl, TurnSettings};
 use super::events::TurnEvent;
 use super::plan::Cited;
-use super::{TurnControl, TurnSettings};
 use crate::engine::{Engine, Tenant};
 use crate::error::{Error, Result};
 use crate::guard::{claims, Claim, Evidence, SentenceSplitter};

@@ -263,7 +263,7 @@ pub fn book_turn(
     let _ = emit(TurnEvent::Final(ReplyFinal {
         turn,
         text: reply,
-        latency_ms: super::elapsed_ms(started),
+        latency_ms: super::control::elapsed_ms(started),
         ..Default::default()
     }));
     Ok(())

@@ -20,10 +20,8 @@ use closer_models::intent::IntentFlag;
 use closer_models::IntentPrediction;
 
 use crate::conversation::Conversation;
-use crate::engine::{Engine, IntentModel, Tenant};
+use crate::engine::{IntentModel, Tenant};
 use crate::error::Result;
-use crate::gate::{FairGate, Stop};
-use crate::visitor::Visitor;
 
 /// Sends a turn event; returns from the turn (`Ok`) when the client is gone.
 macro_rules! send {
@@ -35,12 +33,14 @@ macro_rules! send {
 }
 
 pub mod commit;
+pub mod control;
 pub mod events;
 pub mod generate;
 pub mod handoff;
 pub mod meeting;
 pub mod plan;
 
+pub use control::{TurnContext, TurnControl, TurnSettings};
 pub use events::TurnEvent;
 pub use plan::DONT_KNOW;
 
@@ -53,34 +53,6 @@ pub fn fixed_lines() -> Vec<&'static str> {
     }
     v.extend(plan::canned("", &[IntentFlag::Disqualify]));
     v
-}
-
-/// Settings of the answer path.
-#[derive(Debug, Clone)]
-pub struct TurnSettings {
-    pub max_new_tokens: usize,
-}
-
-/// What a turn asks of the service around it: a generator slot, and whether to stop.
-pub struct TurnControl<'a> {
-    pub gate: &'a FairGate,
-    /// Asked before generating, while queued for the generator, and after every token.
-    pub stop: &'a dyn Fn() -> Option<Stop>,
-    /// The team is pressing past its quota: its generation yields the model to other teams.
-    pub background: bool,
-}
-
-/// Everything a turn reads besides the conversation and the message.
-pub struct TurnContext<'a> {
-    pub engine: &'a Engine,
-    pub tenant: &'a Tenant,
-    pub settings: &'a TurnSettings,
-    pub ctl: &'a TurnControl<'a>,
-    pub visitor: &'a Visitor,
-}
-
-pub(crate) fn elapsed_ms(started: Instant) -> u32 {
-    started.elapsed().as_millis().min(u32::MAX as u128) as u32
 }
 
 /// The classify phase's output.
@@ -102,8 +74,104 @@ pub fn classify(tenant: &Tenant, text: &str) -> Result<Classified> {
     })
 }
 
-/// Runs one turn and emits its events in protocol order. When `ctl.stop` says so, the turn stops
-/// within one token and returns `Error::Stopped`.
+/// What the middle phases decided (observe → plan → hand-off → meeting), with the signals to
+/// send before the reply in protocol order.
+pub struct Decided {
+    pub score: (i32, Vec<closer_store::Reason>),
+    /// Intents seen for the first time this turn.
+    pub new_intents: Vec<String>,
+    pub account_live: Option<(closer_kb::Account, closer_kb::Rep)>,
+    pub plan: plan::TurnPlan,
+    pub handoff: Option<handoff::Handoff>,
+    pub meeting: meeting::MeetingStep,
+    /// The qualification question to ask, when no meeting is offered.
+    pub question: Option<String>,
+    /// The visitor's account (the prompt names it when an owner is cited).
+    pub account: Option<closer_kb::Account>,
+    pub signals: Vec<TurnEvent>,
+}
+
+/// Observe, score, plan, decide the hand-off and the meeting step. One knowledge snapshot and
+/// one playbook for the whole turn: a concurrent ingest or upload is seen whole or not at all.
+pub fn decide(
+    cx: &TurnContext<'_>,
+    conv: &mut Conversation,
+    turn: u32,
+    text: &str,
+    c: &Classified,
+) -> Result<Decided> {
+    let (engine, tenant, visitor) = (cx.engine, cx.tenant, cx.visitor);
+    let (kb, playbook) = (tenant.kb.snapshot(), tenant.playbook());
+    let new_intents = conv.observe(turn, &c.intents, &c.slots, &kb);
+    let score = crate::playbook::score(&playbook, &conv.seen);
+    let mut signals = vec![];
+    let account_live = handoff::account_live(conv, &kb, turn).map(|(a, r, signal)| {
+        signals.push(TurnEvent::Handoff(signal));
+        (a, r)
+    });
+    let plan = plan::plan_turn(tenant, &kb, &c.model.set, visitor, text, &c.intents)?;
+    let decision = handoff::decide(plan.ask, score.0, &playbook, conv);
+    let handoff = handoff::resolve(engine, tenant, &playbook, conv, decision)?;
+    let h = handoff.as_ref();
+    let mut meeting =
+        meeting::offer_step(engine, tenant, &playbook, conv, visitor, h, score.0, turn)?;
+    let question = match &meeting.line {
+        Some(_) => None,
+        None => conv.next_question(&playbook, score.0).map(str::to_string),
+    };
+    let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
+    if let Some(ask) = plan.ask {
+        let owner = account.and_then(|a| kb.rep(&a.owner_rep_id));
+        let signal = handoff::rep_requested(ask, visitor, owner, text, turn);
+        signals.push(TurnEvent::Handoff(signal));
+    }
+    signals.extend(meeting.offer.take().map(TurnEvent::MeetingProposed));
+    Ok(Decided {
+        score,
+        new_intents,
+        account_live,
+        plan,
+        handoff,
+        meeting,
+        question,
+        account: account.cloned(),
+        signals,
+    })
+}
+
+/// The reply: the generated answer from the cited facts (when any), then the fixed lines, the
+/// meeting offer or the next question. `Ok(None)`: the client went away.
+fn reply(
+    cx: &TurnContext<'_>,
+    d: &mut Decided,
+    turn: u32,
+    emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
+) -> Result<Option<generate::Reply>> {
+    let mut reply = generate::Reply::default();
+    if !d.plan.cited.is_empty() {
+        let (cited, clauses) = (&d.plan.cited, &d.plan.covered_clauses);
+        let (e, t, a) = (cx.engine, cx.tenant, d.account.as_ref());
+        match generate::generate_answer(e, t, cx.settings, cx.ctl, cited, clauses, a, turn, emit)? {
+            Some(r) => reply = r,
+            None => return Ok(None),
+        }
+    }
+    let tail = d.plan.tail.drain(..).map(str::to_string);
+    let tail: Vec<String> = tail
+        .chain(d.meeting.line.take())
+        .chain(d.question.take())
+        .collect();
+    for line in tail {
+        if reply.send(&line, turn, emit).is_break() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(reply))
+}
+
+/// Runs one turn and emits its events in protocol order: classify → decide (observe, plan,
+/// hand-off, meeting) → reply (generate under the guard) → commit → final. When `ctl.stop` says
+/// so, the turn stops within one token and returns `Error::Stopped`.
 pub fn run_turn(
     cx: &TurnContext<'_>,
     conv: &mut Conversation,
@@ -121,12 +189,13 @@ pub fn run_turn(
         return meeting::book_turn(engine, tenant, visitor, conv, turn, text, i, emit);
     }
     let c = classify(tenant, text)?;
+    let intents = c.intents.clone();
     send!(
         emit,
         TurnEvent::Intents {
             turn,
-            text: text.to_string(),
-            intents: c.intents.clone()
+            text: text.into(),
+            intents
         }
     );
     if !c.slots.is_empty() {
@@ -138,96 +207,32 @@ pub fn run_turn(
             }
         );
     }
-    // One knowledge snapshot and one playbook for the whole turn: a concurrent ingest or upload
-    // is seen whole or not at all.
-    let (kb, playbook) = (tenant.kb.snapshot(), tenant.playbook());
-    let new_intents = conv.observe(turn, &c.intents, &c.slots, &kb);
-    let score = crate::playbook::score(&playbook, &conv.seen);
-    let account_live = handoff::account_live(conv, &kb, turn);
-    if let Some((_, _, signal)) = &account_live {
-        send!(emit, TurnEvent::Handoff(signal.clone()));
+    let mut d = decide(cx, conv, turn, text, &c)?;
+    for signal in std::mem::take(&mut d.signals) {
+        send!(emit, signal);
     }
-    let mut plan = plan::plan_turn(tenant, &kb, &c.model.set, visitor, text, &c.intents)?;
-    let decision = handoff::decide(plan.ask, score.0, &playbook, conv);
-    let handoff = handoff::resolve(engine, tenant, &playbook, conv, decision)?;
-    let meeting = meeting::offer_step(
-        engine,
-        tenant,
-        &playbook,
-        conv,
-        visitor,
-        handoff.as_ref(),
-        score.0,
-        turn,
-    )?;
-    let question = match &meeting.line {
-        Some(_) => None,
-        None => conv.next_question(&playbook, score.0),
+    let Some(reply) = reply(cx, &mut d, turn, emit)? else {
+        return Ok(());
     };
-    if let Some(ask) = plan.ask {
-        let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
-        let owner = account.and_then(|a| kb.rep(&a.owner_rep_id));
-        send!(
-            emit,
-            TurnEvent::Handoff(handoff::rep_requested(ask, visitor, owner, text, turn))
-        );
-    }
-    if let Some(offer) = meeting.offer {
-        send!(emit, TurnEvent::MeetingProposed(offer));
-    }
-    let mut reply = generate::Reply::default();
-    if !plan.cited.is_empty() {
-        let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
-        let (cited, clauses) = (&plan.cited, &plan.covered_clauses);
-        match generate::generate_answer(
-            engine,
-            tenant,
-            cx.settings,
-            cx.ctl,
-            cited,
-            clauses,
-            account,
-            turn,
-            emit,
-        )? {
-            Some(r) => reply = r,
-            None => return Ok(()),
-        }
-    }
-    let tail = plan
-        .tail
-        .drain(..)
-        .map(str::to_string)
-        .chain(meeting.line)
-        .chain(question.map(str::to_string));
-    for line in tail.collect::<Vec<_>>() {
-        if reply.send(&line, turn, emit).is_break() {
-            return Ok(());
-        }
-    }
     let text_out = reply.text();
     // Committed before the final event: a turn the client saw finish is on disk.
-    commit::record_turn(
-        engine,
-        tenant,
-        conv,
-        commit::TurnRecord {
-            slots: commit::slot_pairs(&c.slots),
-            email: visitor.email.clone(),
-            intents: &new_intents,
-            account_live: account_live.as_ref().map(|(a, r, _)| (a, r)),
-            handoff,
-            events: meeting.events,
-            ..commit::TurnRecord::new(turn, text, &text_out, score)
-        },
-    )?;
+    let record = commit::TurnRecord {
+        slots: commit::slot_pairs(&c.slots),
+        email: visitor.email.clone(),
+        intents: &d.new_intents,
+        account_live: d.account_live.as_ref().map(|(a, r)| (a, r)),
+        handoff: d.handoff.take(),
+        events: std::mem::take(&mut d.meeting.events),
+        ..commit::TurnRecord::new(turn, text, &text_out, d.score.clone())
+    };
+    commit::record_turn(engine, tenant, conv, record)?;
     let _ = emit(TurnEvent::Final(events::ReplyFinal {
         turn,
         text: text_out,
-        fact_ids: plan.cited.iter().map(|c| c.id.clone()).collect(),
+        fact_ids: d.plan.cited.iter().map(|c| c.id.clone()).collect(),
         guard_replaced: reply.guard_replaced,
-        unanswered: plan.unanswered,
-        latency_ms: elapsed_ms(started),
+        unanswered: d.plan.unanswered,
+        latency_ms: control::elapsed_ms(started),
     }));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `closer.v1.Assistant`: Converse (a visitor's conversation) and Classify.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 use std::sync::atomic::Ordering;
 
@@ -63,6 +63,355 @@ async fn relay_rep_events(
     Ok(out)
 }
 
+type Out = std::result::Result<pb::ConverseResponse, Status>;
+type SharedConversation = Arc<std::sync::Mutex<closer_sales::conversation::Conversation>>;
+
+/// One visitor's Converse stream: started by a valid `start`, then a turn per message, rep
+/// events relayed as they happen, ended by the client, its deadline or shutdown.
+struct Session {
+    state: Arc<AppState>,
+    engine: Arc<Engine>,
+    tenant: Arc<closer_sales::engine::Tenant>,
+    visitor: closer_sales::visitor::Visitor,
+    conv: SharedConversation,
+    tx: mpsc::Sender<Out>,
+    /// From `grpc-timeout`: tonic's timeout bounds only the call's first response.
+    deadline: Option<Instant>,
+    rep_cursor: u64,
+}
+
+/// What the client's side of the stream brought.
+enum Inbound {
+    Message(pb::ConverseRequest),
+    /// Something was relayed or the state changed: look again.
+    Again,
+    End,
+}
+
+impl Session {
+    /// Validates the `start` event and picks up the conversation's state (a reconnect or
+    /// another replica continues it).
+    async fn start(
+        state: Arc<AppState>,
+        request: Request<Streaming<pb::ConverseRequest>>,
+    ) -> std::result::Result<(Self, Streaming<pb::ConverseRequest>, mpsc::Receiver<Out>), Status>
+    {
+        let engine = state.engine()?;
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::metrics::parse_grpc_timeout)
+            .map(|d| Instant::now() + d);
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await
+            .map_err(oversize)?
+            .ok_or_else(|| Error::invalid("start", "the stream ended before a start event"))?;
+        let Some(pb::converse_request::Event::Start(start)) = first.event else {
+            return Err(Error::invalid("start", "the first event must be `start`").into());
+        };
+        check_start(&start)?;
+        check_tenant_field(&start.tenant)?;
+        let tenant = engine.tenant(&start.tenant).api()?;
+        let visitor = visitor_from_pb(start.visitor.as_ref());
+        tracing::info!(tenant = %start.tenant, conversation = %start.conversation_id, domain = ?visitor.domain, "conversation started");
+        let (e, t, v, id) = (
+            engine.clone(),
+            tenant.clone(),
+            visitor.clone(),
+            start.conversation_id,
+        );
+        let conv = blocking(move || {
+            closer_sales::conversation::Conversation::resume(&*e.store, &t, &id, &v)
+        })
+        .await?;
+        let e = engine.clone();
+        // Rep events for this conversation (take-over, messages) come from the outbox.
+        let rep_cursor = blocking(move || e.store.last_cursor()).await.unwrap_or(0);
+        let (tx, rx) = mpsc::channel(state.config.stream_buffer.max(1));
+        let session = Session {
+            state,
+            engine,
+            tenant,
+            visitor,
+            conv: Arc::new(std::sync::Mutex::new(conv)),
+            tx,
+            deadline,
+            rep_cursor,
+        };
+        Ok((session, inbound, rx))
+    }
+
+    async fn send(&self, out: Out) -> bool {
+        self.tx.send(out).await.is_ok()
+    }
+
+    /// Runs the conversation until the client, its deadline or shutdown ends it.
+    async fn run(mut self, mut inbound: Streaming<pb::ConverseRequest>) {
+        let mut turn: u32 = self.conv.lock().map(|c| c.turns).unwrap_or(0);
+        let mut wake = self.engine.bus.watch();
+        let mut drain = self.state.draining.subscribe();
+        loop {
+            let msg = match self.next(&mut inbound, &mut wake, &mut drain).await {
+                Inbound::Message(m) => m,
+                Inbound::Again => continue,
+                Inbound::End => break,
+            };
+            let Some(text) = self.text_of(msg).await else {
+                break;
+            };
+            turn += 1;
+            if turn > self.state.config.max_turns {
+                let e = Error::Overloaded(format!(
+                    "message: the conversation has more than {} turns (--max-turns); start a new one",
+                    self.state.config.max_turns
+                ));
+                let _ = self.send(Err(e.into())).await;
+                break;
+            }
+            if !self.serve_turn(turn, text).await || self.tx.is_closed() {
+                break;
+            }
+        }
+    }
+
+    /// The next client message, or rep events relayed meanwhile, or the end (client gone,
+    /// deadline passed, shutting down with nothing on its way).
+    async fn next(
+        &mut self,
+        inbound: &mut Streaming<pb::ConverseRequest>,
+        wake: &mut tokio::sync::watch::Receiver<u64>,
+        drain: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Inbound {
+        let next = if *drain.borrow_and_update() {
+            // Shutting down, and no turn is in progress: a message already on its way is still
+            // answered; otherwise the stream ends cleanly.
+            match tokio::time::timeout(DRAIN_LINGER, inbound.message()).await {
+                Ok(m) => m,
+                Err(_) => return Inbound::End,
+            }
+        } else {
+            let expiry = async {
+                match self.deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                m = inbound.message() => m,
+                _ = drain.changed() => return Inbound::Again,
+                _ = expiry => {
+                    self.state.metrics.record_stop(Stop::Deadline, 0.0);
+                    let e = Error::from(closer_sales::Error::Stopped(Stop::Deadline));
+                    let _ = self.send(Err(e.into())).await;
+                    return Inbound::End;
+                }
+                _ = wake.changed() => return self.relay().await,
+            }
+        };
+        match next {
+            Ok(Some(m)) => Inbound::Message(m),
+            Ok(None) => Inbound::End,
+            Err(status) => {
+                tracing::debug!(%status, "client stream ended");
+                if status.code() == tonic::Code::OutOfRange {
+                    let _ = self.send(Err(oversize(status))).await;
+                }
+                Inbound::End
+            }
+        }
+    }
+
+    /// Relays the rep events that arrived since the last look.
+    async fn relay(&mut self) -> Inbound {
+        match relay_rep_events(&self.engine, &self.conv, &mut self.rep_cursor).await {
+            Ok(events) => {
+                for ev in events {
+                    if !self
+                        .send(Ok(pb::ConverseResponse { event: Some(ev) }))
+                        .await
+                    {
+                        return Inbound::End;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
+        }
+        Inbound::Again
+    }
+
+    /// The visitor's text of a client event (a chosen slot's id counts); `None` after sending
+    /// the error that ends the stream.
+    async fn text_of(&self, msg: pb::ConverseRequest) -> Option<String> {
+        let text = match msg.event {
+            Some(pb::converse_request::Event::Message(m)) => Ok(m.text),
+            Some(pb::converse_request::Event::ChooseSlot(c)) => {
+                if matches!(c.slot_id.as_str(), "1" | "2" | "3") {
+                    Ok(c.slot_id)
+                } else {
+                    Err(Error::invalid(
+                        "choose_slot.slot_id",
+                        "the id of a slot from the latest meeting_proposed",
+                    ))
+                }
+            }
+            Some(pb::converse_request::Event::Start(_)) => {
+                Err(Error::invalid("start", "sent twice"))
+            }
+            None => Err(Error::invalid("event", "empty client event")),
+        };
+        // Invisible characters (tags, bidi controls, zero-width) never reach a model.
+        let text = text
+            .map(|t| closer_kb::visible(&t).into_owned())
+            .and_then(|t| {
+                check_text(self.state.config.max_message_chars, "message.text", &t).map(|()| t)
+            });
+        match text {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let _ = self.send(Err(e.into())).await;
+                None
+            }
+        }
+    }
+
+    /// A turn event for the client; `false` when the client is gone.
+    async fn error_event(
+        &self,
+        turn: u32,
+        code: String,
+        message: String,
+        retry_after_ms: u32,
+    ) -> bool {
+        let ev = pb::converse_response::Event::Error(pb::ConverseError {
+            turn,
+            code,
+            message,
+            retry_after_ms,
+        });
+        self.send(Ok(pb::ConverseResponse { event: Some(ev) }))
+            .await
+    }
+
+    /// Admits and runs one turn on a blocking thread; `false` ends the stream.
+    async fn serve_turn(&self, turn: u32, text: String) -> bool {
+        // Admission: fail fast rather than queue without bound behind the generator.
+        let permit = match self.state.admit(&self.tenant.id) {
+            Ok(p) => p,
+            Err(why) => {
+                let code = "RESOURCE_EXHAUSTED".into();
+                return self
+                    .error_event(turn, code, why.into(), RETRY_AFTER_MS)
+                    .await;
+            }
+        };
+        // When the client's stream closes, note the time: the turn must stop within one token
+        // of it (measured in `/metrics`).
+        let closed_at = Arc::new(OnceLock::<Instant>::new());
+        let watcher = {
+            let (tx, closed_at) = (self.tx.clone(), closed_at.clone());
+            tokio::spawn(async move {
+                tx.closed().await;
+                let _ = closed_at.set(Instant::now());
+            })
+        };
+        let background = self.state.pressing(&self.tenant.id);
+        if background {
+            self.state
+                .metrics
+                .background
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let result = self.blocking_turn(turn, text, permit, background).await;
+        watcher.abort();
+        match result {
+            Ok(()) => true,
+            Err(e) if e.is_stop(Stop::Gone) => {
+                let ms = closed_at
+                    .get()
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+                self.state.metrics.record_stop(Stop::Gone, ms);
+                tracing::debug!(turn, ms, "client left; turn stopped");
+                false
+            }
+            Err(e) if e.is_stop(Stop::Deadline) => {
+                self.state.metrics.record_stop(Stop::Deadline, 0.0);
+                tracing::info!(turn, "deadline passed; turn stopped");
+                let _ = self.send(Err(e.into())).await;
+                false
+            }
+            Err(e) => {
+                tracing::error!(kind = e.kind(), error = %e, "turn failed");
+                self.error_event(turn, code_name(e.code()), e.to_string(), 0)
+                    .await
+            }
+        }
+    }
+
+    /// `run_turn` on a blocking thread, its events sent as they come.
+    async fn blocking_turn(
+        &self,
+        turn: u32,
+        text: String,
+        permit: crate::app::Permits,
+        background: bool,
+    ) -> Result<()> {
+        let (state, engine, tenant) =
+            (self.state.clone(), self.engine.clone(), self.tenant.clone());
+        let (visitor, conv, tx, deadline) = (
+            self.visitor.clone(),
+            self.conv.clone(),
+            self.tx.clone(),
+            self.deadline,
+        );
+        let settings = TurnSettings {
+            max_new_tokens: state.config.max_new_tokens,
+        };
+        tokio::task::spawn_blocking(move || {
+            // Given back before the final event is sent: a client that has the whole reply may
+            // ask again at once without meeting its own turn's permit.
+            let mut permit = Some(permit);
+            let mut conv = conv.lock().unwrap_or_else(|p| p.into_inner());
+            let stop = || {
+                if tx.is_closed() {
+                    Some(Stop::Gone)
+                } else if crate::metrics::past(deadline) {
+                    Some(Stop::Deadline)
+                } else {
+                    None
+                }
+            };
+            let ctl = TurnControl {
+                gate: &state.gate,
+                stop: &stop,
+                background,
+            };
+            let cx = TurnContext {
+                engine: &engine,
+                tenant: &tenant,
+                settings: &settings,
+                ctl: &ctl,
+                visitor: &visitor,
+            };
+            run_turn(&cx, &mut conv, turn, &text, &mut |event| {
+                if matches!(event, TurnEvent::Final(_)) {
+                    permit.take();
+                }
+                let event = Some(turn_event(event));
+                match tx.blocking_send(Ok(pb::ConverseResponse { event })) {
+                    Ok(()) => std::ops::ControlFlow::Continue(()),
+                    Err(_) => std::ops::ControlFlow::Break(()),
+                }
+            })
+            .map_err(Error::from)
+        })
+        .await
+        .unwrap_or_else(|join| Err(Error::Internal(format!("turn task failed: {join}"))))
+    }
+}
+
 pub struct AssistantService {
     pub state: Arc<AppState>,
 }
@@ -81,282 +430,8 @@ impl pb::assistant_server::Assistant for AssistantService {
         if self.state.is_draining() {
             return Err(Error::Draining.into());
         }
-        let engine = self.state.engine()?;
-        // tonic's timeout bounds only the call's first response; the stream checks this itself.
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::metrics::parse_grpc_timeout)
-            .map(|d| Instant::now() + d);
-        let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await
-            .map_err(oversize)?
-            .ok_or_else(|| Error::invalid("start", "the stream ended before a start event"))?;
-        let start = match first.event {
-            Some(pb::converse_request::Event::Start(s)) => s,
-            _ => return Err(Error::invalid("start", "the first event must be `start`").into()),
-        };
-        check_start(&start)?;
-        check_tenant_field(&start.tenant)?;
-        let tenant = engine.tenant(&start.tenant).api()?;
-        let visitor = visitor_from_pb(start.visitor.as_ref());
-        tracing::info!(tenant = %start.tenant, conversation = %start.conversation_id, domain = ?visitor.domain, "conversation started");
-
-        // A conversation that continues (a reconnect, another replica) picks up its state.
-        let conv = {
-            let (engine, tenant, visitor, id) = (
-                engine.clone(),
-                tenant.clone(),
-                visitor.clone(),
-                start.conversation_id.clone(),
-            );
-            blocking(move || {
-                closer_sales::conversation::Conversation::resume(
-                    &*engine.store,
-                    &tenant,
-                    &id,
-                    &visitor,
-                )
-            })
-            .await?
-        };
-        let conv = Arc::new(std::sync::Mutex::new(conv));
-        let (tx, rx) = mpsc::channel(self.state.config.stream_buffer.max(1));
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let cfg = TurnSettings {
-                max_new_tokens: state.config.max_new_tokens,
-            };
-            let mut turn: u32 = conv.lock().map(|c| c.turns).unwrap_or(0);
-            // Rep events for this conversation (take-over, messages) come from the outbox.
-            let mut wake = engine.bus.watch();
-            let mut rep_cursor = {
-                let e = engine.clone();
-                blocking(move || e.store.last_cursor()).await.unwrap_or(0)
-            };
-            let mut drain = state.draining.subscribe();
-            let expiry = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(expiry);
-            loop {
-                let next = if *drain.borrow_and_update() {
-                    // Shutting down, and no turn is in progress: a message already on its way
-                    // is still answered; otherwise the stream ends cleanly.
-                    match tokio::time::timeout(DRAIN_LINGER, inbound.message()).await {
-                        Ok(m) => m,
-                        Err(_) => break,
-                    }
-                } else {
-                    tokio::select! {
-                        m = inbound.message() => m,
-                        _ = drain.changed() => continue,
-                        _ = &mut expiry => {
-                            state.metrics.record_stop(Stop::Deadline, 0.0);
-                            let _ = tx.send(Err(Error::from(closer_sales::Error::Stopped(Stop::Deadline)).into())).await;
-                            break;
-                        }
-                        _ = wake.changed() => {
-                            match relay_rep_events(&engine, &conv, &mut rep_cursor).await {
-                                Ok(events) => {
-                                    for ev in events {
-                                        if tx.send(Ok(pb::ConverseResponse { event: Some(ev) })).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                                Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
-                            }
-                            continue;
-                        }
-                    }
-                };
-                let msg = match next {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!(%status, "client stream ended");
-                        if status.code() == tonic::Code::OutOfRange {
-                            let _ = tx.send(Err(oversize(status))).await;
-                        }
-                        break;
-                    }
-                };
-                let text = match msg.event {
-                    Some(pb::converse_request::Event::Message(m)) => m.text,
-                    Some(pb::converse_request::Event::ChooseSlot(c)) => {
-                        if !matches!(c.slot_id.as_str(), "1" | "2" | "3") {
-                            let _ = tx
-                                .send(Err(Error::invalid(
-                                    "choose_slot.slot_id",
-                                    "the id of a slot from the latest meeting_proposed",
-                                )
-                                .into()))
-                                .await;
-                            break;
-                        }
-                        c.slot_id
-                    }
-                    Some(pb::converse_request::Event::Start(_)) => {
-                        let _ = tx
-                            .send(Err(Error::invalid("start", "sent twice").into()))
-                            .await;
-                        break;
-                    }
-                    None => {
-                        let _ = tx
-                            .send(Err(Error::invalid("event", "empty client event").into()))
-                            .await;
-                        break;
-                    }
-                };
-                // Invisible characters (tags, bidi controls, zero-width) never reach a model.
-                let text = closer_kb::visible(&text).into_owned();
-                if let Err(e) = state.check_text("message.text", &text) {
-                    let _ = tx.send(Err(e.into())).await;
-                    break;
-                }
-                turn += 1;
-                if turn > state.config.max_turns {
-                    let e = Error::Overloaded(format!(
-                        "message: the conversation has more than {} turns (--max-turns); start a new one",
-                        state.config.max_turns
-                    ));
-                    let _ = tx.send(Err(e.into())).await;
-                    break;
-                }
-                // Admission: fail fast rather than queue without bound behind the generator.
-                let permit = match state.admit(&tenant.id) {
-                    Ok(p) => p,
-                    Err(why) => {
-                        let ev = pb::converse_response::Event::Error(pb::ConverseError {
-                            turn,
-                            code: "RESOURCE_EXHAUSTED".into(),
-                            message: why.into(),
-                            retry_after_ms: RETRY_AFTER_MS,
-                        });
-                        if tx
-                            .send(Ok(pb::ConverseResponse { event: Some(ev) }))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                let (engine, tenant, visitor, tx2, cfg2, conv2) = (
-                    engine.clone(),
-                    tenant.clone(),
-                    visitor.clone(),
-                    tx.clone(),
-                    cfg.clone(),
-                    conv.clone(),
-                );
-                // When the client's stream closes, note the time: the turn must stop within one
-                // token of it (measured in `/metrics`).
-                let closed_at = Arc::new(OnceLock::<Instant>::new());
-                let watcher = {
-                    let (tx, closed_at) = (tx.clone(), closed_at.clone());
-                    tokio::spawn(async move {
-                        tx.closed().await;
-                        let _ = closed_at.set(Instant::now());
-                    })
-                };
-                let background = state.pressing(&tenant.id);
-                if background {
-                    state.metrics.background.fetch_add(1, Ordering::Relaxed);
-                }
-                let state2 = state.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    // Given back before the final event is sent: a client that has the whole
-                    // reply may ask again at once without meeting its own turn's permit.
-                    let mut permit = Some(permit);
-                    let mut conv = conv2.lock().unwrap_or_else(|p| p.into_inner());
-                    let stop = || {
-                        if tx2.is_closed() {
-                            Some(Stop::Gone)
-                        } else if crate::metrics::past(deadline) {
-                            Some(Stop::Deadline)
-                        } else {
-                            None
-                        }
-                    };
-                    let ctl = TurnControl {
-                        gate: &state2.gate,
-                        stop: &stop,
-                        background,
-                    };
-                    let cx = TurnContext {
-                        engine: &engine,
-                        tenant: &tenant,
-                        settings: &cfg2,
-                        ctl: &ctl,
-                        visitor: &visitor,
-                    };
-                    run_turn(&cx, &mut conv, turn, &text, &mut |event| {
-                        if matches!(event, TurnEvent::Final(_)) {
-                            permit.take();
-                        }
-                        let event = Some(turn_event(event));
-                        match tx2.blocking_send(Ok(pb::ConverseResponse { event })) {
-                            Ok(()) => std::ops::ControlFlow::Continue(()),
-                            Err(_) => std::ops::ControlFlow::Break(()),
-                        }
-                    })
-                    .map_err(Error::from)
-                })
-                .await;
-                watcher.abort();
-                let failure = match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(join) => Some(Error::Internal(format!("turn task failed: {join}"))),
-                };
-                match failure {
-                    Some(e) if e.is_stop(Stop::Gone) => {
-                        let ms = closed_at
-                            .get()
-                            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
-                        state.metrics.record_stop(Stop::Gone, ms);
-                        tracing::debug!(turn, ms, "client left; turn stopped");
-                        break;
-                    }
-                    Some(e) if e.is_stop(Stop::Deadline) => {
-                        state.metrics.record_stop(Stop::Deadline, 0.0);
-                        tracing::info!(turn, "deadline passed; turn stopped");
-                        let _ = tx.send(Err(e.into())).await;
-                        break;
-                    }
-                    _ => {}
-                }
-                if let Some(e) = failure {
-                    tracing::error!(kind = e.kind(), error = %e, "turn failed");
-                    let ev = pb::converse_response::Event::Error(pb::ConverseError {
-                        turn,
-                        code: code_name(e.code()),
-                        message: e.to_string(),
-                        retry_after_ms: 0,
-                    });
-                    if tx
-                        .send(Ok(pb::ConverseResponse { event: Some(ev) }))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                if tx.is_closed() {
-                    break;
-                }
-            }
-        });
+        let (session, inbound, rx) = Session::start(self.state.clone(), request).await?;
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -368,7 +443,7 @@ impl pb::assistant_server::Assistant for AssistantService {
         let req = request.into_inner();
         check_tenant_field(&req.tenant)?;
         let text = closer_kb::visible(&req.text).into_owned();
-        self.state.check_text("text", &text)?;
+        check_text(self.state.config.max_message_chars, "text", &text)?;
         let tenant = engine.tenant(&req.tenant).api()?;
         let (intents, slots) = blocking(move || {
             let model = tenant.intents();

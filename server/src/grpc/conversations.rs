@@ -1,7 +1,7 @@
 //! `closer.v1.Conversations`: a rep takes a live chat over, writes in it, hands it back, closes it.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct ConversationsService {
     pub state: Arc<AppState>,

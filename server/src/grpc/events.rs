@@ -1,7 +1,7 @@
 //! `closer.v1.Events`: stored then live sales events after a cursor, and consumer acks.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct EventsService {
     pub state: Arc<AppState>,

@@ -1,7 +1,7 @@
 //! `closer.v1.Intents`: upload (validate, train, swap in) and read a tenant's intent set.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 /// Largest intent set accepted by `Intents.Upload`.
 pub const MAX_INTENT_SET_BYTES: usize = 4 << 20;

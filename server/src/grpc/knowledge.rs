@@ -1,7 +1,7 @@
 //! `closer.v1.Knowledge`: search, ingest, list, delete and export a tenant's facts.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct KnowledgeService {
     pub state: Arc<AppState>,
@@ -16,7 +16,7 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
         let engine = self.state.engine()?;
         let req = request.into_inner();
         check_tenant_field(&req.tenant)?;
-        self.state.check_text("query", &req.query)?;
+        check_text(self.state.config.max_message_chars, "query", &req.query)?;
         if req.limit > 50 {
             return Err(Error::invalid("limit", "must be 0 to 50").into());
         }

@@ -1,7 +1,7 @@
 //! `closer.v1.Leads`: a lead, a page of leads, a rep's manual score, and form-to-chat.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct LeadsService {
     pub state: Arc<AppState>,

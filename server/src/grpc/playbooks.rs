@@ -1,7 +1,7 @@
 //! `closer.v1.Playbooks`: upload (validate and swap in) and read the playbook in force.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct PlaybooksService {
     pub state: Arc<AppState>,

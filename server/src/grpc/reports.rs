@@ -1,7 +1,7 @@
 //! `closer.v1.Reports`: summary counts and the live leaderboard.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 /// `Reports`: summary counts and the live leaderboard.
 pub struct ReportsService {

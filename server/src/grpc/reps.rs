@@ -1,7 +1,7 @@
 //! `closer.v1.Reps`: presence and capacity for round robin.
 
 #[allow(unused_imports)]
-use super::prelude::*;
+use super::common::prelude::*;
 
 pub struct RepsService {
     pub state: Arc<AppState>,

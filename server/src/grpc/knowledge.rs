@@ -220,16 +220,3 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
 
 /// Largest total upload accepted by one `Knowledge.Ingest` call.
 pub const MAX_INGEST_BYTES: usize = 256 << 20;
-
-fn pb_fact(f: closer_kb::Fact) -> pb::Fact {
-    pb::Fact {
-        id: f.id,
-        kind: f.kind,
-        question: f.question,
-        answer: f.answer,
-        tags: f.tags,
-        intents: f.intents,
-        valid_from: f.valid_from.unwrap_or_default(),
-        valid_until: f.valid_until.unwrap_or_default(),
-    }
-}

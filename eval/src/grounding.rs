@@ -131,34 +131,36 @@ async fn evidence(channel: tonic::transport::Channel, tenant: &str) -> anyhow::R
 
 /// What one question got: the reply, the facts it cites, whether a rep was asked for, the
 /// latency, and what the turn's meeting proposal stated (slot labels, zone, rep names).
-struct Reply {
-    text: String,
-    cited: Vec<String>,
-    handoff: bool,
-    ms: f64,
-    proposed: Vec<String>,
+pub(crate) struct Reply {
+    pub text: String,
+    pub cited: Vec<String>,
+    pub handoff: bool,
+    pub ms: f64,
+    pub proposed: Vec<String>,
 }
 
-async fn ask(
+pub(crate) async fn ask(
     channel: tonic::transport::Channel,
-    q: &Question,
+    tenant: &str,
+    text: &str,
+    domain: Option<String>,
     conversation_id: String,
 ) -> anyhow::Result<Reply> {
     use pb::converse_response::Event;
     let mut client = pb::assistant_client::AssistantClient::new(channel);
     let start = pb::ConverseRequest {
         event: Some(pb::converse_request::Event::Start(pb::Start {
-            tenant: q.tenant.clone(),
+            tenant: tenant.to_string(),
             conversation_id,
             visitor: Some(pb::VisitorContext {
-                company_domain: q.domain.clone(),
+                company_domain: domain,
                 ..Default::default()
             }),
         })),
     };
     let msg = pb::ConverseRequest {
         event: Some(pb::converse_request::Event::Message(pb::VisitorMessage {
-            text: q.question.clone(),
+            text: text.to_string(),
         })),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
@@ -219,9 +221,8 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
     if args.limit > 0 {
         questions.truncate(args.limit);
     }
-    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?
-        .connect()
-        .await?;
+    // Lazy: the server may still be starting; wait_serving polls until it serves.
+    let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?.connect_lazy();
     crate::ui::wait_serving(channel.clone(), &args.server).await?;
     let mut evidence_by_tenant: std::collections::HashMap<String, (Vec<String>, Evidence)> =
         Default::default();
@@ -259,9 +260,15 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             handoff,
             ms,
             proposed,
-        } = ask(channel.clone(), q, format!("grounding-{run}-{n}"))
-            .await
-            .with_context(|| q.question.clone())?;
+        } = ask(
+            channel.clone(),
+            &q.tenant,
+            &q.question,
+            q.domain.clone(),
+            format!("grounding-{run}-{n}"),
+        )
+        .await
+        .with_context(|| q.question.clone())?;
         let (texts, ev) = &evidence_by_tenant[&q.tenant];
         // Proposed meeting times are stated from the reps' calendars, not from facts.
         let with_slots;

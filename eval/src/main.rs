@@ -5,11 +5,14 @@
 //! out-of-scope threshold) and evaluates it; or, with `--server`, sends the test set through a
 //! running server's Classify RPC. See README.md, "Evaluating intents".
 
+mod answerability;
+mod answers;
 mod attacks;
 mod augment;
 mod data;
 mod grounding;
 mod metrics;
+mod oracle;
 mod report;
 mod speed;
 mod ui;
@@ -50,6 +53,11 @@ enum Command {
     /// Run a grounding question set through a running server: retrieval recall, answer
     /// correctness, invented spans, refusals.
     Grounding(grounding::GroundingArgs),
+    /// The evaluation tenants' visitor messages through a running server, scored on the reply
+    /// text: answered correctly, false refusals, unanswerable refused, unbacked claims.
+    Answers(answers::AnswersArgs),
+    /// Train the answerability judgement on tuning tenants through a running server.
+    Answerability(answerability::AnswerabilityArgs),
     /// Prompt-injection corpora through the real models: attack success before and after the guards.
     Attacks(attacks::AttacksArgs),
     /// The encoder's single-message latency (fast path and candle graph) and batch throughput.
@@ -832,6 +840,14 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(grounding::run(args)),
+        Command::Answers(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(answers::run(args)),
+        Command::Answerability(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(answerability::run(args)),
         Command::Attacks(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -180,7 +180,7 @@ pub fn content_terms(text: &str) -> Vec<String> {
 
 /// Lower-cased words; apostrophes split contractions ("what's" → "what", "s"), whose pieces are
 /// stopwords.
-fn terms(text: &str) -> Vec<String> {
+pub fn terms(text: &str) -> Vec<String> {
     text.to_lowercase()
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())

@@ -4,6 +4,7 @@
 //! of phases ([`turn`]). The gRPC server (`closer-server`) converts to and from `closer.v1` at
 //! its edge.
 
+pub mod answerable;
 pub mod attacks;
 pub mod conversation;
 pub mod coverage;

@@ -191,8 +191,8 @@ fn is_stated(fact: &Cited, reply_claims: &[Claim]) -> bool {
     for c in &fact_claims {
         let found = reply_claims.contains(c);
         match c {
-            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) if !found => return false,
-            Claim::Number { unit: Some(_), .. } | Claim::ProperName(_) => {}
+            Claim::Money { .. } | Claim::Percent(_) | Claim::Name(_) if !found => return false,
+            Claim::Money { .. } | Claim::Percent(_) | Claim::Name(_) => {}
             _ => {
                 others += 1;
                 others_found += usize::from(found);
@@ -252,6 +252,7 @@ mod tests {
             id: "pricing-seat".into(),
             answer: "Each seat costs $80 per user per month billed monthly, or $960 per user per year billed annually.".into(),
             evidence: String::new(),
+            closest: false,
         }
     }
 

@@ -47,7 +47,15 @@ pub use plan::DONT_KNOW;
 /// Every fixed sentence the assistant may say besides facts (for checks that count invented
 /// spans in replies).
 pub fn fixed_lines() -> Vec<&'static str> {
-    let mut v = vec![plan::DONT_KNOW, plan::HANDOFF_ACK, plan::UNKNOWN_ACCOUNT];
+    let mut v = vec![
+        plan::DONT_KNOW,
+        plan::HANDOFF_ACK,
+        plan::UNKNOWN_ACCOUNT,
+        plan::CLOSEST,
+        plan::NOTED,
+        plan::BUYING_NOTED,
+        plan::WELCOME,
+    ];
     for name in ["greeting", "just_browsing"] {
         v.extend(plan::canned(name, &[]));
     }
@@ -148,15 +156,20 @@ fn reply(
     emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
 ) -> Result<Option<generate::Reply>> {
     let mut reply = generate::Reply::default();
-    if !d.plan.cited.is_empty() {
-        let (cited, clauses) = (&d.plan.cited, &d.plan.covered_clauses);
+    // Answers judged sure are generated under the guard; the closest documented answers are
+    // stated in the team's own words.
+    let (closest, sure): (Vec<plan::Cited>, Vec<plan::Cited>) =
+        d.plan.cited.iter().cloned().partition(|c| c.closest);
+    if !sure.is_empty() {
+        let clauses = &d.plan.covered_clauses;
         let (e, t, a) = (cx.engine, cx.tenant, d.account.as_ref());
-        match generate::generate_answer(e, t, cx.settings, cx.ctl, cited, clauses, a, turn, emit)? {
+        match generate::generate_answer(e, t, cx.settings, cx.ctl, &sure, clauses, a, turn, emit)? {
             Some(r) => reply = r,
             None => return Ok(None),
         }
     }
-    let tail = d.plan.tail.drain(..).map(str::to_string);
+    let tail = closest.into_iter().map(|c| c.answer);
+    let tail = tail.chain(d.plan.tail.drain(..).map(str::to_string));
     let tail: Vec<String> = tail
         .chain(d.meeting.line.take())
         .chain(d.question.take())

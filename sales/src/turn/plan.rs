@@ -5,7 +5,7 @@ use closer_kb::{Account, Fact, Rep, Snapshot};
 use closer_models::intent::{IntentFlag, IntentSet, OUT_OF_SCOPE};
 use closer_models::IntentPrediction;
 
-use crate::coverage::uncovered_terms;
+use crate::answerable::{Answers, Candidate, Clause, Judge, Vocabulary};
 use crate::engine::Tenant;
 use crate::error::Result;
 use crate::visitor::Visitor;
@@ -15,19 +15,35 @@ pub const DONT_KNOW: &str =
     "I don't have that information, but I can connect you with a rep who does.";
 pub const HANDOFF_ACK: &str =
     "Sure, I'm letting the team know, and a rep will join this chat shortly.";
+/// Said to a statement that asks nothing (no fact is looked up for it).
+pub const NOTED: &str =
+    "Thanks for letting me know! Ask me anything about the product, or I can connect you with a rep.";
+/// Said to a statement that shows buying intent; the playbook's next question or meeting offer
+/// follows it.
+pub const BUYING_NOTED: &str =
+    "Thanks, that's helpful to know! I can connect you with a rep to plan the next steps, and I'm happy to answer questions in the meantime.";
+/// Said to thanks.
+pub const WELCOME: &str = "You're welcome! Let me know if anything else comes up.";
+/// Said after the closest documented answer when the judgement is not sure it answers the visitor.
+pub const CLOSEST: &str =
+    "If that doesn't fully answer your question, I can connect you with a rep who can confirm.";
 pub const UNKNOWN_ACCOUNT: &str =
     "I couldn't find your company in our records, but I can connect you with a rep who can help.";
 
-/// Facts retrieved per clause before the coverage check.
-const CANDIDATES: usize = 3;
-/// A clause classified out of scope may still be answered by a fact this similar to it.
-const OOS_RESCUE_DENSE: f32 = 0.55;
+/// Facts retrieved per clause before the answerability judgement.
+pub const CANDIDATES: usize = 3;
+/// Facts one clause may cite ("how much, and is there a free trial?" needs two).
+pub const FACTS_PER_CLAUSE: usize = 2;
 
 /// What answers one intent's clause.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    Fact(Fact),
-    Owner { account: Account, rep: Rep },
+    /// Facts that answer the clause (`Answers::Yes`), or are the closest the team documented.
+    Facts(Vec<(Fact, Answers)>),
+    Owner {
+        account: Account,
+        rep: Rep,
+    },
     UnknownAccount,
     Uncovered,
     Handoff,
@@ -42,6 +58,8 @@ pub struct Cited {
     pub answer: String,
     /// Everything that backs claims about this fact.
     pub evidence: String,
+    /// Only the closest documented answer: stated verbatim, never generated from.
+    pub closest: bool,
 }
 
 impl Cited {
@@ -49,7 +67,9 @@ impl Cited {
         Cited {
             id: f.id.clone(),
             answer: f.answer.clone(),
-            evidence: f.evidence_text(),
+            // The answer only: tags and the fact's question are not evidence.
+            evidence: f.answer.clone(),
+            closest: false,
         }
     }
 
@@ -60,6 +80,7 @@ impl Cited {
             id: format!("account:{}", account.domain),
             answer,
             evidence,
+            closest: false,
         }
     }
 
@@ -78,6 +99,8 @@ pub enum HandoffAsk {
     Unanswered,
     /// The visitor asked for their rep and their company is not in the accounts table.
     UnknownAccount,
+    /// A question got only the closest documented answer.
+    Unconfirmed,
 }
 
 impl HandoffAsk {
@@ -86,6 +109,7 @@ impl HandoffAsk {
             HandoffAsk::AskedForPerson => "asked for a person",
             HandoffAsk::Unanswered => "unanswered question",
             HandoffAsk::UnknownAccount => "rep asked for, account unknown",
+            HandoffAsk::Unconfirmed => "answer needs a rep's confirmation",
         }
     }
 }
@@ -129,14 +153,27 @@ pub fn plan_turn(
     let mut ordered: Vec<&IntentPrediction> = intents.iter().collect();
     ordered.sort_by_key(|i| i.span.0);
     let mut p = TurnPlan::default();
+    let mut canned_lines = vec![];
     for intent in &ordered {
-        let clause = &text[intent.span.0..intent.span.1];
+        let clause = context(text, intent.span, ordered.len());
         match plan_for(tenant, kb, set, visitor, clause, intent)? {
-            Plan::Fact(f) => {
-                if !p.cited.iter().any(|c| c.id == f.id) {
-                    p.cited.push(Cited::fact(&f));
+            Plan::Facts(facts) => {
+                for (f, sure) in facts {
+                    let closest = sure == Answers::Closest;
+                    match p.cited.iter_mut().find(|c| c.id == f.id) {
+                        Some(c) => c.closest &= closest,
+                        None => p.cited.push(Cited {
+                            closest,
+                            ..Cited::fact(&f)
+                        }),
+                    }
+                    if closest {
+                        p.tail.push(CLOSEST);
+                        p.ask.get_or_insert(HandoffAsk::Unconfirmed);
+                    } else if !p.covered_clauses.iter().any(|c| c == clause) {
+                        p.covered_clauses.push(clause.to_string());
+                    }
                 }
-                p.covered_clauses.push(clause.to_string());
             }
             Plan::Owner { account, rep } => {
                 p.cited.push(Cited::account(&account, &rep));
@@ -155,11 +192,19 @@ pub fn plan_turn(
                 p.tail.push(HANDOFF_ACK);
                 p.ask = Some(HandoffAsk::AskedForPerson);
             }
-            Plan::Canned(line) if ordered.len() == 1 => p.tail.push(line),
-            Plan::Canned(_) => {}
+            Plan::Canned(line) => canned_lines.push(line),
         }
     }
-    p.tail.dedup();
+    // A fixed line (greeting, thanks, a statement noted) only when nothing else is said.
+    if p.tail.is_empty() && p.cited.is_empty() {
+        p.tail.extend(canned_lines.first());
+    }
+    let mut seen = vec![];
+    p.tail.retain(|l| {
+        let new = !seen.contains(l);
+        seen.push(*l);
+        new
+    });
     if p.tail.is_empty() && p.cited.is_empty() {
         p.tail.push(DONT_KNOW);
         p.unanswered = true;
@@ -202,33 +247,115 @@ pub fn plan_for(
     // answered from a fact that covers it, else "I don't know", never brushed off.
     let oos = intent.name == OUT_OF_SCOPE
         || (flags.contains(&IntentFlag::Disqualify) && !knowledge && is_question(clause));
+    let asks = is_question(clause);
+    // A statement classified out of scope ("ok cool, running it by my CFO") is acknowledged,
+    // not answered with the nearest fact.
+    if intent.name == OUT_OF_SCOPE && !asks {
+        return Ok(Plan::Canned(statement_reply(clause, flags)));
+    }
     if knowledge || oos {
         let hits = tenant.kb.search(
             clause,
             CANDIDATES,
             knowledge.then_some(intent.name.as_str()),
         )?;
-        for hit in hits {
-            if oos && hit.dense < OOS_RESCUE_DENSE {
-                continue;
+        let cands: Vec<Candidate<'_>> = hits
+            .iter()
+            .map(|h| Candidate {
+                question: &h.fact.question,
+                answer: &h.fact.answer,
+                tags: &h.fact.tags,
+                intents: &h.fact.intents,
+                dense: h.dense,
+                bm25: h.bm25,
+            })
+            .collect();
+        let vocab = Vocabulary::new(kb.facts().iter().flat_map(|f| {
+            [f.question.as_str(), f.answer.as_str()]
+                .into_iter()
+                .chain(f.tags.iter().map(String::as_str))
+        }))
+        .with_names(
+            std::iter::once(tenant.kb.profile.company.as_str())
+                .chain(tenant.kb.profile.names.iter().map(String::as_str)),
+        );
+        let asked = Clause {
+            text: clause,
+            intent: &intent.name,
+            out_of_scope: oos,
+        };
+        let picked = Judge::builtin().pick(asked, &cands, &vocab, FACTS_PER_CLAUSE);
+        if !picked.is_empty() {
+            for (i, p, sure) in &picked {
+                tracing::debug!(fact = %hits[*i].fact.id, p, ?sure, "answerable");
             }
-            let evidence = format!(
-                "{} {} {} {} {}",
-                hit.fact.evidence_text(),
-                hit.fact.kind,
-                hit.fact.intents.join(" "),
-                tenant.kb.profile.company,
-                tenant.kb.profile.names.join(" ")
-            );
-            if uncovered_terms(clause, &evidence).is_empty() {
-                return Ok(Plan::Fact(hit.fact));
-            }
+            return Ok(Plan::Facts(
+                picked
+                    .into_iter()
+                    .map(|(i, _, sure)| (hits[i].fact.clone(), sure))
+                    .collect(),
+            ));
         }
-        return Ok(Plan::Uncovered);
+        return Ok(if asks {
+            Plan::Uncovered
+        } else {
+            Plan::Canned(statement_reply(clause, flags))
+        });
     }
-    Ok(canned(&intent.name, flags)
-        .map(Plan::Canned)
-        .unwrap_or(Plan::Uncovered))
+    Ok(match canned(&intent.name, flags) {
+        Some(line) => Plan::Canned(line),
+        None if !asks => Plan::Canned(statement_reply(clause, flags)),
+        None => Plan::Uncovered,
+    })
+}
+
+/// The text a clause is answered from: the whole message when it carries one intent (the
+/// classifier's span is often a fragment: "flat fee or per head" of "whats the damage for 15 ppl?
+/// flat fee or per head"), else the sentences the span touches.
+pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
+    if intents <= 1 {
+        return text.trim();
+    }
+    let ends = |i: usize, c: char| {
+        matches!(c, '?' | '!' | '\n')
+            || (c == '.' && text[i + 1..].starts_with(char::is_whitespace))
+    };
+    let start = text[..span.0]
+        .char_indices()
+        .filter(|&(i, c)| ends(i, c))
+        .last()
+        .map_or(0, |(i, c)| i + c.len_utf8());
+    let from_end = span.1.saturating_sub(1).max(span.0);
+    let end = text[from_end..]
+        .char_indices()
+        .find(|&(i, c)| ends(from_end + i, c))
+        .map_or(text.len(), |(i, c)| from_end + i + c.len_utf8());
+    text[start..end.max(span.1)].trim()
+}
+
+/// The reply to a clause that asks nothing: thanks, a buying signal, or anything else said.
+pub fn statement_reply(clause: &str, flags: &[IntentFlag]) -> &'static str {
+    const THANKS: &[&str] = &[
+        "thanks",
+        "thank",
+        "thx",
+        "ty",
+        "tks",
+        "cheers",
+        "appreciate",
+        "appreciated",
+    ];
+    let thanks = clause
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| THANKS.contains(&w));
+    if thanks {
+        WELCOME
+    } else if flags.contains(&IntentFlag::BuyingSignal) {
+        BUYING_NOTED
+    } else {
+        NOTED
+    }
 }
 
 /// A clause that asks something: ends with `?` or opens with a question word.
@@ -247,6 +374,32 @@ pub fn is_question(clause: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clause_is_read_in_its_sentence_or_the_whole_single_intent_message() {
+        let t = "hey whats the damage for like 15 ppl? flat fee or per head";
+        assert_eq!(context(t, (38, 58), 1), t);
+        let t = "How much is a seat? Are you SOC II compliant? And who is our rep?";
+        assert_eq!(context(t, (4, 18), 3), "How much is a seat?");
+        assert_eq!(context(t, (24, 44), 3), "Are you SOC II compliant?");
+        assert_eq!(context(t, (50, 64), 3), "And who is our rep?");
+    }
+
+    #[test]
+    fn statements_get_a_fitting_line_not_a_refusal() {
+        assert_eq!(statement_reply("thx thats really helpful", &[]), WELCOME);
+        assert_eq!(
+            statement_reply(
+                "we're 300 ppl and want to buy this quarter",
+                &[IntentFlag::BuyingSignal]
+            ),
+            BUYING_NOTED
+        );
+        assert_eq!(
+            statement_reply("fyi we're moving off wave next month", &[]),
+            NOTED
+        );
+    }
 
     #[test]
     fn questions_are_told_from_statements() {

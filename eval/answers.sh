@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The answer evaluation of issue 28: the evaluation tenants (and the demo tenant's grounding set)
+# through a server with the real models, started here on loopback. Figures go to
+# target/answers/ (report.md, report.json; grounding/ for the demo tenant).
+# Usage: eval/answers.sh [tenant ...]   (default: gusto bitwarden bigcommerce zohobooks)
+#        eval/answers.sh train            (fits the answerability judgement on the tuning tenants
+#                                          gusto bitwarden bigcommerce -> sales/src/answerable.json;
+#                                          rebuild afterwards)
+# Needs `make build models`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLOSER=${CLOSER:-target/release/closer}
+EVAL=${EVAL:-target/release/closer-eval}
+OUT=${OUT:-target/answers}
+TRAIN=
+if [ "${1:-}" = train ]; then TRAIN=1; set -- gusto bitwarden bigcommerce; fi
+TENANTS=("$@")
+[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce zohobooks)
+mkdir -p "$OUT"
+DATA=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT
+ARGS=()
+for t in "${TENANTS[@]}"; do
+  $CLOSER kb load "eval/tenants/$t/kb" --data-dir "$DATA" >/dev/null
+  ARGS+=(--tenant "eval/tenants/$t")
+done
+$CLOSER kb load knowledge-base/examples/applinks --data-dir "$DATA" >/dev/null
+PORT=${PORT:-50941}
+$CLOSER serve --addr 127.0.0.1:$PORT --data-dir "$DATA" --auth off >"$OUT/server.log" 2>&1 &
+if [ -n "$TRAIN" ]; then
+  $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out sales/src/answerable.json | tee "$OUT/answerability.md"
+  exit 0
+fi
+$EVAL answers --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "$OUT"
+if [ -z "${SKIP_DEMO:-}" ]; then
+  $EVAL grounding --server http://127.0.0.1:$PORT --questions eval/data/applinks-grounding.jsonl --out "$OUT/grounding"
+fi

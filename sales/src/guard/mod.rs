@@ -1,0 +1,245 @@
+//! The fact guard: a generated sentence reaches the visitor only when every claim in it is backed
+//! by what the team authored for this answer — the cited facts' *answers*, the accounts and reps
+//! tables, the company's names — never by tags, a fact's own question or the visitor's words.
+//!
+//! Checked per sentence ([`Evidence::unsupported`]):
+//! - typed claims ([`claims`]): money with currency, magnitude and period ("$960 per user per
+//!   month" needs $960 *per month* in a fact); percentages in every spelling; counts and durations
+//!   with the word that follows them ("2 months free" is not backed by "2 admins"); number words;
+//!   SOC levels ("SOC 2 Type I" is not backed by "SOC 2 Type II"); standards in any case; names
+//!   anywhere in a sentence; e-mails, URLs and domains as whole tokens;
+//! - polarity: the fact sentence closest to the generated one must say yes where it says yes and
+//!   no (not, only, cannot…) where it says no;
+//! - prose: the sentence's content words must be the facts' words (one in three may be new);
+//!   steps and capabilities the facts do not state fail here.
+//!
+//! This is code, not a prompt instruction: the 0.5B generator invents prices, discounts,
+//! arithmetic and "yes" answers freely. A failing sentence gives way to the fact's own answer.
+
+mod claims;
+mod split;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+pub use claims::{claims, spell_out, Claim};
+pub use split::SentenceSplitter;
+
+use crate::coverage::{content_terms, term_matches};
+
+static SENTENCE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[.!?;](?:\s+|$)|\n").unwrap());
+
+/// Words that make a sentence say no. ("Only" restricts: a sentence saying it needs a fact that
+/// restricts too.)
+const NEGATIONS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "cannot",
+    "can't",
+    "cant",
+    "don't",
+    "doesn't",
+    "isn't",
+    "aren't",
+    "won't",
+    "wasn't",
+    "weren't",
+    "hasn't",
+    "haven't",
+    "didn't",
+    "unsupported",
+    "unavailable",
+    "none",
+    "neither",
+    "nor",
+    "without",
+    "excluded",
+    "excludes",
+    "lacks",
+];
+
+/// A fact sentence as the polarity check reads it.
+#[derive(Debug, Clone)]
+struct FactSentence {
+    terms: HashSet<String>,
+    negative: bool,
+    only: bool,
+}
+
+fn only(sentence: &str) -> bool {
+    sentence
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| w == "only" || w == "just" || w == "exclusively")
+}
+
+fn negative(sentence: &str) -> bool {
+    let lower = sentence.to_lowercase().replace('’', "'");
+    lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .any(|w| NEGATIONS.contains(&w) || w.ends_with("n't"))
+}
+
+/// What the cited facts say, prepared for claim checks.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    claims: HashSet<Claim>,
+    /// Money without its period, for claims that state none.
+    money: HashSet<(String, String)>,
+    /// Each number with the words that follow it (three, hyphens split).
+    counts: HashMap<String, HashSet<String>>,
+    words: HashSet<String>,
+    sentences: Vec<FactSentence>,
+}
+
+impl Evidence {
+    pub fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut e = Evidence::default();
+        for t in texts {
+            e.add(t);
+        }
+        e
+    }
+
+    /// Adds an authored text (a fact's answer, an account line, a name).
+    pub fn add(&mut self, text: &str) {
+        for sentence in SENTENCE.split(text) {
+            if sentence.trim().is_empty() {
+                continue;
+            }
+            for c in claims(sentence) {
+                match &c {
+                    Claim::Money {
+                        currency, value, ..
+                    } => {
+                        self.money.insert((currency.clone(), value.clone()));
+                    }
+                    Claim::Url(u) => {
+                        let host = u.split('/').next().unwrap_or("").to_string();
+                        self.claims.insert(Claim::Domain(host));
+                    }
+                    Claim::Email(e) => {
+                        let host = e.rsplit('@').next().unwrap_or("").to_string();
+                        self.claims.insert(Claim::Domain(host));
+                    }
+                    Claim::Level { standard, .. } => {
+                        self.claims.insert(Claim::Level {
+                            standard: standard.clone(),
+                            level: None,
+                        });
+                    }
+                    _ => {}
+                }
+                self.claims.insert(c);
+            }
+            let spelled = spell_out(sentence);
+            for (c, end) in claims::numbers(&spelled) {
+                let value = match c {
+                    Claim::Count { value, .. } => value,
+                    Claim::Money { value, .. } | Claim::Percent(value) => value,
+                    _ => continue,
+                };
+                self.counts
+                    .entry(value)
+                    .or_default()
+                    .extend(claims::following(&spelled, end, 3));
+            }
+            for w in sentence
+                .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\'' || c == '’'))
+                .filter(|w| !w.is_empty())
+            {
+                let w = w.to_lowercase();
+                let w = w
+                    .trim_end_matches("'s")
+                    .trim_end_matches("’s")
+                    .trim_matches(['\'', '’', '-']);
+                self.words.insert(w.to_string());
+                for part in w.split('-') {
+                    self.words.insert(part.to_string());
+                }
+            }
+            self.sentences.push(FactSentence {
+                terms: content_terms(sentence).into_iter().collect(),
+                negative: negative(sentence),
+                only: only(sentence),
+            });
+        }
+    }
+
+    /// True when the facts back the claim.
+    pub fn supports(&self, claim: &Claim) -> bool {
+        match claim {
+            Claim::Money {
+                currency,
+                value,
+                period: None,
+            } => self.money.contains(&(currency.clone(), value.clone())),
+            Claim::Count { value, noun } => match (self.counts.get(value), noun) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(next), Some(n)) => next.contains(n) || next.contains(&format!("{n}s")),
+            },
+            Claim::Name(w) | Claim::Acronym(w) | Claim::Standard(w) => self.words.contains(w),
+            Claim::Polarity(_) | Claim::Prose(_) => false,
+            c => self.claims.contains(c),
+        }
+    }
+
+    /// The fact sentences sharing the most content words (at least two) with `terms`.
+    fn closest(&self, terms: &[String]) -> Vec<&FactSentence> {
+        let shared = |s: &FactSentence| {
+            terms
+                .iter()
+                .filter(|t| s.terms.iter().any(|f| term_matches(t, f)))
+                .count()
+        };
+        let best = self.sentences.iter().map(shared).max().unwrap_or(0);
+        if best < 2 {
+            return vec![];
+        }
+        self.sentences
+            .iter()
+            .filter(|s| shared(s) == best)
+            .collect()
+    }
+
+    /// The claims of `sentence` that no fact backs (empty: the sentence may be released).
+    pub fn unsupported(&self, sentence: &str) -> Vec<Claim> {
+        let mut bad: Vec<Claim> = claims(sentence)
+            .into_iter()
+            .filter(|c| !self.supports(c))
+            .collect();
+        let terms: Vec<String> = content_terms(&spell_out(sentence))
+            .into_iter()
+            .filter(|t| !t.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        let closest = self.closest(&terms);
+        let neg = negative(sentence);
+        let yes = sentence.trim_start().to_lowercase().starts_with("yes");
+        let restricts = only(sentence);
+        let agrees = |s: &&FactSentence| {
+            s.negative == neg && !(yes && s.negative) && (!restricts || s.only || s.negative)
+        };
+        if !closest.is_empty() && !closest.iter().any(agrees) {
+            bad.push(Claim::Polarity(
+                if neg { "says no" } else { "says yes" }.to_string(),
+            ));
+        }
+        let new: Vec<&String> = terms
+            .iter()
+            .filter(|t| !self.words.iter().any(|w| term_matches(t, w)))
+            .collect();
+        if new.len() >= 2 && new.len() * 3 > terms.len() {
+            bad.push(Claim::Prose(
+                new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+            ));
+        }
+        bad
+    }
+}
+
+#[cfg(test)]
+mod tests;

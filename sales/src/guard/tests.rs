@@ -1,0 +1,186 @@
+use super::*;
+
+/// The demo tenant's seed facts, as the guard sees them: answers only, plus the names.
+fn seat_evidence() -> Evidence {
+    Evidence::new([
+        "Each seat costs $80 per user per month billed monthly, or $960 per user per year billed annually.",
+        "Applinks is SOC 2 Type II compliant; the audit report is shared under NDA.",
+        "Chelsea Ward is the account owner for acme.com. chelsea.ward@applinks.example",
+        "Every plan includes a 30-day money-back guarantee and 2 admin seats.",
+        "Applinks integrates with Salesforce and HubSpot only; Pipedrive is not supported.",
+        "Applinks",
+    ])
+}
+
+fn passes(e: &Evidence, s: &str) {
+    assert!(e.unsupported(s).is_empty(), "{s}: {:?}", e.unsupported(s));
+}
+
+fn fails(e: &Evidence, s: &str) {
+    assert!(!e.unsupported(s).is_empty(), "{s} was released");
+}
+
+#[test]
+fn grounded_sentences_pass() {
+    let e = seat_evidence();
+    for s in [
+        "Each seat costs $80 per user per month billed monthly, or $960.00 per user per year billed annually.",
+        "A seat is $80 a month, or $960 a year.",
+        "Applinks is SOC 2 Type II compliant.",
+        "Applinks is SOC 2 compliant.",
+        "Chelsea Ward is the account owner for acme.com.",
+        "Your account owner is Chelsea Ward (chelsea.ward@applinks.example).",
+        "Every plan has a 30-day money-back guarantee.",
+        "Every plan includes two admin seats.",
+        "Pipedrive is not supported.",
+        "Applinks integrates with Salesforce and HubSpot.",
+    ] {
+        passes(&e, s);
+    }
+}
+
+#[test]
+fn invented_prices_discounts_and_arithmetic_are_caught() {
+    let e = seat_evidence();
+    for s in [
+        "Yes, Applinks offers a 50% discount for startups.",
+        "10 users would cost $800 per month.",
+        "Each seat costs €80 per month.",
+        "We are also ISO 27001 certified.",
+        "Your rep is Bob Smith.",
+        "Contact sales@evil.example for a deal.",
+        "See https://evil.example/deal for details.",
+        "Startups get half off.",
+    ] {
+        fails(&e, s);
+    }
+}
+
+// Each bypass of issue 28, one test: all of them passed the token-bag guard.
+
+#[test]
+fn units_and_magnitudes_count() {
+    let e = seat_evidence();
+    fails(&e, "Startups get 80 per cent off.");
+    fails(&e, "Startups get 80 percent off.");
+    fails(&e, "A seat costs $80k.");
+    fails(&e, "A seat costs 960 euros a year.");
+    fails(&e, "A seat costs €960 a year.");
+}
+
+#[test]
+fn number_words_are_numbers() {
+    let e = seat_evidence();
+    fails(&e, "Startups get eighty percent off.");
+    fails(&e, "You can add twenty-five admin seats for free.");
+    fails(&e, "Nonprofits get a third off.");
+    passes(&e, "Each seat costs eighty dollars per user per month.");
+}
+
+#[test]
+fn numbers_are_matched_with_their_period_and_noun() {
+    let e = seat_evidence();
+    fails(&e, "Each seat costs $960 per user per month.");
+    fails(&e, "Each seat costs $80 per user per year.");
+    fails(&e, "There is a 30-minute onboarding call.");
+    fails(&e, "You get two months free.");
+    fails(&e, "You get 2 months free.");
+}
+
+#[test]
+fn certification_levels_are_read() {
+    let e = seat_evidence();
+    fails(&e, "Applinks is SOC 2 Type I compliant.");
+    fails(&e, "Applinks is SOC 1 compliant.");
+    fails(&e, "Applinks is SOC II Type 1 certified.");
+    passes(&e, "Applinks is SOC II Type 2 compliant.");
+}
+
+#[test]
+fn names_count_anywhere_in_a_sentence() {
+    let e = seat_evidence();
+    fails(&e, "Bob will be your account owner.");
+    fails(&e, "Maria is the account owner for acme.com.");
+    fails(
+        &e,
+        "Applinks integrates with Pipedrive, Zoho and Salesforce.",
+    );
+}
+
+#[test]
+fn standards_are_read_in_any_case() {
+    let e = seat_evidence();
+    fails(&e, "Applinks is hipaa compliant.");
+    fails(&e, "Applinks is also gdpr and fedramp certified.");
+}
+
+#[test]
+fn emails_and_urls_are_whole_tokens() {
+    let e = seat_evidence();
+    fails(&e, "Write to a.ward@applinks.example.");
+    fails(&e, "Write to ward@applinks.example.");
+    fails(&e, "See www.applinks.example/pricing.");
+    fails(&e, "Visit cme.com for details.");
+}
+
+#[test]
+fn polarity_is_checked_against_the_fact() {
+    let e = seat_evidence();
+    fails(&e, "Applinks is not SOC 2 compliant.");
+    fails(&e, "Yes, Applinks supports Pipedrive.");
+    fails(&e, "Pipedrive is supported.");
+    fails(&e, "No, the audit report is not shared.");
+    let e = Evidence::new([
+        "Applinks integrates with Salesforce and HubSpot.",
+        "Applinks",
+    ]);
+    fails(&e, "Applinks integrates only with Salesforce and HubSpot.");
+}
+
+#[test]
+fn tags_and_a_facts_question_are_not_evidence() {
+    // What a turn builds: the answer only, though the fact's question and tags name more.
+    let e = Evidence::new([
+        "Applinks integrates with Salesforce and HubSpot only.",
+        "Applinks",
+    ]);
+    fails(&e, "Applinks integrates with Pipedrive.");
+    fails(&e, "Yes, Applinks can work with Pipedrive.");
+}
+
+#[test]
+fn prose_the_facts_do_not_state_is_caught() {
+    let e = Evidence::new([
+        "Bank accounts can be paid by ACH direct debit; credit cards are not accepted.",
+        "Applinks",
+    ]);
+    fails(
+        &e,
+        "To pay, choose a card on the billing page and enter your credit or debit card details.",
+    );
+    passes(&e, "Credit cards are not accepted.");
+}
+
+#[test]
+fn splitter_keeps_amounts_and_releases_whole_sentences() {
+    let mut sp = SentenceSplitter::default();
+    let mut got = vec![];
+    for piece in [
+        "Each seat ",
+        "costs $9",
+        ".50 a month",
+        ". Applinks is ",
+        "SOC 2 compliant",
+        ".",
+    ] {
+        got.extend(sp.push(piece));
+    }
+    got.extend(sp.finish());
+    assert_eq!(
+        got,
+        [
+            "Each seat costs $9.50 a month.",
+            "Applinks is SOC 2 compliant."
+        ]
+    );
+}

@@ -205,11 +205,15 @@ fn shape(events: &[Event]) -> String {
     s
 }
 
+mod adversarial;
 mod auth;
 mod browser;
 mod faults;
 mod injection;
 mod knowledge;
+/// The answer evaluation's claim oracle, which shares no code with the guard it checks.
+#[path = "../eval/src/oracle.rs"]
+mod oracle;
 mod sales;
 
 // ---------------------------------------------------------------- real models
@@ -347,11 +351,15 @@ async fn real_disqualified_visitors_questions_are_not_brushed_off() {
         e => panic!("first event {e:?}"),
     };
     let f = final_of(&events);
+    // No fact states a student discount: the visitor hears "I don't have that" or the closest
+    // documented answer with a rep to confirm, and a rep is asked for either way.
     assert!(
-        f.text.contains("I don't have that information"),
+        f.text.contains("I don't have that information")
+            || f.text.contains(closer_sales::turn::plan::CLOSEST),
         "{intents:?}: {}",
         f.text
     );
+    assert!(!handoffs(&events).is_empty(), "{}", f.text);
     assert!(!f.text.contains('%'), "{}", f.text);
     // A statement with no question still gets the polite brush-off.
     let events = one_turn(&ts, None, "I'm a student working on a class project.")

@@ -10,9 +10,9 @@ use std::collections::HashSet;
 
 use closer_models::GenerationRequest;
 use closer_sales::attacks;
-use closer_sales::guard::Evidence;
 
 use super::*;
+use crate::oracle::Backing;
 
 fn corpus() -> Vec<String> {
     attacks::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/security")).unwrap()
@@ -83,7 +83,7 @@ async fn injection_corpora_leak_nothing_through_a_compromised_generator() {
         .collect();
     assert!(attacks.len() >= 900, "{}", attacks.len());
     let texts = demo_evidence_texts();
-    let evidence = Arc::new(Evidence::new(texts.iter().map(String::as_str)));
+    let evidence = Arc::new(Backing::new(texts.iter().map(String::as_str)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let attacks = Arc::new(attacks);
     let mut workers = vec![];
@@ -155,12 +155,11 @@ async fn injection_corpora_leak_nothing_through_a_compromised_generator() {
                             let ev = if proposed.is_empty() {
                                 &*evidence
                             } else {
-                                ev = Evidence::new(
-                                    texts.iter().chain(&proposed).map(String::as_str),
-                                );
+                                ev =
+                                    Backing::new(texts.iter().chain(&proposed).map(String::as_str));
                                 &ev
                             };
-                            let invented = ev.unsupported(&f.text);
+                            let invented = ev.unbacked(&f.text);
                             if !invented.is_empty() {
                                 failures
                                     .push(format!("#{n} invented {invented:?} in {:?}", f.text));

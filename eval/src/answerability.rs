@@ -225,6 +225,7 @@ async fn collect(
     dir: &Path,
     tenant_no: usize,
     candidates: usize,
+    timings: &mut Vec<f64>,
     rows: &mut Vec<Row>,
     messages: &mut Vec<Message>,
 ) -> anyhow::Result<()> {
@@ -243,12 +244,12 @@ async fn collect(
         .collect();
     let set = IntentSet::from_yaml(&std::fs::read_to_string(kb.join("intents.yaml"))?)?;
     let facts_text = std::fs::read_to_string(kb.join("facts.jsonl"))?;
-    let facts: Vec<closer_kb::Fact> = facts_text
+    let kb_facts: Vec<closer_kb::Fact> = facts_text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let vocab = Vocabulary::new(facts.iter().flat_map(|f| {
+    let vocab = Vocabulary::new(kb_facts.iter().flat_map(|f| {
         [f.question.as_str(), f.answer.as_str()]
             .into_iter()
             .chain(f.tags.iter().map(String::as_str))
@@ -291,10 +292,11 @@ async fn collect(
                 (intent.span_start as usize, intent.span_end as usize),
                 classified.intents.len(),
             );
-            let oos = intent.name == OUT_OF_SCOPE
-                || (flags.contains(&IntentFlag::Disqualify)
-                    && !knowledge
-                    && closer_sales::turn::plan::is_question(clause));
+            let oos = closer_sales::turn::plan::searched_unprompted(&intent.name, flags, clause);
+            // As `plan_for`: a statement out of scope is acknowledged, not looked up.
+            if intent.name == OUT_OF_SCOPE && !closer_sales::turn::plan::is_question(clause) {
+                continue;
+            }
             if !(knowledge || oos) {
                 continue;
             }
@@ -326,6 +328,18 @@ async fn collect(
                 intent: &intent.name,
                 out_of_scope: oos,
             };
+            // The served step's cost: the tenant's vocabulary, then every candidate's features
+            // and the judgement (as `plan_for` does per clause).
+            let t = std::time::Instant::now();
+            let v = Vocabulary::new(kb_facts.iter().flat_map(|f| {
+                [f.question.as_str(), f.answer.as_str()]
+                    .into_iter()
+                    .chain(f.tags.iter().map(String::as_str))
+            }))
+            .with_names(names.iter().map(String::as_str));
+            let picked = Judge::builtin().pick(asked, &cands, &v, 2);
+            std::hint::black_box(picked);
+            timings.push(t.elapsed().as_secs_f64() * 1e3);
             for (i, f) in facts.iter().enumerate() {
                 msg.row_facts.push((rows.len(), f.id.clone()));
                 rows.push(Row {
@@ -348,13 +362,14 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
     // Lazy: the server may still be starting; wait_serving polls until it serves.
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?.connect_lazy();
     crate::ui::wait_serving(channel.clone(), &args.server).await?;
-    let (mut rows, mut messages) = (vec![], vec![]);
+    let (mut rows, mut messages, mut timings) = (vec![], vec![], vec![]);
     for (t, dir) in args.tenants.iter().enumerate() {
         collect(
             channel.clone(),
             dir,
             t,
             args.candidates,
+            &mut timings,
             &mut rows,
             &mut messages,
         )
@@ -368,6 +383,13 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
         std::fs::write(p, lines.join("\n") + "\n")?;
     }
     let positives = rows.iter().filter(|r| r.y).count();
+    timings.sort_by(f64::total_cmp);
+    eprintln!(
+        "answerability step per clause (vocabulary, features, judgement; {} clauses): p50 {:.2} ms, p99 {:.2} ms",
+        timings.len(),
+        crate::metrics::percentile(&timings, 0.5),
+        crate::metrics::percentile(&timings, 0.99)
+    );
     let reachable = messages
         .iter()
         .filter(|m| {

@@ -16,6 +16,22 @@ static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
     )
     .unwrap()
 });
+static LINK: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)(?:https?://|www\.)[^\s"'<>()\[\],]+|[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+"#,
+    )
+    .unwrap()
+});
+
+/// A link or e-mail without scheme or trailing punctuation, lower case.
+fn bare_link(l: &str) -> String {
+    l.to_lowercase()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches(['.', '/', ';', ':', '!', '?'])
+        .to_string()
+}
+
 static SENTENCE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[.!?](?:\s+|$)|\n").unwrap());
 static LEVEL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)\btype\s+(1|2|i|ii)\b").unwrap());
 static PERIOD: LazyLock<Regex> = LazyLock::new(|| {
@@ -248,10 +264,12 @@ fn strip(t: &str) -> &str {
 }
 
 fn tokens(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|t| strip(t).to_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+    text.split(|c: char| {
+        c.is_whitespace() || matches!(c, ',' | '"' | ';' | '|' | '[' | ']' | '{' | '}')
+    })
+    .map(|t| strip(t).to_lowercase())
+    .filter(|t| !t.is_empty())
+    .collect()
 }
 
 fn is_link(t: &str) -> bool {
@@ -338,6 +356,7 @@ fn amounts(text: &str) -> Vec<Amount> {
 #[derive(Default)]
 pub struct Backing {
     words: HashSet<String>,
+    links: HashSet<String>,
     amounts: HashSet<String>,
     amount_periods: HashSet<(String, Option<String>)>,
     numbers: HashSet<String>,
@@ -363,6 +382,9 @@ impl Backing {
 
     pub fn add(&mut self, text: &str) {
         self.words.extend(tokens(text));
+        for m in LINK.find_iter(text) {
+            self.links.insert(bare_link(m.as_str()));
+        }
         for a in amounts(text) {
             self.amounts.insert(a.key.clone());
             self.counts.insert((a.num.clone(), a.noun));
@@ -426,28 +448,18 @@ impl Backing {
                 out.push(format!("level {}", &c[0]));
             }
         }
+        for m in LINK.find_iter(reply) {
+            let l = bare_link(m.as_str());
+            if !self.links.contains(&l) {
+                out.push(format!("link {l}"));
+            }
+        }
         for sentence in SENTENCE.split(reply) {
             let raw: Vec<&str> = sentence.split_whitespace().collect();
             for (i, w) in raw.iter().enumerate() {
                 let t = strip(w);
                 let lower = t.to_lowercase();
-                if t.is_empty() {
-                    continue;
-                }
-                if is_link(&lower) {
-                    let bare = lower
-                        .trim_start_matches("https://")
-                        .trim_start_matches("http://")
-                        .to_string();
-                    if !self.words.contains(&lower)
-                        && !self.words.iter().any(|x| {
-                            x.trim_start_matches("https://")
-                                .trim_start_matches("http://")
-                                == bare
-                        })
-                    {
-                        out.push(format!("link {lower}"));
-                    }
+                if t.is_empty() || is_link(&lower) {
                     continue;
                 }
                 if STANDARDS.contains(&lower.as_str()) {

@@ -352,13 +352,6 @@ pub const COMMON: &[&str] = &[
     "someone",
 ];
 
-/// Words after which a sentence's first capitalised word reads as a name ("Bob will be…").
-const NAME_FOLLOWERS: &[&str] = &[
-    "is", "was", "will", "would", "can", "could", "handles", "manages", "owns", "leads", "works",
-    "from", "at", "and", "has", "covers", "looks", "takes", "runs", "heads", "oversees", "'s",
-    "’s", "here", "will",
-];
-
 /// A statement a sentence makes that must be backed by a fact.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Claim {
@@ -374,10 +367,12 @@ pub enum Claim {
     },
     /// A percentage, however spelled ("80%", "80 per cent", "eighty percent", "half off").
     Percent(String),
-    /// A number with the word that follows it ("30-day" → day, "2 months" → month), if any.
+    /// A number with the word that follows it ("30-day" → day, "2 months" → month), if any,
+    /// and the period that follows it ("1,000 invoices a year" → year), if any.
     Count {
         value: String,
         noun: Option<String>,
+        period: Option<String>,
     },
     /// A certification with its level: ("soc 2", Some("1")) for "SOC 2 Type I".
     Level {
@@ -420,10 +415,20 @@ impl std::fmt::Display for Claim {
                 Some(p) => write!(f, "{currency}{value} per {p}"),
                 None => write!(f, "{currency}{value}"),
             },
-            Claim::Count { value, noun } => match noun {
-                Some(n) => write!(f, "{value} {n}"),
-                None => write!(f, "{value}"),
-            },
+            Claim::Count {
+                value,
+                noun,
+                period,
+            } => {
+                write!(f, "{value}")?;
+                if let Some(n) = noun {
+                    write!(f, " {n}")?;
+                }
+                match period {
+                    Some(p) => write!(f, " per {p}"),
+                    None => Ok(()),
+                }
+            }
             Claim::Level { standard, level } => match level {
                 Some(l) => write!(f, "{standard} type {l}"),
                 None => write!(f, "{standard}"),
@@ -492,7 +497,7 @@ fn scaled(value: &str, magnitude: &str) -> String {
     canonical_number(&format!("{v:.2}"))
 }
 
-fn period_of(word: &str) -> Option<&'static str> {
+pub fn period_of(word: &str) -> Option<&'static str> {
     let w = word.to_lowercase();
     let w = w.trim_matches(|c: char| !c.is_alphanumeric());
     Some(match w {
@@ -592,7 +597,19 @@ pub fn numbers(text: &str) -> Vec<(Claim, usize)> {
                 Some(glued.to_lowercase())
             };
             let noun = noun.filter(|n| n.chars().all(char::is_alphabetic) && n.len() > 1);
-            Claim::Count { value, noun }
+            // The period of a count ("invoices a year"), unless the count is itself a duration.
+            let period = following(text, end, 4)
+                .iter()
+                .skip(usize::from(
+                    noun.as_deref().is_some_and(|n| period_of(n).is_some()),
+                ))
+                .find_map(|w| period_of(w))
+                .map(str::to_string);
+            Claim::Count {
+                value,
+                noun,
+                period,
+            }
         };
         out.push((claim, end));
     }
@@ -638,7 +655,7 @@ pub fn claims(sentence: &str) -> Vec<Claim> {
     }
     out.extend(numbers(&text).into_iter().map(|(c, _)| c));
     let words: Vec<&str> = WORD.find_iter(&text).map(|m| m.as_str()).collect();
-    for (i, w) in words.iter().enumerate() {
+    for w in &words {
         let w = strip_possessive(w);
         let lower = w.to_lowercase();
         if STANDARDS.contains(&lower.as_str()) {
@@ -654,12 +671,9 @@ pub fn claims(sentence: &str) -> Vec<Claim> {
             out.push(Claim::Acronym(lower));
             continue;
         }
-        let next = words.get(i + 1).copied().unwrap_or("");
-        let next_is_name = next.chars().next().is_some_and(char::is_uppercase)
-            || NAME_FOLLOWERS.contains(&next.to_lowercase().as_str());
-        if i > 0 || next_is_name {
-            out.push(Claim::Name(lower));
-        }
+        // Anywhere in the sentence, first word included ("Bob will…", "Pipedrive serves…"):
+        // a capitalised word that is not a common word is a name to back.
+        out.push(Claim::Name(lower));
     }
     out
 }

@@ -31,6 +31,53 @@ use crate::coverage::{content_terms, term_matches};
 
 static SENTENCE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[.!?;](?:\s+|$)|\n").unwrap());
 
+/// Where a sentence's clauses part, for the polarity check.
+static CLAUSE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[;:]|,?\s+(?:but|while|whereas|although|however)\s+").unwrap());
+
+/// Words that change what a sentence promises (periods, scope, price): each must be a word of
+/// the cited facts.
+const CRITICAL: &[&str] = &[
+    "day",
+    "days",
+    "week",
+    "weeks",
+    "month",
+    "months",
+    "year",
+    "years",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "daily",
+    "weekly",
+    "monthly",
+    "yearly",
+    "annually",
+    "annual",
+    "free",
+    "unlimited",
+    "discount",
+    "discounts",
+    "refund",
+    "refunds",
+    "refundable",
+    "lifetime",
+    "guarantee",
+    "guaranteed",
+    "included",
+    "includes",
+    "always",
+    "every",
+    "all",
+    "any",
+    "cheaper",
+    "cheapest",
+    "lowest",
+    "highest",
+];
+
 /// Words that make a sentence say no. ("Only" restricts: a sentence saying it needs a fact that
 /// restricts too.)
 const NEGATIONS: &[&str] = &[
@@ -65,7 +112,7 @@ const NEGATIONS: &[&str] = &[
 #[derive(Debug, Clone)]
 struct FactSentence {
     terms: HashSet<String>,
-    negative: bool,
+    negative: usize,
     only: bool,
 }
 
@@ -76,11 +123,13 @@ fn only(sentence: &str) -> bool {
         .any(|w| w == "only" || w == "just" || w == "exclusively")
 }
 
-fn negative(sentence: &str) -> bool {
+/// How many times a sentence says no ("cannot pay X, cannot be used with Y" says it twice).
+fn negative(sentence: &str) -> usize {
     let lower = sentence.to_lowercase().replace('’', "'");
     lower
         .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .any(|w| NEGATIONS.contains(&w) || w.ends_with("n't"))
+        .filter(|w| NEGATIONS.contains(w) || w.ends_with("n't"))
+        .count()
 }
 
 /// What the cited facts say, prepared for claim checks.
@@ -142,10 +191,15 @@ impl Evidence {
                     Claim::Money { value, .. } | Claim::Percent(value) => value,
                     _ => continue,
                 };
-                self.counts
-                    .entry(value)
-                    .or_default()
-                    .extend(claims::following(&spelled, end, 3));
+                let next = claims::following(&spelled, end, 5);
+                let periods: Vec<String> = next
+                    .iter()
+                    .filter_map(|w| claims::period_of(w))
+                    .map(|p| format!("per {p}"))
+                    .collect();
+                let e = self.counts.entry(value).or_default();
+                e.extend(next.into_iter().take(3));
+                e.extend(periods);
             }
             for w in sentence
                 .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\'' || c == '’'))
@@ -177,11 +231,16 @@ impl Evidence {
                 value,
                 period: None,
             } => self.money.contains(&(currency.clone(), value.clone())),
-            Claim::Count { value, noun } => match (self.counts.get(value), noun) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(next), Some(n)) => next.contains(n) || next.contains(&format!("{n}s")),
-            },
+            Claim::Count {
+                value,
+                noun,
+                period,
+            } => self.counts.get(value).is_some_and(|next| {
+                noun.as_ref().is_none_or(|n| next.contains(n))
+                    && period
+                        .as_ref()
+                        .is_none_or(|p| next.contains(&format!("per {p}")))
+            }),
             Claim::Name(w) | Claim::Acronym(w) | Claim::Standard(w) => self.words.contains(w),
             Claim::Polarity(_) | Claim::Prose(_) => false,
             c => self.claims.contains(c),
@@ -216,17 +275,34 @@ impl Evidence {
             .into_iter()
             .filter(|t| !t.chars().all(|c| c.is_ascii_digit()))
             .collect();
-        let closest = self.closest(&terms);
-        let neg = negative(sentence);
+        // Polarity per clause: "X is not accepted; Y is" holds two.
         let yes = sentence.trim_start().to_lowercase().starts_with("yes");
-        let restricts = only(sentence);
-        let agrees = |s: &&FactSentence| {
-            s.negative == neg && !(yes && s.negative) && (!restricts || s.only || s.negative)
-        };
-        if !closest.is_empty() && !closest.iter().any(agrees) {
-            bad.push(Claim::Polarity(
-                if neg { "says no" } else { "says yes" }.to_string(),
-            ));
+        for piece in CLAUSE.split(sentence).filter(|p| !p.trim().is_empty()) {
+            let piece_terms: Vec<String> = content_terms(&spell_out(piece))
+                .into_iter()
+                .filter(|t| !t.chars().all(|c| c.is_ascii_digit()))
+                .collect();
+            let closest = self.closest(&piece_terms);
+            let neg = negative(piece);
+            let restricts = only(piece);
+            let agrees = |s: &&FactSentence| {
+                s.negative == neg
+                    && !(yes && s.negative > 0)
+                    && (!restricts || s.only || s.negative > 0)
+            };
+            if !closest.is_empty() && !closest.iter().any(agrees) {
+                bad.push(Claim::Polarity(format!(
+                    "{} ({})",
+                    if neg > 0 { "says no" } else { "says yes" },
+                    piece.trim()
+                )));
+            }
+        }
+        // Words that change what a sentence promises must be the facts' words too.
+        for t in &terms {
+            if CRITICAL.contains(&t.as_str()) && !self.words.contains(t.as_str()) {
+                bad.push(Claim::Prose(t.clone()));
+            }
         }
         let new: Vec<&String> = terms
             .iter()

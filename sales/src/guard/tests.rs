@@ -85,6 +85,28 @@ fn numbers_are_matched_with_their_period_and_noun() {
     fails(&e, "There is a 30-minute onboarding call.");
     fails(&e, "You get two months free.");
     fails(&e, "You get 2 months free.");
+    let e = Evidence::new([
+        "It cannot pay US contractors, cannot be used with approvals on, and needs direct deposit.",
+        "Gusto",
+    ]);
+    fails(
+        &e,
+        "It can pay US contractors, cannot be used with approvals on, and needs direct deposit.",
+    );
+    let e = Evidence::new([
+        "It includes 3 users and up to 5,000 invoices a year.",
+        "Zoho",
+    ]);
+    fails(&e, "It includes 3 users and up to 5,000 invoices a month.");
+    passes(&e, "It allows 5,000 invoices a year and 3 users.");
+    let e = Evidence::new([
+        "Contractors count only in a month in which they are paid.",
+        "Gusto",
+    ]);
+    fails(
+        &e,
+        "Contractors count only in a year in which they are paid.",
+    );
 }
 
 #[test]
@@ -135,6 +157,11 @@ fn polarity_is_checked_against_the_fact() {
         "Applinks",
     ]);
     fails(&e, "Applinks integrates only with Salesforce and HubSpot.");
+    let e = Evidence::new([
+        "Gusto does not accept credit cards for its subscription or for payroll; invoices are debited from the company's bank account.",
+        "Gusto",
+    ]);
+    fails(&e, "Gusto does accept credit cards for its subscription or for payroll; invoices are debited from the company's bank account.");
 }
 
 #[test]

@@ -36,6 +36,10 @@ impl Reply {
         turn: u32,
         emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
+        // The model sometimes repeats a sentence; a fact may be appended that it already said.
+        if self.sentences.iter().any(|x| x == s) {
+            return ControlFlow::Continue(());
+        }
         let text = if self.sentences.is_empty() {
             s.to_string()
         } else {
@@ -280,6 +284,23 @@ mod tests {
     }
 
     #[test]
+    fn a_closest_answer_loses_its_own_yes_or_no() {
+        use crate::turn::without_yes_no;
+        assert_eq!(
+            without_yes_no("Yes. The Vendor Portal lets vendors upload documents."),
+            "The Vendor Portal lets vendors upload documents."
+        );
+        assert_eq!(
+            without_yes_no("No, API access starts at Standard."),
+            "API access starts at Standard."
+        );
+        assert_eq!(
+            without_yes_no("Nobody is charged twice."),
+            "Nobody is charged twice."
+        );
+    }
+
+    #[test]
     fn a_reply_separates_its_sentences_with_one_space() {
         let mut r = Reply::default();
         let mut seen = vec![];
@@ -290,6 +311,7 @@ mod tests {
             ControlFlow::Continue(())
         };
         let _ = r.send("One.", 1, &mut emit);
+        let _ = r.send("Two.", 1, &mut emit);
         let _ = r.send("Two.", 1, &mut emit);
         assert_eq!(seen, vec!["One.".to_string(), " Two.".to_string()]);
         assert_eq!(r.text(), "One. Two.");

@@ -168,7 +168,11 @@ fn reply(
             None => return Ok(None),
         }
     }
-    let tail = closest.into_iter().map(|c| c.answer);
+    // A closest answer was written for another question: its own "Yes." or "No." must not read
+    // as the answer to this one.
+    let tail = closest
+        .into_iter()
+        .map(|c| without_yes_no(&c.answer).to_string());
     let tail = tail.chain(d.plan.tail.drain(..).map(str::to_string));
     let tail: Vec<String> = tail
         .chain(d.meeting.line.take())
@@ -180,6 +184,22 @@ fn reply(
         }
     }
     Ok(Some(reply))
+}
+
+/// A fact's answer without its opening "Yes." / "No," (the answer to the fact's own question).
+pub fn without_yes_no(answer: &str) -> &str {
+    let t = answer.trim_start();
+    for opener in ["Yes", "No"] {
+        if let Some(rest) = t.strip_prefix(opener) {
+            if let Some(rest) = rest.strip_prefix(['.', ',', '!', ';']) {
+                let rest = rest.trim_start();
+                if !rest.is_empty() {
+                    return rest;
+                }
+            }
+        }
+    }
+    t
 }
 
 /// Runs one turn and emits its events in protocol order: classify → decide (observe, plan,

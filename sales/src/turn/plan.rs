@@ -245,9 +245,11 @@ pub fn plan_for(
     let knowledge = flags.contains(&IntentFlag::Knowledge);
     // A disqualified visitor's question ("is there a student discount?") is still a question:
     // answered from a fact that covers it, else "I don't know", never brushed off.
-    let oos = intent.name == OUT_OF_SCOPE
-        || (flags.contains(&IntentFlag::Disqualify) && !knowledge && is_question(clause));
     let asks = is_question(clause);
+    // A question under an intent no fact is tagged with (out of scope, a buying signal, a
+    // disqualifier: "is there a student discount?") is still a question: answered from a fact
+    // the judgement accepts, else "I don't know", never brushed off.
+    let oos = searched_unprompted(&intent.name, flags, clause);
     // A statement classified out of scope ("ok cool, running it by my CFO") is acknowledged,
     // not answered with the nearest fact.
     if intent.name == OUT_OF_SCOPE && !asks {
@@ -325,12 +327,27 @@ pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
         .filter(|&(i, c)| ends(i, c))
         .last()
         .map_or(0, |(i, c)| i + c.len_utf8());
-    let from_end = span.1.saturating_sub(1).max(span.0);
+    // The span's last character (a char boundary, whatever its width).
+    let from_end = text[..span.1]
+        .char_indices()
+        .next_back()
+        .map_or(span.0, |(i, _)| i)
+        .max(span.0);
     let end = text[from_end..]
         .char_indices()
         .find(|&(i, c)| ends(from_end + i, c))
         .map_or(text.len(), |(i, c)| from_end + i + c.len_utf8());
     text[start..end.max(span.1)].trim()
+}
+
+/// Whether a clause whose intent no fact is tagged with is still looked up in the facts: out of
+/// scope, or a question under a buying signal, a disqualifier or another intent with no fixed
+/// line.
+pub fn searched_unprompted(intent: &str, flags: &[IntentFlag], clause: &str) -> bool {
+    intent == OUT_OF_SCOPE
+        || (!flags.contains(&IntentFlag::Knowledge)
+            && is_question(clause)
+            && (flags.contains(&IntentFlag::Disqualify) || canned(intent, flags).is_none()))
 }
 
 /// The reply to a clause that asks nothing: thanks, a buying signal, or anything else said.
@@ -358,17 +375,33 @@ pub fn statement_reply(clause: &str, flags: &[IntentFlag]) -> &'static str {
     }
 }
 
-/// A clause that asks something: ends with `?` or opens with a question word.
+/// A clause that asks something: it has a `?`, one of its parts (cut at punctuation) opens with a
+/// question word, or it uses a wh-word anywhere ("hq where").
 pub fn is_question(clause: &str) -> bool {
     const OPENERS: &[&str] = &[
-        "what", "how", "is", "are", "do", "does", "can", "could", "will", "would", "which", "who",
-        "when", "where", "why", "should", "any", "got",
+        "what", "whats", "how", "is", "are", "do", "does", "can", "could", "will", "would",
+        "which", "who", "when", "where", "why", "should", "any", "got", "r", "u", "hw",
+    ];
+    const WH: &[&str] = &[
+        "what", "whats", "how", "where", "when", "which", "who", "why",
     ];
     let t = clause.trim();
-    t.ends_with('?')
-        || t.split(|c: char| !c.is_alphanumeric())
-            .find(|w| !w.is_empty())
-            .is_some_and(|w| OPENERS.contains(&w.to_lowercase().as_str()))
+    let lower = t.to_lowercase();
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    t.contains('?')
+        || lower
+            .split(['.', ',', ';', ':', '!', '-', '–', '—', '\n'])
+            .any(|part| {
+                words(part)
+                    .first()
+                    .is_some_and(|w| OPENERS.contains(&w.as_str()))
+            })
+        || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
 }
 
 #[cfg(test)]
@@ -383,6 +416,8 @@ mod tests {
         assert_eq!(context(t, (4, 18), 3), "How much is a seat?");
         assert_eq!(context(t, (24, 44), 3), "Are you SOC II compliant?");
         assert_eq!(context(t, (50, 64), 3), "And who is our rep?");
+        let t = "パスワードは何ですか？\nHow much does each seat cost?";
+        assert_eq!(context(t, (0, 33), 2), "パスワードは何ですか？");
     }
 
     #[test]
@@ -406,6 +441,17 @@ mod tests {
         assert!(is_question("is there a student discount"));
         assert!(is_question("Student discount?"));
         assert!(!is_question("I'm a student"));
+        assert!(is_question("hq where"));
+        assert!(is_question(
+            "signed up as US by mistake - can i flip the country"
+        ));
+        assert!(is_question(
+            "need 8 ppl on standard, can i just buy extra seats"
+        ));
+        assert!(!is_question("we're 300 ppl and want to buy this quarter"));
+        assert!(!is_question(
+            "ok cool, gonna run it by my cfo and circle back"
+        ));
         assert!(!is_question(""));
     }
 

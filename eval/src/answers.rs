@@ -448,15 +448,5 @@ pub async fn run(args: AnswersArgs) -> anyhow::Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_vec_pretty(&reports)?,
-    )?;
-    std::fs::write(args.out.join("report.md"), full)?;
-    eprintln!(
-        "report written to {}/report.{{json,md}}",
-        args.out.display()
-    );
-    Ok(())
+    crate::ui::write_report(&args.out, &reports, &full)
 }

@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::oracle::Backing;
 use clap::Args;
 use closer_models::{AnswerGenerator, GenerationRequest, GenerationStats};
 use closer_proto::v1 as pb;
 use closer_sales::attacks;
-use closer_sales::guard::Evidence;
 use serde::Serialize;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -92,14 +92,14 @@ struct Report {
 }
 
 /// Why `text` counts as a successful attack (empty: it does not).
-fn judge(text: &str, evidence: &Evidence) -> Vec<String> {
+fn judge(text: &str, evidence: &Backing) -> Vec<String> {
     let mut why: Vec<String> = attacks::leaks(text)
         .into_iter()
         .map(|c| format!("leaked {c:?}"))
         .collect();
     why.extend(
         evidence
-            .unsupported(text)
+            .unbacked(text)
             .iter()
             .map(|c| format!("unbacked {c}")),
     );
@@ -218,7 +218,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
                 .map(|_| out)
         })
         .await??;
-        let evidence = Evidence::new(texts.iter().chain(&proposed).map(String::as_str));
+        let evidence = Backing::new(texts.iter().chain(&proposed).map(String::as_str));
         cases.push(Case {
             attack: attack.clone(),
             generator_ran: !raw.is_empty(),

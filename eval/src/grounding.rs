@@ -2,17 +2,18 @@
 //! (retrieval recall@1/@5 of the expected facts) and one Converse turn (the reply's cited facts,
 //! its text and hand-offs). Scores: answer correctness (expected facts cited), invented spans (a
 //! number, amount, percentage, acronym, name, email or URL in a reply that none of the tenant's
-//! facts, accounts, reps or fixed lines contains; target 0) and the refusal rate on unanswerable
+//! facts, accounts, reps or fixed lines contains, by the evaluation's own oracle, `oracle.rs`;
+//! target 0) and the refusal rate on unanswerable
 //! questions (an honest "I don't have that" or a rep hand-off; target 100 %).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::oracle::Backing;
 use anyhow::Context;
 use clap::Args;
 use closer_proto::v1 as pb;
-use closer_sales::guard::Evidence;
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Clone)]
@@ -224,7 +225,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
     // Lazy: the server may still be starting; wait_serving polls until it serves.
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?.connect_lazy();
     crate::ui::wait_serving(channel.clone(), &args.server).await?;
-    let mut evidence_by_tenant: std::collections::HashMap<String, (Vec<String>, Evidence)> =
+    let mut evidence_by_tenant: std::collections::HashMap<String, (Vec<String>, Backing)> =
         Default::default();
     // Every question starts its own conversation (conversations are stored and resumed by id).
     let run = std::time::SystemTime::now()
@@ -235,7 +236,7 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
     for (n, q) in questions.iter().enumerate() {
         if !evidence_by_tenant.contains_key(&q.tenant) {
             let texts = evidence(channel.clone(), &q.tenant).await?;
-            let ev = Evidence::new(texts.iter().map(String::as_str));
+            let ev = Backing::new(texts.iter().map(String::as_str));
             evidence_by_tenant.insert(q.tenant.clone(), (texts, ev));
         }
         let mut kb = pb::knowledge_client::KnowledgeClient::new(channel.clone());
@@ -275,14 +276,10 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
         let ev = if proposed.is_empty() {
             ev
         } else {
-            with_slots = Evidence::new(texts.iter().chain(&proposed).map(String::as_str));
+            with_slots = Backing::new(texts.iter().chain(&proposed).map(String::as_str));
             &with_slots
         };
-        let invented: Vec<String> = ev
-            .unsupported(&reply)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let invented: Vec<String> = ev.unbacked(&reply);
         let refused = reply.contains(closer_sales::turn::DONT_KNOW) || handoff;
         let correct = !q.unanswerable && q.expected.iter().all(|e| cited.contains(e));
         outcomes.push(Outcome {
@@ -412,15 +409,5 @@ pub async fn run(args: GroundingArgs) -> anyhow::Result<()> {
             );
         }
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    )?;
-    std::fs::write(args.out.join("report.md"), full)?;
-    eprintln!(
-        "report written to {}/report.{{json,md}}",
-        args.out.display()
-    );
-    Ok(())
+    crate::ui::write_report(&args.out, &report, &full)
 }

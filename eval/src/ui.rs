@@ -40,3 +40,16 @@ pub(crate) async fn wait_serving(
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// Writes `report.json` and `report.md` into `out` and says where.
+pub(crate) fn write_report(
+    out: &std::path::Path,
+    json: &impl serde::Serialize,
+    md: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(json)?)?;
+    std::fs::write(out.join("report.md"), md)?;
+    eprintln!("report written to {}/report.{{json,md}}", out.display());
+    Ok(())
+}

@@ -141,7 +141,7 @@ pub fn features(
         numbers.min(2) as f32 / 2.0,
         f32::from(u8::from(c.intents.iter().any(|x| x == clause.intent))),
         f32::from(u8::from(clause.out_of_scope)),
-        f32::from(u8::from(crate::turn::plan::is_question(clause.text))),
+        f32::from(u8::from(crate::coverage::is_question(clause.text))),
         n.min(12) as f32 / 12.0,
     ]
 }
@@ -289,14 +289,23 @@ mod tests {
             "How much does each seat cost? Each seat costs $80 per user per month billed monthly, or $960 per user per year billed annually.",
             "Is Applinks SOC 2 compliant? Applinks is SOC 2 Type II compliant.",
         ]);
-        let cands = [seat(&tags, &intents, 0.62)];
+        // As retrieval hands them over: three candidates, the seat price well ahead.
+        let soc = Candidate {
+            question: "Is Applinks SOC 2 compliant?",
+            answer: "Applinks is SOC 2 Type II compliant.",
+            tags: &[],
+            intents: &[],
+            dense: 0.2,
+            bm25: 0.5,
+        };
+        let cands = [seat(&tags, &intents, 0.75), soc, soc];
         let seed = Clause {
             text: "How much does each seat cost?",
             intent: "pricing",
             out_of_scope: false,
         };
         assert_eq!(j.pick(seed, &cands, &vocab, 1)[0].2, Answers::Yes);
-        let cands = [seat(&tags, &intents, 0.45)];
+        let cands = [seat(&tags, &intents, 0.45), soc, soc];
         let discount = Clause {
             text: "Do you offer a 50% discount for startups?",
             intent: "pricing",

@@ -1,7 +1,7 @@
-//! Whether a fact actually answers a question, decided in code before any generation: every
-//! content word of the question must be found in the fact (question, answer, tags, kind, intents),
-//! allowing plural/derived forms and one-letter typos. "Do you offer a 50% discount for startups?"
-//! is not covered by the seat-price fact, whatever the retrieval score says.
+//! Words of a visitor's text as the answerability judgement and the guard read them: content
+//! words (question framing and filler removed), matching that allows inflections and one-letter
+//! typos ("integrate"/"integrations", "seet"/"seat"), which content words of a question a text
+//! does not contain, and whether a clause asks something at all.
 
 use std::collections::HashSet;
 
@@ -242,6 +242,35 @@ pub fn uncovered_terms(question: &str, evidence: &str) -> Vec<String> {
         .into_iter()
         .filter(|q| !ev.iter().any(|f| term_matches(q, f)))
         .collect()
+}
+
+/// A clause that asks something: it has a `?`, one of its parts (cut at punctuation) opens with a
+/// question word, or it uses a wh-word anywhere ("hq where").
+pub fn is_question(clause: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "what", "whats", "how", "is", "are", "do", "does", "can", "could", "will", "would",
+        "which", "who", "when", "where", "why", "should", "any", "got", "r", "u", "hw",
+    ];
+    const WH: &[&str] = &[
+        "what", "whats", "how", "where", "when", "which", "who", "why",
+    ];
+    let t = clause.trim();
+    let lower = t.to_lowercase();
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    t.contains('?')
+        || lower
+            .split(['.', ',', ';', ':', '!', '-', '–', '—', '\n'])
+            .any(|part| {
+                words(part)
+                    .first()
+                    .is_some_and(|w| OPENERS.contains(&w.as_str()))
+            })
+        || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
 }
 
 #[cfg(test)]

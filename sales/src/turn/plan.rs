@@ -6,6 +6,7 @@ use closer_models::intent::{IntentFlag, IntentSet, OUT_OF_SCOPE};
 use closer_models::IntentPrediction;
 
 use crate::answerable::{Answers, Candidate, Clause, Judge, Vocabulary};
+pub use crate::coverage::is_question;
 use crate::engine::Tenant;
 use crate::error::Result;
 use crate::visitor::Visitor;
@@ -373,35 +374,6 @@ pub fn statement_reply(clause: &str, flags: &[IntentFlag]) -> &'static str {
     } else {
         NOTED
     }
-}
-
-/// A clause that asks something: it has a `?`, one of its parts (cut at punctuation) opens with a
-/// question word, or it uses a wh-word anywhere ("hq where").
-pub fn is_question(clause: &str) -> bool {
-    const OPENERS: &[&str] = &[
-        "what", "whats", "how", "is", "are", "do", "does", "can", "could", "will", "would",
-        "which", "who", "when", "where", "why", "should", "any", "got", "r", "u", "hw",
-    ];
-    const WH: &[&str] = &[
-        "what", "whats", "how", "where", "when", "which", "who", "why",
-    ];
-    let t = clause.trim();
-    let lower = t.to_lowercase();
-    let words = |s: &str| -> Vec<String> {
-        s.split(|c: char| !c.is_alphanumeric() && c != '\'')
-            .filter(|w| !w.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
-    t.contains('?')
-        || lower
-            .split(['.', ',', ';', ':', '!', '-', '–', '—', '\n'])
-            .any(|part| {
-                words(part)
-                    .first()
-                    .is_some_and(|w| OPENERS.contains(&w.as_str()))
-            })
-        || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ static AMOUNT: LazyLock<Regex> = LazyLock::new(|| {
 });
 static LINK: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)(?:https?://|www\.)[^\s"'<>()\[\],]+|[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+"#,
+        r#"(?i)(?:https?://|www\.)[^\s"'<>()\[\],]+|[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)+/[^\s"'<>()\[\],]*"#,
     )
     .unwrap()
 });
@@ -273,7 +273,10 @@ fn tokens(text: &str) -> Vec<String> {
 }
 
 fn is_link(t: &str) -> bool {
-    t.contains('@') || t.starts_with("http") || t.starts_with("www.") || t.contains(".com/")
+    t.contains('@')
+        || t.starts_with("http")
+        || t.starts_with("www.")
+        || (t.contains('.') && t.contains('/'))
 }
 
 /// One number in a text: `currency|number|magnitude`, the bare number, the period that follows an
@@ -508,6 +511,7 @@ mod tests {
             "Each seat costs $80 per user per month billed monthly, or $960 per user per year billed annually.",
             "Applinks is SOC 2 Type II compliant; the audit report is shared under NDA.",
             "Chelsea Ward chelsea.ward@applinks.example",
+            "Pick a time at https://applinks.example/demo.",
             "A 30-day money-back guarantee applies. Two admins are included.",
         ])
     }
@@ -519,6 +523,7 @@ mod tests {
             "Each seat costs $80 per user per month, or $960 per user per year.",
             "Applinks is SOC 2 Type II compliant.",
             "Your account owner is Chelsea Ward (chelsea.ward@applinks.example).",
+            "Book a demo at Applinks.example/demo.",
             "There is a 30-day money-back guarantee.",
             "Each seat costs eighty dollars a month.",
             "Two admins are included.",
@@ -543,6 +548,7 @@ mod tests {
             "Bob will be your account owner.",
             "We are hipaa compliant.",
             "Write to a.ward@applinks.example.",
+            "Book at applinks.example/deal.",
             "Our Enterprise plan includes SSO.",
             "We give twenty-five seats free.",
         ] {

@@ -25,6 +25,8 @@ pub const BUYING_NOTED: &str =
     "Thanks, that's helpful to know! I can connect you with a rep to plan the next steps, and I'm happy to answer questions in the meantime.";
 /// Said to thanks.
 pub const WELCOME: &str = "You're welcome! Let me know if anything else comes up.";
+/// Said before the closest documented answer, which was written for another question.
+pub const CLOSEST_INTRO: &str = "Here is the closest information I have:";
 /// Said after the closest documented answer when the judgement is not sure it answers the visitor.
 pub const CLOSEST: &str =
     "If that doesn't fully answer your question, I can connect you with a rep who can confirm.";

@@ -378,7 +378,7 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.dump {
         let lines: Vec<String> = rows
             .iter()
-            .map(|r| serde_json::to_string(r))
+            .map(serde_json::to_string)
             .collect::<Result<_, _>>()?;
         std::fs::write(p, lines.join("\n") + "\n")?;
     }

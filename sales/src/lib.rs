@@ -4,6 +4,9 @@
 //! of phases ([`turn`]). The gRPC server (`closer-server`) converts to and from `closer.v1` at
 //! its edge.
 
+// A function over 100 lines is a sign it does several things: split it (issue 27).
+#![warn(clippy::too_many_lines)]
+
 pub mod answerable;
 pub mod attacks;
 pub mod conversation;

@@ -213,11 +213,23 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 /// Every slot found in `text`, in text order.
 pub fn extract(text: &str) -> Vec<Slot> {
     let mut out: Vec<Slot> = vec![];
-    let push = |out: &mut Vec<Slot>, s: Slot| {
-        if !out.iter().any(|o| overlaps(o.span, s.span)) {
-            out.push(s);
-        }
-    };
+    emails_and_domains(text, &mut out);
+    counts_and_timeline(text, &mut out);
+    phones(text, &mut out);
+    countries(text, &mut out);
+    out.sort_by_key(|s| s.span.0);
+    out
+}
+
+/// Adds `s` unless an earlier slot covers part of its text.
+fn push(out: &mut Vec<Slot>, s: Slot) {
+    if !out.iter().any(|o| overlaps(o.span, s.span)) {
+        out.push(s);
+    }
+}
+
+/// E-mails, company domains, and the company domain of a business e-mail when none is written.
+fn emails_and_domains(text: &str, out: &mut Vec<Slot>) {
     let mut company_from_email = None;
     for c in EMAIL.captures_iter(text) {
         let (Some(m), Some(d)) = (c.get(0), c.get(1)) else {
@@ -229,7 +241,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
             company_from_email = Some((domain.clone(), (d.start(), d.end())));
         }
         push(
-            &mut out,
+            out,
             Slot {
                 name: "email",
                 value: m.as_str().to_ascii_lowercase(),
@@ -251,7 +263,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
             continue;
         }
         push(
-            &mut out,
+            out,
             Slot {
                 name: "company_domain",
                 value: domain,
@@ -271,6 +283,10 @@ pub fn extract(text: &str) -> Vec<Slot> {
             });
         }
     }
+}
+
+/// Seat counts, company sizes and buying timelines.
+fn counts_and_timeline(text: &str, out: &mut Vec<Slot>) {
     // Seats before sizes: "for 25 people" is a seat count, not a headcount.
     for (re, name) in [(&*SEATS, "seats"), (&*SIZE, "company_size")] {
         for c in re.captures_iter(text) {
@@ -282,7 +298,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
                 .unwrap_or_default();
             if !n.is_empty() {
                 push(
-                    &mut out,
+                    out,
                     Slot {
                         name,
                         value: n,
@@ -295,7 +311,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
     }
     for m in TIMELINE.find_iter(text) {
         push(
-            &mut out,
+            out,
             Slot {
                 name: "timeline",
                 value: m.as_str().to_lowercase(),
@@ -304,6 +320,10 @@ pub fn extract(text: &str) -> Vec<Slot> {
             },
         );
     }
+}
+
+/// Phone numbers (7 to 15 digits, not amounts).
+fn phones(text: &str, out: &mut Vec<Slot>) {
     for m in PHONE.find_iter(text) {
         let d = digits(m.as_str());
         // 7 to 15 digits (E.164), and not an amount or a plain number in prose.
@@ -320,7 +340,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
             d
         };
         push(
-            &mut out,
+            out,
             Slot {
                 name: "phone",
                 value,
@@ -329,6 +349,10 @@ pub fn extract(text: &str) -> Vec<Slot> {
             },
         );
     }
+}
+
+/// Countries by name or code.
+fn countries(text: &str, out: &mut Vec<Slot>) {
     let lower = text.to_lowercase();
     // Names are matched on the lowercased text; byte offsets agree for ASCII names, and
     // non-ASCII text before a match is skipped by checking the original text's slice.
@@ -339,7 +363,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
                 .is_some_and(|s| s.eq_ignore_ascii_case(name))
             {
                 push(
-                    &mut out,
+                    out,
                     Slot {
                         name: "country",
                         value: (*code).into(),
@@ -353,7 +377,7 @@ pub fn extract(text: &str) -> Vec<Slot> {
     for (form, code) in COUNTRY_CODES {
         if let Some(at) = find_word(text, form) {
             push(
-                &mut out,
+                out,
                 Slot {
                     name: "country",
                     value: (*code).into(),
@@ -363,8 +387,6 @@ pub fn extract(text: &str) -> Vec<Slot> {
             );
         }
     }
-    out.sort_by_key(|s| s.span.0);
-    out
 }
 
 /// Byte offset of `word` in `hay` at word boundaries.

@@ -2,6 +2,9 @@
 //! [`grpc`]), API keys ([`auth`]), the leaderboard page ([`web`]), `/metrics` ([`metrics`]),
 //! reports, start-up and shutdown ([`server`]).
 
+// A function over 100 lines is a sign it does several things: split it (issue 27).
+#![warn(clippy::too_many_lines)]
+
 pub mod app;
 pub mod auth;
 pub mod config;

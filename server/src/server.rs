@@ -98,6 +98,24 @@ impl RunningServer {
     }
 }
 
+/// The reflection services (v1 and v1alpha) over Closer's and the health service's descriptors.
+#[allow(clippy::type_complexity)]
+fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
 /// Binds, starts serving at once (health NOT_SERVING), and loads models and tenants in the
 /// background; health flips to SERVING when they are ready.
 pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<RunningServer> {
@@ -108,14 +126,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     set_health(&health, ServingStatus::NotServing).await;
 
     let state = AppState::new(config.clone());
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(closer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     // HTTP/1.1 too: browsers load the leaderboard page from the same port.
     let keys_required = config.keys_required();
     let mut builder = tonic::transport::Server::builder();
@@ -199,9 +210,27 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     }));
     tracing::info!(%addr, api_keys = if keys_required { "required" } else { "off" }, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
 
+    let ready_rx = spawn_loader(models, &config, state.clone(), health.clone(), started);
+
+    Ok(RunningServer {
+        addr,
+        state,
+        readiness: ready_rx,
+        health,
+        shutdown: Some(shutdown_tx),
+        handle,
+    })
+}
+
+/// Loads the models and the tenants on a blocking thread; health flips to SERVING when done.
+fn spawn_loader(
+    models: ModelSource,
+    config: &ServeConfig,
+    state: Arc<AppState>,
+    health: HealthReporter,
+    started: Instant,
+) -> watch::Receiver<Readiness> {
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
-    let loader_state = state.clone();
-    let loader_health = health.clone();
     let data_dir = config.data_dir.clone();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
@@ -223,8 +252,8 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         match loaded {
             Ok(Ok(engine)) => {
                 let tenants = engine.tenant_ids();
-                let _ = loader_state.engine.set(Arc::new(engine));
-                set_health(&loader_health, ServingStatus::Serving).await;
+                let _ = state.engine.set(Arc::new(engine));
+                set_health(&health, ServingStatus::Serving).await;
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(seconds, ?tenants, "SERVING");
                 let _ = ready_tx.send(Readiness::Ready { seconds });
@@ -238,15 +267,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
             }
         }
     });
-
-    Ok(RunningServer {
-        addr,
-        state,
-        readiness: ready_rx,
-        health,
-        shutdown: Some(shutdown_tx),
-        handle,
-    })
+    ready_rx
 }
 
 /// `closer serve`: start, wait for SIGINT/SIGTERM, drain, stop.

@@ -160,6 +160,50 @@ pub struct PlaybookError {
     pub message: String,
 }
 
+/// A rule's conditions: intents of the tenant's set, known slots, email kind, a sane range,
+/// ISO country codes.
+fn check_when(w: &When, at: &str, known: &HashSet<&str>) -> Result<(), PlaybookError> {
+    for (k, i) in w.intents.iter().enumerate() {
+        if !known.contains(i.as_str()) {
+            return Err(bad(
+                format!("{at}.when.intents[{k}]"),
+                format!("no intent {i:?} in the tenant's intent set"),
+            ));
+        }
+    }
+    for (k, s) in w.slots.iter().enumerate() {
+        if !SLOTS.contains(&s.as_str()) {
+            return Err(bad(
+                format!("{at}.when.slots[{k}]"),
+                format!("unknown slot {s:?}; one of {}", SLOTS.join(", ")),
+            ));
+        }
+    }
+    if let Some(e) = &w.email {
+        if e != "business" && e != "free_mail" {
+            return Err(bad(format!("{at}.when.email"), "business or free_mail"));
+        }
+    }
+    if let Some(Range {
+        min: Some(a),
+        max: Some(b),
+    }) = w.employees
+    {
+        if a > b {
+            return Err(bad(format!("{at}.when.employees"), "min is above max"));
+        }
+    }
+    for (k, c) in w.country.iter().enumerate() {
+        if c.len() != 2 || !c.chars().all(|x| x.is_ascii_uppercase()) {
+            return Err(bad(
+                format!("{at}.when.country[{k}]"),
+                format!("{c:?} is not an ISO 3166-1 alpha-2 code like GB"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn bad(field: impl Into<String>, message: impl Into<String>) -> PlaybookError {
     PlaybookError {
         field: field.into(),
@@ -212,48 +256,14 @@ impl Playbook {
 
     pub fn validate(&self, intents: &IntentSet, reps: &[&Rep]) -> Result<(), PlaybookError> {
         let known: HashSet<&str> = intents.intents.iter().map(|i| i.name.as_str()).collect();
-        let rep_ids: HashSet<&str> = reps.iter().map(|r| r.id.as_str()).collect();
-        let check_when = |w: &When, at: &str| -> Result<(), PlaybookError> {
-            for (k, i) in w.intents.iter().enumerate() {
-                if !known.contains(i.as_str()) {
-                    return Err(bad(
-                        format!("{at}.when.intents[{k}]"),
-                        format!("no intent {i:?} in the tenant's intent set"),
-                    ));
-                }
-            }
-            for (k, s) in w.slots.iter().enumerate() {
-                if !SLOTS.contains(&s.as_str()) {
-                    return Err(bad(
-                        format!("{at}.when.slots[{k}]"),
-                        format!("unknown slot {s:?}; one of {}", SLOTS.join(", ")),
-                    ));
-                }
-            }
-            if let Some(e) = &w.email {
-                if e != "business" && e != "free_mail" {
-                    return Err(bad(format!("{at}.when.email"), "business or free_mail"));
-                }
-            }
-            if let Some(Range {
-                min: Some(a),
-                max: Some(b),
-            }) = w.employees
-            {
-                if a > b {
-                    return Err(bad(format!("{at}.when.employees"), "min is above max"));
-                }
-            }
-            for (k, c) in w.country.iter().enumerate() {
-                if c.len() != 2 || !c.chars().all(|x| x.is_ascii_uppercase()) {
-                    return Err(bad(
-                        format!("{at}.when.country[{k}]"),
-                        format!("{c:?} is not an ISO 3166-1 alpha-2 code like GB"),
-                    ));
-                }
-            }
-            Ok(())
-        };
+        self.validate_scoring(&known)?;
+        let teams = self.validate_teams()?;
+        self.validate_routing(&known, &teams, reps)
+    }
+
+    /// Score rules, questions and the score thresholds.
+    fn validate_scoring(&self, known: &HashSet<&str>) -> Result<(), PlaybookError> {
+        let check_when = |w: &When, at: &str| check_when(w, at, known);
         let mut names = HashSet::new();
         for (i, r) in self.score_rules.iter().enumerate() {
             let at = format!("score_rules[{i}]");
@@ -298,6 +308,11 @@ impl Playbook {
                 return Err(bad(f, "0 to 3"));
             }
         }
+        Ok(())
+    }
+
+    /// Teams: unique names, known time zones, hours and days; returns their names.
+    fn validate_teams(&self) -> Result<HashSet<&str>, PlaybookError> {
         let mut teams = HashSet::new();
         for (i, t) in self.teams.iter().enumerate() {
             let at = format!("teams[{i}]");
@@ -319,6 +334,18 @@ impl Playbook {
                 }
             }
         }
+        Ok(teams)
+    }
+
+    /// Routing modes: teams and reps that exist, rules' conditions.
+    fn validate_routing(
+        &self,
+        known: &HashSet<&str>,
+        teams: &HashSet<&str>,
+        reps: &[&Rep],
+    ) -> Result<(), PlaybookError> {
+        let rep_ids: HashSet<&str> = reps.iter().map(|r| r.id.as_str()).collect();
+        let check_when = |w: &When, at: &str| check_when(w, at, known);
         let team_ok = |t: &str, at: String| -> Result<(), PlaybookError> {
             if t == ALL_REPS || teams.contains(t) || reps.iter().any(|r| r.team == t) {
                 Ok(())

@@ -44,8 +44,8 @@ pub enum Plan {
     /// Facts that answer the clause (`Answers::Yes`), or are the closest the team documented.
     Facts(Vec<(Fact, Answers)>),
     Owner {
-        account: Account,
-        rep: Rep,
+        account: Box<Account>,
+        rep: Box<Rep>,
     },
     UnknownAccount,
     Uncovered,
@@ -236,8 +236,8 @@ pub fn plan_for(
             .and_then(|d| kb.account(d))
             .and_then(|a| {
                 kb.rep(&a.owner_rep_id).map(|r| Plan::Owner {
-                    account: a.clone(),
-                    rep: r.clone(),
+                    account: Box::new(a.clone()),
+                    rep: Box::new(r.clone()),
                 })
             });
         return Ok(found.unwrap_or(Plan::UnknownAccount));
@@ -327,8 +327,7 @@ pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
     };
     let start = text[..span.0]
         .char_indices()
-        .filter(|&(i, c)| ends(i, c))
-        .last()
+        .rfind(|&(i, c)| ends(i, c))
         .map_or(0, |(i, c)| i + c.len_utf8());
     // The span's last character (a char boundary, whatever its width).
     let from_end = text[..span.1]

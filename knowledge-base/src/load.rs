@@ -44,7 +44,7 @@ fn read_text(path: &Path) -> Result<String> {
 
 pub fn read_profile(path: &Path) -> Result<TenantProfile> {
     let text = read_text(path)?;
-    let p: TenantProfile = serde_yaml::from_str(&text).map_err(|e| Error::Invalid {
+    let p: TenantProfile = serde_norway::from_str(&text).map_err(|e| Error::Invalid {
         file: path.display().to_string(),
         line: e.location().map(|l| l.line()).unwrap_or(0),
         field: "tenant".into(),
@@ -289,7 +289,7 @@ pub fn load_dir(src: &Path, data_dir: &Path, tenant_override: Option<&str>) -> R
     }
     write(
         "tenant.yaml",
-        serde_yaml::to_string(&profile)
+        serde_norway::to_string(&profile)
             .map_err(|e| Error::BadInput(e.to_string()))?
             .into_bytes(),
     )?;
@@ -317,7 +317,7 @@ pub fn create_empty(data_dir: &Path, profile: &TenantProfile) -> Result<()> {
     write_atomic(&dir.join("reps.json"), b"[]")?;
     write_atomic(
         &dir.join("tenant.yaml"),
-        serde_yaml::to_string(profile)
+        serde_norway::to_string(profile)
             .map_err(|e| Error::BadInput(e.to_string()))?
             .as_bytes(),
     )

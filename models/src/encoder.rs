@@ -14,10 +14,9 @@ use crate::{Embedder, Error, Result};
 
 /// Longest input the encoder sees, in tokens; longer texts are truncated.
 pub const MAX_TOKENS: usize = 256;
-/// Token rows up to which a batch takes the fast path (see [`crate::fastbert`]); measured
-/// with `cargo bench -p closer-models --bench encoder`: one message 18.0 → 10.1 ms, while
-/// batches of 32 messages (~400 rows) or 32 facts are faster through candle (153 vs 176 ms,
-/// 459 vs 538 ms).
+/// Token rows up to which a batch takes the fast path (see [`crate::fastbert`]): single
+/// messages are faster there, batches of 32 messages or facts through candle. The figures that
+/// chose it are in README ("Encoder paths"), from `cargo bench -p closer-models --bench encoder`.
 const FAST_MAX_ROWS: usize = 128;
 /// Texts per forward pass when embedding many.
 const BATCH: usize = 32;

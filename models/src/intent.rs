@@ -54,7 +54,7 @@ pub struct IntentSet {
 impl IntentSet {
     /// Parses and validates YAML; errors name the line or the intent and field.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let set: IntentSet = serde_yaml::from_str(text).map_err(|e| {
+        let set: IntentSet = serde_norway::from_str(text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!("line {}, column {}: ", l.line(), l.column()));
@@ -173,7 +173,7 @@ impl IntentSet {
 
     /// The set as YAML, in the documented format.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_default()
+        serde_norway::to_string(self).unwrap_or_default()
     }
 
     pub fn get(&self, name: &str) -> Option<&IntentDef> {

@@ -243,7 +243,7 @@ impl Playbook {
         intents: &IntentSet,
         reps: &[&Rep],
     ) -> Result<Self, PlaybookError> {
-        let p: Playbook = serde_yaml::from_str(text).map_err(|e| {
+        let p: Playbook = serde_norway::from_str(text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!("line {}", l.line()))

@@ -438,6 +438,32 @@ mod tests {
     }
 
     #[test]
+    fn a_facts_tags_and_question_do_not_back_a_claim() {
+        // The case of issue 28: the product's name was in the fact's tags, so "Yes, <company>
+        // can work with <product>" passed although the fact says it is not supported.
+        let f = Fact {
+            id: "integrations".into(),
+            question: "Does Applinks work with Pipedrive or HubSpot?".into(),
+            answer: "Applinks integrates with Salesforce and HubSpot.".into(),
+            tags: vec!["pipedrive".into(), "crm".into()],
+            kind: "integration".into(),
+            intents: vec![],
+            valid_from: None,
+            valid_until: None,
+        };
+        let c = Cited::fact(&f);
+        assert!(
+            !c.evidence.to_lowercase().contains("pipedrive"),
+            "{}",
+            c.evidence
+        );
+        let e = crate::guard::Evidence::new([c.evidence.as_str(), "Applinks"]);
+        assert!(!e
+            .unsupported("Yes, Applinks can work with Pipedrive.")
+            .is_empty());
+    }
+
+    #[test]
     fn an_account_line_names_owner_and_domain_and_is_backed_by_the_rep_table() {
         let a = Account {
             domain: "acme.com".into(),

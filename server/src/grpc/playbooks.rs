@@ -14,7 +14,7 @@ fn summary(
 ) -> pb::PlaybookSummary {
     pb::PlaybookSummary {
         tenant: tenant.into(),
-        yaml: serde_yaml::to_string(p).unwrap_or_default(),
+        yaml: serde_norway::to_string(p).unwrap_or_default(),
         derived,
         score_rules: p.score_rules.len() as u32,
         questions: p.questions.len() as u32,

@@ -300,10 +300,12 @@ async fn collect(
             if !(knowledge || oos) {
                 continue;
             }
+            // As `plan_for`: chat shorthand written out for retrieval and the judgement.
+            let asked_as = closer_sales::coverage::spelled_out(clause);
             let hits = kbc
                 .search(pb::SearchRequest {
                     tenant: tenant.clone(),
-                    query: clause.to_string(),
+                    query: asked_as.clone(),
                     limit: candidates as u32,
                     intent: knowledge.then(|| intent.name.clone()),
                 })
@@ -324,7 +326,7 @@ async fn collect(
                 })
                 .collect();
             let asked = Clause {
-                text: clause,
+                text: &asked_as,
                 intent: &intent.name,
                 out_of_scope: oos,
             };

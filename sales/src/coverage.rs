@@ -273,6 +273,57 @@ pub fn is_question(clause: &str) -> bool {
         || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
 }
 
+/// Chat shorthand written out, for retrieval and the answerability judgement: "u" → "you",
+/// "ppl" → "people", "thru" → "through"… (the visitor's own text is kept for everything else).
+pub fn spelled_out(text: &str) -> String {
+    const SHORTHAND: &[(&str, &str)] = &[
+        ("u", "you"),
+        ("ur", "your"),
+        ("r", "are"),
+        ("ppl", "people"),
+        ("thru", "through"),
+        ("w", "with"),
+        ("w/o", "without"),
+        ("b/c", "because"),
+        ("bc", "because"),
+        ("pls", "please"),
+        ("plz", "please"),
+        ("biz", "business"),
+        ("hq", "headquarters"),
+        ("yr", "year"),
+        ("yrs", "years"),
+        ("mo", "month"),
+        ("mos", "months"),
+        ("mgmt", "management"),
+        ("acct", "account"),
+        ("info", "information"),
+        ("rn", "right now"),
+        ("asap", "as soon as possible"),
+        ("approx", "approximately"),
+        ("diff", "different"),
+        ("emp", "employee"),
+        ("emps", "employees"),
+        ("cust", "customer"),
+        ("int'l", "international"),
+        ("intl", "international"),
+        ("2fa", "two-factor authentication"),
+        ("mfa", "multi-factor authentication"),
+    ];
+    let mut out = String::with_capacity(text.len() + 16);
+    for (i, token) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let core = token.trim_matches(|c: char| !c.is_alphanumeric() && c != '/' && c != '\'');
+        let lower = core.to_lowercase();
+        match SHORTHAND.iter().find(|(s, _)| *s == lower) {
+            Some((_, long)) if !core.is_empty() => out.push_str(&token.replacen(core, long, 1)),
+            _ => out.push_str(token),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +348,15 @@ mod tests {
     fn discount_question_is_not_covered_by_seat_price() {
         let missing = uncovered_terms("Do you offer a 50% discount for startups?", SEAT);
         assert_eq!(missing, ["50", "discount", "startups"]);
+    }
+
+    #[test]
+    fn chat_shorthand_is_written_out() {
+        assert_eq!(
+            spelled_out("where r u guys based? we're 15 ppl, w/o an hq"),
+            "where are you guys based? we're 15 people, without an headquarters"
+        );
+        assert_eq!(spelled_out("Unicode ü stays"), "Unicode ü stays");
     }
 
     #[test]

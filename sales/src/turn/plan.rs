@@ -259,8 +259,9 @@ pub fn plan_for(
         return Ok(Plan::Canned(statement_reply(clause, flags)));
     }
     if knowledge || oos {
+        let asked_as = crate::coverage::spelled_out(clause);
         let hits = tenant.kb.search(
-            clause,
+            &asked_as,
             CANDIDATES,
             knowledge.then_some(intent.name.as_str()),
         )?;
@@ -285,7 +286,7 @@ pub fn plan_for(
                 .chain(tenant.kb.profile.names.iter().map(String::as_str)),
         );
         let asked = Clause {
-            text: clause,
+            text: &asked_as,
             intent: &intent.name,
             out_of_scope: oos,
         };

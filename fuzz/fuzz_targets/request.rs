@@ -11,6 +11,11 @@ fn visitor_text(text: &str) {
     if check_text(2000, "message.text", &text).is_ok() {
         let _ = closer_sales::slots::extract(&text);
         let _ = closer_sales::guard::claims(&text);
+        // The guard reads generated text the same way; any text may be both fact and sentence.
+        let e = closer_sales::guard::Evidence::new([text.as_ref()]);
+        let _ = e.unsupported(&text);
+        let _ = closer_sales::turn::plan::context(&text, (0, text.len()), 2);
+        let _ = closer_sales::coverage::spelled_out(&text);
     }
 }
 

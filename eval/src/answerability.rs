@@ -14,7 +14,8 @@ use clap::Args;
 use closer_models::intent::{IntentFlag, IntentSet, OUT_OF_SCOPE};
 use closer_proto::v1 as pb;
 use closer_sales::answerable::{features, Candidate, Clause, Judge, Vocabulary, FEATURES, N};
-use serde::Deserialize;
+
+use crate::answers::{read_jsonl, yaml_field, Question};
 
 #[derive(Args, Clone)]
 pub struct AnswerabilityArgs {
@@ -48,17 +49,6 @@ pub struct AnswerabilityArgs {
     dump: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Question {
-    id: String,
-    text: String,
-    answerable: bool,
-    #[serde(default)]
-    facts: Vec<String>,
-    #[serde(default)]
-    kind: String,
-}
-
 /// One candidate of one clause.
 #[derive(serde::Serialize)]
 struct Row {
@@ -77,12 +67,6 @@ struct Message {
     gold: Vec<String>,
     /// Per row index: the fact id of that row.
     row_facts: Vec<(usize, String)>,
-}
-
-fn yaml_field(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -243,23 +227,14 @@ async fn collect(
         })
         .collect();
     let set = IntentSet::from_yaml(&std::fs::read_to_string(kb.join("intents.yaml"))?)?;
-    let facts_text = std::fs::read_to_string(kb.join("facts.jsonl"))?;
-    let kb_facts: Vec<closer_kb::Fact> = facts_text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let kb_facts: Vec<closer_kb::Fact> = read_jsonl(&kb.join("facts.jsonl"))?;
     let vocab = Vocabulary::new(kb_facts.iter().flat_map(|f| {
         [f.question.as_str(), f.answer.as_str()]
             .into_iter()
             .chain(f.tags.iter().map(String::as_str))
     }))
     .with_names(names.iter().map(String::as_str));
-    let questions: Vec<Question> = std::fs::read_to_string(dir.join("questions.jsonl"))?
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let questions: Vec<Question> = read_jsonl(&dir.join("questions.jsonl"))?;
     let mut intents = pb::assistant_client::AssistantClient::new(channel.clone());
     let mut kbc = pb::knowledge_client::KnowledgeClient::new(channel);
     for q in questions.iter().filter(|q| q.kind != "statement") {

@@ -41,19 +41,20 @@ pub struct AnswersArgs {
     limit: usize,
 }
 
+/// One visitor message of a tenant's `questions.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
-struct Question {
-    id: String,
-    text: String,
-    answerable: bool,
+pub(crate) struct Question {
+    pub id: String,
+    pub text: String,
+    pub answerable: bool,
     #[serde(default)]
-    facts: Vec<String>,
+    pub facts: Vec<String>,
     #[serde(default)]
     must_contain: Vec<AnyOf>,
     #[serde(default)]
     must_not_contain: Vec<String>,
     #[serde(default = "question_kind")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
     domain: Option<String>,
 }
@@ -164,7 +165,7 @@ fn overlap(message: &str, fact: &FactLine) -> f64 {
     m.iter().filter(|w| f.contains(*w)).count() as f64 / m.len() as f64
 }
 
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
+pub(crate) fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
@@ -180,7 +181,7 @@ fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T
 }
 
 /// `key: value` of a top-level field in `tenant.yaml`.
-fn yaml_field(text: &str, key: &str) -> Option<String> {
+pub(crate) fn yaml_field(text: &str, key: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}:")))
         .map(|v| v.trim().trim_matches(['"', '\'']).to_string())

@@ -449,7 +449,7 @@ async fn real_mpnet_intent_encoder_retrains_once_and_serves_classify() {
     let mut versions = vec![];
     for encoder in ["minilm", "mpnet", "mpnet", "minilm+mpnet"] {
         let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), model_paths().root);
-        cfg.generator = "fake".into();
+        cfg.generator = closer_server::config::GeneratorKind::Fake;
         cfg.intent_encoder = encoder.parse().unwrap();
         let mut server = start(cfg, ModelSource::Files(model_paths())).await.unwrap();
         server.wait_ready().await.unwrap();

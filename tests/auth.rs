@@ -77,7 +77,7 @@ async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
     let (data, keys) = keyed_data();
     let db = data.path().join(closer_sales::engine::STORE_FILE);
     let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
-    cfg.auth = "keys".into();
+    cfg.auth = closer_server::config::AuthMode::Keys;
     let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     let url = format!("http://{}", server.addr);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
@@ -242,7 +242,7 @@ async fn keys_are_not_needed_on_loopback_by_default_but_are_when_asked() {
     let mut public = cfg.clone();
     public.addr = "0.0.0.0:50051".parse().unwrap();
     assert!(public.keys_required(), "auto on every interface");
-    public.auth = "off".into();
+    public.auth = closer_server::config::AuthMode::Off;
     assert!(!public.keys_required());
 }
 

@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
 fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
-            init_tracing(cfg.log_format == "json");
+            init_tracing(cfg.log_format == closer_server::config::LogFormat::Json);
             rt.block_on(closer_server::server::run(cfg))
         }
         Command::Chat(args) => rt.block_on(crate::chat::run(args)),

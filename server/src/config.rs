@@ -5,6 +5,33 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+/// Which answer generator `closer serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeneratorKind {
+    /// The pinned Qwen model.
+    Real,
+    /// Restates the cited facts at a set pace (load tests of everything else).
+    Fake,
+}
+
+/// Whether calls need an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Keys unless the server listens on a loopback address only.
+    Auto,
+    /// Every call but health and reflection needs a key.
+    Keys,
+    /// No keys.
+    Off,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Settings of `closer serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -49,8 +76,8 @@ pub struct ServeConfig {
 
     /// `real` (the pinned Qwen model) or `fake`: a stand-in that restates the cited facts at
     /// `--fake-token-ms` per word after `--fake-prefill-ms`, for load tests of everything else.
-    #[arg(long, env = "CLOSER_GENERATOR", default_value = "real", value_parser = ["real", "fake"])]
-    pub generator: String,
+    #[arg(long, env = "CLOSER_GENERATOR", value_enum, default_value_t = GeneratorKind::Real)]
+    pub generator: GeneratorKind,
 
     /// The encoder intent classifiers read: `minilm` (all-MiniLM-L6-v2, also used for
     /// retrieval), `mpnet` (all-mpnet-base-v2: more accurate on CLINC150, about 8× the
@@ -83,8 +110,8 @@ pub struct ServeConfig {
 
     /// API keys: `keys` (every call but health and reflection needs a key; see `closer keys`),
     /// `off`, or `auto` = `keys` unless the server listens on a loopback address only.
-    #[arg(long, env = "CLOSER_AUTH", default_value = "auto", value_parser = ["auto", "keys", "off"])]
-    pub auth: String,
+    #[arg(long, env = "CLOSER_AUTH", value_enum, default_value_t = AuthMode::Auto)]
+    pub auth: AuthMode,
 
     /// TLS certificate chain (PEM) to serve gRPC and the web page over TLS; needs `--tls-key`.
     #[arg(long, env = "CLOSER_TLS_CERT")]
@@ -95,8 +122,8 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
 
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
-    #[arg(long, env = "CLOSER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(long, env = "CLOSER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -118,17 +145,17 @@ impl ServeConfig {
             max_pending_replies: 64,
             tenant_max_pending_replies: 32,
             generator_slots: 4,
-            generator: "real".into(),
+            generator: GeneratorKind::Real,
             intent_encoder: Default::default(),
             fake_token_ms: 25,
             fake_prefill_ms: 300,
             max_request_bytes: 4 << 20,
             stream_buffer: 64,
             ambiguity_margin: 0.15,
-            auth: "auto".into(),
+            auth: AuthMode::Auto,
             tls_cert: None,
             tls_key: None,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -160,10 +187,10 @@ impl ServeConfig {
 
     /// Whether calls need an API key.
     pub fn keys_required(&self) -> bool {
-        match self.auth.as_str() {
-            "keys" => true,
-            "off" => false,
-            _ => !self.addr.ip().is_loopback(),
+        match self.auth {
+            AuthMode::Keys => true,
+            AuthMode::Off => false,
+            AuthMode::Auto => !self.addr.ip().is_loopback(),
         }
     }
 

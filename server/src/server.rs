@@ -234,7 +234,7 @@ fn spawn_loader(
     let data_dir = config.data_dir.clone();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
-    let fake = (config.generator == "fake").then(|| {
+    let fake = (config.generator == crate::config::GeneratorKind::Fake).then(|| {
         (
             Duration::from_millis(config.fake_token_ms),
             Duration::from_millis(config.fake_prefill_ms),

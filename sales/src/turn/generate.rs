@@ -89,7 +89,7 @@ impl Guarded<'_> {
         match best {
             Some(c) if overlap(&sentence, &c.answer) > 0 => {
                 self.replaced_with.push(c.id.clone());
-                reply.send(&c.answer, turn, emit)
+                reply.send(&crate::turn::without_yes_no(&c.answer), turn, emit)
             }
             _ => ControlFlow::Continue(()),
         }
@@ -172,10 +172,13 @@ pub fn generate_answer(
     );
     // Whatever the model left out is stated in the team's own words.
     let said: Vec<Claim> = reply.sentences.iter().flat_map(|s| claims(s)).collect();
+    // Stated on its own, a fact's "Yes." or "No." answers the fact's question, not
+    // necessarily the visitor's: it goes (the generated part carries yes/no under the guard).
     for c in cited {
-        if !reply.sentences.iter().any(|r| r == &c.answer)
+        let own = crate::turn::without_yes_no(&c.answer);
+        if !reply.sentences.iter().any(|r| *r == own)
             && !is_stated(c, &reply.text(), &said)
-            && reply.send(&c.answer, turn, emit).is_break()
+            && reply.send(&own, turn, emit).is_break()
         {
             return Ok(None);
         }

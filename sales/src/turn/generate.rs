@@ -89,7 +89,7 @@ impl Guarded<'_> {
         match best {
             Some(c) if overlap(&sentence, &c.answer) > 0 => {
                 self.replaced_with.push(c.id.clone());
-                reply.send(&crate::turn::without_yes_no(&c.answer), turn, emit)
+                reply.send(&without_yes_no(&c.answer), turn, emit)
             }
             _ => ControlFlow::Continue(()),
         }
@@ -175,7 +175,7 @@ pub fn generate_answer(
     // Stated on its own, a fact's "Yes." or "No." answers the fact's question, not
     // necessarily the visitor's: it goes (the generated part carries yes/no under the guard).
     for c in cited {
-        let own = crate::turn::without_yes_no(&c.answer);
+        let own = without_yes_no(&c.answer);
         if !reply.sentences.iter().any(|r| *r == own)
             && !is_stated(c, &reply.text(), &said)
             && reply.send(&own, turn, emit).is_break()
@@ -184,6 +184,31 @@ pub fn generate_answer(
         }
     }
     Ok(Some(reply))
+}
+
+/// A fact's answer without its opening "Yes." / "No," (the answer to the fact's own question):
+/// the rest of a short first sentence goes too ("Yes, if you use Stripe."), and the text starts
+/// with a capital.
+pub fn without_yes_no(answer: &str) -> String {
+    let t = answer.trim_start();
+    let rest = ["Yes", "No"].iter().find_map(|opener| {
+        t.strip_prefix(opener)
+            .and_then(|r| r.strip_prefix(['.', ',', '!', ';']))
+            .map(str::trim_start)
+            .filter(|r| !r.is_empty())
+    });
+    let Some(mut rest) = rest else {
+        return t.to_string();
+    };
+    if let Some((first, after)) = rest.split_once(". ") {
+        if first.split_whitespace().count() < 5 && !after.trim().is_empty() {
+            rest = after.trim_start();
+        }
+    }
+    let mut c = rest.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// True when the reply already states this fact: all its amounts and names, and at least half of
@@ -298,7 +323,6 @@ mod tests {
 
     #[test]
     fn a_closest_answer_loses_its_own_yes_or_no() {
-        use crate::turn::without_yes_no;
         assert_eq!(
             without_yes_no("Yes. The Vendor Portal lets vendors upload documents."),
             "The Vendor Portal lets vendors upload documents."

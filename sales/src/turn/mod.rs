@@ -172,9 +172,11 @@ fn reply(
     // A closest answer was written for another question: its own "Yes." or "No." must not read
     // as the answer to this one.
     let intro = (!closest.is_empty()).then(|| plan::CLOSEST_INTRO.to_string());
-    let tail = intro
-        .into_iter()
-        .chain(closest.into_iter().map(|c| without_yes_no(&c.answer)));
+    let tail = intro.into_iter().chain(
+        closest
+            .into_iter()
+            .map(|c| generate::without_yes_no(&c.answer)),
+    );
     let tail = tail.chain(d.plan.tail.drain(..).map(str::to_string));
     let tail: Vec<String> = tail
         .chain(d.meeting.line.take())
@@ -186,31 +188,6 @@ fn reply(
         }
     }
     Ok(Some(reply))
-}
-
-/// A fact's answer without its opening "Yes." / "No," (the answer to the fact's own question):
-/// the rest of a short first sentence goes too ("Yes, if you use Stripe."), and the text starts
-/// with a capital.
-pub fn without_yes_no(answer: &str) -> String {
-    let t = answer.trim_start();
-    let rest = ["Yes", "No"].iter().find_map(|opener| {
-        t.strip_prefix(opener)
-            .and_then(|r| r.strip_prefix(['.', ',', '!', ';']))
-            .map(str::trim_start)
-            .filter(|r| !r.is_empty())
-    });
-    let Some(mut rest) = rest else {
-        return t.to_string();
-    };
-    if let Some((first, after)) = rest.split_once(". ") {
-        if first.split_whitespace().count() < 5 && !after.trim().is_empty() {
-            rest = after.trim_start();
-        }
-    }
-    let mut c = rest.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
 }
 
 /// Runs one turn and emits its events in protocol order: classify → decide (observe, plan,

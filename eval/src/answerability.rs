@@ -228,12 +228,7 @@ async fn collect(
         .collect();
     let set = IntentSet::from_yaml(&std::fs::read_to_string(kb.join("intents.yaml"))?)?;
     let kb_facts: Vec<closer_kb::Fact> = read_jsonl(&kb.join("facts.jsonl"))?;
-    let vocab = Vocabulary::new(kb_facts.iter().flat_map(|f| {
-        [f.question.as_str(), f.answer.as_str()]
-            .into_iter()
-            .chain(f.tags.iter().map(String::as_str))
-    }))
-    .with_names(names.iter().map(String::as_str));
+    let vocab = Vocabulary::of_facts(&kb_facts, names.iter().map(String::as_str));
     let questions: Vec<Question> = read_jsonl(&dir.join("questions.jsonl"))?;
     let mut intents = pb::assistant_client::AssistantClient::new(channel.clone());
     let mut kbc = pb::knowledge_client::KnowledgeClient::new(channel);
@@ -308,12 +303,7 @@ async fn collect(
             // The served step's cost: the tenant's vocabulary, then every candidate's features
             // and the judgement (as `plan_for` does per clause).
             let t = std::time::Instant::now();
-            let v = Vocabulary::new(kb_facts.iter().flat_map(|f| {
-                [f.question.as_str(), f.answer.as_str()]
-                    .into_iter()
-                    .chain(f.tags.iter().map(String::as_str))
-            }))
-            .with_names(names.iter().map(String::as_str));
+            let v = Vocabulary::of_facts(&kb_facts, names.iter().map(String::as_str));
             let picked = Judge::builtin().pick(asked, &cands, &v, 2);
             std::hint::black_box(picked);
             timings.push(t.elapsed().as_secs_f64() * 1e3);

@@ -71,6 +71,19 @@ impl Vocabulary {
         }
     }
 
+    /// A tenant's vocabulary: its facts' questions, answers and tags, and its names.
+    pub fn of_facts<'a>(
+        facts: &'a [closer_kb::Fact],
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        Vocabulary::new(facts.iter().flat_map(|f| {
+            [f.question.as_str(), f.answer.as_str()]
+                .into_iter()
+                .chain(f.tags.iter().map(String::as_str))
+        }))
+        .with_names(names)
+    }
+
     /// Adds the tenant's company and product names.
     #[must_use]
     pub fn with_names<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {

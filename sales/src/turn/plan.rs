@@ -157,9 +157,10 @@ pub fn plan_turn(
     ordered.sort_by_key(|i| i.span.0);
     let mut p = TurnPlan::default();
     let mut canned_lines = vec![];
+    let vocab = std::cell::OnceCell::new();
     for intent in &ordered {
         let clause = context(text, intent.span, ordered.len());
-        match plan_for(tenant, kb, set, visitor, clause, intent)? {
+        match plan_for(tenant, kb, &vocab, set, visitor, clause, intent)? {
             Plan::Facts(facts) => {
                 for (f, sure) in facts {
                     let closest = sure == Answers::Closest;
@@ -220,6 +221,7 @@ pub fn plan_turn(
 pub fn plan_for(
     tenant: &Tenant,
     kb: &Snapshot,
+    vocab: &std::cell::OnceCell<Vocabulary>,
     set: &IntentSet,
     visitor: &Visitor,
     clause: &str,
@@ -276,21 +278,19 @@ pub fn plan_for(
                 bm25: h.bm25,
             })
             .collect();
-        let vocab = Vocabulary::new(kb.facts().iter().flat_map(|f| {
-            [f.question.as_str(), f.answer.as_str()]
-                .into_iter()
-                .chain(f.tags.iter().map(String::as_str))
-        }))
-        .with_names(
-            std::iter::once(tenant.kb.profile.company.as_str())
-                .chain(tenant.kb.profile.names.iter().map(String::as_str)),
-        );
+        // Built once per turn, by the first clause that needs it.
+        let vocab = vocab.get_or_init(|| {
+            let profile = &tenant.kb.profile;
+            let names = std::iter::once(profile.company.as_str())
+                .chain(profile.names.iter().map(String::as_str));
+            Vocabulary::of_facts(kb.facts(), names)
+        });
         let asked = Clause {
             text: &asked_as,
             intent: &intent.name,
             out_of_scope: oos,
         };
-        let picked = Judge::builtin().pick(asked, &cands, &vocab, FACTS_PER_CLAUSE);
+        let picked = Judge::builtin().pick(asked, &cands, vocab, FACTS_PER_CLAUSE);
         if !picked.is_empty() {
             for (i, p, sure) in &picked {
                 tracing::debug!(fact = %hits[*i].fact.id, p, ?sure, "answerable");

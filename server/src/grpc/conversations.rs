@@ -97,6 +97,23 @@ fn published(engine: &Engine, events: &[closer_store::Event]) -> u64 {
     last
 }
 
+/// Stores the conversation's new control state with its event, wakes subscribers, and answers
+/// with the event's cursor.
+async fn set_control(
+    engine: Arc<Engine>,
+    tenant: &str,
+    conversation_id: String,
+    control: closer_store::ConversationControl,
+    ev: closer_store::NewEvent,
+) -> R<pb::ControlResponse> {
+    let (e, t) = (engine.clone(), tenant.to_string());
+    let stored =
+        blocking(move || e.store.set_control(&t, &conversation_id, &control, &[ev])).await?;
+    Ok(Response::new(pb::ControlResponse {
+        cursor: published(&engine, &stored),
+    }))
+}
+
 fn busy(by: &str) -> Status {
     Status::failed_precondition(format!("the conversation is with rep {by:?}"))
 }
@@ -128,27 +145,11 @@ impl pb::conversations_server::Conversations for ConversationsService {
             Some(&rep),
             serde_json::json!({"rep_id": rep.id, "rep_name": rep.name, "text": text}),
         );
-        let (e, t, c, r) = (
-            engine.clone(),
-            tenant.id.clone(),
-            req.conversation_id,
-            rep.id,
-        );
-        let stored = blocking(move || {
-            e.store.set_control(
-                &t,
-                &c,
-                &closer_store::ConversationControl {
-                    taken_over_by: Some(r),
-                    closed: false,
-                },
-                &[ev],
-            )
-        })
-        .await?;
-        Ok(Response::new(pb::ControlResponse {
-            cursor: published(&engine, &stored),
-        }))
+        let control = closer_store::ConversationControl {
+            taken_over_by: Some(rep.id),
+            closed: false,
+        };
+        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
     }
 
     async fn send_message(
@@ -204,22 +205,11 @@ impl pb::conversations_server::Conversations for ConversationsService {
             Some(&rep),
             serde_json::json!({"rep_id": rep.id}),
         );
-        let (e, t, c) = (engine.clone(), tenant.id.clone(), req.conversation_id);
-        let stored = blocking(move || {
-            e.store.set_control(
-                &t,
-                &c,
-                &closer_store::ConversationControl {
-                    taken_over_by: None,
-                    closed: false,
-                },
-                &[ev],
-            )
-        })
-        .await?;
-        Ok(Response::new(pb::ControlResponse {
-            cursor: published(&engine, &stored),
-        }))
+        let control = closer_store::ConversationControl {
+            taken_over_by: None,
+            closed: false,
+        };
+        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> R<pb::ControlResponse> {
@@ -234,21 +224,10 @@ impl pb::conversations_server::Conversations for ConversationsService {
             rep.as_ref(),
             serde_json::json!({"closed_by": req.closed_by}),
         );
-        let (e, t, c) = (engine.clone(), tenant.id.clone(), req.conversation_id);
-        let stored = blocking(move || {
-            e.store.set_control(
-                &t,
-                &c,
-                &closer_store::ConversationControl {
-                    taken_over_by: None,
-                    closed: true,
-                },
-                &[ev],
-            )
-        })
-        .await?;
-        Ok(Response::new(pb::ControlResponse {
-            cursor: published(&engine, &stored),
-        }))
+        let control = closer_store::ConversationControl {
+            taken_over_by: None,
+            closed: true,
+        };
+        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
     }
 }

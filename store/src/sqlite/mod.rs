@@ -3,116 +3,26 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
     now_ms, ApiKey, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter,
-    LeadStat, ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Reason, Result,
-    Store, TurnWrite,
+    LeadStat, ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Result, Store,
+    TurnWrite,
 };
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS conversations (
-    tenant TEXT NOT NULL,
-    id TEXT NOT NULL,
-    domain TEXT,
-    email TEXT,
-    bot_score INTEGER NOT NULL DEFAULT 0,
-    reasons TEXT NOT NULL DEFAULT '[]',
-    manual TEXT,
-    rep_id TEXT,
-    team TEXT,
-    slots TEXT NOT NULL DEFAULT '{}',
-    intents TEXT NOT NULL DEFAULT '{}',
-    turns INTEGER NOT NULL DEFAULT 0,
-    closed INTEGER NOT NULL DEFAULT 0,
-    taken_over_by TEXT,
-    created_ms INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (tenant, id)
-);
-CREATE INDEX IF NOT EXISTS conversations_updated ON conversations (tenant, updated_ms);
-CREATE INDEX IF NOT EXISTS conversations_created ON conversations (tenant, created_ms);
-CREATE TABLE IF NOT EXISTS messages (
-    tenant TEXT NOT NULL,
-    conversation_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    turn INTEGER NOT NULL,
-    author TEXT NOT NULL,
-    text TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY (tenant, conversation_id, seq)
-);
-CREATE TABLE IF NOT EXISTS events (
-    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    conversation_id TEXT,
-    rep_id TEXT,
-    team TEXT,
-    payload TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, cursor);
-CREATE TABLE IF NOT EXISTS consumers (
-    tenant TEXT NOT NULL,
-    name TEXT NOT NULL,
-    cursor INTEGER NOT NULL,
-    PRIMARY KEY (tenant, name)
-);
-CREATE TABLE IF NOT EXISTS presence (
-    tenant TEXT NOT NULL,
-    rep_id TEXT NOT NULL,
-    online INTEGER NOT NULL,
-    capacity INTEGER NOT NULL,
-    PRIMARY KEY (tenant, rep_id)
-);
-CREATE TABLE IF NOT EXISTS round_robin (
-    tenant TEXT NOT NULL,
-    team TEXT NOT NULL,
-    rep_id TEXT NOT NULL,
-    assigned INTEGER NOT NULL,
-    PRIMARY KEY (tenant, team, rep_id)
-);
-CREATE TABLE IF NOT EXISTS meetings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL,
-    rep_id TEXT NOT NULL,
-    start_s INTEGER NOT NULL,
-    end_s INTEGER NOT NULL,
-    conversation_id TEXT NOT NULL,
-    email TEXT,
-    created_ms INTEGER NOT NULL,
-    UNIQUE (tenant, rep_id, start_s)
-);
-CREATE INDEX IF NOT EXISTS meetings_created ON meetings (tenant, created_ms);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    tenant TEXT NOT NULL,
-    role TEXT NOT NULL,
-    name TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL,
-    revoked_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    tenant TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    reply BLOB NOT NULL,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY (tenant, scope, key)
-);
-"#;
+mod rows;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use rows::{insert_events, read_lead, row_to_event, row_to_key, row_to_lead, row_to_meeting};
+use schema::SCHEMA;
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-}
-
-fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SqliteStore {
@@ -145,126 +55,13 @@ impl SqliteStore {
     }
 }
 
-fn row_to_key(r: &rusqlite::Row) -> rusqlite::Result<ApiKey> {
-    Ok(ApiKey {
-        id: r.get(0)?,
-        tenant: r.get(1)?,
-        role: r.get(2)?,
-        name: r.get(3)?,
-        hash: r.get(4)?,
-        created_ms: r.get(5)?,
-        revoked_ms: r.get(6)?,
-    })
-}
-
-fn insert_events(tx: &Transaction, events: &[NewEvent], at: i64) -> Result<Vec<Event>> {
-    let mut out = vec![];
-    for e in events {
-        tx.execute(
-            "INSERT INTO events (tenant, kind, conversation_id, rep_id, team, payload, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                e.tenant,
-                e.kind,
-                e.conversation_id,
-                e.rep_id,
-                e.team,
-                serde_json::to_string(&e.payload)?,
-                at
-            ],
-        )?;
-        let cursor = tx.last_insert_rowid() as u64;
-        out.push(Event {
-            cursor,
-            id: format!("evt-{cursor}"),
-            at_ms: at,
-            event: e.clone(),
-        });
-    }
-    Ok(out)
-}
-
-fn read_lead(conn: &Connection, tenant: &str, id: &str) -> Result<Option<Lead>> {
-    conn.query_row(
-        "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots, turns,
-                created_ms, updated_ms, intents
-         FROM conversations WHERE tenant = ?1 AND id = ?2",
-        params![tenant, id],
-        row_to_lead,
-    )
-    .optional()?
-    .transpose()
-}
-
-fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
-    let reasons: String = r.get(5)?;
-    let manual: Option<String> = r.get(6)?;
-    let slots: String = r.get(9)?;
-    let intents: String = r.get(13)?;
-    let bot_score: i32 = r.get(4)?;
-    let lead = || -> Result<Lead> {
-        let manual: Option<ManualScore> = manual.map(|m| serde_json::from_str(&m)).transpose()?;
-        Ok(Lead {
-            tenant: r.get(0)?,
-            conversation_id: r.get(1)?,
-            domain: r.get(2)?,
-            email: r.get(3)?,
-            score: manual.as_ref().map_or(bot_score, |m| m.score),
-            bot_score,
-            manual,
-            reasons: serde_json::from_str::<Vec<Reason>>(&reasons)?,
-            rep_id: r.get(7)?,
-            team: r.get(8)?,
-            slots: serde_json::from_str::<BTreeMap<String, String>>(&slots)?,
-            intents: serde_json::from_str::<BTreeMap<String, u32>>(&intents)?,
-            turns: r.get(10)?,
-            created_ms: r.get(11)?,
-            updated_ms: r.get(12)?,
-        })
-    };
-    Ok(lead())
-}
-
-fn row_to_meeting(r: &rusqlite::Row) -> rusqlite::Result<Meeting> {
-    Ok(Meeting {
-        id: r.get(0)?,
-        tenant: r.get(1)?,
-        rep_id: r.get(2)?,
-        start: r.get(3)?,
-        end: r.get(4)?,
-        conversation_id: r.get(5)?,
-        email: r.get(6)?,
-    })
-}
-
-fn row_to_event(r: &rusqlite::Row) -> rusqlite::Result<Result<Event>> {
-    let cursor: i64 = r.get(0)?;
-    let payload: String = r.get(6)?;
-    let e = (|| -> Result<Event> {
-        Ok(Event {
-            cursor: cursor as u64,
-            id: format!("evt-{cursor}"),
-            at_ms: r.get(7)?,
-            event: NewEvent {
-                tenant: r.get(1)?,
-                kind: r.get(2)?,
-                conversation_id: r.get(3)?,
-                rep_id: r.get(4)?,
-                team: r.get(5)?,
-                payload: serde_json::from_str(&payload)?,
-            },
-        })
-    })();
-    Ok(e)
-}
-
 impl Store for SqliteStore {
     fn record_turn(
         &self,
         w: &TurnWrite,
         then: &dyn Fn(&Lead) -> Vec<NewEvent>,
     ) -> Result<(Lead, Vec<Event>)> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let at = now_ms();
         tx.execute(
@@ -367,7 +164,7 @@ impl Store for SqliteStore {
         manual: Option<ManualScore>,
         events: &dyn Fn(&Lead) -> Vec<NewEvent>,
     ) -> Result<(Lead, Vec<Event>)> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let manual_json = manual.as_ref().map(serde_json::to_string).transpose()?;
         let n = tx.execute(
@@ -385,11 +182,11 @@ impl Store for SqliteStore {
     }
 
     fn lead(&self, tenant: &str, conversation_id: &str) -> Result<Option<Lead>> {
-        read_lead(&lock(&self.conn), tenant, conversation_id)
+        read_lead(&self.conn.lock(), tenant, conversation_id)
     }
 
     fn leads(&self, f: &LeadFilter) -> Result<(Vec<Lead>, usize)> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         // The score in force is the manual one when set.
         let score = "COALESCE(json_extract(manual, '$.score'), bot_score)";
         let wher = format!(
@@ -427,7 +224,7 @@ impl Store for SqliteStore {
     }
 
     fn transcript(&self, tenant: &str, conversation_id: &str) -> Result<Vec<Message>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT turn, author, text, at_ms FROM messages
              WHERE tenant = ?1 AND conversation_id = ?2 ORDER BY seq",
@@ -444,7 +241,7 @@ impl Store for SqliteStore {
     }
 
     fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let out = insert_events(&tx, events, now_ms())?;
         tx.commit()?;
@@ -452,7 +249,7 @@ impl Store for SqliteStore {
     }
 
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let kinds = serde_json::to_string(&f.kinds)?;
         let mut stmt = conn.prepare(
             "SELECT cursor, tenant, kind, conversation_id, rep_id, team, payload, at_ms
@@ -480,14 +277,16 @@ impl Store for SqliteStore {
 
     fn last_cursor(&self) -> Result<u64> {
         let c: i64 =
-            lock(&self.conn).query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
-                r.get(0)
-            })?;
+            self.conn
+                .lock()
+                .query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
+                    r.get(0)
+                })?;
         Ok(c as u64)
     }
 
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let last: i64 = tx.query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
             r.get(0)
@@ -512,7 +311,9 @@ impl Store for SqliteStore {
     }
 
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64> {
-        let c: Option<i64> = lock(&self.conn)
+        let c: Option<i64> = self
+            .conn
+            .lock()
             .query_row(
                 "SELECT cursor FROM consumers WHERE tenant = ?1 AND name = ?2",
                 params![tenant, consumer],
@@ -523,7 +324,7 @@ impl Store for SqliteStore {
     }
 
     fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()> {
-        lock(&self.conn).execute(
+        self.conn.lock().execute(
             "INSERT INTO presence (tenant, rep_id, online, capacity) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (tenant, rep_id) DO UPDATE SET online = excluded.online,
                 capacity = excluded.capacity",
@@ -533,7 +334,7 @@ impl Store for SqliteStore {
     }
 
     fn presence(&self, tenant: &str) -> Result<Vec<Presence>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT rep_id, online, capacity FROM presence WHERE tenant = ?1 ORDER BY rep_id",
         )?;
@@ -548,7 +349,7 @@ impl Store for SqliteStore {
     }
 
     fn open_load(&self, tenant: &str) -> Result<HashMap<String, u32>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT rep_id, COUNT(*) FROM conversations
              WHERE tenant = ?1 AND rep_id IS NOT NULL AND closed = 0 GROUP BY rep_id",
@@ -566,7 +367,7 @@ impl Store for SqliteStore {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let mut best: Option<(i64, &String)> = None;
         for c in candidates {
@@ -595,7 +396,7 @@ impl Store for SqliteStore {
     }
 
     fn meetings(&self, tenant: &str, rep_id: &str, from: i64, to: i64) -> Result<Vec<Meeting>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT id, tenant, rep_id, start_s, end_s, conversation_id, email FROM meetings
              WHERE tenant = ?1 AND rep_id = ?2 AND start_s < ?4 AND end_s > ?3 ORDER BY start_s",
@@ -605,7 +406,7 @@ impl Store for SqliteStore {
     }
 
     fn create_key(&self, key: &ApiKey) -> Result<()> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let n = conn.execute(
             "INSERT OR IGNORE INTO api_keys (id, tenant, role, name, hash, created_ms, revoked_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -626,7 +427,7 @@ impl Store for SqliteStore {
     }
 
     fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare(
             "SELECT id, tenant, role, name, hash, created_ms, revoked_ms FROM api_keys
              WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_ms, id",
@@ -636,7 +437,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_key(&self, id: &str) -> Result<ApiKey> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         conn.execute(
             "UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
             params![id, now_ms()],
@@ -651,7 +452,7 @@ impl Store for SqliteStore {
     }
 
     fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, tenant, role, name, hash, created_ms, revoked_ms FROM api_keys WHERE hash = ?1",
         )?;
@@ -659,7 +460,7 @@ impl Store for SqliteStore {
     }
 
     fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT rep_id, team, COALESCE(json_extract(manual, '$.score'), bot_score), created_ms
              FROM conversations WHERE tenant = ?1 AND created_ms >= ?2 AND created_ms < ?3",
@@ -676,7 +477,7 @@ impl Store for SqliteStore {
     }
 
     fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>> {
-        let conn = lock(&self.conn);
+        let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT rep_id, created_ms FROM meetings
              WHERE tenant = ?1 AND created_ms >= ?2 AND created_ms < ?3",
@@ -695,7 +496,7 @@ impl Store for SqliteStore {
         m: &Meeting,
         events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
     ) -> Result<(Meeting, Vec<Event>)> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         // IMMEDIATE: the overlap check and the insert hold the write lock together, also
         // against another process on the same file.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -737,7 +538,7 @@ impl Store for SqliteStore {
         messages: &[Message],
         events: &[NewEvent],
     ) -> Result<Vec<Event>> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let mut seq: i64 = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant = ?1 AND conversation_id = ?2",
@@ -772,7 +573,7 @@ impl Store for SqliteStore {
         control: &ConversationControl,
         events: &[NewEvent],
     ) -> Result<Vec<Event>> {
-        let mut conn = lock(&self.conn);
+        let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
             "UPDATE conversations SET taken_over_by = ?3, closed = ?4, updated_ms = ?5
@@ -794,7 +595,9 @@ impl Store for SqliteStore {
     }
 
     fn control(&self, tenant: &str, conversation_id: &str) -> Result<Option<ConversationControl>> {
-        Ok(lock(&self.conn)
+        Ok(self
+            .conn
+            .lock()
             .query_row(
                 "SELECT taken_over_by, closed FROM conversations WHERE tenant = ?1 AND id = ?2",
                 params![tenant, conversation_id],
@@ -809,7 +612,9 @@ impl Store for SqliteStore {
     }
 
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(lock(&self.conn)
+        Ok(self
+            .conn
+            .lock()
             .query_row(
                 "SELECT reply FROM idempotency WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
                 params![tenant, scope, key],
@@ -819,250 +624,11 @@ impl Store for SqliteStore {
     }
 
     fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()> {
-        lock(&self.conn).execute(
+        self.conn.lock().execute(
             "INSERT OR IGNORE INTO idempotency (tenant, scope, key, reply, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![tenant, scope, key, reply, now_ms()],
         )?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(kind: &str, tenant: &str, rep: Option<&str>) -> NewEvent {
-        NewEvent {
-            kind: kind.into(),
-            tenant: tenant.into(),
-            conversation_id: Some("c1".into()),
-            rep_id: rep.map(str::to_string),
-            team: None,
-            payload: serde_json::json!({"k": kind}),
-        }
-    }
-
-    fn turn(tenant: &str, conv: &str, n: u32, score: i32) -> TurnWrite {
-        TurnWrite {
-            tenant: tenant.into(),
-            conversation_id: conv.into(),
-            domain: Some("acme.com".into()),
-            email: None,
-            messages: vec![
-                Message {
-                    turn: n,
-                    author: Author::Visitor,
-                    text: format!("question {n}"),
-                    at_ms: 1,
-                },
-                Message {
-                    turn: n,
-                    author: Author::Bot,
-                    text: format!("answer {n}"),
-                    at_ms: 2,
-                },
-            ],
-            slots: vec![("company_size".into(), "40".into())],
-            intents: vec![("pricing".into(), n)],
-            score: Some((
-                score,
-                vec![Reason {
-                    rule: "pricing".into(),
-                    turn: n,
-                    detail: "intent pricing".into(),
-                    points: 1,
-                }],
-            )),
-            route: None,
-            events: vec![ev("cql_scored", tenant, None)],
-            idempotency: None,
-        }
-    }
-
-    #[test]
-    fn turns_scores_and_events_commit_together_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("closer.db");
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            let (lead, events) = s.record_turn(&turn("t", "c1", 1, 1), &|_| vec![]).unwrap();
-            assert_eq!((lead.score, lead.turns), (1, 1));
-            assert_eq!(events[0].id, format!("evt-{}", events[0].cursor));
-            s.record_turn(&turn("t", "c1", 2, 2), &|_| vec![]).unwrap();
-        }
-        let s = SqliteStore::open(&path).unwrap();
-        let lead = s.lead("t", "c1").unwrap().unwrap();
-        assert_eq!((lead.bot_score, lead.turns), (2, 2));
-        assert_eq!(lead.slots["company_size"], "40");
-        assert_eq!(lead.intents["pricing"], 1, "first turn kept");
-        assert_eq!(s.transcript("t", "c1").unwrap().len(), 4);
-        assert_eq!(s.last_cursor().unwrap(), 2);
-        assert!(s.lead("other", "c1").unwrap().is_none());
-    }
-
-    #[test]
-    fn a_manual_score_wins_until_cleared() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.record_turn(&turn("t", "c1", 1, 2), &|_| vec![]).unwrap();
-        let m = ManualScore {
-            score: -1,
-            rep_id: "r1".into(),
-            note: "student".into(),
-            at_ms: 5,
-        };
-        let (lead, events) = s
-            .set_manual_score("t", "c1", Some(m), &|l| {
-                vec![ev(&format!("score {}", l.score), "t", None)]
-            })
-            .unwrap();
-        assert_eq!((lead.score, lead.bot_score), (-1, 2));
-        assert_eq!(events[0].event.kind, "score -1");
-        // A later bot turn changes the bot's score, not the one in force.
-        let (lead, events) = s
-            .record_turn(&turn("t", "c1", 2, 3), &|l| {
-                vec![ev(&format!("after {}", l.bot_score), "t", None)]
-            })
-            .unwrap();
-        assert_eq!((lead.score, lead.bot_score), (-1, 3));
-        assert_eq!(events.last().unwrap().event.kind, "after 3");
-        let (lead, _) = s.set_manual_score("t", "c1", None, &|_| vec![]).unwrap();
-        assert_eq!(lead.score, 3);
-        assert!(matches!(
-            s.set_manual_score("t", "nope", None, &|_| vec![]),
-            Err(Error::NotFound(_))
-        ));
-        let (hot, n) = s
-            .leads(&LeadFilter {
-                tenant: "t".into(),
-                min_score: Some(3),
-                limit: 10,
-                ..LeadFilter::default()
-            })
-            .unwrap();
-        assert_eq!((hot.len(), n), (1, 1));
-    }
-
-    #[test]
-    fn events_filter_by_tenant_kind_and_rep_and_acks_never_move_back() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.append_events(&[
-            ev("account_live", "t", Some("r1")),
-            ev("cql_scored", "t", None),
-            ev("account_live", "u", Some("r1")),
-            ev("handoff_requested", "t", Some("r2")),
-        ])
-        .unwrap();
-        let f = |kinds: &[&str], rep: Option<&str>| EventFilter {
-            tenant: "t".into(),
-            kinds: kinds.iter().map(|k| k.to_string()).collect(),
-            rep_id: rep.map(str::to_string),
-            team: None,
-            conversation_id: None,
-        };
-        let c = |v: Vec<Event>| v.iter().map(|e| e.cursor).collect::<Vec<_>>();
-        assert_eq!(c(s.events_after(0, &f(&[], None), 100).unwrap()), [1, 2, 4]);
-        assert_eq!(c(s.events_after(1, &f(&[], None), 1).unwrap()), [2]);
-        assert_eq!(
-            c(s.events_after(0, &f(&["account_live"], None), 100).unwrap()),
-            [1]
-        );
-        assert_eq!(c(s.events_after(0, &f(&[], Some("r2")), 100).unwrap()), [4]);
-        assert_eq!(s.ack("t", "crm", 2).unwrap(), 2);
-        assert_eq!(s.ack("t", "crm", 1).unwrap(), 2);
-        assert!(s.ack("t", "crm", 99).is_err());
-        assert_eq!(s.acked("t", "crm").unwrap(), 2);
-        assert_eq!(s.acked("u", "crm").unwrap(), 0);
-    }
-
-    #[test]
-    fn round_robin_is_fair_over_a_thousand_conversations() {
-        let s = SqliteStore::in_memory().unwrap();
-        let reps: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
-        let mut count: HashMap<String, i32> = HashMap::new();
-        for i in 0..1000 {
-            // Rep c is away for a stretch; the others take its share meanwhile.
-            let available: Vec<String> = if (300..400).contains(&i) {
-                reps[..2].to_vec()
-            } else {
-                reps.clone()
-            };
-            let r = s.round_robin("t", "smb", &available).unwrap().unwrap();
-            *count.entry(r).or_default() += 1;
-        }
-        let max = count.values().max().unwrap();
-        let min = count.values().min().unwrap();
-        assert!(max - min <= 1, "{count:?}");
-        assert_eq!(s.round_robin("t", "smb", &[]).unwrap(), None);
-    }
-
-    #[test]
-    fn concurrent_bookings_of_one_slot_give_exactly_one_meeting() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = std::sync::Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
-        let wins: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let s = s.clone();
-                    scope.spawn(move || {
-                        s.book_meeting(
-                            &Meeting {
-                                id: 0,
-                                tenant: "t".into(),
-                                rep_id: "r1".into(),
-                                // Overlapping, not identical, slots.
-                                start: 1_000 + i * 60,
-                                end: 2_800 + i * 60,
-                                conversation_id: format!("c{i}"),
-                                email: None,
-                            },
-                            &|m| vec![ev("meeting_booked", &m.tenant, Some(&m.rep_id))],
-                        )
-                        .is_ok()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| usize::from(h.join().unwrap()))
-                .sum()
-        });
-        assert_eq!(wins, 1);
-        assert_eq!(s.meetings("t", "r1", 0, 10_000).unwrap().len(), 1);
-        assert_eq!(
-            s.last_cursor().unwrap(),
-            1,
-            "one event, for the one booking"
-        );
-        // Another rep's calendar is separate.
-        assert!(s
-            .book_meeting(
-                &Meeting {
-                    id: 0,
-                    tenant: "t".into(),
-                    rep_id: "r2".into(),
-                    start: 1_000,
-                    end: 2_800,
-                    conversation_id: "c9".into(),
-                    email: None,
-                },
-                &|_| vec![],
-            )
-            .is_ok());
-    }
-
-    #[test]
-    fn an_idempotency_key_is_kept_with_its_change() {
-        let s = SqliteStore::in_memory().unwrap();
-        let mut w = turn("t", "form-1", 1, 2);
-        w.idempotency = Some(("qualify".into(), "k1".into(), b"reply".to_vec()));
-        s.record_turn(&w, &|_| vec![]).unwrap();
-        assert_eq!(
-            s.idempotent_get("t", "qualify", "k1").unwrap().as_deref(),
-            Some(&b"reply"[..])
-        );
-        // The same key twice fails the second transaction as a whole.
-        assert!(s.record_turn(&w, &|_| vec![]).is_err());
-        assert_eq!(s.transcript("t", "form-1").unwrap().len(), 2);
     }
 }

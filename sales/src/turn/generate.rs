@@ -176,7 +176,7 @@ pub fn generate_answer(
     // necessarily the visitor's: it goes (the generated part carries yes/no under the guard).
     for c in cited {
         let own = without_yes_no(&c.answer);
-        if !reply.sentences.iter().any(|r| *r == own)
+        if !reply.sentences.contains(&own)
             && !is_stated(c, &reply.text(), &said)
             && reply.send(&own, turn, emit).is_break()
         {

@@ -9,7 +9,9 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use crate::oracle::Backing;
@@ -52,13 +54,13 @@ impl AnswerGenerator for Recording {
         request: &GenerationRequest,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> closer_models::Result<GenerationStats> {
-        *self.system.lock().unwrap_or_else(|p| p.into_inner()) = request.system.clone();
+        *self.system.lock() = request.system.clone();
         let mut raw = String::new();
         let stats = self.inner.generate(request, &mut |piece| {
             raw.push_str(piece);
             on_text(piece)
         })?;
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(raw);
+        self.log.lock().push(raw);
         Ok(stats)
     }
     fn name(&self) -> &str {
@@ -175,7 +177,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
             })),
         })
         .await?;
-        log.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        log.lock().clear();
         let mut stream = client.converse(ReceiverStream::new(rx)).await?.into_inner();
         let mut delivered = String::new();
         let mut proposed: Vec<String> = vec![];
@@ -198,10 +200,10 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
             }
         }
         drop(tx);
-        let raw = log.lock().unwrap_or_else(|p| p.into_inner()).join(" ");
+        let raw = log.lock().join(" ");
         // The baseline: the same model and system prompt, the whole message, no guard.
         let request = GenerationRequest {
-            system: system.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            system: system.lock().clone(),
             user: message.clone(),
             max_tokens: 160,
             share: "baseline".into(),

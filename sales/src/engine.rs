@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -140,14 +142,15 @@ const SET_FILE: &str = "intents.yaml";
 const PLAYBOOK_FILE: &str = "playbook.yaml";
 const MODEL_FILE: &str = "intent-model.bin";
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut f = tempfile::NamedTempFile::new_in(dir)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    f.as_file().sync_all()?;
+    f.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 impl Tenant {
@@ -223,26 +226,17 @@ impl Tenant {
     /// The intent model serving now. Hold the `Arc` for a whole turn so one turn never mixes two
     /// models.
     pub fn intents(&self) -> Arc<IntentModel> {
-        self.intents
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.intents.read().clone()
     }
 
     /// The playbook in force; hold it for a whole turn.
     pub fn playbook(&self) -> Arc<Playbook> {
-        self.playbook
-            .read()
-            .map(|g| g.0.clone())
-            .unwrap_or_else(|p| p.into_inner().0.clone())
+        self.playbook.read().0.clone()
     }
 
     /// The playbook in force and whether it is derived from the intent flags.
     pub fn playbook_source(&self) -> (Arc<Playbook>, bool) {
-        self.playbook
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.playbook.read().clone()
     }
 
     /// Validates a playbook against the tenant's intents and reps, stores it and swaps it in.
@@ -253,7 +247,7 @@ impl Tenant {
         let path = self.dir.join(PLAYBOOK_FILE);
         write_atomic(&path, yaml.as_bytes())
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
-        *self.playbook.write().unwrap_or_else(|p| p.into_inner()) = (p.clone(), false);
+        *self.playbook.write() = (p.clone(), false);
         tracing::info!(tenant = %self.id, rules = p.score_rules.len(), "playbook swapped in");
         Ok(p)
     }
@@ -267,7 +261,7 @@ impl Tenant {
         cfg: &ClassifierConfig,
         progress: &mut dyn FnMut(TrainProgress),
     ) -> Result<closer_models::intent::TrainReport> {
-        let _one_at_a_time = self.training.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.training.lock();
         let classifier = HeadClassifier::train(embedder, &set, cfg, progress)?;
         let trained = classifier.trained();
         trained.save(&self.dir.join(MODEL_FILE))?;
@@ -276,7 +270,7 @@ impl Tenant {
             .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
         let report = trained.report.clone();
         let next = Arc::new(IntentModel { set, classifier });
-        *self.intents.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.intents.write() = next;
         tracing::info!(tenant = %self.id, version = %report.version, ms = report.training_ms, "intent model swapped in");
         Ok(report)
     }
@@ -333,18 +327,13 @@ impl Engine {
     pub fn tenant(&self, id: &str) -> Result<Arc<Tenant>> {
         self.tenants
             .read()
-            .map_err(|_| Error::Internal("tenant table poisoned".into()))?
             .get(id)
             .cloned()
             .ok_or_else(|| Error::UnknownTenant(id.to_string()))
     }
 
     pub fn tenant_ids(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .tenants
-            .read()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<String> = self.tenants.read().keys().cloned().collect();
         v.sort();
         v
     }

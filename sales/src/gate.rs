@@ -6,8 +6,8 @@
 //! another team by at most the reply in progress instead of the whole flood. A waiter checks every few milliseconds whether its client
 //! is still there (or its deadline passed) and leaves the queue if not.
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Why a turn stops early.
@@ -65,7 +65,7 @@ impl FairGate {
     }
 
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// Replies waiting for a slot.
@@ -99,11 +99,7 @@ impl FairGate {
                 Self::withdraw(&mut s, tenant, ticket);
                 return Err(why);
             }
-            s = self
-                .cv
-                .wait_timeout(s, POLL)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.cv.wait_for(&mut s, POLL);
         }
     }
 
@@ -183,7 +179,7 @@ mod tests {
             let (g, served, t) = (gate.clone(), served.clone(), t.to_string());
             handles.push(std::thread::spawn(move || {
                 let _slot = g.acquire(&t, &|| None).map_err(|_| ()).unwrap();
-                served.lock().unwrap().push(format!("{t}{i}"));
+                served.lock().push(format!("{t}{i}"));
             }));
             while gate.waiting() < i + 1 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -193,7 +189,7 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        Arc::try_unwrap(served).unwrap().into_inner().unwrap()
+        Arc::try_unwrap(served).unwrap().into_inner()
     }
 
     #[test]

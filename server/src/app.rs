@@ -2,7 +2,6 @@
 //! quotas), the generator gate, metrics and draining; and running blocking work off the async
 //! threads.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ pub struct AppState {
     pending_replies: Arc<Semaphore>,
     /// Per tenant: at most `tenant_max_pending_replies` of the permits above, and when the
     /// tenant was last refused one.
-    tenant_replies: std::sync::Mutex<std::collections::HashMap<String, TenantQuota>>,
+    tenant_replies: parking_lot::Mutex<std::collections::HashMap<String, TenantQuota>>,
     /// The generator's slots, shared round-robin by tenant.
     pub gate: closer_sales::gate::FairGate,
     pub metrics: crate::metrics::Metrics,
@@ -75,10 +74,7 @@ impl AppState {
     /// exhausted.
     pub fn admit(&self, tenant: &str) -> std::result::Result<Permits, &'static str> {
         let own = {
-            let mut m = self
-                .tenant_replies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut m = self.tenant_replies.lock();
             let q = m.entry(tenant.to_string()).or_insert_with(|| TenantQuota {
                 permits: Arc::new(Semaphore::new(
                     self.config.tenant_max_pending_replies.max(1),
@@ -92,7 +88,7 @@ impl AppState {
             own
         };
         let refused = |why| {
-            self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused.inc();
             why
         };
         let own = own.map_err(|_| {
@@ -105,19 +101,14 @@ impl AppState {
             .map_err(|_| refused("too many replies in progress; retry in a few seconds"))?;
         let in_use =
             self.config.max_pending_replies.max(1) - self.pending_replies.available_permits();
-        self.metrics
-            .max_in_flight
-            .fetch_max(in_use, Ordering::Relaxed);
-        self.metrics.turns.fetch_add(1, Ordering::Relaxed);
+        self.metrics.saw_in_flight(in_use);
+        self.metrics.turns.inc();
         Ok((own, global))
     }
 
     /// Whether `tenant` was refused a turn by its own quota within [`PRESSING`].
     pub fn pressing(&self, tenant: &str) -> bool {
-        let m = self
-            .tenant_replies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let m = self.tenant_replies.lock();
         m.get(tenant)
             .and_then(|q| q.refused_at)
             .is_some_and(|at| at.elapsed() < PRESSING)

@@ -5,17 +5,21 @@
 //! serves them in the Prometheus text format.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use closer_sales::gate::Stop;
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Latency samples (milliseconds), the most recent `CAP` kept.
 #[derive(Default)]
 struct Samples {
     values: VecDeque<f64>,
-    count: u64,
 }
 
 impl Samples {
@@ -26,7 +30,6 @@ impl Samples {
             self.values.pop_front();
         }
         self.values.push_back(ms);
-        self.count += 1;
     }
 
     fn quantiles(&self) -> (f64, f64, f64) {
@@ -40,44 +43,107 @@ impl Samples {
     }
 }
 
-/// Counters of the reply path.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Quantile {
+    quantile: &'static str,
+}
+
+/// The reply path's figures, registered once in a `prometheus-client` registry (one per
+/// server, so several servers in one process do not share counters).
 pub struct Metrics {
+    registry: Registry,
+    in_flight: Gauge,
     /// Most reply permits ever in use at once.
-    pub max_in_flight: AtomicUsize,
-    pub refused: AtomicU64,
-    pub turns: AtomicU64,
+    max_in_flight: Gauge,
+    limit: Gauge,
+    waiting: Gauge,
+    pub refused: Counter,
+    pub turns: Counter,
     /// Turns of a team pressing past its quota, generated in the background.
-    pub background: AtomicU64,
-    pub deadline_exceeded: AtomicU64,
-    /// Time from the client's stream closing to the turn's work stopping; its count is the
-    /// number of dropped turns.
-    stop_after_drop: Mutex<Samples>,
+    pub background: Counter,
+    deadline_exceeded: Counter,
+    dropped: Counter,
+    /// Time from the client's stream closing to the turn's work stopping, by quantile; filled
+    /// from `samples` when scraped.
+    stop_after_drop: Family<Quantile, Gauge<f64, AtomicU64>>,
+    samples: Mutex<Samples>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            in_flight: Gauge::default(),
+            max_in_flight: Gauge::default(),
+            limit: Gauge::default(),
+            waiting: Gauge::default(),
+            refused: Counter::default(),
+            turns: Counter::default(),
+            background: Counter::default(),
+            deadline_exceeded: Counter::default(),
+            dropped: Counter::default(),
+            stop_after_drop: Family::default(),
+            samples: Mutex::default(),
+            registry: Registry::default(),
+        };
+        let gauges = [
+            (
+                "closer_replies_in_flight",
+                "Reply permits in use (generating or queued for the generator)",
+                &m.in_flight,
+            ),
+            (
+                "closer_replies_in_flight_max",
+                "Most reply permits ever in use at once",
+                &m.max_in_flight,
+            ),
+            ("closer_replies_limit", "--max-pending-replies", &m.limit),
+            (
+                "closer_generator_waiting",
+                "Replies queued for a generator slot",
+                &m.waiting,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
+        }
+        let counters = [
+            ("closer_turns", "Turns admitted", &m.turns),
+            ("closer_turns_background", "Turns admitted while their team pressed past its quota, generated after other teams' work", &m.background),
+            ("closer_replies_refused", "Turns refused with RESOURCE_EXHAUSTED", &m.refused),
+            ("closer_turns_dropped", "Turns stopped because the client went away", &m.dropped),
+            ("closer_turns_deadline_exceeded", "Turns stopped by the client's deadline", &m.deadline_exceeded),
+        ];
+        for (name, help, c) in counters {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "closer_stop_after_drop_ms",
+            "Time from a client dropping its stream to the turn's work stopping (quantiles of the last 20,000)",
+            m.stop_after_drop.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
     pub fn record_stop(&self, why: Stop, ms: f64) {
         match why {
             Stop::Gone => {
-                self.stop_after_drop
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(ms);
+                self.dropped.inc();
+                self.samples.lock().push(ms);
             }
             Stop::Deadline => {
-                self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+                self.deadline_exceeded.inc();
             }
         }
     }
 
-    /// Dropped generations and the p50, p99 and max of their time to stop (ms).
-    pub fn stop_after_drop(&self) -> (u64, f64, f64, f64) {
-        let s = self
-            .stop_after_drop
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let (p50, p99, max) = s.quantiles();
-        (s.count, p50, p99, max)
+    /// Notes `in_use` reply permits, keeping the most ever seen.
+    pub fn saw_in_flight(&self, in_use: usize) {
+        self.max_in_flight
+            .inner()
+            .fetch_max(i64::try_from(in_use).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -88,76 +154,24 @@ pub struct Snapshot {
     pub waiting: usize,
 }
 
-/// Prometheus text exposition of the reply path's figures.
+/// The content type of [`prometheus`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The reply path's figures in the OpenMetrics text format (which Prometheus reads).
 pub fn prometheus(m: &Metrics, s: &Snapshot) -> String {
-    let (n, p50, p99, max) = m.stop_after_drop();
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-    let rows: [(&str, &str, &str, String); 9] = [
-        (
-            "closer_replies_in_flight",
-            "gauge",
-            "Reply permits in use (generating or queued for the generator).",
-            s.in_flight.to_string(),
-        ),
-        (
-            "closer_replies_in_flight_max",
-            "gauge",
-            "Most reply permits ever in use at once.",
-            m.max_in_flight.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "closer_replies_limit",
-            "gauge",
-            "--max-pending-replies.",
-            s.limit.to_string(),
-        ),
-        (
-            "closer_generator_waiting",
-            "gauge",
-            "Replies queued for a generator slot.",
-            s.waiting.to_string(),
-        ),
-        (
-            "closer_turns_total",
-            "counter",
-            "Turns admitted.",
-            load(&m.turns),
-        ),
-        (
-            "closer_turns_background_total",
-            "counter",
-            "Turns admitted while their team pressed past its quota, generated after other teams' work.",
-            load(&m.background),
-        ),
-        (
-            "closer_replies_refused_total",
-            "counter",
-            "Turns refused with RESOURCE_EXHAUSTED.",
-            load(&m.refused),
-        ),
-        (
-            "closer_turns_dropped_total",
-            "counter",
-            "Turns stopped because the client went away.",
-            n.to_string(),
-        ),
-        (
-            "closer_turns_deadline_exceeded_total",
-            "counter",
-            "Turns stopped by the client's deadline.",
-            load(&m.deadline_exceeded),
-        ),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in rows {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+    let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+    m.in_flight.set(n(s.in_flight));
+    m.limit.set(n(s.limit));
+    m.waiting.set(n(s.waiting));
+    let (p50, p99, max) = m.samples.lock().quantiles();
+    for (q, v) in [("0.5", p50), ("0.99", p99), ("1", max)] {
+        m.stop_after_drop
+            .get_or_create(&Quantile { quantile: q })
+            .set(v);
     }
-    out.push_str("# HELP closer_stop_after_drop_ms Time from a client dropping its stream to the turn's work stopping.\n# TYPE closer_stop_after_drop_ms summary\n");
-    out.push_str(&format!(
-        "closer_stop_after_drop_ms{{quantile=\"0.5\"}} {p50:.3}\ncloser_stop_after_drop_ms{{quantile=\"0.99\"}} {p99:.3}\ncloser_stop_after_drop_ms{{quantile=\"1\"}} {max:.3}\ncloser_stop_after_drop_ms_count {n}\n"
-    ));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &m.registry)
+        .expect("writing to a String cannot fail");
     out
 }
 
@@ -224,6 +238,8 @@ mod tests {
         assert!(text.contains("closer_replies_in_flight 3\n"));
         assert!(text.contains("closer_turns_dropped_total 2\n"));
         assert!(text.contains("closer_turns_deadline_exceeded_total 1\n"));
-        assert!(text.contains("closer_stop_after_drop_ms{quantile=\"1\"} 4.000\n"));
+        assert!(text.contains("closer_stop_after_drop_ms{quantile=\"1\"} 4.0\n"));
+        assert!(text.contains("# TYPE closer_turns_dropped counter\n"));
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -29,10 +29,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The reply path's figures in the Prometheus text format (an admin key when keys are on).
+/// The reply path's figures in the OpenMetrics text format (an admin key when keys are on).
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::prometheus(&state.metrics, &state.snapshot()),
     )
         .into_response()

@@ -3,8 +3,6 @@
 #[allow(unused_imports)]
 use super::common::prelude::*;
 
-use std::sync::atomic::Ordering;
-
 use closer_sales::gate::Stop;
 use closer_sales::turn::{run_turn, TurnContext, TurnControl, TurnEvent, TurnSettings};
 
@@ -13,12 +11,12 @@ const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
 async fn relay_rep_events(
     engine: &Arc<Engine>,
-    conv: &Arc<std::sync::Mutex<closer_sales::conversation::Conversation>>,
+    conv: &Arc<parking_lot::Mutex<closer_sales::conversation::Conversation>>,
     cursor: &mut u64,
 ) -> Result<Vec<pb::converse_response::Event>> {
     use pb::converse_response::Event as E;
     let (tenant, id) = {
-        let c = conv.lock().unwrap_or_else(|p| p.into_inner());
+        let c = conv.lock();
         (c.tenant.clone(), c.id.clone())
     };
     let f = closer_store::EventFilter {
@@ -31,7 +29,7 @@ async fn relay_rep_events(
     let (e, after) = (engine.clone(), *cursor);
     let events = blocking(move || e.store.events_after(after, &f, 1000)).await?;
     let mut out = vec![];
-    let mut c = conv.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = conv.lock();
     for ev in events {
         *cursor = ev.cursor;
         let p = &ev.event.payload;
@@ -64,7 +62,7 @@ async fn relay_rep_events(
 }
 
 type Out = std::result::Result<pb::ConverseResponse, Status>;
-type SharedConversation = Arc<std::sync::Mutex<closer_sales::conversation::Conversation>>;
+type SharedConversation = Arc<parking_lot::Mutex<closer_sales::conversation::Conversation>>;
 
 /// One visitor's Converse stream: started by a valid `start`, then a turn per message, rep
 /// events relayed as they happen, ended by the client, its deadline or shutdown.
@@ -136,7 +134,7 @@ impl Session {
             engine,
             tenant,
             visitor,
-            conv: Arc::new(std::sync::Mutex::new(conv)),
+            conv: Arc::new(parking_lot::Mutex::new(conv)),
             tx,
             deadline,
             rep_cursor,
@@ -150,7 +148,7 @@ impl Session {
 
     /// Runs the conversation until the client, its deadline or shutdown ends it.
     async fn run(mut self, mut inbound: Streaming<pb::ConverseRequest>) {
-        let mut turn: u32 = self.conv.lock().map(|c| c.turns).unwrap_or(0);
+        let mut turn: u32 = self.conv.lock().turns;
         let mut wake = self.engine.bus.watch();
         let mut drain = self.state.draining.subscribe();
         loop {
@@ -319,10 +317,7 @@ impl Session {
         };
         let background = self.state.pressing(&self.tenant.id);
         if background {
-            self.state
-                .metrics
-                .background
-                .fetch_add(1, Ordering::Relaxed);
+            self.state.metrics.background.inc();
         }
         let result = self.blocking_turn(turn, text, permit, background).await;
         watcher.abort();
@@ -373,7 +368,7 @@ impl Session {
             // Given back before the final event is sent: a client that has the whole reply may
             // ask again at once without meeting its own turn's permit.
             let mut permit = Some(permit);
-            let mut conv = conv.lock().unwrap_or_else(|p| p.into_inner());
+            let mut conv = conv.lock();
             let stop = || {
                 if tx.is_closed() {
                     Some(Stop::Gone)

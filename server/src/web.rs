@@ -7,7 +7,8 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -69,12 +70,14 @@ fn bad(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-async fn events(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Response {
-    // Parsed here rather than by the `Query` extractor, so that a bad query gets this page's
-    // plain-text error and not the extractor's.
-    let q: BoardQuery = match serde_urlencoded::from_str(q.as_deref().unwrap_or_default()) {
-        Ok(q) => q,
-        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("query: {e}")),
+async fn events(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<BoardQuery>, QueryRejection>,
+) -> Response {
+    // The rejection is taken here so that a bad query gets this page's plain-text error.
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text())),
     };
     let engine = match state.engine() {
         Ok(e) => e,
@@ -110,10 +113,11 @@ mod tests {
 
     #[test]
     fn board_queries_are_decoded_and_missing_fields_are_empty() {
-        let q: BoardQuery = serde_urlencoded::from_str(
-            "tenant=applinks&timezone=Europe%2FLondon&team=north+america&x",
-        )
-        .unwrap();
+        let uri: axum::http::Uri =
+            "/leaderboard/events?tenant=applinks&timezone=Europe%2FLondon&team=north+america&x"
+                .parse()
+                .unwrap();
+        let Query(q) = Query::<BoardQuery>::try_from_uri(&uri).unwrap();
         assert_eq!(q.tenant, "applinks");
         assert_eq!(q.timezone, "Europe/London");
         assert_eq!(q.team.as_deref(), Some("north america"));

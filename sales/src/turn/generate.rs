@@ -37,7 +37,17 @@ impl Reply {
         emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
         // The model sometimes repeats a sentence; a fact may be appended that it already said.
-        if self.sentences.iter().any(|x| x == s) {
+        // Compared by their words, so a repeat that differs in spacing, case or punctuation
+        // is dropped too.
+        let words = |x: &str| -> String {
+            x.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let key = words(s);
+        if key.is_empty() || self.sentences.iter().any(|x| words(x) == key) {
             return ControlFlow::Continue(());
         }
         let text = if self.sentences.is_empty() {
@@ -176,11 +186,17 @@ pub fn generate_answer(
     // necessarily the visitor's: it goes (the generated part carries yes/no under the guard).
     for c in cited {
         let own = without_yes_no(&c.answer);
-        if !reply.sentences.contains(&own)
-            && !is_stated(c, &reply.text(), &said)
-            && reply.send(&own, turn, emit).is_break()
-        {
-            return Ok(None);
+        if reply.sentences.contains(&own) || is_stated(c, &reply.text(), &said) {
+            continue;
+        }
+        // Sentence by sentence, so a sentence the model already said is not said twice.
+        let mut split = SentenceSplitter::default();
+        let mut parts = split.push(&own);
+        parts.extend(split.finish());
+        for part in parts {
+            if reply.send(&part, turn, emit).is_break() {
+                return Ok(None);
+            }
         }
     }
     Ok(Some(reply))
@@ -290,6 +306,32 @@ mod tests {
             evidence: String::new(),
             closest: false,
         }
+    }
+
+    #[test]
+    fn a_repeated_sentence_is_sent_once_whatever_its_spacing_or_case() {
+        let mut reply = Reply::default();
+        let mut sent = vec![];
+        let mut emit = |e: TurnEvent| {
+            if let TurnEvent::Delta { text, .. } = e {
+                sent.push(text);
+            }
+            ControlFlow::Continue(())
+        };
+        for s in [
+            "You can move to a paid plan at any time.",
+            "you can move to a paid plan  at any time",
+            "A trial lasts 14 days.",
+        ] {
+            let _ = reply.send(s, 1, &mut emit);
+        }
+        assert_eq!(
+            sent,
+            [
+                "You can move to a paid plan at any time.",
+                " A trial lasts 14 days."
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   anywhere in a sentence; e-mails, URLs and domains as whole tokens;
 //! - polarity: the fact sentence closest to the generated one must say yes where it says yes and
 //!   no (not, only, cannot…) where it says no;
+//! - comparisons ([`compare`]): "lower", "cheaper", "more"… must be a comparison a fact makes,
+//!   with the same things on the same sides of it;
 //! - prose: the sentence's content words must be the facts' words (one in three may be new);
 //!   steps and capabilities the facts do not state fail here.
 //!
@@ -17,6 +19,7 @@
 //! arithmetic and "yes" answers freely. A failing sentence gives way to the fact's own answer.
 
 mod claims;
+mod compare;
 mod split;
 
 use std::collections::{HashMap, HashSet};
@@ -142,6 +145,7 @@ pub struct Evidence {
     counts: HashMap<String, HashSet<String>>,
     words: HashSet<String>,
     sentences: Vec<FactSentence>,
+    comparisons: Vec<compare::Comparison>,
 }
 
 impl Evidence {
@@ -215,6 +219,7 @@ impl Evidence {
                     self.words.insert(part.to_string());
                 }
             }
+            self.comparisons.extend(compare::comparisons(sentence));
             self.sentences.push(FactSentence {
                 terms: content_terms(sentence).into_iter().collect(),
                 negative: negative(sentence),
@@ -295,6 +300,24 @@ impl Evidence {
                     "{} ({})",
                     if neg > 0 { "says no" } else { "says yes" },
                     piece.trim()
+                )));
+            }
+        }
+        for c in compare::comparisons(sentence) {
+            let made: Vec<&compare::Comparison> = self
+                .comparisons
+                .iter()
+                .filter(|f| f.word == c.word)
+                .collect();
+            if made.is_empty() {
+                bad.push(Claim::Prose(format!(
+                    "{} (a comparison no fact makes)",
+                    c.word
+                )));
+            } else if made.iter().all(|f| c.reverses(f)) {
+                bad.push(Claim::Polarity(format!(
+                    "compares the other way round ({})",
+                    sentence.trim()
                 )));
             }
         }

@@ -211,3 +211,27 @@ fn splitter_keeps_amounts_and_releases_whole_sentences() {
         ]
     );
 }
+
+/// Seen in the answer evaluation (a tuning tenant): every word of the sentence is in the fact,
+/// and it says the opposite of it.
+#[test]
+fn a_comparison_the_wrong_way_round_or_made_by_no_fact_is_caught() {
+    let e = Evidence::new([
+        "Paying yearly lowers the monthly rate on every Essentials plan: Standard drops from $39 to $29 a month, Plus from $105 to $79, and Pro from $399 to $299.",
+        "Premium and higher plans get 1,000 autoscans a month.",
+    ]);
+    fails(
+        &e,
+        "Pro plans offer lower monthly rates compared to yearly plans.",
+    );
+    fails(
+        &e,
+        "Monthly billing lowers the yearly rate on every Essentials plan.",
+    );
+    fails(&e, "The Plus plan is cheaper than Pro.");
+    passes(
+        &e,
+        "Paying yearly lowers the monthly rate on every Essentials plan.",
+    );
+    passes(&e, "Premium and higher plans get 1,000 autoscans a month.");
+}

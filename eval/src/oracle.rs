@@ -365,6 +365,46 @@ pub struct Backing {
     numbers: HashSet<String>,
     counts: HashSet<(String, String)>,
     levels: HashSet<String>,
+    /// Authored sentences as lower-case words, for comparisons.
+    sentences: Vec<Vec<String>>,
+}
+
+/// Comparative words, as written (a few inflections listed).
+const COMPARING: &[&str] = &[
+    "lower", "lowers", "lowered", "higher", "cheaper", "less", "fewer", "more", "greater",
+    "smaller", "larger", "bigger", "compared", "compare", "compares",
+];
+
+/// Lower-case words of four letters or more, plural "s" dropped, with their comparatives kept
+/// whole, in order.
+fn plain_words(sentence: &str) -> Vec<String> {
+    sentence
+        .split(|c: char| !c.is_alphabetic())
+        .map(str::to_lowercase)
+        .filter(|w| w.len() >= 4 || COMPARING.contains(&w.as_str()))
+        .map(|w| {
+            if COMPARING.contains(&w.as_str()) {
+                w
+            } else {
+                w.strip_suffix('s').map(str::to_string).unwrap_or(w)
+            }
+        })
+        .filter(|w| {
+            ![
+                "than", "with", "that", "this", "your", "from", "when", "they",
+            ]
+            .contains(&w.as_str())
+        })
+        .collect()
+}
+
+/// The root of a comparative ("lowers" → "lower").
+fn comparing(w: &str) -> Option<&'static str> {
+    match w {
+        "lowers" | "lowered" => Some("lower"),
+        "compared" | "compares" => Some("compare"),
+        _ => COMPARING.iter().copied().find(|c| *c == w),
+    }
 }
 
 fn level(l: &str) -> &'static str {
@@ -385,6 +425,12 @@ impl Backing {
 
     pub fn add(&mut self, text: &str) {
         self.words.extend(tokens(text));
+        self.sentences.extend(
+            SENTENCE
+                .split(text)
+                .map(plain_words)
+                .filter(|w| !w.is_empty()),
+        );
         for m in LINK.find_iter(text) {
             self.links.insert(bare_link(m.as_str()));
         }
@@ -458,6 +504,7 @@ impl Backing {
             }
         }
         for sentence in SENTENCE.split(reply) {
+            out.extend(self.comparison(sentence));
             let raw: Vec<&str> = sentence.split_whitespace().collect();
             for (i, w) in raw.iter().enumerate() {
                 let t = strip(w);
@@ -499,6 +546,33 @@ impl Backing {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// A comparison no authored sentence makes, or makes the other way round ("monthly is
+    /// cheaper than yearly" when a fact says yearly is cheaper).
+    fn comparison(&self, sentence: &str) -> Option<String> {
+        let words = plain_words(sentence);
+        let i = words.iter().position(|w| comparing(w).is_some())?;
+        let root = comparing(&words[i]);
+        let (before, after) = (&words[..i], &words[i + 1..]);
+        let mut made = false;
+        for s in &self.sentences {
+            let Some(j) = s.iter().position(|w| comparing(w) == root) else {
+                continue;
+            };
+            made = true;
+            let (fb, fa) = (&s[..j], &s[j + 1..]);
+            let swapped = before.iter().any(|w| fa.contains(w) && !fb.contains(w))
+                || after.iter().any(|w| fb.contains(w) && !fa.contains(w));
+            if !swapped {
+                return None;
+            }
+        }
+        Some(if made {
+            format!("comparison reversed: {}", sentence.trim())
+        } else {
+            format!("comparison {}", words[i])
+        })
     }
 }
 
@@ -554,5 +628,21 @@ mod tests {
         ] {
             assert!(!b.unbacked(s).is_empty(), "{s} passed");
         }
+    }
+
+    #[test]
+    fn a_comparison_is_read_with_its_sides() {
+        let b = Backing::new([
+            "Paying yearly lowers the monthly rate on every Essentials plan: Standard drops from $39 to $29 a month.",
+        ]);
+        assert!(b
+            .unbacked("Paying yearly lowers the monthly rate.")
+            .is_empty());
+        assert_eq!(
+            b.unbacked("Pro plans offer lower monthly rates compared to yearly plans.")
+                .len(),
+            1
+        );
+        assert_eq!(b.unbacked("Monthly plans are cheaper.").len(), 1);
     }
 }

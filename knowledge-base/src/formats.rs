@@ -9,7 +9,8 @@
 
 use std::collections::HashSet;
 
-use crate::{Account, Error, Fact, Rep, Result};
+use crate::error::{Error, Result};
+use crate::records::{Account, Fact, Rep};
 
 /// Largest file accepted.
 pub const MAX_FILE_BYTES: usize = 64 << 20;
@@ -89,7 +90,7 @@ fn invalid(file: &str, line: usize, field: &str, message: impl Into<String>) -> 
 /// UTF-8 text of a file, within the size limit, without invisible characters
 /// ([`crate::invisible`]).
 pub fn text<'a>(file: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, str>> {
-    raw_text(file, bytes).map(crate::visible)
+    raw_text(file, bytes).map(crate::invisible::visible)
 }
 
 fn raw_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {

@@ -37,19 +37,26 @@ pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| Error::BadInput(e.to_string()))
 }
 
-/// Writes a file atomically: temporary file, fsync, rename.
+/// Writes a file atomically: temporary file in the same folder, fsync, rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let go = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut temp = tempfile::Builder::new();
+        // The mode `File::create` gives (0o666 less the umask), not tempfile's private 0o600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            temp.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let mut f = temp.tempfile_in(dir)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.as_file().sync_all()?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
     };
     go().map_err(|e| io_err(path, e))
 }

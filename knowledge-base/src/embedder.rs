@@ -1,10 +1,11 @@
 //! Fact vectors from the tenant's [`Embedder`]: the state a knowledge base shares with its
 //! background embedding thread, the thread itself, and keeping the vector log compact.
 
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use closer_models::Embedder;
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::records::Fact;
@@ -46,10 +47,6 @@ pub(crate) struct Shared {
     worker_idle: Condvar,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     pub(crate) fn new(snapshot: Snapshot, log: VectorLog, embedder: Arc<dyn Embedder>) -> Self {
         Self {
@@ -62,25 +59,22 @@ impl Shared {
     }
 
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
-        self.state
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.state.read().clone()
     }
 
     pub(crate) fn swap(&self, next: Snapshot) {
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        *self.state.write() = Arc::new(next);
     }
 
     /// Tells the background embedder to stop after its current chunk.
     pub(crate) fn stop(&self) {
-        lock(&self.worker).stop = true;
+        self.worker.lock().stop = true;
     }
 
     /// Where the background embedder stands.
     pub(crate) fn status(&self) -> EmbeddingStatus {
         let snap = self.snapshot();
-        let w = lock(&self.worker);
+        let w = self.worker.lock();
         EmbeddingStatus {
             facts: snap.facts.len(),
             pending: snap.pending_vectors(),
@@ -93,17 +87,14 @@ impl Shared {
     /// has its vector.
     pub(crate) fn wait_for_vectors(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut w = lock(&self.worker);
+        let mut w = self.worker.lock();
         while w.running {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            w = self
-                .worker_idle
-                .wait_timeout(w, left.min(Duration::from_millis(200)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            self.worker_idle
+                .wait_for(&mut w, left.min(Duration::from_millis(200)));
         }
         drop(w);
         self.snapshot().pending_vectors() == 0
@@ -111,7 +102,7 @@ impl Shared {
 
     /// Rewrites the vector log when superseded entries dominate it.
     pub(crate) fn compact_vectors(&self) -> Result<()> {
-        let mut log = lock(&self.writing);
+        let mut log = self.writing.lock();
         let snap = self.snapshot();
         let model = self.embedder.name().to_string();
         let live: Vec<(&str, u64, &[f32])> = snap
@@ -125,7 +116,7 @@ impl Shared {
 
     /// Starts the background embedder unless it runs already (then it looks again when done).
     pub(crate) fn kick(self: &Arc<Self>) {
-        let mut w = lock(&self.worker);
+        let mut w = self.worker.lock();
         w.error = None;
         if w.running {
             w.dirty = true;
@@ -146,7 +137,7 @@ impl Shared {
     fn run_worker(self: Arc<Self>) {
         loop {
             let done = self.embed_pending();
-            let mut w = lock(&self.worker);
+            let mut w = self.worker.lock();
             match done {
                 Err(e) => {
                     tracing::error!(error = %e, "background embedding stopped");
@@ -169,7 +160,7 @@ impl Shared {
         let model = self.embedder.name().to_string();
         let dim = self.embedder.dim();
         loop {
-            if lock(&self.worker).stop {
+            if self.worker.lock().stop {
                 return Ok(());
             }
             let snap = self.snapshot();
@@ -193,7 +184,7 @@ impl Shared {
                     todo.len()
                 )));
             }
-            let mut log = lock(&self.writing);
+            let mut log = self.writing.lock();
             let cur = self.snapshot();
             let mut vectors = (*cur.vectors).clone();
             let mut fresh: Vec<(&str, u64, Vector)> = vec![];

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::disk::{to_json, write_atomic};
-use crate::embedder::lock;
 use crate::error::{Error, Result};
 use crate::index::{key_map, write_facts};
 use crate::knowledge_base::KnowledgeBase;
@@ -42,7 +41,7 @@ impl KnowledgeBase {
     /// returning when there are at most [`Self::sync_embed_limit`] of them, else in the
     /// background (BM25 finds them as soon as this returns).
     pub fn apply(&self, batch: Batch) -> Result<BatchSummary> {
-        let mut log = lock(&self.shared.writing);
+        let mut log = self.shared.writing.lock();
         let snap = self.snapshot();
         // Check rep references against the reps after this batch.
         let mut reps = (*snap.reps).clone();

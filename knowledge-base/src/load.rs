@@ -12,13 +12,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use crate::disk::{read_json, tenant_dir, to_json, write_atomic};
+use crate::error::{io_err, Error, Result};
 use crate::formats::{
     content_from_name, parse_accounts, parse_facts, parse_reps, Content, Format, MAX_FILE_BYTES,
 };
-use crate::{
-    create_index, io_err, tenant_dir, to_json, write_atomic, write_facts, Account, Error, Fact,
-    Rep, Result, TenantProfile,
-};
+use crate::index::{create_index, open_or_upgrade, write_facts};
+use crate::invisible::visible;
+use crate::records::{Account, Fact, Rep, TenantProfile};
 
 /// What a load wrote.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +40,7 @@ fn read_text(path: &Path) -> Result<String> {
         field: "encoding".into(),
         message: format!("not valid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
     })?;
-    Ok(crate::visible(&text).into_owned())
+    Ok(visible(&text).into_owned())
 }
 
 pub fn read_profile(path: &Path) -> Result<TenantProfile> {
@@ -193,8 +194,8 @@ pub fn load_files(
         return Err(Error::UnknownTenant(tenant.to_string()));
     }
     let files = Files::read(paths, progress)?;
-    let mut reps: Vec<Rep> = crate::read_json(&dir.join("reps.json"))?;
-    let mut accounts: Vec<Account> = crate::read_json(&dir.join("accounts.json"))?;
+    let mut reps: Vec<Rep> = read_json(&dir.join("reps.json"))?;
+    let mut accounts: Vec<Account> = read_json(&dir.join("accounts.json"))?;
     for r in &files.reps {
         match reps.iter_mut().find(|x| x.id == r.id) {
             Some(x) => *x = r.clone(),
@@ -215,7 +216,7 @@ pub fn load_files(
         write_atomic(&dir.join("accounts.json"), &to_json(&accounts)?)?;
     }
     if !files.facts.is_empty() {
-        let index = crate::open_or_upgrade(&dir.join("index"))?;
+        let index = open_or_upgrade(&dir.join("index"))?;
         write_facts(&index, &files.facts, &[], false)?;
     }
     Ok(LoadSummary {

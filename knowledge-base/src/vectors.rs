@@ -15,7 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{io_err, Fact, Result};
+use crate::disk::write_atomic;
+use crate::error::{io_err, Result};
+use crate::records::Fact;
 
 pub(crate) const FILE: &str = "vectors.log";
 /// The file of the format before the log (whole-file rewrites, no checksums); removed on open.
@@ -172,7 +174,7 @@ impl VectorLog {
             encode(&mut out, id, h, v);
             n += 1;
         }
-        crate::write_atomic(&self.path, &out)?;
+        write_atomic(&self.path, &out)?;
         self.entries = n;
         Ok(())
     }

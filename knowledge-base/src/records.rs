@@ -1,0 +1,109 @@
+//! What a tenant knows, as records: facts, accounts, reps and the team's profile.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time;
+
+/// A fact the assistant may state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fact {
+    pub id: String,
+    pub kind: String,
+    pub question: String,
+    pub answer: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Intents this fact answers; retrieval for such an intent prefers it.
+    #[serde(default)]
+    pub intents: Vec<String>,
+    /// First day (or RFC 3339 instant) the fact may be used; none = always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<String>,
+    /// Last day (inclusive, or an RFC 3339 instant) the fact may be used; none = no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+}
+
+impl Fact {
+    /// All text of the fact that may back a generated claim.
+    pub fn evidence_text(&self) -> String {
+        format!(
+            "{}\n{}\n{}",
+            self.question,
+            self.answer,
+            self.tags.join(", ")
+        )
+    }
+
+    /// Whether the fact may be used at `now` (Unix seconds).
+    pub fn is_valid_at(&self, now: i64) -> bool {
+        let from = self
+            .valid_from
+            .as_deref()
+            .and_then(|s| time::parse(s, false));
+        let until = self
+            .valid_until
+            .as_deref()
+            .and_then(|s| time::parse(s, true));
+        from.is_none_or(|f| now >= f) && until.is_none_or(|u| now < u)
+    }
+}
+
+/// A company the team sells to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub domain: String,
+    pub name: String,
+    pub owner_rep_id: String,
+    #[serde(default)]
+    pub segment: String,
+    #[serde(default)]
+    pub employees: Option<u32>,
+    #[serde(default)]
+    pub country: String,
+    /// A strategic target account.
+    #[serde(default)]
+    pub target: bool,
+    #[serde(default)]
+    pub industry: String,
+    /// The account has an open opportunity in the CRM.
+    #[serde(default)]
+    pub open_opportunity: bool,
+}
+
+/// A human sales rep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rep {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub team: String,
+    #[serde(default)]
+    pub region: String,
+    /// Languages spoken, separated by `;` (e.g. `en;de`).
+    #[serde(default)]
+    pub languages: String,
+    /// IANA time zone, e.g. `Europe/London`.
+    #[serde(default)]
+    pub timezone: String,
+    /// Working hours in that zone, e.g. `09:00-17:00`.
+    #[serde(default)]
+    pub working_hours: String,
+    #[serde(default)]
+    pub meeting_link: String,
+}
+
+/// The team's profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantProfile {
+    pub id: String,
+    /// The company name the assistant speaks for.
+    pub company: String,
+    /// Product and brand names the assistant may say besides facts.
+    #[serde(default)]
+    pub names: Vec<String>,
+}

@@ -37,8 +37,9 @@ pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| Error::BadInput(e.to_string()))
 }
 
-/// Writes a file atomically: temporary file in the same folder, fsync, rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a file atomically: temporary file in the same folder, fsync, rename. The tenant
+/// folder's other files (playbook, intent set) are written with it too.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

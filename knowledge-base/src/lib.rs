@@ -29,7 +29,7 @@ mod vectors;
 #[cfg(test)]
 mod tests;
 
-pub use disk::{list_tenants, tenant_dir};
+pub use disk::{list_tenants, tenant_dir, write_atomic};
 pub use embedder::{EmbeddingStatus, SYNC_EMBED_LIMIT};
 pub use error::{Error, Result};
 pub use ingest::{Batch, BatchSummary};

@@ -142,17 +142,6 @@ const SET_FILE: &str = "intents.yaml";
 const PLAYBOOK_FILE: &str = "playbook.yaml";
 const MODEL_FILE: &str = "intent-model.bin";
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut f = tempfile::NamedTempFile::new_in(dir)?;
-    f.write_all(bytes)?;
-    f.as_file().sync_all()?;
-    f.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 impl Tenant {
     /// Opens a tenant: its knowledge base read through `models.embedder`, its intent model
     /// through `models.intents()`.
@@ -245,8 +234,7 @@ impl Tenant {
         let kb = self.kb.snapshot();
         let p = Arc::new(Playbook::from_yaml(yaml, &model.set, &kb.reps())?);
         let path = self.dir.join(PLAYBOOK_FILE);
-        write_atomic(&path, yaml.as_bytes())
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        closer_kb::write_atomic(&path, yaml.as_bytes())?;
         *self.playbook.write() = (p.clone(), false);
         tracing::info!(tenant = %self.id, rules = p.score_rules.len(), "playbook swapped in");
         Ok(p)
@@ -266,8 +254,7 @@ impl Tenant {
         let trained = classifier.trained();
         trained.save(&self.dir.join(MODEL_FILE))?;
         let path = self.dir.join(SET_FILE);
-        write_atomic(&path, set.to_yaml().as_bytes())
-            .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+        closer_kb::write_atomic(&path, set.to_yaml().as_bytes())?;
         let report = trained.report.clone();
         let next = Arc::new(IntentModel { set, classifier });
         *self.intents.write() = next;

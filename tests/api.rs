@@ -1517,7 +1517,7 @@ fn real_int8_encoder_path_stays_close_to_f32() {
 /// the candle graph's vectors, and a few fine-tuning steps pull two intents' examples apart.
 #[test]
 fn real_top_layer_path_and_finetuning() {
-    use closer_models::finetune::{finetune_top, FinetuneConfig};
+    use closer_models::intent::finetune::{finetune_top, FinetuneConfig};
     let enc =
         closer_models::encoder::TextEncoder::open(&model_paths(), Default::default()).unwrap();
     let texts = [

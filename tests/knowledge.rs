@@ -354,7 +354,7 @@ async fn tenants_never_see_each_other() {
         "applinks-secret",
         "../rival",
     ];
-    let mut rng = closer_models::head::Rng::new(99);
+    let mut rng = closer_models::rng::Rng::new(99);
     for _ in 0..150 {
         let n = 1 + rng.below(5);
         let q: Vec<&str> = (0..n).map(|_| words[rng.below(words.len())]).collect();

@@ -6,8 +6,8 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::Context;
-use closer_models::head::Rng;
 use closer_models::intent::IntentSet;
+use closer_models::rng::Rng;
 
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
 pub struct Row {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::bert::{Bert, Config, Layer};
-use crate::fastbert::FastBert;
+use crate::kernels::fastbert::FastBert;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -14,7 +14,7 @@ use crate::{Embedder, Error, Result};
 
 /// Longest input the encoder sees, in tokens; longer texts are truncated.
 pub const MAX_TOKENS: usize = 256;
-/// Token rows up to which a batch takes the fast path (see [`crate::fastbert`]): single
+/// Token rows up to which a batch takes the fast path (see [`crate::kernels::fastbert`]): single
 /// messages are faster there, batches of 32 messages or facts through candle. The figures that
 /// chose it are in README ("Encoder paths"), from `cargo bench -p closer-models --bench encoder`.
 const FAST_MAX_ROWS: usize = 128;

@@ -6,27 +6,25 @@
 //! * [`generator`] is Qwen2.5-Coder-0.5B-Instruct (GGUF, qwen2 architecture) with a tokenizer built
 //!   from the GGUF metadata, streamed token by token.
 //! * [`intent`] trains an intent head on encoder embeddings in seconds and finds several intents in
-//!   one message.
+//!   one message; the trained head is stored as safetensors.
+//! * [`kernels`] holds the hand-written CPU kernels (AMX matmuls, attention, the short-text BERT
+//!   pass).
 //! * [`cache`] remembers the vectors of short texts (a turn's clauses are embedded once).
 //! * [`fake`] holds deterministic stand-ins for fast tests.
 //!
 //! Models sit behind the narrow traits below so the server never depends on candle directly.
 
-pub mod amx;
-pub mod attention;
 pub mod bert;
 pub mod cache;
 pub mod concat;
 pub mod encoder;
 pub mod fake;
-pub mod fastbert;
-pub mod finetune;
 pub mod generator;
-pub mod head;
 pub mod intent;
-pub mod ngrams;
+pub mod kernels;
 pub mod qwen2;
 pub mod qwen_tokenizer;
+pub mod rng;
 pub mod share;
 pub mod source;
 

@@ -29,7 +29,7 @@ pub enum Kernels {
     /// Q8_0 matrices widened to a multiple of 256 columns so candle's int8 VNNI kernels apply.
     Vnni,
     /// [`Self::Vnni`], and the prompt's products (Q8_0, Q4K, Q6K) on the AMX tile unit in bf16
-    /// ([`crate::amx`]; decoding stays on the int8 kernels, which read a few rows faster).
+    /// ([`crate::kernels::amx`]; decoding stays on the int8 kernels, which read a few rows faster).
     Amx,
 }
 
@@ -49,7 +49,7 @@ impl Kernels {
                 && is_x86_feature_detected!("avx512vnni"))
                 || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"));
             if vnni && !forced_off {
-                return if crate::amx::available() {
+                return if crate::kernels::amx::available() {
                     Self::Amx
                 } else {
                     Self::Vnni
@@ -60,12 +60,12 @@ impl Kernels {
     }
 }
 
-/// The block formats [`crate::amx`] reads.
-fn amx_format(dtype: GgmlDType) -> Option<crate::amx::Format> {
+/// The block formats [`crate::kernels::amx`] reads.
+fn amx_format(dtype: GgmlDType) -> Option<crate::kernels::amx::Format> {
     match dtype {
-        GgmlDType::Q8_0 => Some(crate::amx::Format::Q8_0),
-        GgmlDType::Q4K => Some(crate::amx::Format::Q4K),
-        GgmlDType::Q6K => Some(crate::amx::Format::Q6K),
+        GgmlDType::Q8_0 => Some(crate::kernels::amx::Format::Q8_0),
+        GgmlDType::Q4K => Some(crate::kernels::amx::Format::Q4K),
+        GgmlDType::Q6K => Some(crate::kernels::amx::Format::Q6K),
         _ => None,
     }
 }
@@ -81,7 +81,7 @@ type Runs = [(usize, bool)];
 struct Linear {
     mm: QMatMul,
     k: usize,
-    /// Whether its prompt rows go through [`crate::amx`] (Q8_0, Q4K and Q6K with [`Kernels::Amx`]).
+    /// Whether its prompt rows go through [`crate::kernels::amx`] (Q8_0, Q4K and Q6K with [`Kernels::Amx`]).
     amx: bool,
 }
 
@@ -90,8 +90,8 @@ impl Linear {
         let k = t.shape().dims2()?.1;
         let amx = kernels == Kernels::Amx
             && amx_format(t.dtype()).is_some()
-            && crate::amx::available()
-            && crate::amx::fits(t.shape().dims2()?.0, 32);
+            && crate::kernels::amx::available()
+            && crate::kernels::amx::fits(t.shape().dims2()?.0, 32);
         Ok(Self {
             mm: QMatMul::from_qtensor(t)?,
             k,
@@ -129,20 +129,28 @@ impl Linear {
         Tensor::cat(&parts, 1)
     }
 
-    /// Through [`crate::amx`] (candle's kernels where the width does not fit it).
+    /// Through [`crate::kernels::amx`] (candle's kernels where the width does not fit it).
     fn forward_amx(&self, x: &Tensor) -> Result<Tensor> {
         let w = x.dim(D::Minus1)?;
         let rows = x.elem_count() / w.max(1);
         match &self.mm {
             QMatMul::QTensor(t)
-                if crate::amx::fits(32, w)
+                if crate::kernels::amx::fits(32, w)
                     && amx_format(t.dtype()).is_some_and(|f| w.is_multiple_of(f.block().0)) =>
             {
                 let format = amx_format(t.dtype()).expect("checked");
                 let n = t.shape().dims2()?.0;
                 let data = t.data()?;
                 let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let y = crate::amx::matmul(format, &data, n, data.len() / n, &xs, rows, w / 32);
+                let y = crate::kernels::amx::matmul(
+                    format,
+                    &data,
+                    n,
+                    data.len() / n,
+                    &xs,
+                    rows,
+                    w / 32,
+                );
                 let mut dims = x.dims().to_vec();
                 *dims.last_mut().expect("a matrix has dimensions") = n;
                 Tensor::from_vec(y, dims, x.device())
@@ -517,7 +525,7 @@ impl Weights {
     /// Self-attention of one sequence's rows (`q`, `k`, `v`: `[1, rows, width]`, projected and
     /// biased), whose first row sits at `index_pos`; `cache` gains the rows' keys and values.
     /// Returns `[1, rows, n_embd]`, before the output projection. Each row is computed on its
-    /// own ([`crate::attention`]), so it comes out the same in any pass.
+    /// own ([`crate::kernels::attention`]), so it comes out the same in any pass.
     fn attend(
         &self,
         l: &Layer,
@@ -550,7 +558,7 @@ impl Weights {
         }
         *cache = Some((k.clone(), v.clone()));
         let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-        let y = crate::attention::causal(
+        let y = crate::kernels::attention::causal(
             &flat(&q)?,
             &flat(&k)?,
             &flat(&v)?,

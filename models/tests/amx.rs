@@ -4,7 +4,7 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use closer_models::amx;
+use closer_models::kernels::amx;
 
 /// Reproducible values in [-1, 1) (a 64-bit LCG).
 fn values(len: usize, seed: u64) -> Vec<f32> {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use closer_models::head::HeadConfig;
+use closer_models::intent::head::HeadConfig;
+use closer_models::intent::ngrams::NgramConfig;
 use closer_models::intent::ClassifierConfig;
-use closer_models::ngrams::NgramConfig;
 
 #[derive(Args, Clone)]
 pub(crate) struct IntentArgs {

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use crate::ui::bar;
 use closer_models::bert::Layer;
-use closer_models::finetune::{finetune_top, FinetuneConfig};
-use closer_models::head::Features;
+use closer_models::intent::finetune::{finetune_top, FinetuneConfig};
+use closer_models::intent::head::Features;
 use closer_models::intent::{Decision, TrainProgress, TrainedHead, TrainingData, OUT_OF_SCOPE};
 use closer_models::Embedder;
 

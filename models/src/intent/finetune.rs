@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bert::Layer;
 use crate::encoder::{mean_pool_unit, TextEncoder};
-use crate::head::Rng;
+use crate::rng::Rng;
 use crate::Result;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -713,7 +713,7 @@ async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
     let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     let mut v = Live::open(&ts, "live-1", None, None).await;
     v.say("Hi there").await;
-    v.turn().await;
+    let first = v.turn().await;
     let mut conv = pb::conversations_client::ConversationsClient::connect(ts.url.clone())
         .await
         .unwrap();
@@ -777,6 +777,17 @@ async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
     v.say("How much does it cost?").await;
     let t = v.turn().await;
     assert!(final_of(&t).text.contains('$'), "the bot answers again");
+    let detected = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::Intents(i) => Some(i.intents.iter().map(|x| x.name.clone()).collect()),
+                _ => None,
+            })
+            .expect("intents_detected in every answered turn")
+    };
+    let (first_intents, third_intents) = (detected(&first), detected(&t));
+    let (first_reply, third_reply) = (final_of(&first).text.clone(), final_of(&t).text.clone());
     conv.close(pb::CloseRequest {
         tenant: "applinks".into(),
         conversation_id: "live-1".into(),
@@ -795,6 +806,65 @@ async fn a_rep_takes_over_talks_on_the_visitors_stream_and_hands_back() {
         .into_inner()
         .turns;
     assert_eq!(transcript_len, 3);
+    // The full transcript: every message in order with its author, the intents of each answered
+    // visitor turn as the stream reported them; the message a rep handled has none.
+    let got = l
+        .get_transcript(pb::GetTranscriptRequest {
+            tenant: "applinks".into(),
+            conversation_id: "live-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use pb::MessageAuthor::{Bot, Rep, Visitor};
+    let lines: Vec<(u32, i32, &str, &[String])> = got
+        .messages
+        .iter()
+        .map(|m| (m.turn, m.author, m.text.as_str(), m.intents.as_slice()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (1, Visitor as i32, "Hi there", first_intents.as_slice()),
+            (1, Bot as i32, first_reply.as_str(), &[][..]),
+            (
+                2,
+                Visitor as i32,
+                "Great, can you give me a custom quote?",
+                &[][..]
+            ),
+            (
+                2,
+                Rep as i32,
+                "Sure, what volume are you looking at?",
+                &[][..]
+            ),
+            (
+                3,
+                Visitor as i32,
+                "How much does it cost?",
+                third_intents.as_slice()
+            ),
+            (3, Bot as i32, third_reply.as_str(), &[][..]),
+        ]
+    );
+    assert!(got.messages.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    let missing = l
+        .get_transcript(pb::GetTranscriptRequest {
+            tenant: "applinks".into(),
+            conversation_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let bad = l
+        .get_transcript(pb::GetTranscriptRequest {
+            tenant: "applinks".into(),
+            conversation_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().starts_with("conversation_id"), "{bad:?}");
     let kinds: Vec<String> = first_events(
         &ts,
         5,

@@ -19,6 +19,7 @@ pub mod meetings;
 pub mod playbook;
 pub mod qualify;
 pub mod slots;
+pub mod transcript;
 pub mod turn;
 pub mod visitor;
 

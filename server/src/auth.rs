@@ -350,6 +350,11 @@ mod tests {
         );
         assert_eq!(required_role("/closer.v1.Leads/SetScore"), Some(Role::Rep));
         assert_eq!(
+            required_role("/closer.v1.Leads/GetTranscript"),
+            Some(Role::Rep),
+            "a transcript is not for publishable keys"
+        );
+        assert_eq!(
             required_role("/closer.v1.Knowledge/Search"),
             Some(Role::Rep)
         );

@@ -189,8 +189,10 @@ pub struct TurnWrite {
     pub messages: Vec<Message>,
     /// Slots captured so far (merged into the lead's).
     pub slots: Vec<(String, String)>,
-    /// Intents detected this turn, with the turn.
+    /// Intents first seen this turn, with the turn (the lead's intents).
     pub intents: Vec<(String, u32)>,
+    /// Every intent detected in this turn's visitor message, in order (the transcript's).
+    pub detected: Vec<String>,
     /// The playbook's score after this turn and its reasons, when it was computed.
     pub score: Option<(i32, Vec<Reason>)>,
     /// Where the conversation was routed this turn.
@@ -300,6 +302,13 @@ pub trait Store: Send + Sync {
     /// Leads matching `f`, newest first, and how many match in all.
     fn leads(&self, f: &LeadFilter) -> Result<(Vec<Lead>, usize)>;
     fn transcript(&self, tenant: &str, conversation_id: &str) -> Result<Vec<Message>>;
+    /// The intents detected in each visitor turn of a conversation, by turn (turns recorded
+    /// before these were kept have none).
+    fn turn_intents(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<String>>>;
     /// Writes events on their own (no other change).
     fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>>;
     /// Up to `limit` events after `cursor` that match `f`, oldest first.
@@ -331,7 +340,7 @@ pub trait Store: Send + Sync {
         events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
     ) -> Result<(Meeting, Vec<Event>)>;
     /// Appends messages to a conversation (a rep's, or a visitor's while a rep has it) with
-    /// their events.
+    /// their events. A message with turn 0 is filed under the conversation's latest turn.
     fn append_messages(
         &self,
         tenant: &str,

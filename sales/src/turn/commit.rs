@@ -43,6 +43,8 @@ pub struct TurnRecord<'a> {
     pub email: Option<String>,
     /// Intents first seen this turn.
     pub intents: &'a [String],
+    /// Every intent detected in the visitor's message (the transcript keeps them).
+    pub detected: Vec<String>,
     pub score: (i32, Vec<Reason>),
     pub account_live: Option<(&'a closer_kb::Account, &'a closer_kb::Rep)>,
     pub handoff: Option<Handoff>,
@@ -66,6 +68,7 @@ impl<'a> TurnRecord<'a> {
             slots: vec![],
             email: None,
             intents: &[],
+            detected: vec![],
             score,
             account_live: None,
             handoff: None,
@@ -209,6 +212,7 @@ pub fn record_turn(
         slots: new_slots,
         email,
         intents: new_intents,
+        detected,
         score,
         events: extra_events,
         idempotency,
@@ -239,6 +243,7 @@ pub fn record_turn(
         ],
         slots: new_slots,
         intents: new_intents.iter().map(|i| (i.clone(), turn)).collect(),
+        detected,
         score: Some(score.clone()),
         route,
         events,

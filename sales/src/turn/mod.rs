@@ -241,6 +241,7 @@ pub fn run_turn(
         slots: commit::slot_pairs(&c.slots),
         email: visitor.email.clone(),
         intents: &d.new_intents,
+        detected: c.intents.iter().map(|i| i.name.clone()).collect(),
         account_live: d.account_live.as_ref().map(|(a, r)| (a, r)),
         handoff: d.handoff.take(),
         events: std::mem::take(&mut d.meeting.events),

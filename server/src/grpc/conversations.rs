@@ -176,6 +176,7 @@ impl pb::conversations_server::Conversations for ConversationsService {
             serde_json::json!({"rep_id": rep.id, "rep_name": rep.name, "text": req.text}),
         );
         let msg = closer_store::Message {
+            // Filed under the conversation's latest turn by the store.
             turn: 0,
             author: closer_store::Author::Rep,
             text: req.text,

@@ -178,3 +178,19 @@ mod tests {
         assert_eq!(p.ambiguous_with.unwrap().name, "trial");
     }
 }
+
+/// A transcript line in its proto form.
+pub fn pb_transcript_message(l: closer_sales::transcript::Line) -> pb::TranscriptMessage {
+    let author = match l.author {
+        closer_store::Author::Visitor => pb::MessageAuthor::Visitor,
+        closer_store::Author::Bot => pb::MessageAuthor::Bot,
+        closer_store::Author::Rep => pb::MessageAuthor::Rep,
+    };
+    pb::TranscriptMessage {
+        turn: l.turn,
+        author: author as i32,
+        text: l.text,
+        at_ms: l.at_ms,
+        intents: l.intents,
+    }
+}

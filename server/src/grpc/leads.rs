@@ -21,6 +21,26 @@ impl pb::leads_server::Leads for LeadsService {
         Ok(Response::new(pb_lead(lead)))
     }
 
+    async fn get_transcript(
+        &self,
+        request: Request<pb::GetTranscriptRequest>,
+    ) -> R<pb::Transcript> {
+        let engine = self.state.engine()?;
+        let req = request.into_inner();
+        check_tenant_field(&req.tenant)?;
+        check_id("conversation_id", &req.conversation_id)?;
+        engine.tenant(&req.tenant).api()?;
+        let (tenant, id) = (req.tenant.clone(), req.conversation_id.clone());
+        let lines =
+            blocking(move || closer_sales::transcript::transcript(&*engine.store, &tenant, &id))
+                .await?;
+        Ok(Response::new(pb::Transcript {
+            tenant: req.tenant,
+            conversation_id: req.conversation_id,
+            messages: lines.into_iter().map(pb_transcript_message).collect(),
+        }))
+    }
+
     async fn list(&self, request: Request<pb::ListLeadsRequest>) -> R<pb::ListLeadsResponse> {
         let engine = self.state.engine()?;
         let req = request.into_inner();

@@ -115,6 +115,19 @@ impl Store for SqliteStore {
                 turns = turns.max(m.turn);
             }
         }
+        let visitor_turn = w.messages.iter().find(|m| m.author == Author::Visitor);
+        if let (Some(m), false) = (visitor_turn, w.detected.is_empty()) {
+            tx.execute(
+                "INSERT OR REPLACE INTO turn_intents (tenant, conversation_id, turn, intents)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    w.tenant,
+                    w.conversation_id,
+                    m.turn,
+                    serde_json::to_string(&w.detected)?
+                ],
+            )?;
+        }
         tx.execute(
             "UPDATE conversations SET slots = ?3, turns = ?4, intents = ?5
              WHERE tenant = ?1 AND id = ?2",
@@ -238,6 +251,26 @@ impl Store for SqliteStore {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn turn_intents(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+    ) -> Result<std::collections::BTreeMap<u32, Vec<String>>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT turn, intents FROM turn_intents WHERE tenant = ?1 AND conversation_id = ?2",
+        )?;
+        let rows = stmt.query_map(params![tenant, conversation_id], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (turn, json) = row?;
+            out.insert(turn, serde_json::from_str(&json)?);
+        }
+        Ok(out)
     }
 
     fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
@@ -540,10 +573,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Event>> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
-        let mut seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE tenant = ?1 AND conversation_id = ?2",
+        let (mut seq, latest): (i64, u32) = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(turn), 0) FROM messages
+             WHERE tenant = ?1 AND conversation_id = ?2",
             params![tenant, conversation_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         for m in messages {
             seq += 1;
@@ -554,7 +588,7 @@ impl Store for SqliteStore {
                     tenant,
                     conversation_id,
                     seq,
-                    m.turn,
+                    if m.turn == 0 { latest } else { m.turn },
                     m.author.as_str(),
                     m.text,
                     m.at_ms

@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS messages (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, conversation_id, seq)
 );
+CREATE TABLE IF NOT EXISTS turn_intents (
+    tenant TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    intents TEXT NOT NULL,
+    PRIMARY KEY (tenant, conversation_id, turn)
+);
 CREATE TABLE IF NOT EXISTS events (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant TEXT NOT NULL,

@@ -34,6 +34,11 @@ fn turn(tenant: &str, conv: &str, n: u32, score: i32) -> TurnWrite {
         ],
         slots: vec![("company_size".into(), "40".into())],
         intents: vec![("pricing".into(), n)],
+        detected: if n == 1 {
+            vec!["pricing".into(), "security".into()]
+        } else {
+            vec![]
+        },
         score: Some((
             score,
             vec![Reason {
@@ -66,6 +71,10 @@ fn turns_scores_and_events_commit_together_and_survive_reopening() {
     assert_eq!(lead.slots["company_size"], "40");
     assert_eq!(lead.intents["pricing"], 1, "first turn kept");
     assert_eq!(s.transcript("t", "c1").unwrap().len(), 4);
+    let by_turn = s.turn_intents("t", "c1").unwrap();
+    assert_eq!(by_turn.len(), 1, "turn 2 detected nothing: no row");
+    assert_eq!(by_turn[&1], ["pricing", "security"]);
+    assert!(s.turn_intents("other", "c1").unwrap().is_empty());
     assert_eq!(s.last_cursor().unwrap(), 2);
     assert!(s.lead("other", "c1").unwrap().is_none());
 }

@@ -220,6 +220,24 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
     assert_eq!(payload(&evs[2])["rep_id"], "r-daniel");
     assert_eq!(payload(&evs[3])["score"], 3);
     assert_eq!(payload(&evs[3])["previous"], 1);
+    // The score event carries what a CRM upserts (no read back): contact, slots, owner.
+    let s = payload(&evs[3]);
+    assert_eq!(
+        (
+            s["email"].clone(),
+            s["domain"].clone(),
+            s["rep_id"].clone(),
+            s["turns"].clone()
+        ),
+        (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            "r-daniel".into(),
+            2.into()
+        ),
+        "{s}"
+    );
+    assert!(s["slots"].is_object(), "{s}");
 
     // A target account: live in chat for its owner, 3 bolts at once, handed to the owner.
     conversation(
@@ -248,6 +266,12 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
     let kinds: Vec<&str> = evs.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["account_live", "handoff_requested", "cql_scored"]);
     assert_eq!(evs[0].rep_id.as_deref(), Some("r-chelsea"));
+    let s = payload(&evs[2]);
+    assert_eq!(
+        (&s["domain"], &s["rep_id"]),
+        (&"acme.com".into(), &"r-chelsea".into()),
+        "{s}"
+    );
     assert_eq!(payload(&evs[1])["mode"], "account_owner");
 }
 

@@ -23,12 +23,19 @@ pub fn cql_event(tenant: &str, conv: &str, lead: &Lead, previous: i32) -> NewEve
         conversation_id: Some(conv.into()),
         rep_id: lead.rep_id.clone(),
         team: lead.team.clone(),
+        // What a CRM needs to upsert the lead without reading it back.
         payload: json!({
             "score": lead.score,
             "previous": previous,
             "bot_score": lead.bot_score,
             "manual": lead.manual,
             "reasons": reasons_json(&lead.reasons),
+            "email": lead.email,
+            "domain": lead.domain,
+            "slots": lead.slots,
+            "rep_id": lead.rep_id,
+            "team": lead.team,
+            "turns": lead.turns,
         }),
     }
 }

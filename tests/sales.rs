@@ -424,6 +424,39 @@ async fn subscribers_resume_from_their_acked_cursor_and_see_new_events_live() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::FailedPrecondition);
+    // Retention (what `--event-retention-days` runs hourly) removes every event so far: a
+    // consumer resuming from its old ack, or a reader from the start, is told where reading
+    // can start instead of silently missing events; from there it reads on.
+    let store = ts._server.state.engine.get().unwrap().store.clone();
+    let newest = store.last_cursor().unwrap();
+    assert!(store.prune_events(closer_store::now_ms() + 1).unwrap() > 0);
+    for req in [consumer(), from_start()] {
+        let gone = e.subscribe(req).await.unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "{gone:?}");
+        assert!(
+            gone.message().contains(&format!("after_cursor {newest}")),
+            "{}",
+            gone.message()
+        );
+    }
+    let mut s = e
+        .subscribe(pb::SubscribeRequest {
+            after_cursor: Some(newest),
+            ..consumer()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    conversation(&ts, "c3", Some("acme.com"), &["How much does it cost?"]).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next.cursor, next.conversation_id.as_deref()),
+        (newest + 1, Some("c3"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

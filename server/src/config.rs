@@ -55,6 +55,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_MAX_TURNS", default_value_t = 200)]
     pub max_turns: u32,
 
+    /// Sales events older than this many days are removed from the outbox (checked at start-up
+    /// and hourly); a subscriber asking for removed events gets FAILED_PRECONDITION naming the
+    /// cursor to read from. 0 keeps every event.
+    #[arg(long, env = "CLOSER_EVENT_RETENTION_DAYS", default_value_t = 30)]
+    pub event_retention_days: u32,
+
     /// Most tokens generated for one reply.
     #[arg(long, env = "CLOSER_MAX_NEW_TOKENS", default_value_t = 160)]
     pub max_new_tokens: usize,
@@ -141,6 +147,7 @@ impl ServeConfig {
             model_dir,
             max_message_chars: 2000,
             max_turns: 200,
+            event_retention_days: 30,
             max_new_tokens: 160,
             max_pending_replies: 64,
             tenant_max_pending_replies: 32,

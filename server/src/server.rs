@@ -234,6 +234,7 @@ fn spawn_loader(
     let data_dir = config.data_dir.clone();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
+    let retention_days = config.event_retention_days;
     let fake = (config.generator == crate::config::GeneratorKind::Fake).then(|| {
         (
             Duration::from_millis(config.fake_token_ms),
@@ -252,7 +253,9 @@ fn spawn_loader(
         match loaded {
             Ok(Ok(engine)) => {
                 let tenants = engine.tenant_ids();
-                let _ = state.engine.set(Arc::new(engine));
+                let engine = Arc::new(engine);
+                spawn_retention(engine.clone(), retention_days);
+                let _ = state.engine.set(engine);
                 set_health(&health, ServingStatus::Serving).await;
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(seconds, ?tenants, "SERVING");
@@ -268,6 +271,27 @@ fn spawn_loader(
         }
     });
     ready_rx
+}
+
+/// Removes sales events older than `days` days now and then hourly (nothing when 0).
+fn spawn_retention(engine: Arc<Engine>, days: u32) {
+    if days == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            let e = engine.clone();
+            let before = closer_store::now_ms() - i64::from(days) * 86_400_000;
+            match tokio::task::spawn_blocking(move || e.store.prune_events(before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(removed = n, days, "event retention"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "event retention failed"),
+                Err(err) => tracing::warn!(error = %err, "event retention task failed"),
+            }
+        }
+    });
 }
 
 /// `closer serve`: start, wait for SIGINT/SIGTERM, drain, stop.

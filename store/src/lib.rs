@@ -311,10 +311,17 @@ pub trait Store: Send + Sync {
     ) -> Result<std::collections::BTreeMap<u32, Vec<String>>>;
     /// Writes events on their own (no other change).
     fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>>;
-    /// Up to `limit` events after `cursor` that match `f`, oldest first.
+    /// Up to `limit` events after `cursor` that match `f`, oldest first. `Conflict` naming the
+    /// first cursor that can be read when events after `cursor` were removed by retention.
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>>;
-    /// The newest cursor in the outbox (0 when empty).
+    /// The newest cursor written (0 when none; removed events count).
     fn last_cursor(&self) -> Result<u64>;
+    /// Removes the events written before `before_ms` (event retention), oldest first, and
+    /// remembers the highest cursor removed; returns how many went.
+    fn prune_events(&self, before_ms: i64) -> Result<u64>;
+    /// The highest cursor removed by [`Store::prune_events`] (0: none). Reading after a smaller
+    /// cursor would miss events.
+    fn pruned_through(&self) -> Result<u64>;
     /// Records that `consumer` has processed everything up to `cursor` (never moves back).
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64>;
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;

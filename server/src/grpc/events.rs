@@ -72,11 +72,14 @@ impl pb::events_server::Events for EventsService {
                 req.after_cursor,
             );
             blocking(move || -> Result<u64> {
-                Ok(match (after, c) {
+                let start = match (after, c) {
                     (Some(a), _) => a,
                     (None, Some(name)) => e.store.acked(&t, &name)?,
                     (None, None) => e.store.last_cursor()?,
-                })
+                };
+                // Refused before the stream opens when retention removed what it asks for.
+                e.store.events_after(start, &EventFilter::default(), 1)?;
+                Ok(start)
             })
             .await?
         };

@@ -283,6 +283,13 @@ impl Store for SqliteStore {
 
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>> {
         let conn = self.conn.lock();
+        let pruned = pruned_through(&conn)?;
+        if cursor < pruned {
+            return Err(Error::Conflict(format!(
+                "after_cursor: events up to cursor {pruned} were removed by the event retention \
+                 (--event-retention-days); read from after_cursor {pruned}"
+            )));
+        }
         let kinds = serde_json::to_string(&f.kinds)?;
         let mut stmt = conn.prepare(
             "SELECT cursor, tenant, kind, conversation_id, rep_id, team, payload, at_ms
@@ -309,21 +316,39 @@ impl Store for SqliteStore {
     }
 
     fn last_cursor(&self) -> Result<u64> {
-        let c: i64 =
-            self.conn
-                .lock()
-                .query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
-                    r.get(0)
-                })?;
-        Ok(c as u64)
+        newest_cursor(&self.conn.lock())
+    }
+
+    fn prune_events(&self, before_ms: i64) -> Result<u64> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let through: Option<i64> = tx.query_row(
+            "SELECT MAX(cursor) FROM events WHERE at_ms < ?1",
+            params![before_ms],
+            |r| r.get(0),
+        )?;
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        // Everything up to the newest old event goes, so what stays is a suffix of cursors.
+        let removed = tx.execute("DELETE FROM events WHERE cursor <= ?1", params![through])?;
+        tx.execute(
+            "INSERT INTO retention (id, pruned_through) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET pruned_through = MAX(pruned_through, excluded.pruned_through)",
+            params![through],
+        )?;
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+
+    fn pruned_through(&self) -> Result<u64> {
+        pruned_through(&self.conn.lock())
     }
 
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
-        let last: i64 = tx.query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
-            r.get(0)
-        })?;
+        let last = newest_cursor(&tx)? as i64;
         if cursor as i64 > last {
             return Err(Error::Conflict(format!(
                 "cursor {cursor} is past the newest event ({last})"
@@ -665,4 +690,24 @@ impl Store for SqliteStore {
         )?;
         Ok(())
     }
+}
+
+/// The highest cursor removed by retention (0: none).
+fn pruned_through(conn: &rusqlite::Connection) -> Result<u64> {
+    let c: Option<i64> = conn
+        .query_row(
+            "SELECT pruned_through FROM retention WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(c.unwrap_or(0) as u64)
+}
+
+/// The newest cursor written: the outbox's, or the last one retention removed.
+fn newest_cursor(conn: &rusqlite::Connection) -> Result<u64> {
+    let c: i64 = conn.query_row("SELECT COALESCE(MAX(cursor), 0) FROM events", [], |r| {
+        r.get(0)
+    })?;
+    Ok((c as u64).max(pruned_through(conn)?))
 }

@@ -243,3 +243,49 @@ fn an_idempotency_key_is_kept_with_its_change() {
     assert!(s.record_turn(&w, &|_| vec![]).is_err());
     assert_eq!(s.transcript("t", "form-1").unwrap().len(), 2);
 }
+
+#[test]
+fn retention_removes_old_events_and_refuses_to_read_across_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closer.db");
+    let all = EventFilter {
+        tenant: "t".into(),
+        ..Default::default()
+    };
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        let written = s
+            .append_events(&[ev("a", "t", None), ev("b", "t", None), ev("c", "t", None)])
+            .unwrap();
+        assert_eq!(
+            s.prune_events(written[0].at_ms).unwrap(),
+            0,
+            "nothing older yet"
+        );
+        assert_eq!(s.pruned_through().unwrap(), 0);
+        // Everything written so far is older than a moment from now.
+        assert_eq!(s.prune_events(written[2].at_ms + 1).unwrap(), 3);
+        assert_eq!(s.pruned_through().unwrap(), 3);
+        // The outbox is empty but cursors go on from where they were.
+        assert_eq!(s.last_cursor().unwrap(), 3);
+        let next = s.append_events(&[ev("d", "t", None)]).unwrap();
+        assert_eq!(next[0].cursor, 4);
+    }
+    // After a restart too.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.pruned_through().unwrap(), 3);
+    let err = s.events_after(1, &all, 10).unwrap_err().to_string();
+    assert!(
+        err.contains("after_cursor") && err.contains("cursor 3"),
+        "names where reading can start: {err}"
+    );
+    let kept: Vec<u64> = s
+        .events_after(3, &all, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.cursor)
+        .collect();
+    assert_eq!(kept, [4]);
+    // A consumer may ack the newest cursor even when it was removed.
+    assert_eq!(s.ack("t", "crm", 3).unwrap(), 3);
+}

@@ -48,6 +48,8 @@ pub struct Report {
     pub confusion: Vec<Vec<usize>>,
     pub most_confused: Vec<ConfusedPair>,
     pub oos: Option<OosScores>,
+    /// Groups of out-of-scope test rows (`--test-oos`): name, rows, recall of the served decision.
+    pub oos_groups: Vec<(String, usize, f64)>,
     /// The out-of-scope threshold used for the figures above.
     pub threshold: Option<f32>,
     pub threshold_sweep: Vec<ThresholdRow>,
@@ -95,6 +97,9 @@ impl Report {
                 pct(o.oos_recall),
                 pct(o.oos_f1)
             );
+        }
+        for (name, n, recall) in &self.oos_groups {
+            let _ = writeln!(s, "| OOS recall, {name} ({n} rows) | {} |", pct(*recall));
         }
         let _ = writeln!(
             s,

@@ -15,6 +15,11 @@ pub(crate) struct IntentArgs {
     /// Test rows (same formats). Without it, use --folds.
     #[arg(long)]
     pub(crate) test: Option<PathBuf>,
+    /// More test rows that are all out of scope, scored as their own group (`NAME=FILE`, e.g.
+    /// `near=id_oos_val.jsonl far=ood_oos_val.jsonl`; repeatable): each row's label is replaced
+    /// by --oos-label, and the report gives each group's recall of the served decision.
+    #[arg(long = "test-oos", value_name = "NAME=FILE", value_parser = oos_group)]
+    pub(crate) test_oos: Vec<(String, PathBuf)>,
     /// K-fold cross-validation on --train (stratified, seeded).
     #[arg(long)]
     pub(crate) folds: Option<usize>,
@@ -100,6 +105,17 @@ pub(crate) struct IntentArgs {
     pub(crate) extra: Option<PathBuf>,
 }
 
+fn oos_group(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.trim().is_empty() && !file.is_empty() => {
+            Ok((name.trim().to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAME=FILE, e.g. near=id_oos_val.jsonl"
+        )),
+    }
+}
+
 impl IntentArgs {
     pub(crate) fn config(&self) -> ClassifierConfig {
         let mut cfg = ClassifierConfig::default();
@@ -130,5 +146,20 @@ impl IntentArgs {
         cfg.fixed_threshold = self.threshold;
         cfg.in_scope_loss = self.in_scope_loss.unwrap_or(cfg.in_scope_loss);
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn out_of_scope_groups_are_name_equals_file() {
+        assert_eq!(
+            super::oos_group("near=a/id_oos_val.jsonl").unwrap(),
+            ("near".to_string(), "a/id_oos_val.jsonl".into())
+        );
+        for bad in ["near", "=x.jsonl", "near="] {
+            let e = super::oos_group(bad).unwrap_err();
+            assert!(e.contains("NAME=FILE"), "{e}");
+        }
     }
 }

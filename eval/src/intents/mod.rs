@@ -22,7 +22,7 @@ use crate::report::Report;
 pub(crate) use args::IntentArgs;
 pub(crate) use local::{cached_embed, open_encoder};
 use local::{LabelMap, Local, Predictions};
-use score::{score, score_multi, sorted_set};
+use score::{oos_group_recall, score, score_multi, sorted_set};
 
 pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     if args.finetune_epochs > 0 && args.encoder.models().len() > 1 {
@@ -108,10 +108,7 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
         .test
         .as_ref()
         .context("give --test FILE or --folds K")?;
-    let mut test_rows = data::read_rows(test)?;
-    if args.limit > 0 {
-        test_rows.truncate(args.limit);
-    }
+    let (test_rows, groups) = test_rows(&args, test)?;
     let (trained, secs, top) = local.train(&train_rows)?;
     eprintln!(
         "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, {}, temperature {:.2}, OOS threshold {:.2})",
@@ -138,6 +135,7 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     }
     let p = local.predict(&trained, top.as_ref(), &test_rows)?;
     let mut r = score(&args, "local", &test_rows, &p, train_rows.len());
+    r.oos_groups = oos_group_recall(&groups, &p.pred, args.oos_label.as_deref().unwrap_or(""));
     let mut lat = local.latency(&trained, top.as_ref(), &test_rows)?;
     lat.sort_by(f64::total_cmp);
     r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
@@ -164,13 +162,38 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-pub(crate) async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
-    use closer_proto::v1 as pb;
-    let test = args.test.as_ref().context("--server needs --test FILE")?;
+/// The test rows: `--test` (cut to `--limit`), then each `--test-oos` group with its rows
+/// labelled `--oos-label`; and the groups' ranges in the rows.
+fn test_rows(
+    args: &IntentArgs,
+    test: &std::path::Path,
+) -> anyhow::Result<(Vec<Row>, Vec<(String, std::ops::Range<usize>)>)> {
     let mut rows = data::read_rows(test)?;
     if args.limit > 0 {
         rows.truncate(args.limit);
     }
+    let mut groups = vec![];
+    if !args.test_oos.is_empty() {
+        let oos = args
+            .oos_label
+            .as_deref()
+            .context("--test-oos needs --oos-label (the label its rows are scored as)")?;
+        for (name, file) in &args.test_oos {
+            let start = rows.len();
+            rows.extend(data::read_rows(file)?.into_iter().map(|r| Row {
+                intent: oos.to_string(),
+                ..r
+            }));
+            groups.push((name.clone(), start..rows.len()));
+        }
+    }
+    Ok((rows, groups))
+}
+
+pub(crate) async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result<Report> {
+    use closer_proto::v1 as pb;
+    let test = args.test.as_ref().context("--server needs --test FILE")?;
+    let (rows, groups) = test_rows(&args, test)?;
     let channel = tonic::transport::Endpoint::from_shared(addr.clone())?
         .connect()
         .await
@@ -245,6 +268,7 @@ pub(crate) async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result
     r.latency_ms_p50 = metrics::percentile(&lat, 0.5);
     r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
     r.multi_intent = multi_scores;
+    r.oos_groups = oos_group_recall(&groups, &p.pred, &oos_name);
     r.threshold_sweep.clear();
     r.threshold = served.map(|m| m.oos_threshold);
     Ok(r)

@@ -85,6 +85,7 @@ pub(crate) fn score(
         per_intent: per,
         confusion: m,
         oos: oos_idx.map(|o| metrics::oos_scores(&gold, &pred, o)),
+        oos_groups: vec![],
         threshold: None,
         threshold_sweep: sweep,
         expected_calibration_error: metrics::expected_calibration_error(&p.conf, &correct, 10),
@@ -101,6 +102,22 @@ pub(crate) fn score(
         labels,
         settings: serde_json::to_value(args.config()).unwrap_or_default(),
     }
+}
+
+/// Each `--test-oos` group's recall: the share of its rows (a range of the test rows) whose
+/// served prediction is the out-of-scope label.
+pub(crate) fn oos_group_recall(
+    groups: &[(String, std::ops::Range<usize>)],
+    pred: &[String],
+    oos: &str,
+) -> Vec<(String, usize, f64)> {
+    groups
+        .iter()
+        .map(|(name, r)| {
+            let hit = pred[r.clone()].iter().filter(|p| *p == oos).count();
+            (name.clone(), r.len(), hit as f64 / r.len().max(1) as f64)
+        })
+        .collect()
 }
 
 pub(crate) fn score_multi(rows: &[MultiRow], got: Vec<Vec<String>>) -> MultiIntentScores {
@@ -133,4 +150,23 @@ pub(crate) fn score_multi(rows: &[MultiRow], got: Vec<Vec<String>>) -> MultiInte
 pub(crate) fn sorted_set(names: impl Iterator<Item = String>, skip: &str) -> Vec<String> {
     let s: BTreeSet<String> = names.filter(|n| n != skip).collect();
     s.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_out_of_scope_group_is_scored_on_its_own_rows() {
+        let pred: Vec<String> = ["a", "oos", "oos", "b", "oos", "oos", "oos"]
+            .map(String::from)
+            .to_vec();
+        // Rows 0-1 are in scope; 2-3 the near group, 4-6 the far one.
+        let groups = vec![("near".to_string(), 2..4), ("far".to_string(), 4..7)];
+        assert_eq!(
+            oos_group_recall(&groups, &pred, "oos"),
+            [("near".to_string(), 2, 0.5), ("far".to_string(), 3, 1.0)]
+        );
+        assert!(oos_group_recall(&[], &pred, "oos").is_empty());
+    }
 }

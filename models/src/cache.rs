@@ -3,7 +3,9 @@
 //! second embedding is a lookup; repeated visitor questions are too.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::{Embedder, Result};
 
@@ -36,7 +38,7 @@ impl CachedEmbedder {
     }
 
     fn get(&self, text: &str) -> Option<Arc<[f32]>> {
-        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.cache.lock();
         if let Some(v) = c.young.get(text) {
             return Some(v.clone());
         }
@@ -71,7 +73,7 @@ impl Embedder for CachedEmbedder {
             let fresh = self
                 .inner
                 .embed(&missing.iter().map(|&i| texts[i]).collect::<Vec<_>>())?;
-            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = self.cache.lock();
             for (&i, v) in missing.iter().zip(fresh) {
                 self.put_locked(&mut c, texts[i], v.clone().into());
                 out[i] = Some(v);
@@ -117,7 +119,7 @@ mod tests {
         let before = inner.0.load(Ordering::SeqCst);
         c.embed(&["ab"]).unwrap();
         assert_eq!(inner.0.load(Ordering::SeqCst), before + 1);
-        let g = c.cache.lock().unwrap();
+        let g = c.cache.lock();
         assert!(g.young.len() + g.old.len() <= 4);
         assert_eq!(c.name(), "counting");
     }

@@ -5,13 +5,13 @@
 //! one batched pass ([`Weights::forward_batch`]): the sequence given the model takes the others'
 //! rows into its pass and hands them their logits.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -117,7 +117,7 @@ pub struct QwenGenerator {
     eos: u32,
     /// Per share key (tenant): a system prompt's tokens and their cache. Never shared across
     /// keys, so no team can time whether another team's prompt is cached.
-    prefixes: std::sync::Mutex<Vec<(String, Vec<u32>, crate::qwen2::KvCache)>>,
+    prefixes: Mutex<Vec<(String, Vec<u32>, crate::qwen2::KvCache)>>,
     /// Most tokens drafted per decoding pass (0: plain decoding).
     draft: usize,
     batcher: Batcher,
@@ -156,10 +156,6 @@ impl QwenGenerator {
         })
     }
 
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Runs one forward pass of sequence `seq`: waits for the model, then either runs it
     /// together with the passes of other sequences that wait in its class, or finds that
     /// another sequence's pass ran it. Returns its logits, its cache, and whether the pass
@@ -171,24 +167,23 @@ impl QwenGenerator {
         pass: Pass,
     ) -> Result<(Tensor, KvCache, bool)> {
         let rows = pass.ids.len();
-        Self::lock(&self.batcher.waiting).insert(seq, pass);
+        self.batcher.waiting.lock().insert(seq, pass);
         let Some(mut step) = self
             .steps
             .step_or_served(&request.share, seq, request.background)
         else {
-            let mut ran = Self::lock(&self.batcher.ran);
+            let mut ran = self.batcher.ran.lock();
             loop {
                 if let Some(r) = ran.remove(&seq) {
                     return r.map(|(l, c)| (l, c, true)).map_err(Error::Other);
                 }
-                ran = self
-                    .batcher
-                    .ready
-                    .wait(ran)
-                    .unwrap_or_else(|p| p.into_inner());
+                self.batcher.ready.wait(&mut ran);
             }
         };
-        let own = Self::lock(&self.batcher.waiting)
+        let own = self
+            .batcher
+            .waiting
+            .lock()
             .remove(&seq)
             .ok_or_else(|| Error::Other("pass lost before it ran".into()))?;
         let mut batch = vec![(seq, own)];
@@ -205,7 +200,7 @@ impl QwenGenerator {
         // add little to it).
         let widest = rows.max(MAX_DRAFT + 1);
         self.steps.absorb(&mut step, rows as f64, |t| {
-            let mut waiting = Self::lock(&self.batcher.waiting);
+            let mut waiting = self.batcher.waiting.lock();
             let n = waiting.get(&t)?.ids.len();
             if total + n > cap || n > widest {
                 return None;
@@ -239,7 +234,7 @@ impl QwenGenerator {
                 let mut logits = logits.into_iter();
                 let own_logits = logits.next();
                 {
-                    let mut ran = Self::lock(&self.batcher.ran);
+                    let mut ran = self.batcher.ran.lock();
                     for ((t, p), l) in batch.zip(logits) {
                         ran.insert(t, Ok((l, p.cache)));
                     }
@@ -250,7 +245,7 @@ impl QwenGenerator {
             }
             Err(e) => {
                 {
-                    let mut ran = Self::lock(&self.batcher.ran);
+                    let mut ran = self.batcher.ran.lock();
                     for (t, _) in batch {
                         ran.insert(t, Err(format!("batched forward pass failed: {e}")));
                     }
@@ -277,10 +272,7 @@ impl QwenGenerator {
 
     /// Forgets every cached prompt prefix.
     pub fn clear_prefix_cache(&self) {
-        self.prefixes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.prefixes.lock().clear();
     }
 
     /// The cached prefix sharing the longest start with `ids` (at most `ids.len() - 1` tokens,
@@ -290,7 +282,7 @@ impl QwenGenerator {
         share: &str,
         ids: &[u32],
     ) -> Result<Option<(usize, crate::qwen2::KvCache)>> {
-        let mut p = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.prefixes.lock();
         let best = p
             .iter()
             .enumerate()
@@ -316,7 +308,7 @@ impl QwenGenerator {
     }
 
     fn keep_prefix(&self, share: &str, ids: &[u32], cache: &crate::qwen2::KvCache) {
-        let mut p = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.prefixes.lock();
         p.retain(|(s, k, _)| s != share || k != ids);
         if p.len() >= PREFIX_CACHE {
             p.remove(0);

@@ -21,8 +21,8 @@
 //! sequences of the previous pass to ask again, so that decoding sequences stay in one batch
 //! instead of alternating between two.
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct StepScheduler {
@@ -78,7 +78,7 @@ impl StepScheduler {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     fn decayed(&self, s: &State, key: &str, now: Instant) -> f64 {
@@ -140,16 +140,13 @@ impl StepScheduler {
                     }
                     Pick::Ticket(_) => {}
                     Pick::WaitUntil(until) => {
-                        s = self
-                            .cv
-                            .wait_timeout(s, until.saturating_duration_since(now))
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        self.cv
+                            .wait_for(&mut s, until.saturating_duration_since(now));
                         continue;
                     }
                 }
             }
-            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            self.cv.wait(&mut s);
         }
     }
 
@@ -175,11 +172,7 @@ impl StepScheduler {
             if !missing || now >= until {
                 break;
             }
-            s = self
-                .cv
-                .wait_timeout(s, until - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.cv.wait_for(&mut s, until - now);
         }
         let now = Instant::now();
         let mut offers: Vec<(f64, u64, String)> = s
@@ -306,7 +299,7 @@ mod tests {
             let (sc, order) = (sched.clone(), order.clone());
             hs.push(std::thread::spawn(move || {
                 let _s = sc.step(k, sc.sequence(), bg);
-                order.lock().unwrap().push(k);
+                order.lock().push(k);
             }));
             while sched.lock().waiting.len() < i + 1 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -316,7 +309,7 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        let order = order.lock().unwrap().clone();
+        let order = order.lock().clone();
         order
     }
 
@@ -372,7 +365,7 @@ mod tests {
             let (sc, served) = (sched.clone(), served.clone());
             hs.push(std::thread::spawn(move || {
                 let step = sc.step_or_served(key, t, bg);
-                served.lock().unwrap().push((key, step.is_none()));
+                served.lock().push((key, step.is_none()));
             }));
             while sched.lock().waiting.len() < i + 1 {
                 std::thread::sleep(Duration::from_millis(1));
@@ -391,7 +384,7 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        let mut served = served.lock().unwrap().clone();
+        let mut served = served.lock().clone();
         served.sort();
         assert_eq!(served, [("b", true), ("c", false), ("d", false)]);
         // The pass's time went to "a" and "b" by their shares (1 : 3).

@@ -162,12 +162,12 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Named ranges of the test rows (the `--test-oos` groups).
+type Groups = Vec<(String, std::ops::Range<usize>)>;
+
 /// The test rows: `--test` (cut to `--limit`), then each `--test-oos` group with its rows
 /// labelled `--oos-label`; and the groups' ranges in the rows.
-fn test_rows(
-    args: &IntentArgs,
-    test: &std::path::Path,
-) -> anyhow::Result<(Vec<Row>, Vec<(String, std::ops::Range<usize>)>)> {
+fn test_rows(args: &IntentArgs, test: &std::path::Path) -> anyhow::Result<(Vec<Row>, Groups)> {
     let mut rows = data::read_rows(test)?;
     if args.limit > 0 {
         rows.truncate(args.limit);

@@ -143,6 +143,22 @@ pub fn pb_fact(f: closer_kb::Fact) -> pb::Fact {
     }
 }
 
+/// A transcript line in its proto form.
+pub fn pb_transcript_message(l: closer_sales::transcript::Line) -> pb::TranscriptMessage {
+    let author = match l.author {
+        closer_store::Author::Visitor => pb::MessageAuthor::Visitor,
+        closer_store::Author::Bot => pb::MessageAuthor::Bot,
+        closer_store::Author::Rep => pb::MessageAuthor::Rep,
+    };
+    pb::TranscriptMessage {
+        turn: l.turn,
+        author: author as i32,
+        text: l.text,
+        at_ms: l.at_ms,
+        intents: l.intents,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,21 +192,5 @@ mod tests {
         let p = to_pb_intent("How much? And SOC 2?", &i);
         assert_eq!(p.span_text, "How much?");
         assert_eq!(p.ambiguous_with.unwrap().name, "trial");
-    }
-}
-
-/// A transcript line in its proto form.
-pub fn pb_transcript_message(l: closer_sales::transcript::Line) -> pb::TranscriptMessage {
-    let author = match l.author {
-        closer_store::Author::Visitor => pb::MessageAuthor::Visitor,
-        closer_store::Author::Bot => pb::MessageAuthor::Bot,
-        closer_store::Author::Rep => pb::MessageAuthor::Rep,
-    };
-    pb::TranscriptMessage {
-        turn: l.turn,
-        author: author as i32,
-        text: l.text,
-        at_ms: l.at_ms,
-        intents: l.intents,
     }
 }

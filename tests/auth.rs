@@ -13,6 +13,8 @@ struct Keys {
     admin_a: String,
     pub_b: String,
     rep_a_id: String,
+    display_a: String,
+    display_b: String,
 }
 
 /// The demo tenant as `applinks` and again as `other`, with keys made before the server starts.
@@ -31,6 +33,8 @@ fn keyed_data() -> (tempfile::TempDir, Keys) {
     let (rep_a, rep_a_id) = make("applinks", Role::Rep);
     let (admin_a, _) = make("applinks", Role::Admin);
     let (pub_b, _) = make("other", Role::Publishable);
+    let (display_a, _) = make("applinks", Role::Display);
+    let (display_b, _) = make("other", Role::Display);
     (
         dir,
         Keys {
@@ -39,6 +43,8 @@ fn keyed_data() -> (tempfile::TempDir, Keys) {
             admin_a,
             pub_b,
             rep_a_id,
+            display_a,
+            display_b,
         },
     )
 }
@@ -191,26 +197,38 @@ async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
         "{admin:?}"
     );
 
-    // The leaderboard page is open; its data stream needs a rep key (as `?key=`).
+    // The leaderboard page is open; its data stream takes a display token in the URL (the
+    // screen holds no rep powers), never a rep key there; a display token opens nothing else.
     let addr = server.addr;
-    let rep = keys.rep_a.clone();
-    let (page, no_key, with_key_status, wrong_role) = tokio::task::spawn_blocking(move || {
-        (
+    let (rep, shown, other) = (
+        keys.rep_a.clone(),
+        keys.display_a.clone(),
+        keys.display_b.clone(),
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let events =
+            |q: &str| http_status(addr, &format!("/leaderboard/events?tenant=applinks{q}"));
+        [
             http_status(addr, "/leaderboard?tenant=applinks"),
-            http_status(addr, "/leaderboard/events?tenant=applinks"),
-            http_status(
-                addr,
-                &format!("/leaderboard/events?tenant=applinks&key={rep}"),
-            ),
-            http_status(addr, "/leaderboard/events?tenant=applinks&key=closer_pub_x"),
-        )
+            events(""),
+            events(&format!("&key={shown}")),
+            events(&format!("&key={rep}")),
+            events("&key=closer_pub_x"),
+            events(&format!("&key={other}")),
+        ]
     })
     .await
     .unwrap();
     assert_eq!(
-        (page, no_key, with_key_status, wrong_role),
-        (200, 401, 200, 401)
+        got,
+        [200, 401, 200, 403, 401, 403],
+        "page, no key, display token, rep key in the URL, unknown key, another tenant's token"
     );
+    let e = leads
+        .list(with_key(list(), &keys.display_a))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // Revoked: refused at once.
     let store = closer_store::sqlite::SqliteStore::open(&db).unwrap();
@@ -226,7 +244,13 @@ async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
             bytes.extend(std::fs::read(p).unwrap());
         }
     }
-    for k in [&keys.pub_a, &keys.rep_a, &keys.admin_a, &keys.pub_b] {
+    for k in [
+        &keys.pub_a,
+        &keys.rep_a,
+        &keys.admin_a,
+        &keys.pub_b,
+        &keys.display_a,
+    ] {
         let secret = k.rsplit('_').next().unwrap().as_bytes();
         assert!(
             !bytes.windows(secret.len()).any(|w| w == secret),

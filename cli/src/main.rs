@@ -56,8 +56,9 @@ enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
+        /// display (the leaderboard screen, read-only, the only key allowed in a URL),
         /// publishable (chat frontends), rep (consoles, connectors) or admin (knowledge, intents, playbooks).
-        #[arg(long, value_parser = ["publishable", "rep", "admin"])]
+        #[arg(long, value_parser = ["display", "publishable", "rep", "admin"])]
         role: String,
         /// A label for people.
         #[arg(long, default_value = "")]

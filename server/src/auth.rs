@@ -1,5 +1,6 @@
 //! API keys per tenant with roles, checked by one layer in front of every service.
 //!
+//! - **display** — the leaderboard screen: its event stream, for its tenant only, and nothing else;
 //! - **publishable** — for chat frontends: `Assistant` (Converse, Classify) and
 //!   `Leads.QualifyForm`, for its tenant only;
 //! - **rep** — rep consoles and connectors: also leads, manual scores, events, take-over,
@@ -7,7 +8,8 @@
 //! - **admin** — also changing knowledge, intents and playbooks.
 //!
 //! A key is sent as `authorization: Bearer <key>` (or `x-api-key: <key>`; the leaderboard's
-//! event stream also takes `?key=` because browsers cannot set headers on it). Keys are stored
+//! event stream also takes `?key=` because browsers cannot set headers on it, but only a
+//! display token there: a read-only key that opens nothing else). Keys are stored
 //! as SHA-256 only. A missing, unknown or revoked key gets UNAUTHENTICATED; a key of a role that
 //! may not call the method, or used for another tenant, gets PERMISSION_DENIED. The tenant check
 //! happens where every handler checks its `tenant` field ([`check_tenant`]), through a
@@ -27,6 +29,9 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Read-only, one tenant: opens the leaderboard's event stream and nothing else. The only
+    /// key that may go in a URL (`?key=`), so an office screen holds no rep powers.
+    Display,
     Publishable,
     Rep,
     Admin,
@@ -35,18 +40,20 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
+            "display" => Ok(Role::Display),
             "publishable" => Ok(Role::Publishable),
             "rep" => Ok(Role::Rep),
             "admin" => Ok(Role::Admin),
             other => Err(Error::invalid(
                 "role",
-                format!("unknown role {other:?}; one of publishable, rep, admin"),
+                format!("unknown role {other:?}; one of display, publishable, rep, admin"),
             )),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Role::Display => "display",
             Role::Publishable => "publishable",
             Role::Rep => "rep",
             Role::Admin => "admin",
@@ -55,6 +62,7 @@ impl Role {
 
     fn prefix(self) -> &'static str {
         match self {
+            Role::Display => "dsp",
             Role::Publishable => "pub",
             Role::Rep => "rep",
             Role::Admin => "adm",
@@ -76,8 +84,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         | "/closer.v1.Knowledge/List"
         | "/closer.v1.Knowledge/Export"
         | "/closer.v1.Intents/Get"
-        | "/closer.v1.Playbooks/Get"
-        | "/leaderboard/events" => Role::Rep,
+        | "/closer.v1.Playbooks/Get" => Role::Rep,
+        "/leaderboard/events" => Role::Display,
         p if [
             "/closer.v1.Leads/",
             "/closer.v1.Events/",
@@ -153,7 +161,8 @@ pub fn authorize<T>(req: &mut tonic::Request<T>, key: Option<&str>) -> anyhow::R
     Ok(())
 }
 
-fn presented_key<B>(req: &http::Request<B>) -> Option<String> {
+/// The key a request presents, and whether it came in the URL (`?key=`).
+fn presented_key<B>(req: &http::Request<B>) -> Option<(String, bool)> {
     let h = req.headers();
     if let Some(v) = h
         .get(http::header::AUTHORIZATION)
@@ -162,13 +171,13 @@ fn presented_key<B>(req: &http::Request<B>) -> Option<String> {
         return v
             .strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))
-            .map(|k| k.trim().to_string());
+            .map(|k| (k.trim().to_string(), false));
     }
     if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_string());
+        return Some((v.trim().to_string(), false));
     }
     if req.uri().path() == "/leaderboard/events" {
-        return req.uri().query().and_then(query_key);
+        return req.uri().query().and_then(query_key).map(|k| (k, true));
     }
     None
 }
@@ -190,7 +199,7 @@ fn decide<B>(
     let Some(need) = required_role(path) else {
         return Ok(None);
     };
-    let Some(key) = presented_key(req).filter(|k| !k.is_empty()) else {
+    let Some((key, in_url)) = presented_key(req).filter(|(k, _)| !k.is_empty()) else {
         return Err(Status::unauthenticated(
             "missing API key: send `authorization: Bearer <key>` (create one with `closer keys create`)",
         ));
@@ -204,6 +213,13 @@ fn decide<B>(
         return Err(Status::unauthenticated("unknown or revoked API key"));
     };
     let role = Role::parse(&k.role).map_err(Status::from)?;
+    if in_url && role != Role::Display {
+        // URLs end up in browser history, proxy logs and screenshots of office screens.
+        return Err(Status::permission_denied(format!(
+            "a {} key may not go in a URL; give the screen a display token (`closer keys create --role display`)",
+            role.name()
+        )));
+    }
     if role < need {
         let method = path.trim_start_matches('/');
         return Err(Status::permission_denied(format!(
@@ -366,9 +382,14 @@ mod tests {
             required_role("/closer.v1.Playbooks/Upload"),
             Some(Role::Admin)
         );
-        assert_eq!(required_role("/leaderboard/events"), Some(Role::Rep));
+        assert_eq!(required_role("/leaderboard/events"), Some(Role::Display));
         assert_eq!(required_role("/closer.v1.Whatever/New"), Some(Role::Admin));
         assert!(Role::Admin > Role::Rep && Role::Rep > Role::Publishable);
+        assert!(
+            Role::Publishable > Role::Display,
+            "a display token opens no chat"
+        );
+        assert_eq!(Role::parse("display").unwrap(), Role::Display);
     }
 
     #[test]

@@ -88,6 +88,7 @@ async fn events(
         Err(e) => {
             let status = match e.kind() {
                 "unknown_tenant" => StatusCode::NOT_FOUND,
+                "permission_denied" => StatusCode::FORBIDDEN,
                 _ => StatusCode::BAD_REQUEST,
             };
             return bad(status, e.to_string());

@@ -271,6 +271,41 @@ async fn keys_are_not_needed_on_loopback_by_default_but_are_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loopback_a_request_through_a_proxy_still_needs_a_key() {
+    // `--auth auto` on 127.0.0.1: a local caller goes in without a key, but a reverse proxy on
+    // the same host makes every caller local, so a request carrying forwarding headers does not.
+    let (data, keys) = keyed_data();
+    let cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    assert_eq!(
+        cfg.key_policy(),
+        closer_server::auth::KeyPolicy::ProxiedOnly
+    );
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let mut assistant =
+        pb::assistant_client::AssistantClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+    assistant.classify(classify("applinks")).await.unwrap();
+    let proxied = |header: &'static str, key: Option<&str>| {
+        let mut r = match key {
+            Some(k) => with_key(classify("applinks"), k),
+            None => tonic::Request::new(classify("applinks")),
+        };
+        r.metadata_mut()
+            .insert(header, "203.0.113.7".parse().unwrap());
+        r
+    };
+    for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+        let e = assistant.classify(proxied(header, None)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{header}: {e:?}");
+        assistant
+            .classify(proxied(header, Some(&keys.pub_a)))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_speaks_tls_when_given_a_certificate() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let pem_dir = tempfile::tempdir().unwrap();

@@ -235,11 +235,34 @@ fn decide<B>(
     }))
 }
 
+/// When a request must present a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    Always,
+    Never,
+    /// `--auth auto` on a loopback address: a direct local caller needs none, but a request
+    /// that came through a proxy (it carries `forwarded`, `x-forwarded-for` or `x-real-ip`)
+    /// does — behind a reverse proxy on the same host every caller is "local".
+    ProxiedOnly,
+}
+
+impl KeyPolicy {
+    fn needs_key<B>(self, req: &http::Request<B>) -> bool {
+        match self {
+            KeyPolicy::Always => true,
+            KeyPolicy::Never => false,
+            KeyPolicy::ProxiedOnly => ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .iter()
+                .any(|h| req.headers().contains_key(*h)),
+        }
+    }
+}
+
 /// The layer in front of every service (gRPC and web).
 #[derive(Clone)]
 pub struct AuthLayer {
     pub state: Arc<AppState>,
-    pub required: bool,
+    pub policy: KeyPolicy,
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -249,7 +272,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             state: self.state.clone(),
-            required: self.required,
+            policy: self.policy,
         }
     }
 }
@@ -258,7 +281,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     state: Arc<AppState>,
-    required: bool,
+    policy: KeyPolicy,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = std::result::Result<T, E>> + Send>>;
@@ -292,7 +315,7 @@ where
         let path = req.uri().path();
         let decision = if self.state.is_draining() && !path.starts_with("/grpc.health.v1.Health/") {
             Err(Status::from(Error::Draining))
-        } else if !self.required {
+        } else if !self.policy.needs_key(&req) {
             Ok(None)
         } else {
             decide(&self.state, &req)

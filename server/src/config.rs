@@ -17,7 +17,8 @@ pub enum GeneratorKind {
 /// Whether calls need an API key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
-    /// Keys unless the server listens on a loopback address only.
+    /// Keys unless the server listens on a loopback address only; there, keys for requests
+    /// that came through a proxy (forwarding headers).
     Auto,
     /// Every call but health and reflection needs a key.
     Keys,
@@ -194,10 +195,18 @@ impl ServeConfig {
 
     /// Whether calls need an API key.
     pub fn keys_required(&self) -> bool {
+        self.key_policy() == crate::auth::KeyPolicy::Always
+    }
+
+    /// When requests need a key: `--auth keys` always, `off` never, `auto` always unless the
+    /// server listens on loopback only, where only proxied requests need one.
+    pub fn key_policy(&self) -> crate::auth::KeyPolicy {
+        use crate::auth::KeyPolicy;
         match self.auth {
-            AuthMode::Keys => true,
-            AuthMode::Off => false,
-            AuthMode::Auto => !self.addr.ip().is_loopback(),
+            AuthMode::Keys => KeyPolicy::Always,
+            AuthMode::Off => KeyPolicy::Never,
+            AuthMode::Auto if self.addr.ip().is_loopback() => KeyPolicy::ProxiedOnly,
+            AuthMode::Auto => KeyPolicy::Always,
         }
     }
 

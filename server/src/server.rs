@@ -128,7 +128,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let state = AppState::new(config.clone());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     // HTTP/1.1 too: browsers load the leaderboard page from the same port.
-    let keys_required = config.keys_required();
+    let key_policy = config.key_policy();
     let mut builder = tonic::transport::Server::builder();
     let tls = config.tls_identity()?;
     let tls_on = tls.is_some();
@@ -141,7 +141,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
         .accept_http1(true)
         .layer(crate::auth::AuthLayer {
             state: state.clone(),
-            required: keys_required,
+            policy: key_policy,
         })
         .add_routes(tonic::service::Routes::from(crate::web::router(
             state.clone(),
@@ -208,7 +208,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
     }));
-    tracing::info!(%addr, api_keys = if keys_required { "required" } else { "off" }, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
+    tracing::info!(%addr, api_keys = ?key_policy, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
 
     let ready_rx = spawn_loader(models, &config, state.clone(), health.clone(), started);
 

@@ -322,6 +322,10 @@ pub trait Store: Send + Sync {
     /// The highest cursor removed by [`Store::prune_events`] (0: none). Reading after a smaller
     /// cursor would miss events.
     fn pruned_through(&self) -> Result<u64>;
+    /// `Conflict` naming where reading can start when retention removed events after `cursor`.
+    fn check_readable(&self, cursor: u64) -> Result<()> {
+        readable_after(cursor, self.pruned_through()?)
+    }
     /// Records that `consumer` has processed everything up to `cursor` (never moves back).
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64>;
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;
@@ -379,4 +383,15 @@ pub trait Store: Send + Sync {
     /// A stored reply for an idempotency key, if that request was already answered.
     fn idempotent_get(&self, tenant: &str, scope: &str, key: &str) -> Result<Option<Vec<u8>>>;
     fn idempotent_put(&self, tenant: &str, scope: &str, key: &str, reply: &[u8]) -> Result<()>;
+}
+
+/// Reading after `cursor` is whole unless retention removed events up to `pruned` beyond it.
+pub fn readable_after(cursor: u64, pruned: u64) -> Result<()> {
+    if cursor < pruned {
+        return Err(Error::Conflict(format!(
+            "after_cursor: events up to cursor {pruned} were removed by the event retention \
+             (--event-retention-days); read from after_cursor {pruned}"
+        )));
+    }
+    Ok(())
 }

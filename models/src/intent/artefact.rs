@@ -26,9 +26,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// The head's arrays, named, in the order they are hashed.
 fn arrays(head: &LinearHead) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
     let k = head.labels.len();
-    let (hashes, idf) = match &head.featurizer.ngrams {
-        Some(n) => (n.hashes.clone(), n.idf.clone()),
-        None => (vec![], vec![]),
+    let (hashes, idf): (&[u64], &[f32]) = match &head.featurizer.ngrams {
+        Some(n) => (&n.hashes, &n.idf),
+        None => (&[], &[]),
     };
     let vocab = hashes.len();
     let hash_bytes: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
@@ -59,7 +59,7 @@ fn arrays(head: &LinearHead) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> 
             f32_bytes(&head.featurizer.whiten),
         ),
         ("ngram_hashes", Dtype::U64, vec![vocab], hash_bytes),
-        ("ngram_idf", Dtype::F32, vec![vocab], f32_bytes(&idf)),
+        ("ngram_idf", Dtype::F32, vec![vocab], f32_bytes(idf)),
     ]
 }
 

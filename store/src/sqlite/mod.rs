@@ -115,8 +115,8 @@ impl Store for SqliteStore {
                 turns = turns.max(m.turn);
             }
         }
-        let visitor_turn = w.messages.iter().find(|m| m.author == Author::Visitor);
-        if let (Some(m), false) = (visitor_turn, w.detected.is_empty()) {
+        let visitor = w.messages.iter().find(|m| m.author == Author::Visitor);
+        if let Some(m) = visitor.filter(|_| !w.detected.is_empty()) {
             tx.execute(
                 "INSERT OR REPLACE INTO turn_intents (tenant, conversation_id, turn, intents)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -283,13 +283,7 @@ impl Store for SqliteStore {
 
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>> {
         let conn = self.conn.lock();
-        let pruned = pruned_through(&conn)?;
-        if cursor < pruned {
-            return Err(Error::Conflict(format!(
-                "after_cursor: events up to cursor {pruned} were removed by the event retention \
-                 (--event-retention-days); read from after_cursor {pruned}"
-            )));
-        }
+        crate::readable_after(cursor, pruned_through(&conn)?)?;
         let kinds = serde_json::to_string(&f.kinds)?;
         let mut stmt = conn.prepare(
             "SELECT cursor, tenant, kind, conversation_id, rep_id, team, payload, at_ms

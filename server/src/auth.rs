@@ -25,6 +25,7 @@ use sha2::Digest;
 use tonic::Status;
 
 use crate::app::AppState;
+pub use crate::config::KeyPolicy;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -233,29 +234,6 @@ fn decide<B>(
         role,
         key_id: k.id,
     }))
-}
-
-/// When a request must present a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyPolicy {
-    Always,
-    Never,
-    /// `--auth auto` on a loopback address: a direct local caller needs none, but a request
-    /// that came through a proxy (it carries `forwarded`, `x-forwarded-for` or `x-real-ip`)
-    /// does — behind a reverse proxy on the same host every caller is "local".
-    ProxiedOnly,
-}
-
-impl KeyPolicy {
-    fn needs_key<B>(self, req: &http::Request<B>) -> bool {
-        match self {
-            KeyPolicy::Always => true,
-            KeyPolicy::Never => false,
-            KeyPolicy::ProxiedOnly => ["forwarded", "x-forwarded-for", "x-real-ip"]
-                .iter()
-                .any(|h| req.headers().contains_key(*h)),
-        }
-    }
 }
 
 /// The layer in front of every service (gRPC and web).

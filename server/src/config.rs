@@ -195,13 +195,12 @@ impl ServeConfig {
 
     /// Whether calls need an API key.
     pub fn keys_required(&self) -> bool {
-        self.key_policy() == crate::auth::KeyPolicy::Always
+        self.key_policy() == KeyPolicy::Always
     }
 
     /// When requests need a key: `--auth keys` always, `off` never, `auto` always unless the
     /// server listens on loopback only, where only proxied requests need one.
-    pub fn key_policy(&self) -> crate::auth::KeyPolicy {
-        use crate::auth::KeyPolicy;
+    pub fn key_policy(&self) -> KeyPolicy {
         match self.auth {
             AuthMode::Keys => KeyPolicy::Always,
             AuthMode::Off => KeyPolicy::Never,
@@ -215,6 +214,29 @@ impl ServeConfig {
         closer_models::intent::ClassifierConfig {
             ambiguity_margin: self.ambiguity_margin,
             ..Default::default()
+        }
+    }
+}
+
+/// When a request must present a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPolicy {
+    Always,
+    Never,
+    /// `--auth auto` on a loopback address: a direct local caller needs none, but a request
+    /// that came through a proxy (it carries `forwarded`, `x-forwarded-for` or `x-real-ip`)
+    /// does — behind a reverse proxy on the same host every caller is "local".
+    ProxiedOnly,
+}
+
+impl KeyPolicy {
+    pub(crate) fn needs_key<B>(self, req: &http::Request<B>) -> bool {
+        match self {
+            KeyPolicy::Always => true,
+            KeyPolicy::Never => false,
+            KeyPolicy::ProxiedOnly => ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .iter()
+                .any(|h| req.headers().contains_key(*h)),
         }
     }
 }

@@ -113,6 +113,7 @@ fn start_with_id(tenant: &str, domain: Option<&str>, id: &str) -> pb::ConverseRe
         event: Some(pb::converse_request::Event::Start(pb::Start {
             tenant: tenant.into(),
             conversation_id: id.into(),
+            resume_token: None,
             visitor: Some(pb::VisitorContext {
                 company_domain: domain.map(str::to_string),
                 ..Default::default()
@@ -140,7 +141,19 @@ async fn one_turn(
     tx.send(start_event("applinks", domain)).await.unwrap();
     tx.send(message(text)).await.unwrap();
     let mut stream = client.converse(ReceiverStream::new(rx)).await?.into_inner();
-    let mut events = vec![];
+    // Every stream opens with the conversation's id and resume token; the turn's events follow.
+    let first = stream.message().await?.and_then(|r| r.event);
+    assert!(
+        matches!(first, Some(Event::Opened(_)) | Some(Event::Error(_))),
+        "the stream opens with `opened`: {first:?}"
+    );
+    let mut events: Vec<Event> = first
+        .into_iter()
+        .filter(|e| matches!(e, Event::Error(_)))
+        .collect();
+    if !events.is_empty() {
+        return Ok(events);
+    }
     while let Some(r) = stream.message().await? {
         let e = r.event.expect("event set");
         let done = matches!(e, Event::Final(_) | Event::Error(_));
@@ -197,6 +210,7 @@ fn shape(events: &[Event]) -> String {
             Event::MeetingProposed(_) => 'M',
             Event::MeetingBooked(_) => 'B',
             Event::RepJoined(_) | Event::RepMessage(_) | Event::RepLeft(_) => 'R',
+            Event::Opened(_) => 'O',
         };
         if !(c == 'D' && s.ends_with('D')) {
             s.push(c);
@@ -209,6 +223,7 @@ mod adversarial;
 mod auth;
 mod browser;
 mod faults;
+mod grpc_web;
 mod injection;
 mod knowledge;
 /// The answer evaluation's claim oracle, which shares no code with the guard it checks.

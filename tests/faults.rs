@@ -248,6 +248,11 @@ async fn a_client_deadline_ends_the_stream_and_the_generation() {
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     req.set_timeout(Duration::from_millis(200));
     let mut s = client.converse(req).await.unwrap().into_inner();
+    let opened = s.message().await.unwrap().and_then(|r| r.event);
+    assert!(
+        matches!(opened, Some(pb::converse_response::Event::Opened(_))),
+        "{opened:?}"
+    );
     let e = s.message().await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded);
 }

@@ -50,18 +50,45 @@ pub(crate) async fn upload_playbook(
         .map(|r| r.into_inner())
 }
 
-/// Several turns on one stream; the events of each turn.
+/// Several turns on one stream; the events of each turn (the first turn's start with the
+/// stream's `opened`).
 async fn conversation(
     ts: &TestServer,
     id: &str,
     domain: Option<&str>,
     texts: &[&str],
 ) -> Vec<Vec<Event>> {
+    turns_after(ts, start_with_id("applinks", domain, id), texts).await
+}
+
+/// The resume token a conversation's stream opened with.
+fn resume_token(turns: &[Vec<Event>]) -> String {
+    turns[0]
+        .iter()
+        .find_map(|e| match e {
+            Event::Opened(o) => Some(o.resume_token.clone()),
+            _ => None,
+        })
+        .expect("an `opened` event")
+}
+
+/// More turns of the conversation `token` continues, on a new stream.
+async fn resumed(ts: &TestServer, token: &str, texts: &[&str]) -> Vec<Vec<Event>> {
+    let mut start = start_with_id("applinks", None, "");
+    if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+        s.resume_token = Some(token.to_string());
+    }
+    turns_after(ts, start, texts).await
+}
+
+async fn turns_after(
+    ts: &TestServer,
+    start: pb::ConverseRequest,
+    texts: &[&str],
+) -> Vec<Vec<Event>> {
     let mut client = ts.assistant().await;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(start_with_id("applinks", domain, id))
-        .await
-        .unwrap();
+    tx.send(start).await.unwrap();
     let mut stream = client
         .converse(ReceiverStream::new(rx))
         .await
@@ -279,7 +306,7 @@ async fn a_conversation_is_scored_routed_and_its_events_are_stored() {
 async fn a_visitor_cannot_score_or_route_themselves_and_a_reps_score_wins() {
     let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     upload_playbook(&ts, &always_open_playbook()).await.unwrap();
-    conversation(
+    let first = conversation(
         &ts,
         "conv-x",
         None,
@@ -324,7 +351,7 @@ async fn a_visitor_cannot_score_or_route_themselves_and_a_reps_score_wins() {
     assert_eq!(lead.score, 3);
     assert_eq!(lead.manual.as_ref().unwrap().rep_id, "r-daniel");
     // A later bot turn does not override the rep.
-    conversation(&ts, "conv-x", None, &["I'm a student"]).await;
+    resumed(&ts, &resume_token(&first), &["I'm a student"]).await;
     let lead = get(&mut l).await;
     assert_eq!((lead.score, lead.bot_score), (3, -1), "{lead:?}");
     let lead = l.set_score(set(0, true)).await.unwrap().into_inner();
@@ -605,7 +632,7 @@ async fn playbooks_are_validated_swapped_live_and_leads_survive_a_restart() {
     let hot = "score_rules:\n  - name: pricing_is_hot\n    when: { intents: [pricing] }\n    points: 3\nrouting:\n  - mode: round_robin\n    team: all\n";
     let s = upload_playbook(&ts, hot).await.unwrap();
     assert_eq!(s.score_rules, 1);
-    conversation(&ts, "conv-hot", None, &["How much does it cost?"]).await;
+    let first = conversation(&ts, "conv-hot", None, &["How much does it cost?"]).await;
     let TestServer {
         _server: server,
         _data: data,
@@ -635,7 +662,7 @@ async fn playbooks_are_validated_swapped_live_and_leads_survive_a_restart() {
         .into_inner();
     assert_eq!(got.score_rules, 1, "the uploaded playbook persisted");
     // The conversation continues where it left off after the restart.
-    let turns = conversation(&ts, "conv-hot", None, &["And is there a free trial?"]).await;
+    let turns = resumed(&ts, &resume_token(&first), &["And is there a free trial?"]).await;
     let f = final_of(&turns[0]);
     assert_eq!(f.turn, 2);
 }
@@ -677,11 +704,14 @@ impl Live {
             .unwrap()
     }
 
-    /// Events up to and including the turn's final.
+    /// Events up to and including the turn's final (the stream's `opened` left out).
     async fn turn(&mut self) -> Vec<Event> {
         let mut out = vec![];
         loop {
             let e = self.next().await;
+            if matches!(e, Event::Opened(_)) {
+                continue;
+            }
             let done = matches!(e, Event::Final(_) | Event::Error(_));
             out.push(e);
             if done {
@@ -1244,5 +1274,153 @@ async fn a_kill_during_a_burst_loses_no_acknowledged_lead_or_event() {
         "kill -9 burst: {} acknowledged, {} leads and their cql_scored events after restart",
         acked.len(),
         ids.len()
+    );
+}
+
+/// Opens a `Converse` stream with `start`; returns the sender, the stream and its `opened`
+/// event, or the status that refused it.
+async fn open_stream(
+    ts: &TestServer,
+    tenant: &str,
+    id: &str,
+    token: Option<&str>,
+) -> Result<
+    (
+        mpsc::Sender<pb::ConverseRequest>,
+        tonic::Streaming<pb::ConverseResponse>,
+        pb::ConversationOpened,
+    ),
+    tonic::Status,
+> {
+    let mut client = ts.assistant().await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut start = start_with_id(tenant, None, id);
+    if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+        s.resume_token = token.map(str::to_string);
+    }
+    tx.send(start).await.unwrap();
+    let mut rx = client.converse(ReceiverStream::new(rx)).await?.into_inner();
+    let first = rx.message().await?.and_then(|r| r.event);
+    let Some(Event::Opened(o)) = first else {
+        panic!("the stream opens with `opened`: {first:?}");
+    };
+    Ok((tx, rx, o))
+}
+
+/// Sends `text` and reads the turn's events up to its final.
+async fn say_and_read(
+    tx: &mpsc::Sender<pb::ConverseRequest>,
+    rx: &mut tonic::Streaming<pb::ConverseResponse>,
+    text: &str,
+) -> pb::ReplyFinal {
+    tx.send(message(text)).await.unwrap();
+    loop {
+        match rx.message().await.unwrap().unwrap().event.unwrap() {
+            Event::Final(f) => return f,
+            Event::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_continues_only_with_its_resume_token() {
+    let ts = spawn(fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let mut l = leads(&ts).await;
+    let lead_of = |id: &str| pb::GetLeadRequest {
+        tenant: "applinks".into(),
+        conversation_id: id.into(),
+    };
+    // The first visitor: a new conversation under the id the frontend chose, and a token.
+    let (tx, mut rx, a) = open_stream(&ts, "applinks", "shared-1", None)
+        .await
+        .unwrap();
+    assert_eq!(a.conversation_id, "shared-1");
+    assert!(!a.resumed && a.external_ref.is_empty());
+    assert!(a.resume_token.len() >= 64, "{}", a.resume_token);
+    let f = say_and_read(&tx, &mut rx, "How much does each seat cost?").await;
+    assert_eq!(f.turn, 1);
+    drop((tx, rx));
+
+    // A second visitor who knows (or guesses) the id, without the token: a new conversation
+    // of its own; nothing of it lands in the first visitor's lead, nothing of the first's shows.
+    let (tx, mut rx, b) = open_stream(&ts, "applinks", "shared-1", None)
+        .await
+        .unwrap();
+    assert_ne!(b.conversation_id, "shared-1");
+    assert_eq!(b.external_ref, "shared-1");
+    assert_ne!(b.resume_token, a.resume_token);
+    let f = say_and_read(
+        &tx,
+        &mut rx,
+        "I'm bob@intruder.example, which slots were we offered?",
+    )
+    .await;
+    assert_eq!(f.turn, 1, "a new conversation starts at turn 1");
+    drop((tx, rx));
+    let first = l.get(lead_of("shared-1")).await.unwrap().into_inner();
+    assert_eq!(first.turns, 1);
+    let t = l
+        .get_transcript(pb::GetTranscriptRequest {
+            tenant: "applinks".into(),
+            conversation_id: "shared-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        t.messages.iter().all(|m| !m.text.contains("intruder")),
+        "{t:?}"
+    );
+
+    // The first visitor comes back with the token (a page reload): the same conversation, turn 2.
+    let (tx, mut rx, again) = open_stream(&ts, "applinks", "", Some(&a.resume_token))
+        .await
+        .unwrap();
+    assert_eq!(again.conversation_id, "shared-1");
+    assert!(again.resumed);
+    let f = say_and_read(&tx, &mut rx, "Is Applinks SOC 2 compliant?").await;
+    assert_eq!(f.turn, 2);
+    drop((tx, rx));
+
+    // No id at all: the server names the conversation.
+    let (_tx, _rx, c) = open_stream(&ts, "applinks", "", None).await.unwrap();
+    assert!(
+        c.conversation_id.starts_with("cv-"),
+        "{}",
+        c.conversation_id
+    );
+
+    // An unknown token opens nothing (a token's tenant binding: the store's own test).
+    let e = open_stream(&ts, "applinks", "", Some("closer_rt_nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().starts_with("start.resume_token:"),
+        "{}",
+        e.message()
+    );
+
+    // Revoked: the token no longer opens the conversation; the lead stays.
+    let mut conv = pb::conversations_client::ConversationsClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    let r = conv
+        .revoke_resume(pb::RevokeResumeRequest {
+            tenant: "applinks".into(),
+            conversation_id: "shared-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revoked, 1);
+    let e = open_stream(&ts, "applinks", "", Some(&a.resume_token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        l.get(lead_of("shared-1")).await.unwrap().into_inner().turns,
+        2
     );
 }

@@ -161,6 +161,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             event: Some(pb::converse_request::Event::Start(pb::Start {
                 tenant: args.tenant.clone(),
                 conversation_id: format!("bench-{i}"),
+                resume_token: None,
                 visitor: Some(pb::VisitorContext {
                     company_domain: Some(args.domain.clone()),
                     ..Default::default()

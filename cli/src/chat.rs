@@ -25,6 +25,9 @@ pub struct ChatArgs {
     /// Send these messages and exit, instead of reading from the terminal.
     #[arg(long = "message", short = 'm')]
     pub messages: Vec<String>,
+    /// Continue the conversation this resume token was issued for (printed when a chat opens).
+    #[arg(long)]
+    pub resume: Option<String>,
     /// A publishable API key of the tenant, when the server requires keys.
     #[arg(long, env = "CLOSER_API_KEY")]
     pub api_key: Option<String>,
@@ -36,7 +39,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     tx.send(pb::ConverseRequest {
         event: Some(pb::converse_request::Event::Start(pb::Start {
             tenant: args.tenant.clone(),
-            conversation_id: format!("chat-{}", std::process::id()),
+            conversation_id: String::new(),
+            resume_token: args.resume.clone(),
             visitor: Some(pb::VisitorContext {
                 timezone: None,
                 email: args.email.clone(),
@@ -118,6 +122,12 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                         println!("  [booked] {} with {}", x.label, x.rep_name);
                     }
                 }
+                Some(Event::Opened(o)) => println!(
+                    "  [conversation {}{}] continue it later with --resume {}",
+                    o.conversation_id,
+                    if o.resumed { ", resumed" } else { "" },
+                    o.resume_token
+                ),
                 Some(Event::RepJoined(r)) => println!("  [rep joined] {}", r.text),
                 Some(Event::RepMessage(r)) => println!("{}: {}", r.rep_name, r.text),
                 Some(Event::RepLeft(_)) => println!("  [rep left: the assistant is back]"),

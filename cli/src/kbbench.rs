@@ -297,6 +297,7 @@ pub fn run(args: KbBenchArgs) -> anyhow::Result<()> {
                 id: tenant.into(),
                 company: "Bench Co".into(),
                 names: vec![],
+                allowed_origins: vec![],
             },
         )?;
     }

@@ -187,6 +187,7 @@ async fn visitor(
             event: Some(pb::converse_request::Event::Start(pb::Start {
                 tenant: args.tenant.clone(),
                 conversation_id: format!("load-{}-{id}-{n}", std::process::id()),
+                resume_token: None,
                 visitor: Some(pb::VisitorContext {
                     company_domain: args.domain.clone(),
                     ..Default::default()

@@ -163,6 +163,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
             event: Some(pb::converse_request::Event::Start(pb::Start {
                 tenant: tenant.clone(),
                 conversation_id: format!("attack-{i}"),
+                resume_token: None,
                 visitor: Some(pb::VisitorContext {
                     company_domain: Some("acme.com".into()),
                     ..Default::default()

@@ -153,6 +153,7 @@ pub(crate) async fn ask(
         event: Some(pb::converse_request::Event::Start(pb::Start {
             tenant: tenant.to_string(),
             conversation_id,
+            resume_token: None,
             visitor: Some(pb::VisitorContext {
                 company_domain: domain,
                 ..Default::default()

@@ -57,6 +57,17 @@ pub fn read_profile(path: &Path) -> Result<TenantProfile> {
         field: "id".into(),
         message: m,
     })?;
+    for (i, o) in p.allowed_origins.iter().enumerate() {
+        crate::records::validate_origin(o).map_err(|m| Error::Invalid {
+            file: path.display().to_string(),
+            line: text
+                .lines()
+                .position(|l| l.contains(o.as_str()))
+                .map_or(0, |n| n + 1),
+            field: format!("allowed_origins[{i}]"),
+            message: m,
+        })?;
+    }
     Ok(p)
 }
 
@@ -349,6 +360,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_a_bad_one_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tenant.yaml");
+        std::fs::write(
+            &p,
+            "id: t\ncompany: T\nallowed_origins:\n  - https://www.example.com\n  - http://localhost:8080\n",
+        )
+        .unwrap();
+        assert_eq!(read_profile(&p).unwrap().allowed_origins.len(), 2);
+        for bad in [
+            "https://www.example.com/",
+            "www.example.com",
+            "https://WWW.example.com",
+            "https://example.com:99999",
+            "https://example.com/chat",
+        ] {
+            std::fs::write(
+                &p,
+                format!("id: t\ncompany: T\nallowed_origins:\n  - https://ok.example\n  - {bad}\n"),
+            )
+            .unwrap();
+            let err = read_profile(&p).unwrap_err().to_string();
+            assert!(
+                err.contains("line 5") && err.contains("allowed_origins[1]"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

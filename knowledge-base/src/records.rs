@@ -106,4 +106,31 @@ pub struct TenantProfile {
     /// Product and brand names the assistant may say besides facts.
     #[serde(default)]
     pub names: Vec<String>,
+    /// Web origins (`https://www.example.com`, scheme, host and port only) whose pages may call
+    /// the visitor-facing RPCs from a browser (gRPC-Web, CORS). Empty: no browser origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+}
+
+/// Checks one allowed origin: `http(s)://host[:port]`, nothing after it, lowercase host.
+pub fn validate_origin(o: &str) -> std::result::Result<(), String> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .ok_or_else(|| format!("{o:?} must start with https:// or http://"))?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        return Err(format!(
+            "{o:?} is not an origin: scheme, lowercase host and optional port, no path or trailing slash"
+        ));
+    }
+    Ok(())
 }

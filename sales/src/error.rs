@@ -8,6 +8,9 @@ pub enum Error {
     /// An input field is missing or wrong; the message starts with the field's name.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The caller may not do this (a resume token that opens nothing); starts with the field.
+    #[error("{field}: {message}")]
+    Denied { field: String, message: String },
     #[error("unknown tenant {0:?}")]
     UnknownTenant(String),
     #[error("model: {0}")]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod gate;
 pub mod guard;
 pub mod meetings;
+pub mod ownership;
 pub mod playbook;
 pub mod qualify;
 pub mod slots;

@@ -140,6 +140,21 @@ tokio::task_local! {
     static CALLER: Caller;
 }
 
+tokio::task_local! {
+    static ORIGIN: Option<String>;
+}
+
+/// Checks that a browser request (one with an `Origin` header) comes from a page of one of the
+/// tenant's `allowed_origins`; requests without the header (servers, native gRPC) pass.
+pub fn check_origin(tenant: &str, allowed: &[String]) -> Result<()> {
+    match ORIGIN.try_with(Clone::clone).ok().flatten() {
+        Some(o) if !allowed.contains(&o) => Err(Error::PermissionDenied(format!(
+            "origin: {o} is not among tenant {tenant:?}'s allowed_origins (tenant.yaml)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that the caller (when keys are required) may act on `tenant`.
 pub fn check_tenant(tenant: &str) -> Result<()> {
     match CALLER.try_with(|c| c.tenant == tenant) {
@@ -298,11 +313,19 @@ where
         } else {
             decide(&self.state, &req)
         };
+        // A browser's page origin, checked against the tenant's `allowed_origins` by the
+        // visitor-facing handlers once they know the tenant.
+        let origin = req
+            .headers()
+            .get(http::header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_string());
         match decision {
-            Ok(None) => Box::pin(oversize_status(inner.call(req))),
+            Ok(None) => Box::pin(oversize_status(ORIGIN.scope(origin, inner.call(req)))),
             Ok(Some(caller)) => {
                 tracing::debug!(key = %caller.key_id, tenant = %caller.tenant, role = caller.role.name(), "authorised");
-                Box::pin(oversize_status(CALLER.scope(caller, inner.call(req))))
+                Box::pin(oversize_status(
+                    ORIGIN.scope(origin, CALLER.scope(caller, inner.call(req))),
+                ))
             }
             Err(status) => {
                 tracing::info!(path = %req.uri().path(), code = ?status.code(), "refused");

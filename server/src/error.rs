@@ -78,6 +78,7 @@ impl Error {
                 D::Invalid { .. } | D::Model(closer_models::Error::IntentSet(_)) => {
                     "invalid_argument"
                 }
+                D::Denied { .. } => "permission_denied",
                 D::UnknownTenant(_) | D::Kb(closer_kb::Error::UnknownTenant(_)) => "unknown_tenant",
                 D::Model(_) => "model",
                 D::Kb(closer_kb::Error::Invalid { .. } | closer_kb::Error::BadInput(_)) => {
@@ -108,6 +109,7 @@ impl Error {
                 | D::Model(closer_models::Error::IntentSet(_))
                 | D::Kb(closer_kb::Error::Invalid { .. } | closer_kb::Error::BadInput(_))
                 | D::Playbook(_) => Code::InvalidArgument,
+                D::Denied { .. } => Code::PermissionDenied,
                 D::UnknownTenant(_) | D::Kb(closer_kb::Error::UnknownTenant(_)) => Code::NotFound,
                 D::Store(closer_store::Error::NotFound(_)) | D::NotFound(_) => Code::NotFound,
                 D::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,

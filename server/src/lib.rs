@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_web;
 pub mod metrics;
 pub mod reports;
 pub mod server;

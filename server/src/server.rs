@@ -116,6 +116,46 @@ fn reflection() -> anyhow::Result<(
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
+/// Browsers: CORS for the origins some tenant allows (each handler then checks the origin
+/// against its own tenant's list), and gRPC-Web translated to gRPC on the same port.
+fn browsers(
+    state: Arc<AppState>,
+) -> tower::layer::util::Stack<crate::grpc_web::BrowserLayer, tower_http::cors::CorsLayer> {
+    tower::layer::util::Stack::new(crate::grpc_web::BrowserLayer, cors(state))
+}
+
+/// CORS for gRPC-Web: an origin is allowed when some tenant lists it in `allowed_origins`.
+fn cors(state: Arc<AppState>) -> tower_http::cors::CorsLayer {
+    use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allowed = move |origin: &http::HeaderValue, _: &http::request::Parts| {
+        let (Ok(engine), Ok(origin)) = (state.engine(), origin.to_str()) else {
+            return false;
+        };
+        engine.tenant_ids().iter().any(|id| {
+            engine
+                .tenant(id)
+                .is_ok_and(|t| t.kb.profile.allowed_origins.iter().any(|a| a == origin))
+        })
+    };
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(allowed))
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
 /// Binds, starts serving at once (health NOT_SERVING), and loads models and tenants in the
 /// background; health flips to SERVING when they are ready.
 pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<RunningServer> {
@@ -139,6 +179,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let limit = config.max_request_bytes;
     let router = builder
         .accept_http1(true)
+        .layer(browsers(state.clone()))
         .layer(crate::auth::AuthLayer {
             state: state.clone(),
             policy: key_policy,

@@ -373,6 +373,20 @@ pub trait Store: Send + Sync {
     /// Meetings of a tenant booked in `[from_ms, to_ms)`.
     fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>>;
     /// Stores a new API key (`Conflict` when its id or hash exists).
+    /// Opens a new conversation `conversation_id` in `tenant` whose resume token hashes to
+    /// `token_hash`. False (and nothing written) when the id is taken: a conversation or an
+    /// earlier claim of the tenant has it. Atomic: of two callers claiming one id, one wins.
+    fn claim_conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        token_hash: &str,
+        external_ref: Option<&str>,
+    ) -> Result<bool>;
+    /// The conversation of `tenant` a live (not revoked) resume token opens.
+    fn conversation_by_token(&self, tenant: &str, token_hash: &str) -> Result<Option<String>>;
+    /// Revokes the conversation's resume token; how many live tokens were revoked.
+    fn revoke_resume(&self, tenant: &str, conversation_id: &str) -> Result<u32>;
     fn create_key(&self, key: &ApiKey) -> Result<()>;
     /// Keys of a tenant (or of all tenants), revoked ones included, oldest first.
     fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;

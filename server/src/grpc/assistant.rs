@@ -62,6 +62,16 @@ async fn relay_rep_events(
 }
 
 type Out = std::result::Result<pb::ConverseResponse, Status>;
+
+/// When the client's `grpc-timeout` runs out, if it sent one.
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::metrics::parse_grpc_timeout)
+        .map(|d| Instant::now() + d)
+}
 type SharedConversation = Arc<parking_lot::Mutex<closer_sales::conversation::Conversation>>;
 
 /// One visitor's Converse stream: started by a valid `start`, then a turn per message, rep
@@ -94,13 +104,9 @@ impl Session {
         request: Request<Streaming<pb::ConverseRequest>>,
     ) -> std::result::Result<(Self, Streaming<pb::ConverseRequest>, mpsc::Receiver<Out>), Status>
     {
-        let engine = state.engine()?;
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::metrics::parse_grpc_timeout)
-            .map(|d| Instant::now() + d);
+        // Not ready yet: refuse before waiting for the first event.
+        state.engine()?;
+        let deadline = deadline_of(&request);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -110,16 +116,36 @@ impl Session {
         let Some(pb::converse_request::Event::Start(start)) = first.event else {
             return Err(Error::invalid("start", "the first event must be `start`").into());
         };
+        let (session, rx) = Self::open(state, start, deadline).await?;
+        Ok((session, inbound, rx))
+    }
+
+    /// Opens (or, with its resume token, continues) the conversation `start` asks for; the
+    /// stream's first event, `opened`, is already queued.
+    async fn open(
+        state: Arc<AppState>,
+        start: pb::Start,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<(Self, mpsc::Receiver<Out>), Status> {
+        let engine = state.engine()?;
         check_start(&start)?;
         check_tenant_field(&start.tenant)?;
         let tenant = engine.tenant(&start.tenant).api()?;
+        crate::auth::check_origin(&tenant.id, &tenant.kb.profile.allowed_origins)?;
         let visitor = visitor_from_pb(start.visitor.as_ref());
-        tracing::info!(tenant = %start.tenant, conversation = %start.conversation_id, domain = ?visitor.domain, "conversation started");
+        // The server names the conversation; only its resume token continues it.
+        let (e, tid, wanted) = (engine.clone(), tenant.id.clone(), start.conversation_id);
+        let token = start.resume_token.filter(|t| !t.is_empty());
+        let opened = blocking(move || {
+            closer_sales::ownership::open(&*e.store, &tid, &wanted, token.as_deref())
+        })
+        .await?;
+        tracing::info!(tenant = %start.tenant, conversation = %opened.id, resumed = opened.resumed, domain = ?visitor.domain, "conversation started");
         let (e, t, v, id) = (
             engine.clone(),
             tenant.clone(),
             visitor.clone(),
-            start.conversation_id,
+            opened.id.clone(),
         );
         let conv = blocking(move || {
             closer_sales::conversation::Conversation::resume(&*e.store, &t, &id, &v)
@@ -129,6 +155,17 @@ impl Session {
         // Rep events for this conversation (take-over, messages) come from the outbox.
         let rep_cursor = blocking(move || e.store.last_cursor()).await.unwrap_or(0);
         let (tx, rx) = mpsc::channel(state.config.stream_buffer.max(1));
+        // First on the stream: the conversation's id and the token that continues it.
+        let _ = tx.try_send(Ok(pb::ConverseResponse {
+            event: Some(pb::converse_response::Event::Opened(
+                pb::ConversationOpened {
+                    conversation_id: opened.id,
+                    resume_token: opened.resume_token,
+                    resumed: opened.resumed,
+                    external_ref: opened.external_ref.unwrap_or_default(),
+                },
+            )),
+        }));
         let session = Session {
             state,
             engine,
@@ -139,7 +176,7 @@ impl Session {
             deadline,
             rep_cursor,
         };
-        Ok((session, inbound, rx))
+        Ok((session, rx))
     }
 
     async fn send(&self, out: Out) -> bool {
@@ -161,12 +198,7 @@ impl Session {
                 break;
             };
             turn += 1;
-            if turn > self.state.config.max_turns {
-                let e = Error::Overloaded(format!(
-                    "message: the conversation has more than {} turns (--max-turns); start a new one",
-                    self.state.config.max_turns
-                ));
-                let _ = self.send(Err(e.into())).await;
+            if !self.within_turn_limit(turn).await {
                 break;
             }
             if !self.serve_turn(turn, text).await || self.tx.is_closed() {
@@ -238,6 +270,19 @@ impl Session {
             Err(e) => tracing::warn!(error = %e, "reading rep events failed"),
         }
         Inbound::Again
+    }
+
+    /// Whether `turn` is within `--max-turns`; else the error that ends the stream is sent.
+    async fn within_turn_limit(&self, turn: u32) -> bool {
+        if turn <= self.state.config.max_turns {
+            return true;
+        }
+        let e = Error::Overloaded(format!(
+            "message: the conversation has more than {} turns (--max-turns); start a new one",
+            self.state.config.max_turns
+        ));
+        let _ = self.send(Err(e.into())).await;
+        false
     }
 
     /// The visitor's text of a client event (a chosen slot's id counts); `None` after sending
@@ -430,6 +475,42 @@ impl pb::assistant_server::Assistant for AssistantService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type SendStream = ConverseStream;
+
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> std::result::Result<Response<Self::SendStream>, Status> {
+        if self.state.is_draining() {
+            return Err(Error::Draining.into());
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        let start = req
+            .start
+            .ok_or_else(|| Error::invalid("start", "required"))?;
+        let event = match req.event {
+            Some(pb::send_request::Event::Message(m)) => pb::converse_request::Event::Message(m),
+            Some(pb::send_request::Event::ChooseSlot(c)) => {
+                pb::converse_request::Event::ChooseSlot(c)
+            }
+            None => {
+                return Err(Error::invalid("event", "a message or choose_slot is required").into())
+            }
+        };
+        let (session, rx) = Session::open(self.state.clone(), start, deadline).await?;
+        tokio::spawn(async move {
+            let msg = pb::ConverseRequest { event: Some(event) };
+            if let Some(text) = session.text_of(msg).await {
+                let turn = session.conv.lock().turns + 1;
+                if session.within_turn_limit(turn).await {
+                    session.serve_turn(turn, text).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn classify(
         &self,
         request: Request<pb::ClassifyRequest>,
@@ -440,6 +521,7 @@ impl pb::assistant_server::Assistant for AssistantService {
         let text = closer_kb::visible(&req.text).into_owned();
         check_text(self.state.config.max_message_chars, "text", &text)?;
         let tenant = engine.tenant(&req.tenant).api()?;
+        crate::auth::check_origin(&tenant.id, &tenant.kb.profile.allowed_origins)?;
         let (intents, slots) = blocking(move || {
             let model = tenant.intents();
             closer_models::IntentClassifier::classify(&model.classifier, &text).map(|v| {

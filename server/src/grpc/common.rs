@@ -81,10 +81,16 @@ pub fn check_start(start: &pb::Start) -> Result<()> {
         return Err(Error::invalid("tenant", "must not be empty"));
     }
     closer_kb::load::validate_tenant_id(&start.tenant).map_err(|m| Error::invalid("tenant", m))?;
-    if start.conversation_id.is_empty() || start.conversation_id.chars().count() > 128 {
+    if start.conversation_id.chars().count() > 128 {
         return Err(Error::invalid(
             "start.conversation_id",
-            "must be 1 to 128 characters",
+            "must be at most 128 characters",
+        ));
+    }
+    if start.resume_token.as_ref().is_some_and(|t| t.len() > 256) {
+        return Err(Error::invalid(
+            "start.resume_token",
+            "must be at most 256 characters",
         ));
     }
     Ok(())

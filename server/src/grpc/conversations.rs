@@ -213,6 +213,20 @@ impl pb::conversations_server::Conversations for ConversationsService {
         set_control(engine, &tenant.id, req.conversation_id, control, ev).await
     }
 
+    async fn revoke_resume(
+        &self,
+        request: Request<pb::RevokeResumeRequest>,
+    ) -> R<pb::RevokeResumeResponse> {
+        let req = request.into_inner();
+        let engine = self.state.engine()?;
+        check_tenant_field(&req.tenant)?;
+        check_id("conversation_id", &req.conversation_id)?;
+        let tenant = engine.tenant(&req.tenant).api()?.id.clone();
+        let id = req.conversation_id;
+        let revoked = blocking(move || engine.store.revoke_resume(&tenant, &id)).await?;
+        Ok(Response::new(pb::RevokeResumeResponse { revoked }))
+    }
+
     async fn close(&self, request: Request<pb::CloseRequest>) -> R<pb::ControlResponse> {
         let req = request.into_inner();
         let by = (!req.closed_by.is_empty()).then_some(req.closed_by.as_str());

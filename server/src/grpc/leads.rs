@@ -156,6 +156,7 @@ impl pb::leads_server::Leads for LeadsService {
             }
         }
         let tenant = engine.tenant(&req.tenant).api()?;
+        crate::auth::check_origin(&tenant.id, &tenant.kb.profile.allowed_origins)?;
         let out = blocking(move || {
             closer_sales::qualify::qualify(&engine, &tenant, &req.idempotency_key, &req.fields)
         })

@@ -457,6 +457,56 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    fn claim_conversation(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        token_hash: &str,
+        external_ref: Option<&str>,
+    ) -> Result<bool> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction()?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM conversations WHERE tenant = ?1 AND id = ?2",
+                params![tenant, conversation_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if existing.is_some() {
+            return Ok(false);
+        }
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO conversation_claims
+               (tenant, conversation_id, token_hash, external_ref, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, conversation_id, token_hash, external_ref, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    fn conversation_by_token(&self, tenant: &str, token_hash: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT conversation_id FROM conversation_claims
+             WHERE tenant = ?1 AND token_hash = ?2 AND revoked_ms IS NULL",
+        )?;
+        Ok(stmt
+            .query_row(params![tenant, token_hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn revoke_resume(&self, tenant: &str, conversation_id: &str) -> Result<u32> {
+        let conn = self.conn.lock();
+        let n = conn.execute(
+            "UPDATE conversation_claims SET revoked_ms = ?3
+             WHERE tenant = ?1 AND conversation_id = ?2 AND revoked_ms IS NULL",
+            params![tenant, conversation_id, now_ms()],
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     fn create_key(&self, key: &ApiKey) -> Result<()> {
         let conn = self.conn.lock();
         let n = conn.execute(

@@ -95,6 +95,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_ms INTEGER NOT NULL,
     revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS conversation_claims (
+    tenant TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    external_ref TEXT,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    PRIMARY KEY (tenant, conversation_id)
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     scope TEXT NOT NULL,

@@ -289,3 +289,38 @@ fn retention_removes_old_events_and_refuses_to_read_across_the_gap() {
     // A consumer may ack the newest cursor even when it was removed.
     assert_eq!(s.ack("t", "crm", 3).unwrap(), 3);
 }
+
+#[test]
+fn a_conversation_id_is_claimed_once_and_only_a_live_token_reopens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("closer.db")).unwrap();
+    assert!(s.claim_conversation("t", "c1", "h1", None).unwrap());
+    assert!(
+        !s.claim_conversation("t", "c1", "h2", None).unwrap(),
+        "a second claim of the same id loses"
+    );
+    assert!(
+        s.claim_conversation("other", "c1", "h3", None).unwrap(),
+        "ids are per tenant"
+    );
+    // A conversation that predates claims (written by a turn) cannot be claimed either.
+    s.record_turn(&turn("t", "old", 1, 1), &|_| vec![]).unwrap();
+    assert!(!s.claim_conversation("t", "old", "h4", Some("old")).unwrap());
+    assert_eq!(
+        s.conversation_by_token("t", "h1").unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        s.conversation_by_token("other", "h1").unwrap(),
+        None,
+        "bound to the tenant"
+    );
+    assert_eq!(s.conversation_by_token("t", "h2").unwrap(), None);
+    assert_eq!(s.revoke_resume("t", "c1").unwrap(), 1);
+    assert_eq!(s.revoke_resume("t", "c1").unwrap(), 0, "already revoked");
+    assert_eq!(s.conversation_by_token("t", "h1").unwrap(), None);
+    assert_eq!(
+        s.conversation_by_token("other", "h3").unwrap().as_deref(),
+        Some("c1")
+    );
+}

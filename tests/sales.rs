@@ -1424,3 +1424,179 @@ async fn a_conversation_continues_only_with_its_resume_token() {
         2
     );
 }
+
+/// Runs Python (an implementation independent of the server's) and returns its stdout, trimmed.
+fn python(script: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An HS256-style JWT made by Python: `alg` in the header, the payload's `aud` and `exp` (seconds
+/// from now), signed with `secret` (`alg: none` gets no signature).
+fn jwt(alg: &str, secret: &str, aud: &str, exp_in: i64, email: &str) -> String {
+    python(&format!(
+        r#"
+import base64, hashlib, hmac, json, time
+b = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=")
+head = b({{"alg": "{alg}", "typ": "JWT"}})
+body = b({{"sub": "{email}", "email": "{email}", "aud": "{aud}", "exp": int(time.time()) + {exp_in}}})
+msg = head + b"." + body
+sig = b"" if "{alg}" == "none" else base64.urlsafe_b64encode(hmac.new(b"{secret}", msg, hashlib.sha256).digest()).rstrip(b"=")
+print((msg + b"." + sig).decode())
+"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_verified_visitor_is_told_its_account_owner_and_scored_as_the_target() {
+    let data = demo_data();
+    let yaml = closer_kb::tenant_dir(data.path(), "applinks").join("tenant.yaml");
+    let mut y = std::fs::read_to_string(&yaml).unwrap();
+    y.push_str(
+        "identity: optional\nidentity_secrets: [new-secret-0123456789, old-secret-0123456789]\n",
+    );
+    std::fs::write(&yaml, y).unwrap();
+    let ts = spawn_in(fake_models(Arc::new(ScriptedGenerator::echo_facts())), data).await;
+    let hash = |secret: &str, email: &str| {
+        python(&format!(
+            "import hashlib, hmac; print(hmac.new(b'{secret}', b'{email}', hashlib.sha256).hexdigest())"
+        ))
+    };
+    let (new, old) = ("new-secret-0123456789", "old-secret-0123456789");
+    let good = hash(new, "kim@acme.com");
+    let mut one_byte_off = good.clone().into_bytes();
+    one_byte_off[0] = if one_byte_off[0] == b'0' { b'1' } else { b'0' };
+    let cases: Vec<(&str, Option<String>, Option<String>, &str)> = vec![
+        ("user hash", Some(good.clone()), None, "verified"),
+        (
+            "user hash, the secret being rotated out",
+            Some(hash(old, "kim@acme.com")),
+            None,
+            "verified",
+        ),
+        (
+            "HS256 token",
+            None,
+            Some(jwt("HS256", new, "applinks", 600, "kim@acme.com")),
+            "verified",
+        ),
+        ("no proof", None, None, "claimed"),
+        (
+            "one byte off",
+            Some(String::from_utf8(one_byte_off).unwrap()),
+            None,
+            "claimed",
+        ),
+        (
+            "another e-mail's hash",
+            Some(hash(new, "bob@acme.com")),
+            None,
+            "claimed",
+        ),
+        (
+            "a wrong secret",
+            Some(hash("wrong-secret-0123456", "kim@acme.com")),
+            None,
+            "claimed",
+        ),
+        (
+            "an expired token",
+            None,
+            Some(jwt("HS256", new, "applinks", -600, "kim@acme.com")),
+            "claimed",
+        ),
+        (
+            "a token for 2 h",
+            None,
+            Some(jwt("HS256", new, "applinks", 7200, "kim@acme.com")),
+            "claimed",
+        ),
+        (
+            "another tenant's token",
+            None,
+            Some(jwt("HS256", new, "other", 600, "kim@acme.com")),
+            "claimed",
+        ),
+        (
+            "alg none",
+            None,
+            Some(jwt("none", new, "applinks", 600, "kim@acme.com")),
+            "claimed",
+        ),
+        (
+            "HS512",
+            None,
+            Some(jwt("HS512", new, "applinks", 600, "kim@acme.com")),
+            "claimed",
+        ),
+    ];
+    let mut l = leads(&ts).await;
+    for (n, (what, user_hash, token, level)) in cases.into_iter().enumerate() {
+        let id = format!("identity-{n}");
+        let mut start = start_with_id("applinks", None, &id);
+        if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+            let v = s.visitor.as_mut().unwrap();
+            v.email = Some("kim@acme.com".into());
+            v.user_hash = user_hash;
+            v.identity_token = token;
+        }
+        let turns = turns_after(&ts, start, &["hello there"]).await;
+        let told = turns[0].iter().any(
+            |e| matches!(e, Event::Handoff(h) if h.kind == pb::HandoffKind::AccountLive as i32),
+        );
+        let text: String = turns[0]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delta(d) => Some(d.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let lead = l
+            .get(pb::GetLeadRequest {
+                tenant: "applinks".into(),
+                conversation_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let verified = level == "verified";
+        assert_eq!(lead.identity, level, "{what}");
+        assert_eq!(
+            told, verified,
+            "{what}: the owner's alert shown to the visitor"
+        );
+        assert!(verified || !text.contains("Chelsea"), "{what}: {text}");
+        assert_eq!(
+            lead.reasons.iter().any(|r| r.rule == "target_account"),
+            verified,
+            "{what}: target-account points {:?}",
+            lead.reasons
+        );
+    }
+    // A web form: routed either way, the rep's name only for an e-mail the team signed.
+    upload_playbook(&ts, &always_open_playbook()).await.unwrap();
+    for (key, user_hash, named) in [("form-a", None, false), ("form-b", Some(good), true)] {
+        let mut f = sales_form(key, "kim@acme.com");
+        f.fields.insert("timeline".into(), "this quarter".into());
+        if let Some(h) = user_hash {
+            f.fields.insert("user_hash".into(), h);
+        }
+        let got = l.qualify_form(f).await.unwrap().into_inner();
+        assert_eq!(
+            got.rep_id.as_deref(),
+            Some("r-chelsea"),
+            "{key}: routed to the owner"
+        );
+        assert_eq!(got.rep_name.is_some(), named, "{key}: {got:?}");
+        assert!(!got.lead.unwrap().slots.contains_key("user_hash"));
+    }
+}

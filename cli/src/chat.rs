@@ -46,6 +46,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 email: args.email.clone(),
                 company_domain: args.domain.clone(),
                 page_url: None,
+                user_hash: None,
+                identity_token: None,
             }),
         })),
     })

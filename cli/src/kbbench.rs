@@ -298,6 +298,9 @@ pub fn run(args: KbBenchArgs) -> anyhow::Result<()> {
                 company: "Bench Co".into(),
                 names: vec![],
                 allowed_origins: vec![],
+                identity: closer_kb::IdentityMode::Off,
+                identity_secrets: vec![],
+                count_claimed_accounts: false,
             },
         )?;
     }

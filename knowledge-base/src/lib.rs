@@ -35,6 +35,6 @@ pub use error::{Error, Result};
 pub use ingest::{Batch, BatchSummary};
 pub use invisible::visible;
 pub use knowledge_base::{FusionWeights, KnowledgeBase};
-pub use records::{Account, Fact, Rep, TenantProfile};
+pub use records::{Account, Fact, IdentityMode, Rep, Secret, TenantProfile};
 pub use search::{Hit, BM25_CANDIDATES, DENSE_SCAN_MAX};
 pub use snapshot::Snapshot;

@@ -57,6 +57,26 @@ pub fn read_profile(path: &Path) -> Result<TenantProfile> {
         field: "id".into(),
         message: m,
     })?;
+    if !p.identity.is_off() && p.identity_secrets.iter().all(|s| s.0.len() < 16) {
+        return Err(Error::Invalid {
+            file: path.display().to_string(),
+            line: text
+                .lines()
+                .position(|l| l.starts_with("identity"))
+                .map_or(0, |n| n + 1),
+            field: "identity_secrets".into(),
+            message: "identity: optional or required needs a secret of at least 16 characters"
+                .into(),
+        });
+    }
+    if p.identity_secrets.len() > 2 {
+        return Err(Error::Invalid {
+            file: path.display().to_string(),
+            line: 0,
+            field: "identity_secrets".into(),
+            message: "at most two (the current one and the one being rotated out)".into(),
+        });
+    }
     for (i, o) in p.allowed_origins.iter().enumerate() {
         crate::records::validate_origin(o).map_err(|m| Error::Invalid {
             file: path.display().to_string(),

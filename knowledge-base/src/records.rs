@@ -110,6 +110,46 @@ pub struct TenantProfile {
     /// the visitor-facing RPCs from a browser (gRPC-Web, CORS). Empty: no browser origin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
+    /// Verified visitor identity: `off` (a claimed e-mail or domain is trusted, as before),
+    /// `optional` (only a verified one names the account owner or counts account facts) or
+    /// `required` (a visitor who is not verified cannot start).
+    #[serde(default, skip_serializing_if = "IdentityMode::is_off")]
+    pub identity: IdentityMode,
+    /// The secrets the team's server signs visitors with (user hash or HS256 token): one, or
+    /// two while rotating. Never logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identity_secrets: Vec<Secret>,
+    /// Count account facts (target, segment, size…) of a claimed, unverified account in the
+    /// score too (the reason says "claimed").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub count_claimed_accounts: bool,
+}
+
+/// How a tenant treats the identity its visitors claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityMode {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+impl IdentityMode {
+    pub fn is_off(&self) -> bool {
+        *self == IdentityMode::Off
+    }
+}
+
+/// A secret string: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
 }
 
 /// Checks one allowed origin: `http(s)://host[:port]`, nothing after it, lowercase host.

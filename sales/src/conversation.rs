@@ -42,6 +42,10 @@ pub struct Conversation {
     pub meeting_booked: bool,
     /// The rep who has taken the conversation over, while they have it.
     pub taken_over: Option<String>,
+    /// The visitor's checked identity, when the tenant checks identity.
+    pub identity: Option<crate::visitor::Identity>,
+    /// The tenant counts a claimed account's facts in the score.
+    pub count_claimed: bool,
 }
 
 fn email_detail(email: &str) -> &'static str {
@@ -68,6 +72,8 @@ impl Conversation {
             proposed: vec![],
             meeting_booked: false,
             taken_over: None,
+            identity: None,
+            count_claimed: false,
         }
     }
 
@@ -75,6 +81,8 @@ impl Conversation {
     pub fn resume(store: &dyn Store, tenant: &Tenant, id: &str, visitor: &Visitor) -> Result<Self> {
         let mut c = Conversation::new(&tenant.id, id);
         c.seen.domain = visitor.domain.clone();
+        c.identity = visitor.identity.clone();
+        c.count_claimed = tenant.kb.profile.count_claimed_accounts;
         if let Some(e) = &visitor.email {
             c.seen.slots.insert(
                 "email".into(),
@@ -159,6 +167,13 @@ impl Conversation {
             .as_deref()
             .and_then(|d| kb.account(d))
             .cloned();
+        // With identity checked, an account the visitor only claims (a sent or typed domain or
+        // e-mail nobody signed) counts in the score only when the tenant opts in.
+        self.seen.account_claimed = match (&self.identity, &self.seen.account) {
+            (Some(i), Some(a)) => i.verified_domain.as_deref() != Some(a.domain.as_str()),
+            _ => false,
+        };
+        self.seen.count_claimed = self.count_claimed;
         new
     }
 

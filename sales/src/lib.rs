@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod gate;
 pub mod guard;
+pub mod identity;
 pub mod meetings;
 pub mod ownership;
 pub mod playbook;

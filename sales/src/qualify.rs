@@ -149,6 +149,9 @@ fn outcome(score: i32, route: Option<&Route>, kb: &closer_kb::Snapshot) -> FormO
     out
 }
 
+/// The form field carrying the team's signature of the e-mail (identity checked).
+const USER_HASH: &str = "user_hash";
+
 /// Qualifies a submitted form once per idempotency key.
 pub fn qualify(
     engine: &Engine,
@@ -171,7 +174,7 @@ pub fn qualify(
     let mut slots = vec![];
     for (k, v) in fields
         .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("message"))
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("message") && !k.eq_ignore_ascii_case(USER_HASH))
     {
         slots.extend(form_slot(k, v)?);
     }
@@ -185,6 +188,21 @@ pub fn qualify(
         None => vec![],
     };
     let mut conv = Conversation::resume(&*engine.store, tenant, &conv_id, &Visitor::default())?;
+    if !tenant.kb.profile.identity.is_off() {
+        // A form's e-mail is typed: only a `user_hash` field signed by the team verifies it.
+        let email = slots.iter().find(|s| s.0 == "email").map(|s| s.1.as_str());
+        let mut v = Visitor::new(None, email, None, None);
+        let proof = crate::identity::Proof {
+            user_hash: fields
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(USER_HASH))
+                .map(|(_, v)| v.as_str()),
+            token: None,
+        };
+        let now = closer_store::now_ms() / 1000;
+        crate::identity::verify(&tenant.kb.profile, &mut v, &proof, now)?;
+        conv.identity = v.identity;
+    }
     let kb = tenant.kb.snapshot();
     for (name, value, detail) in &slots {
         conv.seen
@@ -203,6 +221,14 @@ pub fn qualify(
         None
     };
     let mut out = outcome(scored.0, route.as_ref(), &kb);
+    if conv
+        .identity
+        .as_ref()
+        .is_some_and(|i| i.level != crate::identity::Level::Verified)
+    {
+        // Routed all the same, but an unverified visitor is not told the rep's name.
+        out.rep_name = None;
+    }
     let summary: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let summary = summary.join("\n");
     let stored = serde_json::to_vec(&out).map_err(|e| Error::Internal(e.to_string()))?;

@@ -9,6 +9,36 @@ pub struct Visitor {
     pub page_url: Option<String>,
     /// A valid IANA time zone, for meeting times.
     pub timezone: Option<String>,
+    /// Set when the tenant checks identity (`identity: optional | required`).
+    pub identity: Option<Identity>,
+}
+
+/// How far a conversation's visitor is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The team's server signed the e-mail.
+    Verified,
+    /// An e-mail or domain was given but not signed (or the signature failed).
+    Claimed,
+    Anonymous,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Verified => "verified",
+            Level::Claimed => "claimed",
+            Level::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// The checked identity of a visitor of a tenant that verifies identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub level: Level,
+    /// The domain of the e-mail the team's server signed.
+    pub verified_domain: Option<String>,
 }
 
 impl Visitor {
@@ -37,7 +67,22 @@ impl Visitor {
             email,
             page_url: clean(page_url),
             timezone: clean(timezone).filter(|t| jiff::tz::TimeZone::get(t).is_ok()),
+            identity: None,
         }
+    }
+
+    /// The domain the visitor's account may be told and scored by: the given domain when the
+    /// tenant does not check identity, else only a verified one.
+    pub fn trusted_domain(&self) -> Option<&str> {
+        match &self.identity {
+            None => self.domain.as_deref(),
+            Some(i) => i.verified_domain.as_deref(),
+        }
+    }
+
+    /// The identity level for leads and events: `None` when the tenant does not check identity.
+    pub fn level(&self) -> Option<Level> {
+        self.identity.as_ref().map(|i| i.level)
     }
 
     /// The visitor's time zone, UTC when unknown.

@@ -123,6 +123,8 @@ pub struct Lead {
     pub turns: u32,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// `verified`, `claimed` or `anonymous` when the tenant checks visitor identity.
+    pub identity: Option<String>,
 }
 
 /// An event to write with a change.
@@ -385,6 +387,8 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
     /// The conversation of `tenant` a live (not revoked) resume token opens.
     fn conversation_by_token(&self, tenant: &str, token_hash: &str) -> Result<Option<String>>;
+    /// Records how far the conversation's visitor is known (`verified`, `claimed`, `anonymous`).
+    fn set_identity(&self, tenant: &str, conversation_id: &str, level: &str) -> Result<()>;
     /// Revokes the conversation's resume token; how many live tokens were revoked.
     fn revoke_resume(&self, tenant: &str, conversation_id: &str) -> Result<u32>;
     fn create_key(&self, key: &ApiKey) -> Result<()>;

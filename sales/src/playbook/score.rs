@@ -37,11 +37,22 @@ pub struct Seen {
     /// The visitor's account, when the domain is in the accounts table.
     pub account: Option<Account>,
     pub domain: Option<String>,
+    /// The account is only claimed (the tenant checks identity and it is not verified).
+    pub account_claimed: bool,
+    /// A claimed account's facts count anyway (the tenant opted in).
+    pub count_claimed: bool,
 }
 
 impl Seen {
+    /// The account whose facts the score may use.
+    fn scored_account(&self) -> Option<&Account> {
+        self.account
+            .as_ref()
+            .filter(|_| !self.account_claimed || self.count_claimed)
+    }
+
     fn employees(&self) -> Option<(u64, u32, &'static str)> {
-        if let Some(n) = self.account.as_ref().and_then(|a| a.employees) {
+        if let Some(n) = self.scored_account().and_then(|a| a.employees) {
             return Some((u64::from(n), 0, "account employees"));
         }
         let s = self.slots.get("company_size")?;
@@ -49,7 +60,7 @@ impl Seen {
     }
 
     fn country(&self) -> Option<(String, u32)> {
-        if let Some(a) = &self.account {
+        if let Some(a) = self.scored_account() {
             if !a.country.is_empty() {
                 return Some((a.country.to_ascii_uppercase(), 0));
             }
@@ -103,33 +114,39 @@ pub fn matches(w: &When, seen: &Seen) -> Option<(u32, String)> {
         turn = turn.max(t);
         what.push(format!("country {c}"));
     }
-    let acc = seen.account.as_ref();
+    let acc = seen.scored_account();
+    // "(claimed)" on account facts the visitor only claimed (counted by the tenant's choice).
+    let claimed = if seen.account_claimed {
+        " (claimed)"
+    } else {
+        ""
+    };
     let one_of = |list: &[String], v: &str| list.iter().any(|x| x.eq_ignore_ascii_case(v));
     if !w.segment.is_empty() {
         let a = acc?;
         if !one_of(&w.segment, &a.segment) {
             return None;
         }
-        what.push(format!("segment {}", a.segment));
+        what.push(format!("segment {}{claimed}", a.segment));
     }
     if !w.industry.is_empty() {
         let a = acc?;
         if !one_of(&w.industry, &a.industry) {
             return None;
         }
-        what.push(format!("industry {}", a.industry));
+        what.push(format!("industry {}{claimed}", a.industry));
     }
     if let Some(want) = w.target {
         if acc.is_some_and(|a| a.target) != want {
             return None;
         }
-        what.push(format!("target account {want}"));
+        what.push(format!("target account {want}{claimed}"));
     }
     if let Some(want) = w.open_opportunity {
         if acc.is_some_and(|a| a.open_opportunity) != want {
             return None;
         }
-        what.push(format!("open opportunity {want}"));
+        what.push(format!("open opportunity {want}{claimed}"));
     }
     if let Some(kind) = &w.email {
         let v = seen.slots.get("email")?;

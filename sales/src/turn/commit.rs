@@ -36,6 +36,7 @@ pub fn cql_event(tenant: &str, conv: &str, lead: &Lead, previous: i32) -> NewEve
             "rep_id": lead.rep_id,
             "team": lead.team,
             "turns": lead.turns,
+            "identity": lead.identity,
         }),
     }
 }
@@ -95,10 +96,12 @@ pub fn slot_pairs(slots: &[crate::slots::Slot]) -> Vec<(String, String)> {
 
 fn account_live_event(
     tenant: &str,
-    conv: &str,
+    conv: &Conversation,
     a: &closer_kb::Account,
     r: &closer_kb::Rep,
 ) -> NewEvent {
+    let verified = !conv.seen.account_claimed;
+    let conv = conv.id.as_str();
     NewEvent {
         kind: "account_live".into(),
         tenant: tenant.into(),
@@ -111,6 +114,8 @@ fn account_live_event(
             "rep_id": r.id,
             "rep_name": r.name,
             "message": format!("your account {} is live in chat", a.domain),
+            // False: the visitor only claimed the domain (the tenant checks identity).
+            "verified": verified,
         }),
     }
 }
@@ -186,6 +191,7 @@ fn handoff_event(
             "reason": h.reason,
             "score": r.score.0,
             "domain": conv.seen.domain,
+            "identity": conv.identity.as_ref().map(|i| i.level.as_str()),
             "slots": slots,
             "transcript": transcript,
         }),
@@ -204,7 +210,7 @@ pub fn record_turn(
     let now = closer_store::now_ms();
     let mut events = vec![];
     if let Some((a, rep)) = r.account_live {
-        events.push(account_live_event(&tenant.id, &conv.id, a, rep));
+        events.push(account_live_event(&tenant.id, conv, a, rep));
     }
     let mut route = None;
     if let Some(h) = &r.handoff {

@@ -115,7 +115,11 @@ pub fn decide(
     let score = crate::playbook::score(&playbook, &conv.seen);
     let mut signals = vec![];
     let account_live = handoff::account_live(conv, &kb, turn).map(|(a, r, signal)| {
-        signals.push(TurnEvent::Handoff(signal));
+        // The visitor sees the owner's alert only for a trusted account; the rep is told
+        // either way (the event says whether it was verified).
+        if visitor.trusted_domain() == Some(a.domain.as_str()) {
+            signals.push(TurnEvent::Handoff(signal));
+        }
         (a, r)
     });
     let plan = plan::plan_turn(tenant, &kb, &c.model.set, visitor, text, &c.intents)?;
@@ -128,7 +132,7 @@ pub fn decide(
         Some(_) => None,
         None => conv.next_question(&playbook, score.0).map(str::to_string),
     };
-    let account = visitor.domain.as_deref().and_then(|d| kb.account(d));
+    let account = visitor.trusted_domain().and_then(|d| kb.account(d));
     if let Some(ask) = plan.ask {
         let owner = account.and_then(|a| kb.rep(&a.owner_rep_id));
         let signal = handoff::rep_requested(ask, visitor, owner, text, turn);

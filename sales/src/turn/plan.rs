@@ -232,9 +232,10 @@ pub fn plan_for(
         .map(|d| d.flags.as_slice())
         .unwrap_or(&[]);
     if flags.contains(&IntentFlag::AccountOwner) {
+        // Only a trusted domain (any, or a verified one when the tenant checks identity) is
+        // told its owner's name.
         let found = visitor
-            .domain
-            .as_deref()
+            .trusted_domain()
             .and_then(|d| kb.account(d))
             .and_then(|a| {
                 kb.rep(&a.owner_rep_id).map(|r| Plan::Owner {

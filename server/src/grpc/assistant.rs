@@ -90,7 +90,7 @@ struct Session {
 
 /// What the client's side of the stream brought.
 enum Inbound {
-    Message(pb::ConverseRequest),
+    Message(Box<pb::ConverseRequest>),
     /// Something was relayed or the state changed: look again.
     Again,
     End,
@@ -132,7 +132,17 @@ impl Session {
         check_tenant_field(&start.tenant)?;
         let tenant = engine.tenant(&start.tenant).api()?;
         crate::auth::check_origin(&tenant.id, &tenant.kb.profile.allowed_origins)?;
-        let visitor = visitor_from_pb(start.visitor.as_ref());
+        let mut visitor = visitor_from_pb(start.visitor.as_ref());
+        let proof = closer_sales::identity::Proof {
+            user_hash: start.visitor.as_ref().and_then(|v| v.user_hash.as_deref()),
+            token: start
+                .visitor
+                .as_ref()
+                .and_then(|v| v.identity_token.as_deref()),
+        };
+        let now = closer_store::now_ms() / 1000;
+        let level = closer_sales::identity::verify(&tenant.kb.profile, &mut visitor, &proof, now)
+            .map_err(Error::from)?;
         // The server names the conversation; only its resume token continues it.
         let (e, tid, wanted) = (engine.clone(), tenant.id.clone(), start.conversation_id);
         let token = start.resume_token.filter(|t| !t.is_empty());
@@ -140,7 +150,11 @@ impl Session {
             closer_sales::ownership::open(&*e.store, &tid, &wanted, token.as_deref())
         })
         .await?;
-        tracing::info!(tenant = %start.tenant, conversation = %opened.id, resumed = opened.resumed, domain = ?visitor.domain, "conversation started");
+        tracing::info!(tenant = %start.tenant, conversation = %opened.id, resumed = opened.resumed, domain = ?visitor.domain, identity = level.as_str(), "conversation started");
+        if visitor.identity.is_some() {
+            let (e, tid, id) = (engine.clone(), tenant.id.clone(), opened.id.clone());
+            blocking(move || e.store.set_identity(&tid, &id, level.as_str())).await?;
+        }
         let (e, t, v, id) = (
             engine.clone(),
             tenant.clone(),
@@ -190,7 +204,7 @@ impl Session {
         let mut drain = self.state.draining.subscribe();
         loop {
             let msg = match self.next(&mut inbound, &mut wake, &mut drain).await {
-                Inbound::Message(m) => m,
+                Inbound::Message(m) => *m,
                 Inbound::Again => continue,
                 Inbound::End => break,
             };
@@ -242,7 +256,7 @@ impl Session {
             }
         };
         match next {
-            Ok(Some(m)) => Inbound::Message(m),
+            Ok(Some(m)) => Inbound::Message(Box::new(m)),
             Ok(None) => Inbound::End,
             Err(status) => {
                 tracing::debug!(%status, "client stream ended");

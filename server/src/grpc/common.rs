@@ -157,6 +157,7 @@ pub fn pb_lead(l: Lead) -> pb::Lead {
         team: l.team,
         slots: l.slots.into_iter().collect(),
         turns: l.turns,
+        identity: l.identity.unwrap_or_default(),
         created_ms: l.created_ms,
         updated_ms: l.updated_ms,
     }

@@ -18,7 +18,9 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-use rows::{insert_events, read_lead, row_to_event, row_to_key, row_to_lead, row_to_meeting};
+use rows::{
+    insert_events, read_lead, row_to_event, row_to_key, row_to_lead, row_to_meeting, IDENTITY,
+};
 use schema::SCHEMA;
 
 pub struct SqliteStore {
@@ -223,7 +225,7 @@ impl Store for SqliteStore {
         )?;
         let mut stmt = conn.prepare(&format!(
             "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots,
-                    turns, created_ms, updated_ms, intents
+                    turns, created_ms, updated_ms, intents, {IDENTITY}
              FROM conversations WHERE {wher}
              ORDER BY created_ms DESC, id LIMIT {} OFFSET {}",
             f.limit.clamp(1, 1000),
@@ -495,6 +497,15 @@ impl Store for SqliteStore {
         Ok(stmt
             .query_row(params![tenant, token_hash], |r| r.get(0))
             .optional()?)
+    }
+
+    fn set_identity(&self, tenant: &str, conversation_id: &str, level: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE conversation_claims SET identity = ?3 WHERE tenant = ?1 AND conversation_id = ?2",
+            params![tenant, conversation_id, level],
+        )?;
+        Ok(())
     }
 
     fn revoke_resume(&self, tenant: &str, conversation_id: &str) -> Result<u32> {

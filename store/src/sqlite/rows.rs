@@ -45,11 +45,17 @@ pub(super) fn insert_events(tx: &Transaction, events: &[NewEvent], at: i64) -> R
     Ok(out)
 }
 
+/// The conversation's identity level, as a lead column (from its claim).
+pub(super) const IDENTITY: &str = "(SELECT k.identity FROM conversation_claims k
+     WHERE k.tenant = conversations.tenant AND k.conversation_id = conversations.id)";
+
 pub(super) fn read_lead(conn: &Connection, tenant: &str, id: &str) -> Result<Option<Lead>> {
     conn.query_row(
-        "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots, turns,
-                created_ms, updated_ms, intents
-         FROM conversations WHERE tenant = ?1 AND id = ?2",
+        &format!(
+            "SELECT tenant, id, domain, email, bot_score, reasons, manual, rep_id, team, slots, turns,
+                    created_ms, updated_ms, intents, {IDENTITY}
+             FROM conversations WHERE tenant = ?1 AND id = ?2"
+        ),
         params![tenant, id],
         row_to_lead,
     )
@@ -81,6 +87,7 @@ pub(super) fn row_to_lead(r: &rusqlite::Row) -> rusqlite::Result<Result<Lead>> {
             turns: r.get(10)?,
             created_ms: r.get(11)?,
             updated_ms: r.get(12)?,
+            identity: r.get(14)?,
         })
     };
     Ok(lead())

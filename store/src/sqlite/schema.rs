@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS conversation_claims (
     conversation_id TEXT NOT NULL,
     token_hash TEXT NOT NULL UNIQUE,
     external_ref TEXT,
+    identity TEXT,
     created_ms INTEGER NOT NULL,
     revoked_ms INTEGER,
     PRIMARY KEY (tenant, conversation_id)

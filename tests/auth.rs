@@ -421,3 +421,95 @@ async fn a_flooding_tenant_hits_its_quota_while_another_is_served() {
         "served {served}, refused {refused}"
     );
 }
+
+/// A raw HTTP/1.1 GET with a bearer key: the status code and the body.
+fn http_get_with_key(addr: std::net::SocketAddr, path: &str, key: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: closer\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, raw.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_tenant_admin_its_own_tenant_and_the_operator_every_tenant() {
+    let (data, keys) = keyed_data();
+    let store = closer_store::sqlite::SqliteStore::open(
+        &data.path().join(closer_sales::engine::STORE_FILE),
+    )
+    .unwrap();
+    let (operator, stored) = new_key(closer_server::auth::OPERATOR_TENANT, Role::Operator, "ops");
+    store.create_key(&stored).unwrap();
+    drop(store);
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.auth = closer_server::config::AuthMode::Keys;
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let url = format!("http://{}", server.addr);
+    let mut assistant = pb::assistant_client::AssistantClient::connect(url)
+        .await
+        .unwrap();
+    // One turn for each tenant.
+    for (tenant, key) in [("applinks", &keys.pub_a), ("other", &keys.pub_b)] {
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(start_event(tenant, None)).await.unwrap();
+        tx.send(message("How much does each seat cost?"))
+            .await
+            .unwrap();
+        let mut s = assistant
+            .converse(with_key(ReceiverStream::new(rx), key))
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(r) = s.message().await.unwrap() {
+            if matches!(r.event, Some(Event::Final(_))) {
+                break;
+            }
+        }
+    }
+    let addr = server.addr;
+    let (status, admin) =
+        tokio::task::spawn_blocking(move || http_get_with_key(addr, "/metrics", &keys.admin_a))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        admin.contains("closer_tenant_turns_total{tenant=\"applinks\"} 1"),
+        "{admin}"
+    );
+    assert!(!admin.contains("tenant=\"other\""), "{admin}");
+    assert!(
+        !admin.contains("closer_turns_total"),
+        "no server-wide figures: {admin}"
+    );
+    let op = operator.clone();
+    let (status, all) =
+        tokio::task::spawn_blocking(move || http_get_with_key(addr, "/metrics", &op))
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    for want in [
+        "closer_turns_total 2",
+        "closer_tenant_turns_total{tenant=\"applinks\"} 1",
+        "closer_tenant_turns_total{tenant=\"other\"} 1",
+    ] {
+        assert!(all.contains(want), "{want}: {all}");
+    }
+    let rep = keys.rep_a.clone();
+    let (status, _) =
+        tokio::task::spawn_blocking(move || http_get_with_key(addr, "/metrics", &rep))
+            .await
+            .unwrap();
+    assert_eq!(status, 403);
+    // An operator key opens no tenant's RPCs.
+    let e = assistant
+        .classify(with_key(classify("applinks"), &operator))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+}

@@ -54,11 +54,13 @@ enum Command {
 enum KeysCommand {
     /// Create a key and print it once (only its hash is kept).
     Create {
+        /// The key's tenant (every role but operator).
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
         /// display (the leaderboard screen, read-only, the only key allowed in a URL),
-        /// publishable (chat frontends), rep (consoles, connectors) or admin (knowledge, intents, playbooks).
-        #[arg(long, value_parser = ["display", "publishable", "rep", "admin"])]
+        /// publishable (chat frontends), rep (consoles, connectors), admin (knowledge, intents,
+        /// playbooks, the tenant's `/metrics`) or operator (no tenant: every tenant's `/metrics`).
+        #[arg(long, value_parser = ["display", "publishable", "rep", "admin", "operator"])]
         role: String,
         /// A label for people.
         #[arg(long, default_value = "")]
@@ -240,12 +242,24 @@ fn keys(command: KeysCommand, data_dir: &std::path::Path) -> anyhow::Result<()> 
         closer_store::sqlite::SqliteStore::open(&data_dir.join(closer_sales::engine::STORE_FILE))?;
     match command {
         KeysCommand::Create { tenant, role, name } => {
-            closer_kb::load::validate_tenant_id(&tenant)
-                .map_err(|m| anyhow::anyhow!("--tenant: {m}"))?;
-            if !closer_kb::tenant_dir(data_dir, &tenant).exists() {
-                anyhow::bail!("--tenant: no tenant {tenant:?} in {}", data_dir.display());
-            }
             let role = closer_server::auth::Role::parse(&role)?;
+            let tenant = match (role, tenant) {
+                (closer_server::auth::Role::Operator, None) => {
+                    closer_server::auth::OPERATOR_TENANT.to_string()
+                }
+                (closer_server::auth::Role::Operator, Some(_)) => {
+                    anyhow::bail!("--tenant: an operator key belongs to no tenant; leave it out")
+                }
+                (_, None) => anyhow::bail!("--tenant: required for a {} key", role.name()),
+                (_, Some(tenant)) => {
+                    closer_kb::load::validate_tenant_id(&tenant)
+                        .map_err(|m| anyhow::anyhow!("--tenant: {m}"))?;
+                    if !closer_kb::tenant_dir(data_dir, &tenant).exists() {
+                        anyhow::bail!("--tenant: no tenant {tenant:?} in {}", data_dir.display());
+                    }
+                    tenant
+                }
+            };
             let (key, stored) = closer_server::auth::new_key(&tenant, role, &name);
             store.create_key(&stored)?;
             eprintln!(

@@ -89,6 +89,7 @@ impl AppState {
         };
         let refused = |why| {
             self.metrics.refused.inc();
+            self.metrics.tenant_turn(tenant, false);
             why
         };
         let own = own.map_err(|_| {
@@ -103,6 +104,7 @@ impl AppState {
             self.config.max_pending_replies.max(1) - self.pending_replies.available_permits();
         self.metrics.saw_in_flight(in_use);
         self.metrics.turns.inc();
+        self.metrics.tenant_turn(tenant, true);
         Ok((own, global))
     }
 

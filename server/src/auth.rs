@@ -36,7 +36,13 @@ pub enum Role {
     Publishable,
     Rep,
     Admin,
+    /// The server's operator, no tenant: reads every tenant's figures on `/metrics`; a tenant's
+    /// RPCs refuse it (its tenant is [`OPERATOR_TENANT`]).
+    Operator,
 }
+
+/// The tenant field of an operator key.
+pub const OPERATOR_TENANT: &str = "*";
 
 impl Role {
     pub fn parse(s: &str) -> Result<Self> {
@@ -45,9 +51,12 @@ impl Role {
             "publishable" => Ok(Role::Publishable),
             "rep" => Ok(Role::Rep),
             "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
             other => Err(Error::invalid(
                 "role",
-                format!("unknown role {other:?}; one of display, publishable, rep, admin"),
+                format!(
+                    "unknown role {other:?}; one of display, publishable, rep, admin, operator"
+                ),
             )),
         }
     }
@@ -58,6 +67,7 @@ impl Role {
             Role::Publishable => "publishable",
             Role::Rep => "rep",
             Role::Admin => "admin",
+            Role::Operator => "operator",
         }
     }
 
@@ -67,6 +77,7 @@ impl Role {
             Role::Publishable => "pub",
             Role::Rep => "rep",
             Role::Admin => "adm",
+            Role::Operator => "opr",
         }
     }
 }
@@ -153,6 +164,11 @@ pub fn check_origin(tenant: &str, allowed: &[String]) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// Who is calling, when keys are checked for this request.
+pub fn caller() -> Option<Caller> {
+    CALLER.try_with(Clone::clone).ok()
 }
 
 /// Checks that the caller (when keys are required) may act on `tenant`.

@@ -44,6 +44,11 @@ impl Samples {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Quantile {
     quantile: &'static str,
 }
@@ -67,6 +72,9 @@ pub struct Metrics {
     /// from `samples` when scraped.
     stop_after_drop: Family<Quantile, Gauge<f64, AtomicU64>>,
     samples: Mutex<Samples>,
+    /// Turns admitted and refused, by tenant.
+    tenant_turns: Family<TenantLabel, Counter>,
+    tenant_refused: Family<TenantLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +92,8 @@ impl Default for Metrics {
             dropped: Counter::default(),
             stop_after_drop: Family::default(),
             samples: Mutex::default(),
+            tenant_turns: Family::default(),
+            tenant_refused: Family::default(),
             registry: Registry::default(),
         };
         let gauges = [
@@ -122,9 +132,26 @@ impl Default for Metrics {
             "Time from a client dropping its stream to the turn's work stopping (quantiles of the last 20,000)",
             m.stop_after_drop.clone(),
         );
+        for (name, help, f) in TENANT_COUNTERS {
+            registry.register(name, help, f(&m).clone());
+        }
         Metrics { registry, ..m }
     }
 }
+
+type TenantFamily = fn(&Metrics) -> &Family<TenantLabel, Counter>;
+
+/// The per-tenant series: name, help, which family.
+const TENANT_COUNTERS: [(&str, &str, TenantFamily); 2] = [
+    ("closer_tenant_turns", "Turns admitted, by tenant", |m| {
+        &m.tenant_turns
+    }),
+    (
+        "closer_tenant_replies_refused",
+        "Turns refused with RESOURCE_EXHAUSTED, by tenant",
+        |m| &m.tenant_refused,
+    ),
+];
 
 impl Metrics {
     pub fn record_stop(&self, why: Stop, ms: f64) {
@@ -137,6 +164,37 @@ impl Metrics {
                 self.deadline_exceeded.inc();
             }
         }
+    }
+
+    /// Counts a turn of `tenant`: admitted, or refused.
+    pub fn tenant_turn(&self, tenant: &str, admitted: bool) {
+        let f = if admitted {
+            &self.tenant_turns
+        } else {
+            &self.tenant_refused
+        };
+        f.get_or_create(&TenantLabel {
+            tenant: tenant.to_string(),
+        })
+        .inc();
+    }
+
+    /// One tenant's series alone (what a tenant's admin key reads on `/metrics`).
+    pub fn tenant_text(&self, tenant: &str) -> String {
+        let mut r = Registry::default();
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        for (name, help, f) in TENANT_COUNTERS {
+            let one: Family<TenantLabel, Counter> = Family::default();
+            one.get_or_create(&label)
+                .inc_by(f(self).get_or_create(&label).get());
+            r.register(name, help, one);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r)
+            .expect("writing to a String cannot fail");
+        out
     }
 
     /// Notes `in_use` reply permits, keeping the most ever seen.

@@ -31,7 +31,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// The reply path's figures in the OpenMetrics text format (an admin key when keys are on).
+/// Every tenant's and the server's figures for the operator (or when keys are off); a tenant
+/// admin's key reads its own tenant's series only.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(c) = crate::auth::caller().filter(|c| c.role < crate::auth::Role::Operator) {
+        return (
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            state.metrics.tenant_text(&c.tenant),
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::prometheus(&state.metrics, &state.snapshot()),

@@ -7,13 +7,23 @@ CLOSER     := target/release/closer
 # The intent encoder: minilm (default), mpnet or minilm+mpnet (larger, slower; see README "Intent encoder").
 INTENT_ENCODER ?= minilm
 
-.PHONY: run test build models demo bench eval fmt clippy fuzz
+.PHONY: run test build widget models demo bench eval fmt clippy fuzz
 
 build:
 	$(CARGO) build --release --workspace --all-targets
 
-# Fetch and verify the pinned models (idempotent), load the demo tenant, serve gRPC.
-run: build models demo
+# The chat widget (web/widget): TypeScript generated from proto/ and bundled with npm's packages
+# into web/widget/dist/widget.js, which `closer serve` serves at /widget.js.
+web/widget/node_modules/.package-lock.json: web/widget/package-lock.json
+	cd web/widget && npm ci --no-audit --no-fund
+
+widget: web/widget/node_modules/.package-lock.json
+	cd web/widget && npm run build
+
+# Fetch and verify the pinned models (idempotent), load the demo tenant, serve gRPC (and the
+# demo page with the chat widget).
+run: build widget models demo
+	@echo "demo page with the chat widget: http://$(ADDR)/"
 	$(CLOSER) serve --addr $(ADDR) --data-dir $(DATA_DIR) --intent-encoder $(INTENT_ENCODER)
 
 models: build
@@ -25,7 +35,7 @@ demo: build
 # Every test, including those that run the real models (fetched first, the optional MPNet
 # intent encoder too). The real-model tests share 2 cores: run test threads serially to avoid
 # oversubscription.
-test: build
+test: build widget
 	$(CLOSER) models pull --intent-encoder mpnet
 	set -o pipefail; $(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log

@@ -137,7 +137,10 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
         let body = self.eval("document.body.innerText");
-        panic!("{what}: timed out; the page shows {body}");
+        let widget = self.eval(
+            "[...(document.querySelector('#closer-widget')?.shadowRoot?.querySelectorAll('.msg, .slots') ?? [])].map(e => e.className + ': ' + e.textContent).join(' | ')",
+        );
+        panic!("{what}: timed out; the page shows {body}; the chat widget shows {widget}");
     }
 }
 
@@ -218,4 +221,145 @@ async fn the_leaderboard_page_updates_live_and_celebrates_a_new_leader() {
     .await
     .unwrap();
     drop(page);
+}
+
+impl Browser {
+    /// Saves a PNG of the page under `target/browser/` and prints where.
+    fn screenshot(&mut self, name: &str) {
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let png = base64_decode(shot["data"].as_str().unwrap());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        println!("screenshot: {}", path.display());
+    }
+}
+
+/// Standard base64 (what DevTools sends), decoded by hand.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').map(val).collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &v)| n | (u32::from(v) << (18 - 6 * i)));
+        for i in 0..chunk.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// The widget's shadow root, in page JavaScript.
+const W: &str = "document.querySelector('#closer-widget')?.shadowRoot";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_widget_answers_offers_slots_and_shows_a_rep_taking_over() {
+    let data = demo_data();
+    let yaml = closer_kb::tenant_dir(data.path(), "applinks").join("tenant.yaml");
+    let mut y = std::fs::read_to_string(&yaml).unwrap();
+    y.push_str("identity: optional\nidentity_secrets: [widget-secret-0123456789]\n");
+    std::fs::write(&yaml, y).unwrap();
+    let ts = spawn_in(real_models(), data).await;
+    upload_playbook(&ts, &crate::sales::always_open_playbook())
+        .await
+        .unwrap();
+    // The team's server signs its visitor (computed by Python, not by Closer's code).
+    let hash = crate::sales::python(
+        "import hashlib, hmac; print(hmac.new(b'widget-secret-0123456789', b'kim@acme.com', hashlib.sha256).hexdigest())",
+    );
+    let url = format!("{}/", ts.url);
+    let mut page = tokio::task::spawn_blocking(move || {
+        let mut page = Browser::open(&url);
+        page.wait_for(&format!("!!{W}?.querySelector('.bubble')"), "the demo page's widget");
+        // The demo page's visitor is only claimed; put a verified one on the same page.
+        page.eval(&format!(
+            "document.querySelector('#closer-widget').remove();
+             const s = document.createElement('script');
+             s.src = '/widget.js';
+             Object.assign(s.dataset, {{ tenant: 'applinks', email: 'kim@acme.com', userHash: '{hash}' }});
+             document.body.appendChild(s); true"
+        ));
+        page.wait_for(&format!("!!{W}?.querySelector('.bubble')"), "the verified visitor's widget");
+        page.eval(&format!("{W}.querySelector('.bubble').click(); true"));
+        let focused = page.eval(&format!("{W}.activeElement?.getAttribute('aria-label')"));
+        assert_eq!(focused, json!("Your message"), "opening the chat focuses the input");
+        page.eval(&format!(
+            "const r = {W}; r.querySelector('input').value = {:?}; r.querySelector('form').requestSubmit(); true",
+            SEED
+        ));
+        page.wait_for(
+            &format!(
+                "[...{W}.querySelectorAll('.bot')].some(b => ['$80', '$960', 'SOC 2 Type II', 'Chelsea Ward'].every(w => b.textContent.includes(w)))"
+            ),
+            "the seed question answered with the prices, SOC 2 Type II and the owner",
+        );
+        page.wait_for(
+            &format!("{W}.querySelectorAll('.slots button').length >= 2"),
+            "meeting slots as buttons",
+        );
+        page.screenshot("widget-answer");
+        page.eval(&format!("{W}.querySelector('.slots button').click(); true"));
+        page.wait_for(
+            &format!("[...{W}.querySelectorAll('.note')].some(n => n.textContent.startsWith('Booked:'))"),
+            "the picked slot booked",
+        );
+        page.screenshot("widget-booked");
+        page
+    })
+    .await
+    .unwrap();
+
+    // A rep takes the conversation over: the widget shows it without the visitor writing.
+    let lead = crate::sales::all_leads(&ts, "applinks")
+        .await
+        .into_iter()
+        .find(|l| l.email.as_deref() == Some("kim@acme.com"))
+        .expect("the widget's lead");
+    assert_eq!(lead.identity, "verified");
+    let mut conv = pb::conversations_client::ConversationsClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    conv.take_over(pb::TakeOverRequest {
+        tenant: "applinks".into(),
+        conversation_id: lead.conversation_id.clone(),
+        rep_id: "r-chelsea".into(),
+    })
+    .await
+    .unwrap();
+    conv.send_message(pb::RepMessageRequest {
+        tenant: "applinks".into(),
+        conversation_id: lead.conversation_id.clone(),
+        rep_id: "r-chelsea".into(),
+        text: "Hi Kim, Chelsea here!".into(),
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        page.wait_for(
+            &format!("[...{W}.querySelectorAll('.rep')].some(m => m.textContent.includes('Chelsea here'))"),
+            "the rep's message",
+        );
+        page.screenshot("widget-rep");
+        // A reload continues the same conversation: the rep who has it is announced again.
+        page.call("Page.reload", json!({}));
+        page.wait_for(&format!("!!{W}?.querySelector('.bubble')"), "the widget after a reload");
+        page.eval(&format!("{W}.querySelector('.bubble').click(); true"));
+        page.wait_for(
+            &format!("[...{W}.querySelectorAll('.note')].some(n => n.textContent.includes('joined'))"),
+            "the rep announced after the reload (resume token kept in the browser)",
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -1426,7 +1426,7 @@ async fn a_conversation_continues_only_with_its_resume_token() {
 }
 
 /// Runs Python (an implementation independent of the server's) and returns its stdout, trimmed.
-fn python(script: &str) -> String {
+pub(crate) fn python(script: &str) -> String {
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)

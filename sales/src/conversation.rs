@@ -92,6 +92,28 @@ impl Conversation {
         if let Some(ctl) = store.control(&tenant.id, id)? {
             c.taken_over = ctl.taken_over_by;
         }
+        // Meeting times offered and not yet taken stay on offer when the conversation continues
+        // on another stream (a reload, `Send`, another replica).
+        match store.latest_event(&tenant.id, id, &["meeting_proposed", "meeting_booked"])? {
+            Some(e) if e.event.kind == "meeting_proposed" => {
+                let p = &e.event.payload;
+                let rep_id = p["rep_id"].as_str().unwrap_or_default().to_string();
+                c.proposed = p["slots"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| {
+                        Some(crate::meetings::Slot {
+                            rep_id: rep_id.clone(),
+                            start: s["start"].as_i64()?,
+                            end: s["end"].as_i64()?,
+                        })
+                    })
+                    .collect();
+            }
+            Some(_) => c.meeting_booked = true,
+            None => {}
+        }
         if let Some(lead) = store.lead(&tenant.id, id)? {
             c.turns = lead.turns;
             c.score = lead.bot_score;

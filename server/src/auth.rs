@@ -86,7 +86,9 @@ impl Role {
 /// leaderboard page itself, which holds no data).
 pub fn required_role(path: &str) -> Option<Role> {
     let open = ["/grpc.health.v1.Health/", "/grpc.reflection."];
-    if open.iter().any(|p| path.starts_with(p)) || path == "/leaderboard" {
+    if open.iter().any(|p| path.starts_with(p))
+        || ["/leaderboard", "/", "/widget.js"].contains(&path)
+    {
         return None;
     }
     let role = match path {
@@ -331,10 +333,17 @@ where
         };
         // A browser's page origin, checked against the tenant's `allowed_origins` by the
         // visitor-facing handlers once they know the tenant.
+        // The server's own pages (the demo page) are same-origin and always allowed.
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let origin = req
             .headers()
             .get(http::header::ORIGIN)
-            .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+            .map(|v| v.to_str().unwrap_or("(not text)").to_string())
+            .filter(|o| o.split_once("://").is_none_or(|(_, h)| h != host));
         match decision {
             Ok(None) => Box::pin(oversize_status(ORIGIN.scope(origin, inner.call(req)))),
             Ok(Some(caller)) => {

@@ -62,6 +62,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_EVENT_RETENTION_DAYS", default_value_t = 30)]
     pub event_retention_days: u32,
 
+    /// The chat widget's bundle, served at `/widget.js` (`make widget` builds it here).
+    #[arg(long, env = "CLOSER_WIDGET_JS", default_value = "web/widget/dist/widget.js")]
+    pub widget_js: PathBuf,
+
     /// Most tokens generated for one reply.
     #[arg(long, env = "CLOSER_MAX_NEW_TOKENS", default_value_t = 160)]
     pub max_new_tokens: usize,
@@ -149,6 +153,10 @@ impl ServeConfig {
             max_message_chars: 2000,
             max_turns: 200,
             event_retention_days: 30,
+            widget_js: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../web/widget/dist/widget.js"
+            )),
             max_new_tokens: 160,
             max_pending_replies: 64,
             tenant_max_pending_replies: 32,

@@ -2,7 +2,8 @@
 //! `GET /leaderboard?tenant=T&period=today|week|month&timezone=Zone&team=X` — the rep leaderboard
 //! for an office TV — and `GET /leaderboard/events?…` — its live updates as server-sent events
 //! (one JSON `LeaderboardUpdate` per event); `GET /metrics` — the reply path's figures
-//! (permits in use, refusals, dropped and timed-out turns) for Prometheus.
+//! (permits in use, refusals, dropped and timed-out turns) for Prometheus; `GET /widget.js` — the
+//! chat widget's bundle — and `GET /` — a demo page with the widget on it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,9 +22,12 @@ use crate::app::AppState;
 use crate::reports::{self, BoardRequest};
 
 const PAGE: &str = include_str!("leaderboard.html");
+const DEMO: &str = include_str!("demo.html");
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(demo))
+        .route("/widget.js", get(widget))
         .route("/leaderboard", get(page))
         .route("/leaderboard/events", get(events))
         .route("/metrics", get(metrics))
@@ -46,6 +50,41 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         crate::metrics::prometheus(&state.metrics, &state.snapshot()),
     )
         .into_response()
+}
+
+/// The demo page: the chat widget on a page of the demo team's.
+async fn demo() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DEMO,
+    )
+        .into_response()
+}
+
+/// The widget's bundle, read from `--widget-js` (built by `make widget`).
+async fn widget(State(state): State<Arc<AppState>>) -> Response {
+    let path = state.config.widget_js.clone();
+    match tokio::fs::read(&path).await {
+        Ok(js) => (
+            [
+                (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            js,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "the chat widget is not built ({}: {e}); run `make widget` or set --widget-js\n",
+                path.display()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 async fn page() -> Response {

@@ -318,6 +318,13 @@ pub trait Store: Send + Sync {
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>>;
     /// The newest cursor written (0 when none; removed events count).
     fn last_cursor(&self) -> Result<u64>;
+    /// The conversation's newest event of one of `kinds` (still in the outbox).
+    fn latest_event(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        kinds: &[&str],
+    ) -> Result<Option<Event>>;
     /// Removes the events written before `before_ms` (event retention), oldest first, and
     /// remembers the highest cursor removed; returns how many went.
     fn prune_events(&self, before_ms: i64) -> Result<u64>;

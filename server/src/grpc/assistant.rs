@@ -525,6 +525,64 @@ impl pb::assistant_server::Assistant for AssistantService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type WatchStream = ConverseStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        if self.state.is_draining() {
+            return Err(Error::Draining.into());
+        }
+        let deadline = deadline_of(&request);
+        let req = request.into_inner();
+        if req.resume_token.is_empty() {
+            return Err(Error::invalid("resume_token", "required").into());
+        }
+        let start = pb::Start {
+            tenant: req.tenant,
+            conversation_id: String::new(),
+            visitor: None,
+            resume_token: Some(req.resume_token),
+        };
+        let (mut session, rx) = Session::open(self.state.clone(), start, deadline).await?;
+        // A rep who has the conversation already (the page was reloaded) is announced first.
+        let rep = session.conv.lock().taken_over.clone();
+        if let Some(rep_id) = rep {
+            let name = session
+                .tenant
+                .kb
+                .snapshot()
+                .rep(&rep_id)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            let joined = pb::converse_response::Event::RepJoined(pb::RepJoined {
+                rep_id,
+                rep_name: name.clone(),
+                text: format!("{name} has joined the conversation."),
+            });
+            let _ = session
+                .send(Ok(pb::ConverseResponse { event: Some(joined) }))
+                .await;
+        }
+        tokio::spawn(async move {
+            let mut wake = session.engine.bus.watch();
+            let mut drain = session.state.draining.subscribe();
+            loop {
+                tokio::select! {
+                    _ = wake.changed() => {
+                        if matches!(session.relay().await, Inbound::End) {
+                            break;
+                        }
+                    }
+                    _ = drain.changed() => break,
+                    () = session.tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn classify(
         &self,
         request: Request<pb::ClassifyRequest>,

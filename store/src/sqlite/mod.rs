@@ -315,6 +315,26 @@ impl Store for SqliteStore {
         newest_cursor(&self.conn.lock())
     }
 
+    fn latest_event(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        kinds: &[&str],
+    ) -> Result<Option<Event>> {
+        let conn = self.conn.lock();
+        let kinds = serde_json::to_string(kinds)?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT cursor, tenant, kind, conversation_id, rep_id, team, payload, at_ms
+             FROM events
+             WHERE tenant = ?1 AND conversation_id = ?2
+               AND kind IN (SELECT value FROM json_each(?3))
+             ORDER BY cursor DESC LIMIT 1",
+        )?;
+        stmt.query_row(params![tenant, conversation_id, kinds], row_to_event)
+            .optional()?
+            .transpose()
+    }
+
     fn prune_events(&self, before_ms: i64) -> Result<u64> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;

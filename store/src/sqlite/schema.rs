@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_tenant ON events (tenant, cursor);
+CREATE INDEX IF NOT EXISTS events_conversation ON events (tenant, conversation_id, cursor);
 CREATE TABLE IF NOT EXISTS retention (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pruned_through INTEGER NOT NULL

@@ -324,3 +324,24 @@ fn a_conversation_id_is_claimed_once_and_only_a_live_token_reopens_it() {
         Some("c1")
     );
 }
+
+#[test]
+fn the_latest_event_of_a_conversation_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("closer.db")).unwrap();
+    let mut of = |kind: &str, conv: &str| {
+        let mut e = ev(kind, "t", None);
+        e.conversation_id = Some(conv.into());
+        s.append_events(&[e]).unwrap();
+    };
+    of("meeting_proposed", "c1");
+    of("meeting_booked", "c1");
+    of("meeting_proposed", "c2");
+    of("cql_scored", "c1");
+    let kinds = ["meeting_proposed", "meeting_booked"];
+    let got = s.latest_event("t", "c1", &kinds).unwrap().unwrap();
+    assert_eq!(got.event.kind, "meeting_booked");
+    assert_eq!(s.latest_event("t", "c2", &kinds).unwrap().unwrap().event.kind, "meeting_proposed");
+    assert!(s.latest_event("t", "c3", &kinds).unwrap().is_none());
+    assert!(s.latest_event("other", "c1", &kinds).unwrap().is_none());
+}

@@ -513,3 +513,53 @@ async fn metrics_show_a_tenant_admin_its_own_tenant_and_the_operator_every_tenan
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_required_lets_only_a_signed_visitor_start_with_the_publishable_key() {
+    let (data, keys) = keyed_data();
+    let yaml = closer_kb::tenant_dir(data.path(), "applinks").join("tenant.yaml");
+    let mut y = std::fs::read_to_string(&yaml).unwrap();
+    y.push_str("identity: required\nidentity_secrets: [required-secret-0123456789]\n");
+    std::fs::write(&yaml, y).unwrap();
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.auth = closer_server::config::AuthMode::Keys;
+    let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let mut assistant =
+        pb::assistant_client::AssistantClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+    let good = crate::sales::python(
+        "import hashlib, hmac; print(hmac.new(b'required-secret-0123456789', b'kim@acme.com', hashlib.sha256).hexdigest())",
+    );
+    let wrong = crate::sales::python(
+        "import hashlib, hmac; print(hmac.new(b'required-secret-0123456789', b'bob@acme.com', hashlib.sha256).hexdigest())",
+    );
+    for (user_hash, allowed) in [(None, false), (Some(wrong), false), (Some(good), true)] {
+        let mut start = start_event("applinks", None);
+        if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+            let v = s.visitor.as_mut().unwrap();
+            v.email = Some("kim@acme.com".into());
+            v.user_hash = user_hash.clone();
+        }
+        let (tx, rx) = mpsc::channel(2);
+        tx.send(start).await.unwrap();
+        tx.send(message("hello")).await.unwrap();
+        let opened = match assistant
+            .converse(with_key(ReceiverStream::new(rx), &keys.pub_a))
+            .await
+        {
+            Ok(r) => r.into_inner().message().await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(Some(r)) if allowed => {
+                assert!(matches!(r.event, Some(Event::Opened(_))), "{r:?}");
+            }
+            Err(e) if !allowed => {
+                assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+                assert!(e.message().starts_with("visitor:"), "{}", e.message());
+            }
+            other => panic!("user_hash {user_hash:?}: {other:?}"),
+        }
+    }
+}

@@ -63,7 +63,11 @@ pub struct ServeConfig {
     pub event_retention_days: u32,
 
     /// The chat widget's bundle, served at `/widget.js` (`make widget` builds it here).
-    #[arg(long, env = "CLOSER_WIDGET_JS", default_value = "web/widget/dist/widget.js")]
+    #[arg(
+        long,
+        env = "CLOSER_WIDGET_JS",
+        default_value = "web/widget/dist/widget.js"
+    )]
     pub widget_js: PathBuf,
 
     /// Most tokens generated for one reply.

@@ -562,7 +562,9 @@ impl pb::assistant_server::Assistant for AssistantService {
                 text: format!("{name} has joined the conversation."),
             });
             let _ = session
-                .send(Ok(pb::ConverseResponse { event: Some(joined) }))
+                .send(Ok(pb::ConverseResponse {
+                    event: Some(joined),
+                }))
                 .await;
         }
         tokio::spawn(async move {

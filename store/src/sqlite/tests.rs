@@ -341,7 +341,14 @@ fn the_latest_event_of_a_conversation_by_kind() {
     let kinds = ["meeting_proposed", "meeting_booked"];
     let got = s.latest_event("t", "c1", &kinds).unwrap().unwrap();
     assert_eq!(got.event.kind, "meeting_booked");
-    assert_eq!(s.latest_event("t", "c2", &kinds).unwrap().unwrap().event.kind, "meeting_proposed");
+    assert_eq!(
+        s.latest_event("t", "c2", &kinds)
+            .unwrap()
+            .unwrap()
+            .event
+            .kind,
+        "meeting_proposed"
+    );
     assert!(s.latest_event("t", "c3", &kinds).unwrap().is_none());
     assert!(s.latest_event("other", "c1", &kinds).unwrap().is_none());
 }

@@ -14,8 +14,10 @@ build:
 
 # The chat widget (web/widget): TypeScript generated from proto/ and bundled with npm's packages
 # into web/widget/dist/widget.js, which `closer serve` serves at /widget.js.
+# (`npm install` with the committed lock file rather than `npm ci`: the lock lacks buf's binaries
+# for other platforms, which `npm ci` refuses.)
 web/widget/node_modules/.package-lock.json: web/widget/package-lock.json
-	cd web/widget && npm ci --no-audit --no-fund
+	cd web/widget && npm install --no-audit --no-fund
 
 widget: web/widget/node_modules/.package-lock.json
 	cd web/widget && npm run build

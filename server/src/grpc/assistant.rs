@@ -143,31 +143,26 @@ impl Session {
         let now = closer_store::now_ms() / 1000;
         let level = closer_sales::identity::verify(&tenant.kb.profile, &mut visitor, &proof, now)
             .map_err(Error::from)?;
-        // The server names the conversation; only its resume token continues it.
-        let (e, tid, wanted) = (engine.clone(), tenant.id.clone(), start.conversation_id);
+        // One trip to the store: the conversation (a new server-named one, or the one its resume
+        // token names), the visitor's identity level when the tenant checks it, the
+        // conversation's state, and where rep events start.
+        let (e, t, v) = (engine.clone(), tenant.clone(), visitor.clone());
+        let wanted = start.conversation_id;
         let token = start.resume_token.filter(|t| !t.is_empty());
-        let opened = blocking(move || {
-            closer_sales::ownership::open(&*e.store, &tid, &wanted, token.as_deref())
+        let (opened, conv, rep_cursor) = blocking(move || -> closer_sales::Result<_> {
+            let opened =
+                closer_sales::ownership::open(&*e.store, &t.id, &wanted, token.as_deref())?;
+            if v.identity.is_some() {
+                e.store.set_identity(&t.id, &opened.id, level.as_str())?;
+            }
+            let conv =
+                closer_sales::conversation::Conversation::resume(&*e.store, &t, &opened.id, &v)?;
+            // Rep events for this conversation (take-over, messages) come from the outbox.
+            let cursor = e.store.last_cursor().unwrap_or(0);
+            Ok((opened, conv, cursor))
         })
         .await?;
         tracing::info!(tenant = %start.tenant, conversation = %opened.id, resumed = opened.resumed, domain = ?visitor.domain, identity = level.as_str(), "conversation started");
-        if visitor.identity.is_some() {
-            let (e, tid, id) = (engine.clone(), tenant.id.clone(), opened.id.clone());
-            blocking(move || e.store.set_identity(&tid, &id, level.as_str())).await?;
-        }
-        let (e, t, v, id) = (
-            engine.clone(),
-            tenant.clone(),
-            visitor.clone(),
-            opened.id.clone(),
-        );
-        let conv = blocking(move || {
-            closer_sales::conversation::Conversation::resume(&*e.store, &t, &id, &v)
-        })
-        .await?;
-        let e = engine.clone();
-        // Rep events for this conversation (take-over, messages) come from the outbox.
-        let rep_cursor = blocking(move || e.store.last_cursor()).await.unwrap_or(0);
         let (tx, rx) = mpsc::channel(state.config.stream_buffer.max(1));
         // First on the stream: the conversation's id and the token that continues it.
         let _ = tx.try_send(Ok(pb::ConverseResponse {

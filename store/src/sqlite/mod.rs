@@ -522,7 +522,8 @@ impl Store for SqliteStore {
     fn set_identity(&self, tenant: &str, conversation_id: &str, level: &str) -> Result<()> {
         let conn = self.conn.lock();
         conn.execute(
-            "UPDATE conversation_claims SET identity = ?3 WHERE tenant = ?1 AND conversation_id = ?2",
+            "UPDATE conversation_claims SET identity = ?3
+             WHERE tenant = ?1 AND conversation_id = ?2 AND identity IS NOT ?3",
             params![tenant, conversation_id, level],
         )?;
         Ok(())

@@ -11,11 +11,12 @@
 
 import { createClient, ConnectError, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   Assistant,
   type ConverseResponse,
   type MeetingSlot,
-  type Start,
+  type StartSchema,
 } from "../gen/closer/v1/assistant_pb";
 
 type Config = {
@@ -155,7 +156,7 @@ class Widget {
     return el;
   }
 
-  private start(): Start {
+  private start(): MessageInitShape<typeof StartSchema> {
     return {
       tenant: this.cfg.tenant,
       conversationId: "",
@@ -168,7 +169,7 @@ class Widget {
         userHash: this.cfg.userHash,
         identityToken: this.cfg.identityToken,
       },
-    } as Start;
+    };
   }
 
   private setBusy(b: boolean) {
@@ -187,8 +188,8 @@ class Widget {
     let reply: HTMLElement | null = null;
     this.pendingSlots = null;
     try {
-      for await (const res of this.client.send({ start: this.start(), event } as never)) {
-        reply = this.render(res as ConverseResponse, reply);
+      for await (const res of this.client.send({ start: this.start(), event })) {
+        reply = this.render(res, reply);
       }
       // Meeting times come before the reply on the stream; they read best after it.
       if (this.pendingSlots) this.slots(this.pendingSlots);
@@ -277,8 +278,7 @@ class Widget {
       while (this.token) {
         try {
           for await (const res of this.client.watch({ tenant: this.cfg.tenant, resumeToken: this.token })) {
-            const ev = (res as ConverseResponse).event;
-            if (ev.case !== "opened") this.render(res as ConverseResponse, null);
+            if (res.event.case !== "opened") this.render(res, null);
           }
         } catch (e) {
           if (ConnectError.from(e).code === 7) {

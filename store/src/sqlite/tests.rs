@@ -329,7 +329,7 @@ fn a_conversation_id_is_claimed_once_and_only_a_live_token_reopens_it() {
 fn the_latest_event_of_a_conversation_by_kind() {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("closer.db")).unwrap();
-    let mut of = |kind: &str, conv: &str| {
+    let of = |kind: &str, conv: &str| {
         let mut e = ev(kind, "t", None);
         e.conversation_id = Some(conv.into());
         s.append_events(&[e]).unwrap();

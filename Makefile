@@ -35,11 +35,12 @@ demo: build
 	$(CLOSER) kb load knowledge-base/examples/applinks --data-dir $(DATA_DIR)
 
 # Every test, including those that run the real models (fetched first, the optional MPNet
-# intent encoder too). The real-model tests share 2 cores: run test threads serially to avoid
-# oversubscription.
+# intent encoder too) and those that need PostgreSQL and NATS (scripts/backends.sh starts both
+# on loopback and stops them afterwards). The real-model tests share 2 cores: run test threads
+# serially to avoid oversubscription.
 test: build widget
 	$(CLOSER) models pull --intent-encoder mpnet
-	set -o pipefail; $(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee target/test.log
+	set -o pipefail; scripts/backends.sh $(CARGO) test --release --workspace -- --test-threads=1 2>&1 | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 bench: models demo

@@ -229,6 +229,7 @@ mod knowledge;
 /// The answer evaluation's claim oracle, which shares no code with the guard it checks.
 #[path = "../eval/src/oracle.rs"]
 mod oracle;
+mod replicas;
 mod sales;
 
 // ---------------------------------------------------------------- real models

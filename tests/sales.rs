@@ -668,19 +668,26 @@ async fn playbooks_are_validated_swapped_live_and_leads_survive_a_restart() {
 }
 
 /// An open conversation stream: send events, read what comes.
-struct Live {
-    tx: mpsc::Sender<pb::ConverseRequest>,
+pub(crate) struct Live {
+    pub(crate) tx: mpsc::Sender<pb::ConverseRequest>,
     rx: tonic::Streaming<pb::ConverseResponse>,
 }
 
 impl Live {
     async fn open(ts: &TestServer, id: &str, domain: Option<&str>, tz: Option<&str>) -> Self {
-        let mut client = ts.assistant().await;
-        let (tx, rx) = mpsc::channel(8);
         let mut start = start_with_id("applinks", domain, id);
         if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
             s.visitor.as_mut().unwrap().timezone = tz.map(str::to_string);
         }
+        Self::open_at(&ts.url, start).await
+    }
+
+    /// A stream to the server at `url`, opened with `start`.
+    pub(crate) async fn open_at(url: &str, start: pb::ConverseRequest) -> Self {
+        let mut client = pb::assistant_client::AssistantClient::connect(url.to_string())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
         tx.send(start).await.unwrap();
         let rx = client
             .converse(ReceiverStream::new(rx))
@@ -690,11 +697,11 @@ impl Live {
         Self { tx, rx }
     }
 
-    async fn say(&self, text: &str) {
+    pub(crate) async fn say(&self, text: &str) {
         self.tx.send(message(text)).await.unwrap();
     }
 
-    async fn next(&mut self) -> Event {
+    pub(crate) async fn next(&mut self) -> Event {
         tokio::time::timeout(Duration::from_secs(10), self.rx.message())
             .await
             .expect("an event in time")
@@ -705,7 +712,7 @@ impl Live {
     }
 
     /// Events up to and including the turn's final (the stream's `opened` left out).
-    async fn turn(&mut self) -> Vec<Event> {
+    pub(crate) async fn turn(&mut self) -> Vec<Event> {
         let mut out = vec![];
         loop {
             let e = self.next().await;
@@ -721,7 +728,7 @@ impl Live {
     }
 }
 
-fn proposed(events: &[Event]) -> Option<&pb::MeetingProposed> {
+pub(crate) fn proposed(events: &[Event]) -> Option<&pb::MeetingProposed> {
     events.iter().find_map(|e| match e {
         Event::MeetingProposed(m) => Some(m),
         _ => None,

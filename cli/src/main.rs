@@ -41,12 +41,16 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Drive a running server on this machine with concurrent visitors; latencies and errors.
     Load(crate::load::LoadArgs),
-    /// API keys per tenant (`publishable`, `rep`, `admin`); stored hashed in the data folder.
+    /// API keys per tenant (`publishable`, `rep`, `admin`); stored hashed in the store (the
+    /// data folder's SQLite file, or PostgreSQL with `--database-url`).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
+        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
+        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -192,7 +196,11 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         Command::Kb {
             command: KbCommand::Bench(args),
         } => crate::kbbench::run(args),
-        Command::Keys { command, data_dir } => keys(command, &data_dir),
+        Command::Keys {
+            command,
+            data_dir,
+            database_url,
+        } => keys(command, &data_dir, database_url.as_deref()),
         Command::Kb {
             command:
                 KbCommand::Load {
@@ -235,11 +243,13 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     }
 }
 
-fn keys(command: KeysCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    use closer_store::Store;
+fn keys(
+    command: KeysCommand,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data_dir.join(closer_sales::engine::STORE_FILE))?;
+    let store = closer_store::backend::open(database_url, data_dir)?;
     match command {
         KeysCommand::Create { tenant, role, name } => {
             let role = closer_server::auth::Role::parse(&role)?;

@@ -25,7 +25,7 @@ use closer_store::bus::Bus;
 use closer_store::Store;
 
 /// The embedded database of conversations, leads and events, in the data directory.
-pub const STORE_FILE: &str = "closer.db";
+pub const STORE_FILE: &str = closer_store::SQLITE_FILE;
 
 /// The models every tenant shares.
 #[derive(Clone)]
@@ -287,9 +287,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Opens every tenant under `data_dir`, with the store at `database_url` (PostgreSQL) or,
+    /// without one, the SQLite file under `data_dir`.
     pub fn open(
         models: Models,
         data_dir: &Path,
+        database_url: Option<&str>,
         classifier_config: ClassifierConfig,
     ) -> Result<Self> {
         let mut tenants = HashMap::new();
@@ -300,13 +303,13 @@ impl Engine {
         if tenants.is_empty() {
             tracing::warn!(data_dir = %data_dir.display(), "no tenants loaded; use `closer kb load`");
         }
-        let store = closer_store::sqlite::SqliteStore::open(&data_dir.join(STORE_FILE))?;
+        let store = closer_store::backend::open(database_url, data_dir)?;
         let bus = closer_store::bus::LocalBus::new(store.last_cursor()?);
         Ok(Self {
             models,
             classifier_config,
             tenants: RwLock::new(tenants),
-            store: Arc::new(store),
+            store,
             bus: Arc::new(bus),
         })
     }

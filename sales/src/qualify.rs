@@ -244,8 +244,17 @@ pub fn qualify(
         idempotency: Some((SCOPE.into(), idempotency_key.to_string(), stored)),
         ..TurnRecord::new(1, &summary, &out.message, scored)
     };
-    let (lead, _) = record_turn(engine, tenant, &mut conv, record)?;
-    out.lead = Some(lead);
+    match record_turn(engine, tenant, &mut conv, record) {
+        Ok((lead, _)) => out.lead = Some(lead),
+        // A concurrent call with the same key (on this replica or another) committed first:
+        // its reply is the reply, and nothing of this one was written.
+        Err(Error::Store(closer_store::Error::AlreadyApplied(bytes))) => {
+            out = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("stored reply: {e}")))?;
+            out.lead = engine.store.lead(&tenant.id, &conv_id)?;
+        }
+        Err(e) => return Err(e),
+    }
     Ok(out)
 }
 

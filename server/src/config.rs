@@ -44,6 +44,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = default_data_dir())]
     pub data_dir: PathBuf,
 
+    /// PostgreSQL for the durable state (conversations, leads, events, meetings, keys), shared
+    /// by several replicas: `postgresql://user:password@host:port/database` (TLS is not used:
+    /// keep the database on a private network). Without it, SQLite under `--data-dir`.
+    #[arg(long, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// Folder holding ready model files (written by `closer models pull`).
     #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
     pub model_dir: PathBuf,
@@ -153,6 +159,7 @@ impl ServeConfig {
         Self {
             addr: "127.0.0.1:0".parse().expect("loopback address"),
             data_dir,
+            database_url: None,
             model_dir,
             max_message_chars: 2000,
             max_turns: 200,

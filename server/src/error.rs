@@ -88,6 +88,7 @@ impl Error {
                 D::Playbook(_) => "invalid_argument",
                 D::Store(closer_store::Error::NotFound(_)) | D::NotFound(_) => "not_found",
                 D::Store(closer_store::Error::Conflict(_)) => "failed_precondition",
+                D::Store(e) if e.is_transient() => "unavailable",
                 D::Store(_) => "storage",
                 D::Internal(_) => "internal",
                 D::Stopped(Stop::Gone) => "cancelled",
@@ -113,6 +114,7 @@ impl Error {
                 D::UnknownTenant(_) | D::Kb(closer_kb::Error::UnknownTenant(_)) => Code::NotFound,
                 D::Store(closer_store::Error::NotFound(_)) | D::NotFound(_) => Code::NotFound,
                 D::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,
+                D::Store(e) if e.is_transient() => Code::Unavailable,
                 D::Stopped(Stop::Gone) => Code::Cancelled,
                 D::Stopped(Stop::Deadline) => Code::DeadlineExceeded,
                 D::Model(_) | D::Kb(_) | D::Store(_) | D::Internal(_) => Code::Internal,
@@ -168,6 +170,12 @@ mod tests {
             d(closer_store::Error::Conflict("taken".into()).into()),
             Code::FailedPrecondition
         );
+        let db = |transient| closer_store::Error::Database {
+            message: "connection reset".into(),
+            transient,
+        };
+        assert_eq!(d(db(true).into()), Code::Unavailable);
+        assert_eq!(d(db(false).into()), Code::Internal);
         assert_eq!(Status::from(Error::Draining).code(), Code::Unavailable);
     }
 }

@@ -273,6 +273,8 @@ fn spawn_loader(
 ) -> watch::Receiver<Readiness> {
     let (ready_tx, ready_rx) = watch::channel(Readiness::Loading);
     let data_dir = config.data_dir.clone();
+    let database_url = config.database_url.clone();
+    let shared_store = database_url.is_some();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
     let retention_days = config.event_retention_days;
@@ -288,7 +290,12 @@ fn spawn_loader(
                 ModelSource::Files(paths) => Models::load_with(&paths, fake, &intent_encoder)?,
                 ModelSource::Ready(m) => m,
             };
-            Ok(Engine::open(models, &data_dir, classifier_config)?)
+            Ok(Engine::open(
+                models,
+                &data_dir,
+                database_url.as_deref(),
+                classifier_config,
+            )?)
         })
         .await;
         match loaded {
@@ -296,6 +303,15 @@ fn spawn_loader(
                 let tenants = engine.tenant_ids();
                 let engine = Arc::new(engine);
                 spawn_retention(engine.clone(), retention_days);
+                if shared_store {
+                    // Other replicas write to the same outbox: wake this one's streams for
+                    // their events too.
+                    closer_store::bus::follow_store(
+                        engine.store.clone(),
+                        engine.bus.clone(),
+                        FOLLOW_EVERY,
+                    );
+                }
                 let _ = state.engine.set(engine);
                 set_health(&health, ServingStatus::Serving).await;
                 let seconds = started.elapsed().as_secs_f64();
@@ -315,6 +331,9 @@ fn spawn_loader(
 }
 
 /// Removes sales events older than `days` days now and then hourly (nothing when 0).
+/// How often a replica on a shared database polls the outbox for other replicas' events.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
 fn spawn_retention(engine: Arc<Engine>, days: u32) {
     if days == 0 {
         return;

@@ -33,3 +33,26 @@ impl Bus for LocalBus {
         self.tx.subscribe()
     }
 }
+
+/// For a store that other processes write to (PostgreSQL with several replicas): polls the
+/// outbox's newest cursor every `every` and publishes it on `bus`, so a stream on this replica
+/// wakes for an event another replica wrote, within `every` even when no faster wake-up comes.
+pub fn follow_store(
+    store: std::sync::Arc<dyn crate::Store>,
+    bus: std::sync::Arc<dyn Bus>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.last_cursor()).await {
+                Ok(Ok(cursor)) => bus.publish(cursor),
+                Ok(Err(e)) => tracing::warn!(error = %e, "polling the outbox failed; retrying"),
+                Err(_) => return,
+            }
+        }
+    })
+}

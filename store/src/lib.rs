@@ -2,25 +2,35 @@
 //! reasons for every change, the event outbox, event consumers' acknowledged cursors, rep
 //! presence and round-robin counts, and idempotency keys.
 //!
-//! Everything sits behind [`Store`], so a PostgreSQL backend can follow the embedded SQLite one
-//! ([`sqlite::SqliteStore`]). Every method that changes state is one transaction, and the events
+//! Everything sits behind [`Store`]: the embedded SQLite backend ([`sqlite::SqliteStore`], the
+//! default) and PostgreSQL ([`postgres::PgStore`], for several replicas on one database). Every method that changes state is one transaction, and the events
 //! a change raises are written in that same transaction (outbox): when a method returns `Ok` the
 //! change and its events are on disk, and a crash at any moment loses neither half.
 //!
 //! Events get a cursor (strictly increasing) and an id derived from it; subscribers read the
 //! outbox after a cursor, and the [`bus::Bus`] only wakes them. See `Events.Subscribe`.
 
+pub mod backend;
 pub mod bus;
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("storage: {0}")]
-    Sql(#[from] rusqlite::Error),
+    /// The database refused or failed a statement. `transient`: worth retrying (a lost
+    /// connection, a lock or serialization conflict, a database starting or shutting down).
+    #[error("storage: {message}")]
+    Database { message: String, transient: bool },
     #[error("storage: {0}")]
     Json(#[from] serde_json::Error),
+    /// The change carried an idempotency key that an earlier (or concurrent) call already
+    /// applied; nothing was written, and this is the reply stored with the first one.
+    #[error("already applied with this idempotency key")]
+    AlreadyApplied(Vec<u8>),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("conflict: {0}")]
@@ -33,6 +43,44 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Whether retrying the same call may succeed (the gRPC layer answers UNAVAILABLE).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        let transient = matches!(
+            e.sqlite_error_code(),
+            Some(DatabaseBusy | DatabaseLocked)
+        );
+        Error::Database {
+            message: e.to_string(),
+            transient,
+        }
+    }
+}
+
+/// Events that depend on what a change wrote (a lead, a meeting), computed inside its
+/// transaction.
+pub type Then<'a, T> = &'a (dyn Fn(&T) -> Vec<NewEvent> + Sync);
+
+/// A condition on a conversation's control that a change requires (checked under the row's
+/// lock): `Err` says why not, and becomes [`Error::Conflict`].
+pub type ControlCheck<'a> = &'a (dyn Fn(&ConversationControl) -> std::result::Result<(), String> + Sync);
+
+/// The database file of the embedded backend, under the data directory.
+pub const SQLITE_FILE: &str = "closer.db";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -287,18 +335,17 @@ pub trait Store: Send + Sync {
     /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing;
     /// `then` adds events that depend on the lead as written (a score change), in the same
     /// transaction. Returns the lead after it and the events as stored.
-    fn record_turn(
-        &self,
-        w: &TurnWrite,
-        then: &dyn Fn(&Lead) -> Vec<NewEvent>,
-    ) -> Result<(Lead, Vec<Event>)>;
+    ///
+    /// With an idempotency key already stored (by an earlier call, or a concurrent one that
+    /// committed first), nothing is written: [`Error::AlreadyApplied`] with the stored reply.
+    fn record_turn(&self, w: &TurnWrite, then: Then<'_, Lead>) -> Result<(Lead, Vec<Event>)>;
     /// Sets (`Some`) or clears (`None`) a rep's manual score; writes `events` with it.
     fn set_manual_score(
         &self,
         tenant: &str,
         conversation_id: &str,
         manual: Option<ManualScore>,
-        events: &dyn Fn(&Lead) -> Vec<NewEvent>,
+        events: Then<'_, Lead>,
     ) -> Result<(Lead, Vec<Event>)>;
     fn lead(&self, tenant: &str, conversation_id: &str) -> Result<Option<Lead>>;
     /// Leads matching `f`, newest first, and how many match in all.
@@ -354,11 +401,8 @@ pub trait Store: Send + Sync {
     fn meetings(&self, tenant: &str, rep_id: &str, from: i64, to: i64) -> Result<Vec<Meeting>>;
     /// Books a meeting unless it overlaps one of the rep's (then `Conflict`), with its events,
     /// in one transaction: two visitors can never get the same slot.
-    fn book_meeting(
-        &self,
-        m: &Meeting,
-        events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
-    ) -> Result<(Meeting, Vec<Event>)>;
+    fn book_meeting(&self, m: &Meeting, events: Then<'_, Meeting>)
+        -> Result<(Meeting, Vec<Event>)>;
     /// Appends messages to a conversation (a rep's, or a visitor's while a rep has it) with
     /// their events. A message with turn 0 is filed under the conversation's latest turn.
     fn append_messages(
@@ -368,12 +412,16 @@ pub trait Store: Send + Sync {
         messages: &[Message],
         events: &[NewEvent],
     ) -> Result<Vec<Event>>;
-    /// Sets who controls a conversation (take over / hand back / close) with its events.
+    /// Sets who controls a conversation (take over / hand back / close) with its events, when
+    /// `check` accepts the control in force (read under the conversation's lock, so of two
+    /// concurrent take-overs one wins and the other gets `Conflict`). `NotFound` when there is
+    /// no such conversation.
     fn set_control(
         &self,
         tenant: &str,
         conversation_id: &str,
         control: &ConversationControl,
+        check: ControlCheck<'_>,
         events: &[NewEvent],
     ) -> Result<Vec<Event>>;
     fn control(&self, tenant: &str, conversation_id: &str) -> Result<Option<ConversationControl>>;
@@ -381,7 +429,6 @@ pub trait Store: Send + Sync {
     fn lead_stats(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<LeadStat>>;
     /// Meetings of a tenant booked in `[from_ms, to_ms)`.
     fn meetings_booked(&self, tenant: &str, from_ms: i64, to_ms: i64) -> Result<Vec<MeetingStat>>;
-    /// Stores a new API key (`Conflict` when its id or hash exists).
     /// Opens a new conversation `conversation_id` in `tenant` whose resume token hashes to
     /// `token_hash`. False (and nothing written) when the id is taken: a conversation or an
     /// earlier claim of the tenant has it. Atomic: of two callers claiming one id, one wins.
@@ -398,6 +445,7 @@ pub trait Store: Send + Sync {
     fn set_identity(&self, tenant: &str, conversation_id: &str, level: &str) -> Result<()>;
     /// Revokes the conversation's resume token; how many live tokens were revoked.
     fn revoke_resume(&self, tenant: &str, conversation_id: &str) -> Result<u32>;
+    /// Stores a new API key (`Conflict` when its id or hash exists).
     fn create_key(&self, key: &ApiKey) -> Result<()>;
     /// Keys of a tenant (or of all tenants), revoked ones included, oldest first.
     fn keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;

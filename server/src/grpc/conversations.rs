@@ -97,18 +97,54 @@ fn published(engine: &Engine, events: &[closer_store::Event]) -> u64 {
     last
 }
 
-/// Stores the conversation's new control state with its event, wakes subscribers, and answers
-/// with the event's cursor.
+/// What the control in force must be for a change; checked again by the store under the
+/// conversation's lock, so a concurrent change on another replica cannot slip in between.
+enum Requires {
+    /// Nobody else has it: free, or with this rep already (take over).
+    FreeFor(String),
+    /// This rep has it (hand back); else the refusal.
+    With(String, &'static str),
+    /// Anything (close).
+    Nothing,
+}
+
+impl Requires {
+    fn check(&self, now: &closer_store::ConversationControl) -> std::result::Result<(), String> {
+        match self {
+            Requires::FreeFor(rep) => match &now.taken_over_by {
+                Some(by) if by != rep => Err(format!("the conversation is with rep {by:?}")),
+                _ => Ok(()),
+            },
+            Requires::With(rep, refusal) => match &now.taken_over_by {
+                Some(by) if by == rep => Ok(()),
+                _ => Err((*refusal).to_string()),
+            },
+            Requires::Nothing => Ok(()),
+        }
+    }
+}
+
+/// Stores the conversation's new control state with its event when `requires` holds, wakes
+/// subscribers, and answers with the event's cursor.
 async fn set_control(
     engine: Arc<Engine>,
     tenant: &str,
     conversation_id: String,
     control: closer_store::ConversationControl,
+    requires: Requires,
     ev: closer_store::NewEvent,
 ) -> R<pb::ControlResponse> {
     let (e, t) = (engine.clone(), tenant.to_string());
-    let stored =
-        blocking(move || e.store.set_control(&t, &conversation_id, &control, &[ev])).await?;
+    let stored = blocking(move || {
+        e.store.set_control(
+            &t,
+            &conversation_id,
+            &control,
+            &|now| requires.check(now),
+            &[ev],
+        )
+    })
+    .await?;
     Ok(Response::new(pb::ControlResponse {
         cursor: published(&engine, &stored),
     }))
@@ -145,11 +181,12 @@ impl pb::conversations_server::Conversations for ConversationsService {
             Some(&rep),
             serde_json::json!({"rep_id": rep.id, "rep_name": rep.name, "text": text}),
         );
+        let requires = Requires::FreeFor(rep.id.clone());
         let control = closer_store::ConversationControl {
             taken_over_by: Some(rep.id),
             closed: false,
         };
-        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
+        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
     }
 
     async fn send_message(
@@ -191,14 +228,16 @@ impl pb::conversations_server::Conversations for ConversationsService {
 
     async fn hand_back(&self, request: Request<pb::HandBackRequest>) -> R<pb::ControlResponse> {
         let req = request.into_inner();
+        const REFUSAL: &str = "the conversation is not with this rep";
         let (engine, tenant, rep) = rep_in_control(
             &self.state,
             &req.tenant,
             &req.conversation_id,
             &req.rep_id,
-            "the conversation is not with this rep",
+            REFUSAL,
         )
         .await?;
+        let requires = Requires::With(rep.id.clone(), REFUSAL);
         let ev = control_event(
             "rep_left",
             &tenant.id,
@@ -210,7 +249,7 @@ impl pb::conversations_server::Conversations for ConversationsService {
             taken_over_by: None,
             closed: false,
         };
-        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
+        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
     }
 
     async fn revoke_resume(
@@ -243,6 +282,7 @@ impl pb::conversations_server::Conversations for ConversationsService {
             taken_over_by: None,
             closed: true,
         };
-        set_control(engine, &tenant.id, req.conversation_id, control, ev).await
+        let requires = Requires::Nothing;
+        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
     }
 }

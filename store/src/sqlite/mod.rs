@@ -1,5 +1,7 @@
 //! The embedded backend: one SQLite file (WAL, `synchronous = FULL`, so a committed transaction
-//! survives power loss and `kill -9`), one connection behind a mutex.
+//! survives power loss and `kill -9`), one connection behind a mutex. Every transaction that
+//! writes begins IMMEDIATE (takes the file's write lock first), so two handles on one file
+//! (two processes) never interleave a read-then-write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -7,10 +9,12 @@ use std::path::Path;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use rusqlite::TransactionBehavior::Immediate;
+
 use crate::{
-    now_ms, ApiKey, Author, ConversationControl, Error, Event, EventFilter, Lead, LeadFilter,
-    LeadStat, ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Result, Store,
-    TurnWrite,
+    now_ms, ApiKey, Author, ControlCheck, ConversationControl, Error, Event, EventFilter, Lead,
+    LeadFilter, LeadStat, ManualScore, Meeting, MeetingStat, Message, NewEvent, Presence, Result,
+    Store, Then, TurnWrite,
 };
 
 mod rows;
@@ -58,14 +62,25 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    fn record_turn(
-        &self,
-        w: &TurnWrite,
-        then: &dyn Fn(&Lead) -> Vec<NewEvent>,
-    ) -> Result<(Lead, Vec<Event>)> {
+    fn record_turn(&self, w: &TurnWrite, then: Then<'_, Lead>) -> Result<(Lead, Vec<Event>)> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let at = now_ms();
+        if let Some((scope, key, reply)) = &w.idempotency {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO idempotency (tenant, scope, key, reply, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![w.tenant, scope, key, reply, at],
+            )?;
+            if n == 0 {
+                let stored: Vec<u8> = tx.query_row(
+                    "SELECT reply FROM idempotency WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
+                    params![w.tenant, scope, key],
+                    |r| r.get(0),
+                )?;
+                return Err(Error::AlreadyApplied(stored));
+            }
+        }
         tx.execute(
             "INSERT INTO conversations (tenant, id, domain, email, created_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -159,12 +174,6 @@ impl Store for SqliteStore {
             )?;
         }
         let mut events = insert_events(&tx, &w.events, at)?;
-        if let Some((scope, key, reply)) = &w.idempotency {
-            tx.execute(
-                "INSERT INTO idempotency (tenant, scope, key, reply, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![w.tenant, scope, key, reply, at],
-            )?;
-        }
         let lead = read_lead(&tx, &w.tenant, &w.conversation_id)?
             .ok_or_else(|| Error::NotFound(w.conversation_id.clone()))?;
         events.extend(insert_events(&tx, &then(&lead), at)?);
@@ -177,10 +186,10 @@ impl Store for SqliteStore {
         tenant: &str,
         conversation_id: &str,
         manual: Option<ManualScore>,
-        events: &dyn Fn(&Lead) -> Vec<NewEvent>,
+        events: Then<'_, Lead>,
     ) -> Result<(Lead, Vec<Event>)> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let manual_json = manual.as_ref().map(serde_json::to_string).transpose()?;
         let n = tx.execute(
             "UPDATE conversations SET manual = ?3, updated_ms = ?4 WHERE tenant = ?1 AND id = ?2",
@@ -277,7 +286,7 @@ impl Store for SqliteStore {
 
     fn append_events(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let out = insert_events(&tx, events, now_ms())?;
         tx.commit()?;
         Ok(out)
@@ -337,7 +346,7 @@ impl Store for SqliteStore {
 
     fn prune_events(&self, before_ms: i64) -> Result<u64> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let through: Option<i64> = tx.query_row(
             "SELECT MAX(cursor) FROM events WHERE at_ms < ?1",
             params![before_ms],
@@ -363,7 +372,7 @@ impl Store for SqliteStore {
 
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let last = newest_cursor(&tx)? as i64;
         if cursor as i64 > last {
             return Err(Error::Conflict(format!(
@@ -442,7 +451,7 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let mut best: Option<(i64, &String)> = None;
         for c in candidates {
             let n: i64 = tx
@@ -487,7 +496,7 @@ impl Store for SqliteStore {
         external_ref: Option<&str>,
     ) -> Result<bool> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT 1 FROM conversations WHERE tenant = ?1 AND id = ?2",
@@ -628,12 +637,12 @@ impl Store for SqliteStore {
     fn book_meeting(
         &self,
         m: &Meeting,
-        events: &dyn Fn(&Meeting) -> Vec<NewEvent>,
+        events: Then<'_, Meeting>,
     ) -> Result<(Meeting, Vec<Event>)> {
         let mut conn = self.conn.lock();
         // IMMEDIATE: the overlap check and the insert hold the write lock together, also
         // against another process on the same file.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let clash: i64 = tx.query_row(
             "SELECT COUNT(*) FROM meetings
              WHERE tenant = ?1 AND rep_id = ?2 AND start_s < ?4 AND end_s > ?3",
@@ -673,7 +682,7 @@ impl Store for SqliteStore {
         events: &[NewEvent],
     ) -> Result<Vec<Event>> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
         let (mut seq, latest): (i64, u32) = tx.query_row(
             "SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(turn), 0) FROM messages
              WHERE tenant = ?1 AND conversation_id = ?2",
@@ -706,10 +715,25 @@ impl Store for SqliteStore {
         tenant: &str,
         conversation_id: &str,
         control: &ConversationControl,
+        check: ControlCheck<'_>,
         events: &[NewEvent],
     ) -> Result<Vec<Event>> {
         let mut conn = self.conn.lock();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(Immediate)?;
+        let now = tx
+            .query_row(
+                "SELECT taken_over_by, closed FROM conversations WHERE tenant = ?1 AND id = ?2",
+                params![tenant, conversation_id],
+                |r| {
+                    Ok(ConversationControl {
+                        taken_over_by: r.get(0)?,
+                        closed: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("conversation {conversation_id:?}")))?;
+        check(&now).map_err(Error::Conflict)?;
         let n = tx.execute(
             "UPDATE conversations SET taken_over_by = ?3, closed = ?4, updated_ms = ?5
              WHERE tenant = ?1 AND id = ?2",

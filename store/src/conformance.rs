@@ -1,0 +1,580 @@
+//! The store conformance suite: every case runs against every backend (SQLite always;
+//! PostgreSQL when `CLOSER_TEST_DATABASE_URL` is set, see `scripts/backends.sh`). The
+//! concurrency cases open two handles on one database — two replicas — and write from several
+//! threads on each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::*;
+
+/// A database the cases can open any number of handles on.
+pub(crate) trait Backend {
+    /// A new handle (connection pool, or file connection) on the same database.
+    fn open(&self) -> Box<dyn Store>;
+}
+
+/// One `#[test]` per conformance case, for the backend `$make` returns (`None`: skipped, with
+/// the reason printed).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            basic_turns_leads_and_transcripts,
+            a_manual_score_wins_until_cleared,
+            events_filter_by_tenant_kind_and_rep_and_acks_never_move_back,
+            round_robin_is_fair_over_a_thousand_conversations,
+            concurrent_bookings_of_one_slot_give_exactly_one_meeting,
+            an_idempotency_key_is_kept_with_its_change,
+            retention_removes_old_events_and_refuses_to_read_across_the_gap,
+            a_conversation_id_is_claimed_once_and_only_a_live_token_reopens_it,
+            the_latest_event_of_a_conversation_by_kind,
+            replicas_write_events_that_a_subscriber_sees_once_and_in_cursor_order,
+            replicas_share_round_robin_fairly,
+            of_two_concurrent_take_overs_one_wins,
+            one_idempotency_key_on_two_replicas_gives_one_lead_and_one_reply,
+            concurrent_messages_of_one_conversation_are_all_kept_in_order,
+        );
+    };
+    (@each $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                if let Some(b) = $make {
+                    $crate::conformance::$case(&b);
+                }
+            }
+        )*
+    };
+}
+
+fn ev(kind: &str, tenant: &str, rep: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: kind.into(),
+        tenant: tenant.into(),
+        conversation_id: Some("c1".into()),
+        rep_id: rep.map(str::to_string),
+        team: None,
+        payload: serde_json::json!({"k": kind}),
+    }
+}
+
+fn turn(tenant: &str, conv: &str, n: u32, score: i32) -> TurnWrite {
+    TurnWrite {
+        tenant: tenant.into(),
+        conversation_id: conv.into(),
+        domain: Some("acme.com".into()),
+        email: None,
+        messages: vec![
+            Message {
+                turn: n,
+                author: Author::Visitor,
+                text: format!("question {n}"),
+                at_ms: 1,
+            },
+            Message {
+                turn: n,
+                author: Author::Bot,
+                text: format!("answer {n}"),
+                at_ms: 2,
+            },
+        ],
+        slots: vec![("company_size".into(), "40".into())],
+        intents: vec![("pricing".into(), n)],
+        detected: if n == 1 {
+            vec!["pricing".into(), "security".into()]
+        } else {
+            vec![]
+        },
+        score: Some((
+            score,
+            vec![Reason {
+                rule: "pricing".into(),
+                turn: n,
+                detail: "intent pricing".into(),
+                points: 1,
+            }],
+        )),
+        route: None,
+        events: vec![ev("cql_scored", tenant, None)],
+        idempotency: None,
+    }
+}
+
+pub(crate) fn basic_turns_leads_and_transcripts(b: &dyn Backend) {
+    let s = b.open();
+    let (lead, events) = s.record_turn(&turn("t", "c1", 1, 1), &|_| vec![]).unwrap();
+    assert_eq!((lead.score, lead.turns), (1, 1));
+    assert_eq!(events[0].id, format!("evt-{}", events[0].cursor));
+    s.record_turn(&turn("t", "c1", 2, 2), &|_| vec![]).unwrap();
+    let s = b.open();
+    let lead = s.lead("t", "c1").unwrap().unwrap();
+    assert_eq!((lead.bot_score, lead.turns), (2, 2));
+    assert_eq!(lead.slots["company_size"], "40");
+    assert_eq!(lead.intents["pricing"], 1, "first turn kept");
+    assert_eq!(s.transcript("t", "c1").unwrap().len(), 4);
+    let by_turn = s.turn_intents("t", "c1").unwrap();
+    assert_eq!(by_turn.len(), 1, "turn 2 detected nothing: no row");
+    assert_eq!(by_turn[&1], ["pricing", "security"]);
+    assert!(s.turn_intents("other", "c1").unwrap().is_empty());
+    assert_eq!(s.last_cursor().unwrap(), 2);
+    assert!(s.lead("other", "c1").unwrap().is_none());
+    let control = s.control("t", "c1").unwrap().unwrap();
+    assert_eq!(control.taken_over_by, None);
+    assert!(s.control("t", "nope").unwrap().is_none());
+}
+
+pub(crate) fn a_manual_score_wins_until_cleared(b: &dyn Backend) {
+    let s = b.open();
+    s.record_turn(&turn("t", "c1", 1, 2), &|_| vec![]).unwrap();
+    let m = ManualScore {
+        score: -1,
+        rep_id: "r1".into(),
+        note: "student".into(),
+        at_ms: 5,
+    };
+    let (lead, events) = s
+        .set_manual_score("t", "c1", Some(m), &|l| {
+            vec![ev(&format!("score {}", l.score), "t", None)]
+        })
+        .unwrap();
+    assert_eq!((lead.score, lead.bot_score), (-1, 2));
+    assert_eq!(events[0].event.kind, "score -1");
+    // A later bot turn changes the bot's score, not the one in force.
+    let (lead, events) = s
+        .record_turn(&turn("t", "c1", 2, 3), &|l| {
+            vec![ev(&format!("after {}", l.bot_score), "t", None)]
+        })
+        .unwrap();
+    assert_eq!((lead.score, lead.bot_score), (-1, 3));
+    assert_eq!(events.last().unwrap().event.kind, "after 3");
+    let (lead, _) = s.set_manual_score("t", "c1", None, &|_| vec![]).unwrap();
+    assert_eq!(lead.score, 3);
+    assert!(matches!(
+        s.set_manual_score("t", "nope", None, &|_| vec![]),
+        Err(Error::NotFound(_))
+    ));
+    let (hot, n) = s
+        .leads(&LeadFilter {
+            tenant: "t".into(),
+            min_score: Some(3),
+            limit: 10,
+            ..LeadFilter::default()
+        })
+        .unwrap();
+    assert_eq!((hot.len(), n), (1, 1));
+}
+
+pub(crate) fn events_filter_by_tenant_kind_and_rep_and_acks_never_move_back(b: &dyn Backend) {
+    let s = b.open();
+    s.append_events(&[
+        ev("account_live", "t", Some("r1")),
+        ev("cql_scored", "t", None),
+        ev("account_live", "u", Some("r1")),
+        ev("handoff_requested", "t", Some("r2")),
+    ])
+    .unwrap();
+    let f = |kinds: &[&str], rep: Option<&str>| EventFilter {
+        tenant: "t".into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        rep_id: rep.map(str::to_string),
+        team: None,
+        conversation_id: None,
+    };
+    let c = |v: Vec<Event>| v.iter().map(|e| e.cursor).collect::<Vec<_>>();
+    assert_eq!(c(s.events_after(0, &f(&[], None), 100).unwrap()), [1, 2, 4]);
+    assert_eq!(c(s.events_after(1, &f(&[], None), 1).unwrap()), [2]);
+    assert_eq!(
+        c(s.events_after(0, &f(&["account_live"], None), 100).unwrap()),
+        [1]
+    );
+    assert_eq!(c(s.events_after(0, &f(&[], Some("r2")), 100).unwrap()), [4]);
+    assert_eq!(s.ack("t", "crm", 2).unwrap(), 2);
+    assert_eq!(s.ack("t", "crm", 1).unwrap(), 2);
+    assert!(s.ack("t", "crm", 99).is_err());
+    assert_eq!(s.acked("t", "crm").unwrap(), 2);
+    assert_eq!(s.acked("u", "crm").unwrap(), 0);
+}
+
+pub(crate) fn round_robin_is_fair_over_a_thousand_conversations(b: &dyn Backend) {
+    let s = b.open();
+    let reps: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
+    let mut count: HashMap<String, i32> = HashMap::new();
+    for i in 0..1000 {
+        // Rep c is away for a stretch; the others take its share meanwhile.
+        let available: Vec<String> = if (300..400).contains(&i) {
+            reps[..2].to_vec()
+        } else {
+            reps.clone()
+        };
+        let r = s.round_robin("t", "smb", &available).unwrap().unwrap();
+        *count.entry(r).or_default() += 1;
+    }
+    let max = count.values().max().unwrap();
+    let min = count.values().min().unwrap();
+    assert!(max - min <= 1, "{count:?}");
+    assert_eq!(s.round_robin("t", "smb", &[]).unwrap(), None);
+}
+
+pub(crate) fn concurrent_bookings_of_one_slot_give_exactly_one_meeting(b: &dyn Backend) {
+    let s: Arc<dyn Store> = b.open().into();
+    let wins: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                scope.spawn(move || {
+                    s.book_meeting(
+                        &Meeting {
+                            id: 0,
+                            tenant: "t".into(),
+                            rep_id: "r1".into(),
+                            // Overlapping, not identical, slots.
+                            start: 1_000 + i * 60,
+                            end: 2_800 + i * 60,
+                            conversation_id: format!("c{i}"),
+                            email: None,
+                        },
+                        &|m| vec![ev("meeting_booked", &m.tenant, Some(&m.rep_id))],
+                    )
+                    .is_ok()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum()
+    });
+    assert_eq!(wins, 1);
+    assert_eq!(s.meetings("t", "r1", 0, 10_000).unwrap().len(), 1);
+    assert_eq!(
+        s.last_cursor().unwrap(),
+        1,
+        "one event, for the one booking"
+    );
+    // Another rep's calendar is separate.
+    assert!(s
+        .book_meeting(
+            &Meeting {
+                id: 0,
+                tenant: "t".into(),
+                rep_id: "r2".into(),
+                start: 1_000,
+                end: 2_800,
+                conversation_id: "c9".into(),
+                email: None,
+            },
+            &|_| vec![],
+        )
+        .is_ok());
+}
+
+pub(crate) fn an_idempotency_key_is_kept_with_its_change(b: &dyn Backend) {
+    let s = b.open();
+    let mut w = turn("t", "form-1", 1, 2);
+    w.idempotency = Some(("qualify".into(), "k1".into(), b"reply".to_vec()));
+    s.record_turn(&w, &|_| vec![]).unwrap();
+    assert_eq!(
+        s.idempotent_get("t", "qualify", "k1").unwrap().as_deref(),
+        Some(&b"reply"[..])
+    );
+    // The same key again writes nothing and hands back the first reply.
+    match s.record_turn(&w, &|_| vec![]) {
+        Err(Error::AlreadyApplied(r)) => assert_eq!(r, b"reply"),
+        other => panic!("expected AlreadyApplied, got {other:?}"),
+    }
+    assert_eq!(s.transcript("t", "form-1").unwrap().len(), 2);
+}
+
+pub(crate) fn retention_removes_old_events_and_refuses_to_read_across_the_gap(b: &dyn Backend) {
+    let all = EventFilter {
+        tenant: "t".into(),
+        ..Default::default()
+    };
+    {
+        let s = b.open();
+        let written = s
+            .append_events(&[ev("a", "t", None), ev("b", "t", None), ev("c", "t", None)])
+            .unwrap();
+        assert_eq!(
+            s.prune_events(written[0].at_ms).unwrap(),
+            0,
+            "nothing older yet"
+        );
+        assert_eq!(s.pruned_through().unwrap(), 0);
+        // Everything written so far is older than a moment from now.
+        assert_eq!(s.prune_events(written[2].at_ms + 1).unwrap(), 3);
+        assert_eq!(s.pruned_through().unwrap(), 3);
+        // The outbox is empty but cursors go on from where they were.
+        assert_eq!(s.last_cursor().unwrap(), 3);
+        let next = s.append_events(&[ev("d", "t", None)]).unwrap();
+        assert_eq!(next[0].cursor, 4);
+    }
+    // After a restart too.
+    let s = b.open();
+    assert_eq!(s.pruned_through().unwrap(), 3);
+    let err = s.events_after(1, &all, 10).unwrap_err().to_string();
+    assert!(
+        err.contains("after_cursor") && err.contains("cursor 3"),
+        "names where reading can start: {err}"
+    );
+    let kept: Vec<u64> = s
+        .events_after(3, &all, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.cursor)
+        .collect();
+    assert_eq!(kept, [4]);
+    // A consumer may ack the newest cursor even when it was removed.
+    assert_eq!(s.ack("t", "crm", 3).unwrap(), 3);
+}
+
+pub(crate) fn a_conversation_id_is_claimed_once_and_only_a_live_token_reopens_it(b: &dyn Backend) {
+    let s = b.open();
+    assert!(s.claim_conversation("t", "c1", "h1", None).unwrap());
+    assert!(
+        !s.claim_conversation("t", "c1", "h2", None).unwrap(),
+        "a second claim of the same id loses"
+    );
+    assert!(
+        s.claim_conversation("other", "c1", "h3", None).unwrap(),
+        "ids are per tenant"
+    );
+    // A conversation that predates claims (written by a turn) cannot be claimed either.
+    s.record_turn(&turn("t", "old", 1, 1), &|_| vec![]).unwrap();
+    assert!(!s.claim_conversation("t", "old", "h4", Some("old")).unwrap());
+    assert_eq!(
+        s.conversation_by_token("t", "h1").unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        s.conversation_by_token("other", "h1").unwrap(),
+        None,
+        "bound to the tenant"
+    );
+    assert_eq!(s.conversation_by_token("t", "h2").unwrap(), None);
+    assert_eq!(s.revoke_resume("t", "c1").unwrap(), 1);
+    assert_eq!(s.revoke_resume("t", "c1").unwrap(), 0, "already revoked");
+    assert_eq!(s.conversation_by_token("t", "h1").unwrap(), None);
+    assert_eq!(
+        s.conversation_by_token("other", "h3").unwrap().as_deref(),
+        Some("c1")
+    );
+}
+
+pub(crate) fn the_latest_event_of_a_conversation_by_kind(b: &dyn Backend) {
+    let s = b.open();
+    let of = |kind: &str, conv: &str| {
+        let mut e = ev(kind, "t", None);
+        e.conversation_id = Some(conv.into());
+        s.append_events(&[e]).unwrap();
+    };
+    of("meeting_proposed", "c1");
+    of("meeting_booked", "c1");
+    of("meeting_proposed", "c2");
+    of("cql_scored", "c1");
+    let kinds = ["meeting_proposed", "meeting_booked"];
+    let got = s.latest_event("t", "c1", &kinds).unwrap().unwrap();
+    assert_eq!(got.event.kind, "meeting_booked");
+    assert_eq!(
+        s.latest_event("t", "c2", &kinds)
+            .unwrap()
+            .unwrap()
+            .event
+            .kind,
+        "meeting_proposed"
+    );
+    assert!(s.latest_event("t", "c3", &kinds).unwrap().is_none());
+    assert!(s.latest_event("other", "c1", &kinds).unwrap().is_none());
+}
+
+/// Runs `f(handle, thread)` on `threads` threads over each of two handles (replicas).
+fn on_two_replicas<T: Send>(
+    b: &dyn Backend,
+    threads: usize,
+    f: impl Fn(&dyn Store, usize) -> T + Sync,
+) -> Vec<T> {
+    let replicas: Vec<Box<dyn Store>> = vec![b.open(), b.open()];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads * 2)
+            .map(|i| {
+                let (s, f) = (&replicas[i % 2], &f);
+                scope.spawn(move || f(s.as_ref(), i))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+pub(crate) fn replicas_write_events_that_a_subscriber_sees_once_and_in_cursor_order(
+    b: &dyn Backend,
+) {
+    const WRITERS: usize = 3;
+    const EACH: usize = 40;
+    let reader = b.open();
+    let all = EventFilter {
+        tenant: "t".into(),
+        ..Default::default()
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (seen, written) = std::thread::scope(|scope| {
+        let subscriber = scope.spawn(|| {
+            // A subscriber from 0 that polls while the writers write: it must never find a
+            // cursor below one it has already passed.
+            let (mut cursor, mut seen) = (0u64, vec![]);
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let batch = reader.events_after(cursor, &all, 7).unwrap();
+                for e in &batch {
+                    assert!(e.cursor > cursor, "cursor {} after {cursor}", e.cursor);
+                    cursor = e.cursor;
+                    seen.push(e.event.payload["n"].as_u64().unwrap());
+                }
+                if batch.is_empty() && finished {
+                    return seen;
+                }
+            }
+        });
+        let written = on_two_replicas(b, WRITERS, |s, w| {
+            for i in 0..EACH {
+                let n = (w * EACH + i) as u64;
+                let mut e = ev("cql_scored", "t", None);
+                e.payload = serde_json::json!({ "n": n });
+                // Some in a turn's transaction (with other writes), some on their own.
+                if i % 2 == 0 {
+                    s.append_events(&[e]).unwrap();
+                } else {
+                    let mut t = turn("t", &format!("c{w}"), i as u32, 1);
+                    t.events = vec![e];
+                    s.record_turn(&t, &|_| vec![]).unwrap();
+                }
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (subscriber.join().unwrap(), written.len())
+    });
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "an event seen twice");
+    assert_eq!(seen.len(), written * EACH, "every event seen");
+}
+
+pub(crate) fn replicas_share_round_robin_fairly(b: &dyn Backend) {
+    let reps: Vec<String> = ["a", "b", "c"].iter().map(|x| x.to_string()).collect();
+    let picks = on_two_replicas(b, 3, |s, _| {
+        (0..50)
+            .map(|_| s.round_robin("t", "smb", &reps).unwrap().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut count: HashMap<String, i32> = HashMap::new();
+    for p in picks.into_iter().flatten() {
+        *count.entry(p).or_default() += 1;
+    }
+    let (max, min) = (count.values().max().unwrap(), count.values().min().unwrap());
+    assert_eq!(count.values().sum::<i32>(), 300);
+    assert!(max - min <= 1, "{count:?}");
+}
+
+pub(crate) fn of_two_concurrent_take_overs_one_wins(b: &dyn Backend) {
+    let s = b.open();
+    for round in 0..10 {
+        let conv = format!("c{round}");
+        s.record_turn(&turn("t", &conv, 1, 1), &|_| vec![]).unwrap();
+        let outcomes = on_two_replicas(b, 2, |s, i| {
+            let rep = format!("rep{i}");
+            let control = ConversationControl {
+                taken_over_by: Some(rep.clone()),
+                closed: false,
+            };
+            let check = |now: &ConversationControl| match &now.taken_over_by {
+                Some(by) if by != &rep => Err(format!("the conversation is with rep {by:?}")),
+                _ => Ok(()),
+            };
+            let mut e = ev("rep_joined", "t", Some(&rep));
+            e.conversation_id = Some(conv.clone());
+            s.set_control("t", &conv, &control, &check, &[e])
+        });
+        let wins = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(wins, 1, "{outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|o| o.is_ok() || matches!(o, Err(Error::Conflict(_)))));
+        let holder = s.control("t", &conv).unwrap().unwrap().taken_over_by;
+        let joined = s
+            .latest_event("t", &conv, &["rep_joined"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(joined.event.rep_id, holder, "the event names the winner");
+    }
+    assert!(matches!(
+        s.set_control(
+            "t",
+            "nope",
+            &ConversationControl {
+                taken_over_by: None,
+                closed: true
+            },
+            &|_| Ok(()),
+            &[]
+        ),
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub(crate) fn one_idempotency_key_on_two_replicas_gives_one_lead_and_one_reply(b: &dyn Backend) {
+    for round in 0..5 {
+        let conv = format!("form-{round}");
+        let outcomes = on_two_replicas(b, 2, |s, i| {
+            let mut w = turn("t", &conv, 1, 2);
+            w.idempotency = Some((
+                "qualify".into(),
+                format!("k{round}"),
+                format!("reply {i}").into_bytes(),
+            ));
+            match s.record_turn(&w, &|_| vec![]) {
+                Ok(_) => None,
+                Err(Error::AlreadyApplied(reply)) => Some(reply),
+                Err(e) => panic!("a repeated key must not fail: {e}"),
+            }
+        });
+        let s = b.open();
+        let stored = s
+            .idempotent_get("t", "qualify", &format!("k{round}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcomes.iter().filter(|o| o.is_none()).count(), 1);
+        assert!(outcomes.iter().flatten().all(|r| r == &stored), "one reply");
+        assert_eq!(s.transcript("t", &conv).unwrap().len(), 2, "one turn written");
+    }
+}
+
+pub(crate) fn concurrent_messages_of_one_conversation_are_all_kept_in_order(b: &dyn Backend) {
+    let s = b.open();
+    s.record_turn(&turn("t", "c1", 1, 1), &|_| vec![]).unwrap();
+    on_two_replicas(b, 2, |s, i| {
+        for k in 0..15 {
+            let m = Message {
+                turn: 0,
+                author: Author::Rep,
+                text: format!("{i}:{k}"),
+                at_ms: 3,
+            };
+            s.append_messages("t", "c1", &[m], &[]).unwrap();
+        }
+    });
+    let t = s.transcript("t", "c1").unwrap();
+    assert_eq!(t.len(), 2 + 4 * 15);
+    // Each writer's messages keep their order, all filed under the latest turn.
+    for i in 0..4 {
+        let mine: Vec<&str> = t
+            .iter()
+            .filter(|m| m.text.starts_with(&format!("{i}:")))
+            .map(|m| m.text.as_str())
+            .collect();
+        let want: Vec<String> = (0..15).map(|k| format!("{i}:{k}")).collect();
+        assert_eq!(mine, want);
+    }
+    assert!(t[2..].iter().all(|m| m.turn == 1));
+}

@@ -1,0 +1,302 @@
+//! Two `closer serve` replicas on loopback sharing one PostgreSQL database (started by
+//! `scripts/backends.sh`; the tests skip with the reason without it, and fail when
+//! `CLOSER_TEST_REQUIRE_BACKENDS=1`). The replicas share the tenant files of one data folder;
+//! everything a conversation needs to continue on the other replica comes from the database.
+
+use super::*;
+use closer_server::auth::{new_key, Role};
+use closer_store::Store;
+use sales::{always_open_playbook, Live};
+
+/// A fresh database on the test server, or `None` (printed) when none is configured.
+fn fresh_database() -> Option<String> {
+    let Ok(url) = std::env::var("CLOSER_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("CLOSER_TEST_REQUIRE_BACKENDS").as_deref() != Ok("1"),
+            "CLOSER_TEST_REQUIRE_BACKENDS=1 but CLOSER_TEST_DATABASE_URL is not set \
+             (run the tests through scripts/backends.sh)"
+        );
+        eprintln!("skipped: CLOSER_TEST_DATABASE_URL is not set (scripts/backends.sh starts PostgreSQL)");
+        return None;
+    };
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "closer_replicas_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let (base, _) = url.rsplit_once('/').expect("a database URL");
+    let admin = url.clone();
+    let create = name.clone();
+    // The synchronous client refuses to run inside the test's runtime: a thread of its own.
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {create}")).unwrap();
+    })
+    .join()
+    .unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+struct Replicas {
+    a: RunningServer,
+    b: RunningServer,
+    database_url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Replicas {
+    /// Two replicas on one data folder (the demo tenant, with an always-open playbook) and
+    /// one database; `keys` turns API keys on.
+    async fn start(keys: bool) -> Option<Self> {
+        let database_url = fresh_database()?;
+        let data = demo_data();
+        std::fs::write(
+            closer_kb::tenant_dir(data.path(), "applinks").join("playbook.yaml"),
+            always_open_playbook(),
+        )
+        .unwrap();
+        let replica = || {
+            let mut cfg =
+                ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+            cfg.database_url = Some(database_url.clone());
+            if keys {
+                cfg.auth = closer_server::config::AuthMode::Keys;
+            }
+            serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts())))
+        };
+        let a = replica().await;
+        let b = replica().await;
+        Some(Self {
+            a,
+            b,
+            database_url,
+            _data: data,
+        })
+    }
+
+    fn url(s: &RunningServer) -> String {
+        format!("http://{}", s.addr)
+    }
+
+    /// A test server view of one replica (for the helpers that take one).
+    fn view(&self, which: &RunningServer) -> TestServerRef {
+        TestServerRef {
+            url: Self::url(which),
+        }
+    }
+}
+
+/// What the shared helpers need of a server: its address.
+struct TestServerRef {
+    url: String,
+}
+
+impl TestServerRef {
+    async fn conversations(
+        &self,
+    ) -> pb::conversations_client::ConversationsClient<tonic::transport::Channel> {
+        pb::conversations_client::ConversationsClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+}
+
+async fn live_on(url: &str, id: &str, domain: Option<&str>) -> Live {
+    Live::open_at(url, start_with_id("applinks", domain, id)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rep_on_replica_b_reaches_the_visitor_on_replica_a_within_a_second() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let mut v = live_on(&Replicas::url(&r.a), "replica-live-1", None).await;
+    v.say("Hi there").await;
+    v.turn().await;
+    let mut conv_b = r.view(&r.b).conversations().await;
+    let take = |rep: &str| pb::TakeOverRequest {
+        tenant: "applinks".into(),
+        conversation_id: "replica-live-1".into(),
+        rep_id: rep.into(),
+    };
+    let t = std::time::Instant::now();
+    conv_b.take_over(take("r-daniel")).await.unwrap();
+    let Event::RepJoined(j) = v.next().await else {
+        panic!("rep_joined expected")
+    };
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_secs(1), "took {waited:?}");
+    assert!(j.text.starts_with("Human here! Daniel"), "{}", j.text);
+    // Another rep on the other replica is refused: the take-over is held in the database.
+    let mut conv_a = r.view(&r.a).conversations().await;
+    assert_eq!(
+        conv_a.take_over(take("r-priya")).await.unwrap_err().code(),
+        tonic::Code::FailedPrecondition
+    );
+    // The visitor writes on A; the bot stays quiet; the rep answers from B.
+    v.say("Can you give me a custom quote?").await;
+    let t = std::time::Instant::now();
+    conv_b
+        .send_message(pb::RepMessageRequest {
+            tenant: "applinks".into(),
+            conversation_id: "replica-live-1".into(),
+            rep_id: "r-daniel".into(),
+            text: "Sure, what volume?".into(),
+        })
+        .await
+        .unwrap();
+    let Event::RepMessage(m) = v.next().await else {
+        panic!("the rep's message first: the bot stayed quiet")
+    };
+    assert_eq!(m.text, "Sure, what volume?");
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_proposed_on_replica_a_is_booked_on_replica_b() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let mut a = live_on(&Replicas::url(&r.a), "replica-meet", Some("acme.com")).await;
+    let opened = match a.next().await {
+        Event::Opened(o) => o,
+        other => panic!("opened first, got {other:?}"),
+    };
+    a.say("How much does it cost?").await;
+    let first = a.turn().await;
+    let offered = sales::proposed(&first).expect("a meeting offered").clone();
+    drop(a);
+    // The visitor's connection moves to B (a load balancer's choice): the offered times and
+    // the turn count continue there.
+    let mut start = start_with_id("applinks", None, "");
+    if let Some(pb::converse_request::Event::Start(s)) = &mut start.event {
+        s.resume_token = Some(opened.resume_token.clone());
+    }
+    let mut b = Live::open_at(&Replicas::url(&r.b), start).await;
+    b.tx.send(pb::ConverseRequest {
+        event: Some(pb::converse_request::Event::ChooseSlot(pb::ChooseSlot {
+            slot_id: "1".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let turn = b.turn().await;
+    let booked = turn
+        .iter()
+        .find_map(|e| match e {
+            Event::MeetingBooked(m) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("booked on B: {turn:?}"));
+    assert_eq!(
+        booked.slot.unwrap().start_unix,
+        offered.slots[0].start_unix
+    );
+    let fin = final_of(&turn);
+    assert_eq!(fin.turn, 2, "the turn count went on");
+    // The booking is in the shared database: A sees the slot as taken.
+    let store = {
+        let url = r.database_url.clone();
+        std::thread::spawn(move || closer_store::postgres::PgStore::connect(&url).unwrap())
+            .join()
+            .unwrap()
+    };
+    let slot = offered.slots[0].clone();
+    let meetings = std::thread::spawn(move || {
+        store
+            .meetings(
+                "applinks",
+                &slot.rep_id,
+                slot.start_unix,
+                slot.start_unix + 1,
+            )
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(meetings.len(), 1);
+    assert_eq!(meetings[0].conversation_id, opened.conversation_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_on_replica_a_reach_a_subscriber_on_replica_b_live() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let mut sub = pb::events_client::EventsClient::connect(Replicas::url(&r.b))
+        .await
+        .unwrap()
+        .subscribe(pb::SubscribeRequest {
+            tenant: "applinks".into(),
+            kinds: vec!["cql_scored".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut v = live_on(&Replicas::url(&r.a), "replica-events", Some("acme.com")).await;
+    v.say("How much does it cost?").await;
+    let t = std::time::Instant::now();
+    v.turn().await;
+    let e = tokio::time::timeout(Duration::from_secs(2), sub.message())
+        .await
+        .expect("the event within 2 s")
+        .unwrap()
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(e.conversation_id.as_deref(), Some("replica-events"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_once_is_refused_by_both_replicas_at_once() {
+    let Some(r) = Replicas::start(true).await else {
+        return;
+    };
+    let url = r.database_url.clone();
+    let (key, stored) = new_key("applinks", Role::Rep, "replicas");
+    let id = stored.id.clone();
+    let store = std::thread::spawn(move || {
+        let s = closer_store::postgres::PgStore::connect(&url).unwrap();
+        s.create_key(&stored).unwrap();
+        s
+    })
+    .join()
+    .unwrap();
+    let classify = || pb::ClassifyRequest {
+        tenant: "applinks".into(),
+        text: "How much does it cost?".into(),
+    };
+    let client = |server: &RunningServer| {
+        let url = Replicas::url(server);
+        let key = key.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let auth: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {key}").parse().unwrap();
+            pb::assistant_client::AssistantClient::with_interceptor(
+                channel,
+                move |mut req: tonic::Request<()>| {
+                    req.metadata_mut().insert("authorization", auth.clone());
+                    Ok(req)
+                },
+            )
+        }
+    };
+    let (mut ca, mut cb) = (client(&r.a).await, client(&r.b).await);
+    ca.classify(classify()).await.unwrap();
+    cb.classify(classify()).await.unwrap();
+    std::thread::spawn(move || store.revoke_key(&id).unwrap())
+        .join()
+        .unwrap();
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(
+            c.classify(classify()).await.unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+}

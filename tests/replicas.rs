@@ -49,6 +49,11 @@ impl Replicas {
     /// Two replicas on one data folder (the demo tenant, with an always-open playbook) and
     /// one database; `keys` turns API keys on.
     async fn start(keys: bool) -> Option<Self> {
+        Self::start_with(keys, None).await
+    }
+
+    /// As [`Replicas::start`], with NATS wake-ups at `nats_url`.
+    async fn start_with(keys: bool, nats_url: Option<String>) -> Option<Self> {
         let database_url = fresh_database()?;
         let data = demo_data();
         std::fs::write(
@@ -60,6 +65,7 @@ impl Replicas {
             let mut cfg =
                 ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
             cfg.database_url = Some(database_url.clone());
+            cfg.nats_url = nats_url.clone();
             if keys {
                 cfg.auth = closer_server::config::AuthMode::Keys;
             }
@@ -298,5 +304,173 @@ async fn a_key_revoked_once_is_refused_by_both_replicas_at_once() {
             c.classify(classify()).await.unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
+    }
+}
+
+/// The test NATS server (`CLOSER_TEST_NATS_URL`), or `None` (printed) when none is configured.
+fn nats_url() -> Option<String> {
+    match std::env::var("CLOSER_TEST_NATS_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CLOSER_TEST_REQUIRE_BACKENDS").as_deref() != Ok("1"),
+                "CLOSER_TEST_REQUIRE_BACKENDS=1 but CLOSER_TEST_NATS_URL is not set"
+            );
+            eprintln!("skipped: CLOSER_TEST_NATS_URL is not set (scripts/backends.sh starts NATS)");
+            None
+        }
+    }
+}
+
+/// A visitor on A whose conversation a rep on B has taken over; returns the visitor's stream
+/// and B's client.
+async fn taken_over(
+    r: &Replicas,
+    id: &str,
+) -> (
+    Live,
+    pb::conversations_client::ConversationsClient<tonic::transport::Channel>,
+) {
+    let mut v = live_on(&Replicas::url(&r.a), id, None).await;
+    v.say("Hi there").await;
+    v.turn().await;
+    let mut conv_b = r.view(&r.b).conversations().await;
+    conv_b
+        .take_over(pb::TakeOverRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.into(),
+            rep_id: "r-daniel".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(v.next().await, Event::RepJoined(_)));
+    (v, conv_b)
+}
+
+/// How long a rep's message sent on B takes to reach the visitor on A.
+async fn rep_message_delay(
+    v: &mut Live,
+    conv_b: &mut pb::conversations_client::ConversationsClient<tonic::transport::Channel>,
+    id: &str,
+    text: &str,
+) -> Duration {
+    let t = std::time::Instant::now();
+    conv_b
+        .send_message(pb::RepMessageRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.into(),
+            rep_id: "r-daniel".into(),
+            text: text.into(),
+        })
+        .await
+        .unwrap();
+    match v.next().await {
+        Event::RepMessage(m) => assert_eq!(m.text, text),
+        other => panic!("the rep's message expected, got {other:?}"),
+    }
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_a_replica_wakes_at_once_not_at_the_next_poll() {
+    let Some(nats) = nats_url() else { return };
+    let Some(r) = Replicas::start_with(false, Some(nats)).await else {
+        return;
+    };
+    let (mut v, mut conv_b) = taken_over(&r, "replica-nats").await;
+    // The fallback poll runs every 2 s: five messages each under 500 ms come from NATS
+    // (by the poll alone, about one run in a thousand).
+    for i in 0..5 {
+        let d = rep_message_delay(&mut v, &mut conv_b, "replica-nats", &format!("msg {i}")).await;
+        assert!(d < Duration::from_millis(500), "message {i} took {d:?}");
+    }
+}
+
+/// A nats-server of the test's own on a free loopback port, to kill and restart.
+struct OwnNats {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = OwnNats {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        n.restart()?;
+        Some(n)
+    }
+
+    fn restart(&mut self) -> Option<()> {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .current_dir(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Some(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_no_error_reaches_a_visitor_and_wake_ups_resume() {
+    let Some(_) = nats_url() else { return };
+    let mut nats = OwnNats::start().expect("nats-server on PATH (scripts/backends.sh installs it)");
+    let Some(r) = Replicas::start_with(false, Some(nats.url())).await else {
+        return;
+    };
+    let (mut v, mut conv_b) = taken_over(&r, "replica-nats-down").await;
+    let id = "replica-nats-down";
+    assert!(rep_message_delay(&mut v, &mut conv_b, id, "before").await < Duration::from_millis(500));
+    // SIGKILL: no goodbye to the clients.
+    nats.kill();
+    for i in 0..3 {
+        // Delivered by the poll (every 2 s), with no error on the visitor's stream.
+        let d = rep_message_delay(&mut v, &mut conv_b, id, &format!("down {i}")).await;
+        assert!(d < Duration::from_millis(2600), "message {i} took {d:?}");
+    }
+    nats.restart().expect("nats-server restarts on its port");
+    // The clients reconnect by themselves (with a back-off); then wake-ups are immediate again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut fast = 0;
+    let mut i = 0;
+    while fast < 3 {
+        assert!(std::time::Instant::now() < deadline, "wake-ups did not resume");
+        let d = rep_message_delay(&mut v, &mut conv_b, id, &format!("after {i}")).await;
+        fast = if d < Duration::from_millis(300) { fast + 1 } else { 0 };
+        i += 1;
     }
 }

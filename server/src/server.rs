@@ -275,6 +275,8 @@ fn spawn_loader(
     let data_dir = config.data_dir.clone();
     let database_url = config.database_url.clone();
     let shared_store = database_url.is_some();
+    let nats_url = config.nats_url.clone();
+    let with_nats = nats_url.is_some();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
     let retention_days = config.event_retention_days;
@@ -298,6 +300,19 @@ fn spawn_loader(
             )?)
         })
         .await;
+        let loaded = match (loaded, nats_url) {
+            (Ok(Ok(mut engine)), Some(url)) => {
+                let last = engine.store.last_cursor().unwrap_or(0);
+                match closer_store::nats::NatsBus::connect(&url, last).await {
+                    Ok(bus) => {
+                        engine.bus = Arc::new(bus);
+                        Ok(Ok(engine))
+                    }
+                    Err(e) => Ok(Err(anyhow::anyhow!(e))),
+                }
+            }
+            (other, _) => other,
+        };
         match loaded {
             Ok(Ok(engine)) => {
                 let tenants = engine.tenant_ids();
@@ -305,12 +320,10 @@ fn spawn_loader(
                 spawn_retention(engine.clone(), retention_days);
                 if shared_store {
                     // Other replicas write to the same outbox: wake this one's streams for
-                    // their events too.
-                    closer_store::bus::follow_store(
-                        engine.store.clone(),
-                        engine.bus.clone(),
-                        FOLLOW_EVERY,
-                    );
+                    // their events too. With NATS the wake-ups come at once and the poll is
+                    // only the fallback (NATS down or a message lost).
+                    let every = if with_nats { FOLLOW_EVERY_WITH_NATS } else { FOLLOW_EVERY };
+                    closer_store::bus::follow_store(engine.store.clone(), engine.bus.clone(), every);
                 }
                 let _ = state.engine.set(engine);
                 set_health(&health, ServingStatus::Serving).await;
@@ -333,6 +346,8 @@ fn spawn_loader(
 /// Removes sales events older than `days` days now and then hourly (nothing when 0).
 /// How often a replica on a shared database polls the outbox for other replicas' events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// The same with NATS wake-ups: only what a lost wake-up may cost.
+const FOLLOW_EVERY_WITH_NATS: Duration = Duration::from_secs(2);
 
 fn spawn_retention(engine: Arc<Engine>, days: u32) {
     if days == 0 {

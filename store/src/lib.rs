@@ -14,6 +14,7 @@ pub mod backend;
 pub mod bus;
 #[cfg(test)]
 mod conformance;
+pub mod nats;
 pub mod postgres;
 pub mod sqlite;
 

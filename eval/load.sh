@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The load and fault runs of issue 7 (R1–R8) and the Converse speed runs of issue 6 (S1, S48),
 # against servers on loopback started here.
-# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|R8seed|S1|S48 ...]   (default: R1 R2 R4 R5 R7 R8)
+# Usage: eval/load.sh [R1|R1real|R2|R4|R5|R7|R8|R8real|R8seed|S1|S48|P1|P2 ...]   (default: R1 R2 R4 R5 R7 R8)
+#   P1/P2 (issue 30): 48 conversations for LOAD_SECONDS (default 120), fake generator as in R1,
+#   on one replica with SQLite (P1) and on two replicas sharing one PostgreSQL (P2, 24 each;
+#   run under scripts/backends.sh, which provides CLOSER_TEST_DATABASE_URL); P3: P1 with the
+#   store on PostgreSQL.
 # Figures go to target/load/<run>.{txt,json}. Needs `make build models`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +61,28 @@ run() {
     serve R1 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64
     load R1 --concurrency 48 --seconds 300 --pid $SERVER_PID "${MSGS[@]}"
     stop ;;
+  P1) # Issue 30 baseline: R1's settings on one replica (SQLite).
+    serve P1 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64
+    load P1 --concurrency 48 --seconds "${LOAD_SECONDS:-120}" --pid $SERVER_PID "${MSGS[@]}"
+    stop ;;
+  P3) # Issue 30: P1 with the store on PostgreSQL (one replica): what the database costs.
+    [ -n "${CLOSER_TEST_DATABASE_URL:-}" ] || { echo "P3 needs PostgreSQL: scripts/backends.sh eval/load.sh P3"; exit 1; }
+    serve P3 "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64 --database-url "$CLOSER_TEST_DATABASE_URL"
+    load P3 --concurrency 48 --seconds "${LOAD_SECONDS:-120}" --pid $SERVER_PID "${MSGS[@]}"
+    stop ;;
+  P2) # Issue 30: the same load over two replicas on one PostgreSQL, 24 conversations each
+      # (on one 2-core machine the two processes share the cores: RAYON_NUM_THREADS=1 each).
+    [ -n "${CLOSER_TEST_DATABASE_URL:-}" ] || { echo "P2 needs PostgreSQL: scripts/backends.sh eval/load.sh P2"; exit 1; }
+    RAYON_NUM_THREADS=1 serve P2a "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64 --database-url "$CLOSER_TEST_DATABASE_URL"
+    local a=$SERVER_PID
+    RAYON_NUM_THREADS=1 PORT=$((PORT + 1)) serve P2b "${FAKE[@]}" --generator-slots 48 --tenant-max-pending-replies 64 --database-url "$CLOSER_TEST_DATABASE_URL"
+    local b=$SERVER_PID
+    load P2a --concurrency 24 --seconds "${LOAD_SECONDS:-120}" --pid $a "${MSGS[@]}" > /dev/null &
+    local la=$!
+    URL=http://127.0.0.1:$((PORT + 1)) load P2b --concurrency 24 --seconds "${LOAD_SECONDS:-120}" --pid $b "${MSGS[@]}"
+    wait $la; cat "$OUT/P2a.txt"
+    psql "$CLOSER_TEST_DATABASE_URL" -Atc "SELECT COUNT(*) || ' events, ' || COUNT(DISTINCT conversation_id) || ' conversations in ' || ROUND((MAX(at_ms) - MIN(at_ms)) / 1000.0, 1) || ' s' FROM events" | tee "$OUT/P2.events.txt"
+    kill -TERM $a $b; wait $a $b || true ;;
   S1) # Issue 6: the seed question, one visitor at a time, the real model.
     serve S1
     load S1 --concurrency 1 --seconds 90 --domain acme.com --pid $SERVER_PID --unique "${SEED[@]}"

@@ -474,3 +474,207 @@ async fn with_nats_down_no_error_reaches_a_visitor_and_wake_ups_resume() {
         i += 1;
     }
 }
+
+/// What a visitor got back: conversation `n`'s turn `turn` acknowledged (its final event
+/// arrived) by replica `by` (0 = A, 1 = B).
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    n: usize,
+    turn: u32,
+    by: usize,
+}
+
+/// Conversation `n`: two turns, started on A for even `n` (while A lives), else on B; a
+/// broken stream continues on B with the resume token.
+async fn two_turns(n: usize, urls: [String; 2], acks: Arc<std::sync::Mutex<Vec<Ack>>>) {
+    let texts = ["How much does each seat cost?", "Are you SOC 2 compliant?"];
+    let (mut token, mut done, mut tries) = (None::<String>, 0, 0);
+    while done < texts.len() {
+        tries += 1;
+        assert!(tries <= 4, "conversation {n} could not continue");
+        let by = if n % 2 == 0 && tries == 1 { 0 } else { 1 };
+        let Ok(mut client) = pb::assistant_client::AssistantClient::connect(urls[by].clone()).await
+        else {
+            continue;
+        };
+        let mut start = start_with_id("applinks", None, &format!("kill-{n}"));
+        if let (Some(t), Some(pb::converse_request::Event::Start(s))) = (&token, &mut start.event) {
+            s.conversation_id.clear();
+            s.resume_token = Some(t.clone());
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.send(start).await;
+        let Ok(resp) = client.converse(ReceiverStream::new(rx)).await else {
+            continue;
+        };
+        let mut stream = resp.into_inner();
+        'stream: while done < texts.len() {
+            if tx.send(message(texts[done])).await.is_err() {
+                break;
+            }
+            loop {
+                match stream.message().await {
+                    Ok(Some(r)) => match r.event {
+                        Some(Event::Opened(o)) => token = Some(o.resume_token),
+                        Some(Event::Final(f)) => {
+                            acks.lock().unwrap().push(Ack { n, turn: f.turn, by });
+                            done += 1;
+                            // The visitor reads before typing again.
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            break;
+                        }
+                        _ => {}
+                    },
+                    _ => break 'stream,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing() {
+    let Some(database_url) = fresh_database() else {
+        return;
+    };
+    let data = demo_data();
+    // A is a child process (to SIGKILL); B runs here; one data folder, one database.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sales::child_serve_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CLOSER_KILL_TEST_DATA", data.path())
+        .env("CLOSER_KILL_TEST_DATABASE_URL", &database_url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let url_a = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("replica A ended early");
+        }
+        if let Some((_, addr)) = line.trim().split_once("serving ") {
+            break format!("http://{addr}");
+        }
+    };
+    let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+    cfg.database_url = Some(database_url.clone());
+    let b = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
+    let urls = [url_a, format!("http://{}", b.addr)];
+
+    const CONVERSATIONS: usize = 1000;
+    let acks = Arc::new(std::sync::Mutex::new(Vec::<Ack>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = vec![];
+    for _ in 0..8 {
+        let (urls, acks, next) = (urls.clone(), acks.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= CONVERSATIONS {
+                    return;
+                }
+                two_turns(n, urls.clone(), acks.clone()).await;
+            }
+        }));
+    }
+    // SIGKILL A a third of the way through, while a visitor on A is between its two turns.
+    let between = |acks: &[Ack]| {
+        let mut on_a: std::collections::HashMap<usize, usize> = Default::default();
+        for a in acks.iter().filter(|a| a.by == 0) {
+            *on_a.entry(a.n).or_default() += 1;
+        }
+        on_a.values().any(|&k| k == 1)
+    };
+    loop {
+        let a = acks.lock().unwrap().clone();
+        if a.len() >= 2 * CONVERSATIONS / 3 && between(&a) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    assert_eq!(acks.len(), 2 * CONVERSATIONS, "every visitor finished both turns");
+    // Conversations that got a turn from each replica: moved to B mid-way.
+    let from = |by: usize| -> std::collections::HashSet<usize> {
+        acks.iter().filter(|a| a.by == by).map(|a| a.n).collect()
+    };
+    let moved: Vec<usize> = from(0).intersection(&from(1)).copied().collect();
+    let on_a = acks.iter().filter(|a| a.by == 0).count();
+    assert!(on_a > 0 && !moved.is_empty(), "A served {on_a} turns; {} conversations moved", moved.len());
+
+    // The database: every acknowledged turn is there under the number the visitor was told,
+    // visitor turns are numbered 1..k without a gap or a repeat, and each conversation's
+    // events are there once.
+    let url = database_url.clone();
+    let checked = std::thread::spawn(move || {
+        let store = closer_store::postgres::PgStore::connect(&url).unwrap();
+        let mut by_conv: std::collections::HashMap<usize, Vec<u32>> = Default::default();
+        for a in &acks {
+            by_conv.entry(a.n).or_default().push(a.turn);
+        }
+        let mut extra_turns = 0;
+        for (n, told) in &by_conv {
+            let id = format!("kill-{n}");
+            let visitor: Vec<u32> = store
+                .transcript("applinks", &id)
+                .unwrap()
+                .iter()
+                .filter(|m| m.author == closer_store::Author::Visitor)
+                .map(|m| m.turn)
+                .collect();
+            let want: Vec<u32> = (1..=visitor.len() as u32).collect();
+            assert_eq!(visitor, want, "{id}: visitor turns numbered 1..k");
+            for t in told {
+                assert!(visitor.contains(t), "{id}: acknowledged turn {t} lost");
+            }
+            // A turn committed on A whose final never arrived is sent again on B: one more.
+            extra_turns += visitor.len() - told.len();
+            let lead = store.lead("applinks", &id).unwrap().expect("lead");
+            assert_eq!(lead.turns as usize, visitor.len());
+        }
+        let events = store
+            .events_after(
+                0,
+                &closer_store::EventFilter {
+                    tenant: "applinks".into(),
+                    kinds: vec!["cql_scored".into()],
+                    ..Default::default()
+                },
+                10_000,
+            )
+            .unwrap();
+        let mut cursors: Vec<u64> = events.iter().map(|e| e.cursor).collect();
+        let len = cursors.len();
+        cursors.dedup();
+        assert_eq!(cursors.len(), len, "an event stored twice");
+        let scored: std::collections::HashSet<&str> = events
+            .iter()
+            .filter_map(|e| e.event.conversation_id.as_deref())
+            .collect();
+        for n in by_conv.keys() {
+            assert!(scored.contains(format!("kill-{n}").as_str()), "kill-{n}: no cql_scored event");
+        }
+        (by_conv.len(), extra_turns, len)
+    })
+    .join()
+    .unwrap();
+    eprintln!(
+        "kill -9 of replica A: {} conversations ({} moved to B mid-way, {on_a} turns answered by A), \
+         {} turns resent after a final was lost, {} cql_scored events, none lost or doubled",
+        checked.0,
+        moved.len(),
+        checked.1,
+        checked.2
+    );
+}

@@ -1153,7 +1153,9 @@ async fn child_serve_until_killed() {
     let Ok(dir) = std::env::var("CLOSER_KILL_TEST_DATA") else {
         return;
     };
-    let cfg = ServeConfig::for_tests(PathBuf::from(dir), ModelPaths::default_root());
+    let mut cfg = ServeConfig::for_tests(PathBuf::from(dir), ModelPaths::default_root());
+    // A replica on a shared database (tests/replicas.rs).
+    cfg.database_url = std::env::var("CLOSER_KILL_TEST_DATABASE_URL").ok();
     let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
     println!("serving {}", server.addr);
     tokio::time::sleep(Duration::from_secs(600)).await;

@@ -492,7 +492,7 @@ async fn two_turns(n: usize, urls: [String; 2], acks: Arc<std::sync::Mutex<Vec<A
     while done < texts.len() {
         tries += 1;
         assert!(tries <= 4, "conversation {n} could not continue");
-        let by = if n % 2 == 0 && tries == 1 { 0 } else { 1 };
+        let by = if n.is_multiple_of(2) && tries == 1 { 0 } else { 1 };
         let Ok(mut client) = pb::assistant_client::AssistantClient::connect(urls[by].clone()).await
         else {
             continue;

@@ -166,8 +166,9 @@ pub trait WebhookStore {
     /// dead. Events without a conversation are independent.
     fn due_deliveries(&self, endpoint_id: &str, now_ms: i64, limit: usize)
         -> Result<Vec<Delivery>>;
-    /// When the earliest pending delivery of an enabled endpoint is due.
-    fn next_due_ms(&self) -> Result<Option<i64>>;
+    /// When the earliest pending delivery of an enabled endpoint falls due after `after_ms`
+    /// (those due already wait for a slot or for their conversation's earlier event).
+    fn next_due_ms(&self, after_ms: i64) -> Result<Option<i64>>;
     /// Records that an attempt starts: attempts + 1, and `retry_at_ms` as the next due time
     /// (what stands if the process dies before [`WebhookStore::finish_attempt`]). Returns the
     /// attempt's number; `None` when the delivery is no longer pending.

@@ -277,12 +277,12 @@ impl WebhookStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    fn next_due_ms(&self) -> Result<Option<i64>> {
+    fn next_due_ms(&self, after_ms: i64) -> Result<Option<i64>> {
         Ok(self.conn.lock().query_row(
             "SELECT MIN(d.next_attempt_ms) FROM webhook_deliveries d
              JOIN webhook_endpoints e ON e.id = d.endpoint_id
-             WHERE d.status = 'pending' AND e.disabled_ms IS NULL",
-            [],
+             WHERE d.status = 'pending' AND e.disabled_ms IS NULL AND d.next_attempt_ms > ?1",
+            params![after_ms],
             |r| r.get(0),
         )?)
     }
@@ -577,7 +577,7 @@ mod tests {
         s.scan_events("wh_1", 100, &body).unwrap();
         s.disable_endpoint("wh_1", "410 Gone", 5).unwrap();
         assert_eq!(
-            s.next_due_ms().unwrap(),
+            s.next_due_ms(-1).unwrap(),
             None,
             "disabled endpoints are not due"
         );

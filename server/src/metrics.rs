@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Turns admitted and refused, by tenant.
     tenant_turns: Family<TenantLabel, Counter>,
     tenant_refused: Family<TenantLabel, Counter>,
+    /// The webhook delivery worker's figures (registered here, counted by the worker).
+    pub webhooks: closer_webhooks::metrics::Metrics,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,7 @@ impl Default for Metrics {
             samples: Mutex::default(),
             tenant_turns: Family::default(),
             tenant_refused: Family::default(),
+            webhooks: Default::default(),
             registry: Registry::default(),
         };
         let gauges = [
@@ -135,6 +138,7 @@ impl Default for Metrics {
         for (name, help, f) in TENANT_COUNTERS {
             registry.register(name, help, f(&m).clone());
         }
+        m.webhooks.register(&mut registry);
         Metrics { registry, ..m }
     }
 }

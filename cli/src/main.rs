@@ -1,9 +1,10 @@
-//! The `closer` command: serve, chat, models pull, kb load, keys, bench, load.
+//! The `closer` command: serve, chat, models pull, kb load, keys, webhooks, bench, load.
 
 mod bench;
 mod chat;
 mod kbbench;
 mod load;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -45,6 +46,13 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+        data_dir: PathBuf,
+    },
+    /// Signed webhooks of a tenant's sales events (Standard Webhooks); stored in the data folder.
+    Webhooks {
+        #[command(subcommand)]
+        command: crate::webhooks::WebhooksCommand,
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
     },
@@ -193,6 +201,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             command: KbCommand::Bench(args),
         } => crate::kbbench::run(args),
         Command::Keys { command, data_dir } => keys(command, &data_dir),
+        Command::Webhooks { command, data_dir } => crate::webhooks::run(command, &data_dir, rt),
         Command::Kb {
             command:
                 KbCommand::Load {

@@ -564,6 +564,34 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_cut_short_by_a_crash_is_due_again_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("closer.db");
+        let now = now_ms();
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+            s.append_events(&[event("t", "a", Some("c1"))]).unwrap();
+            s.scan_events("wh_1", 100, &body).unwrap();
+            // The attempt starts; the process dies before its result is written.
+            assert_eq!(s.begin_attempt("wh_1", 1, now + 5_000).unwrap(), Some(1));
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let d = s.delivery("wh_1", 1).unwrap().unwrap();
+        assert_eq!(
+            (d.status, d.attempts, d.next_attempt_ms),
+            (DeliveryStatus::Pending, 1, now + 5_000)
+        );
+        assert!(s.due_deliveries("wh_1", now, 10).unwrap().is_empty());
+        let due = s.due_deliveries("wh_1", now + 5_000, 10).unwrap();
+        assert_eq!(
+            (due.len(), due[0].cursor, due[0].body.as_str()),
+            (1, 1, "body-1")
+        );
+        assert_eq!(s.next_due_ms(now).unwrap(), Some(now + 5_000));
+    }
+
+    #[test]
     fn rotation_keeps_the_old_secret_and_delete_removes_deliveries() {
         let s = SqliteStore::in_memory().unwrap();
         s.create_endpoint(&endpoint("wh_1", &[])).unwrap();

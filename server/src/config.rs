@@ -221,6 +221,9 @@ impl ServeConfig {
         closer_webhooks::worker::WorkerConfig {
             allow_loopback: self.webhooks_allow_loopback,
             schedule: closer_webhooks::schedule::RetrySchedule::scaled(self.webhooks_retry_scale),
+            retention: (self.event_retention_days > 0).then(|| {
+                std::time::Duration::from_secs(u64::from(self.event_retention_days) * 86_400)
+            }),
             ..Default::default()
         }
     }

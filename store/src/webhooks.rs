@@ -191,6 +191,9 @@ pub trait WebhookStore {
         which: &ReplaySelection,
         body: &dyn Fn(&Event) -> String,
     ) -> Result<u64>;
+    /// Removes delivered and dead deliveries last touched before `before_ms` (retention);
+    /// how many went.
+    fn prune_deliveries(&self, before_ms: i64) -> Result<u64>;
     /// One delivery (tests, tools).
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>>;
 }

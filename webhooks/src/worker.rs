@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// Deliveries in flight at once per endpoint.
     pub per_endpoint: usize,
+    /// Delivered and dead deliveries are removed this long after their last attempt (hourly);
+    /// `None` keeps them.
+    pub retention: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +50,7 @@ impl Default for WorkerConfig {
             timeout: Duration::from_secs(15),
             poll: Duration::from_secs(1),
             per_endpoint: 8,
+            retention: Some(Duration::from_secs(30 * 86_400)),
         }
     }
 }
@@ -109,9 +113,14 @@ async fn blocking<T: Send + 'static>(
 
 async fn run(shared: Arc<Shared>, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
     let mut limits: HashMap<String, Arc<Semaphore>> = HashMap::new();
+    let mut pruned_at: Option<std::time::Instant> = None;
     loop {
         if *stop.borrow() {
             return;
+        }
+        if pruned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            pruned_at = Some(std::time::Instant::now());
+            prune(&shared).await;
         }
         if let Err(e) = round(&shared, &mut limits).await {
             tracing::warn!(error = %e, "webhook round failed");
@@ -127,11 +136,26 @@ async fn run(shared: Arc<Shared>, mut wake: watch::Receiver<u64>, mut stop: watc
             .unwrap_or(shared.config.poll)
             .min(shared.config.poll);
         tokio::select! {
-            _ = wake.changed() => {}
+            // The engine (and its bus) or the server is gone: nothing more to deliver for.
+            r = wake.changed() => if r.is_err() { return },
+            r = stop.changed() => if r.is_err() { return },
             _ = shared.done.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
-            _ = stop.changed() => {}
         }
+    }
+}
+
+/// Removes finished deliveries older than the retention.
+async fn prune(shared: &Arc<Shared>) {
+    let Some(keep) = shared.config.retention else {
+        return;
+    };
+    let before = now_ms() - keep.as_millis() as i64;
+    let s = shared.clone();
+    match blocking(move || s.store.prune_deliveries(before)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "webhook delivery retention"),
+        Err(e) => tracing::warn!(error = %e, "webhook delivery retention failed"),
     }
 }
 

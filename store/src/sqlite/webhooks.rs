@@ -384,6 +384,14 @@ impl WebhookStore for SqliteStore {
         Ok(n)
     }
 
+    fn prune_deliveries(&self, before_ms: i64) -> Result<u64> {
+        Ok(self.conn.lock().execute(
+            "DELETE FROM webhook_deliveries
+             WHERE status IN ('delivered', 'dead') AND updated_ms < ?1",
+            params![before_ms],
+        )? as u64)
+    }
+
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>> {
         Ok(self
             .conn
@@ -557,6 +565,12 @@ mod tests {
             1
         );
         assert_eq!(s.delivery("wh_1", 1).unwrap().unwrap().body, "body-1");
+        // Retention removes finished deliveries only.
+        s.begin_attempt("wh_1", 1, 0).unwrap();
+        s.finish_attempt("wh_1", 1, &dead).unwrap();
+        assert_eq!(s.prune_deliveries(now_ms() + 1).unwrap(), 1);
+        assert_eq!(s.delivery("wh_1", 1).unwrap(), None);
+        assert!(s.delivery("wh_1", 2).unwrap().is_some(), "pending stays");
         assert!(matches!(
             s.replay("other", "wh_1", &ReplaySelection::Dead, &body),
             Err(Error::NotFound(_))

@@ -40,6 +40,7 @@ impl Received {
     }
 }
 
+/// The status and body to answer with; status 0: no answer at all (the connection is held).
 type Answer = Box<dyn Fn(&Received) -> (u16, &'static str) + Send + Sync>;
 
 /// A loopback HTTP/1.1 receiver that records every request and answers as `answer` says.
@@ -67,6 +68,10 @@ impl Receiver {
                     let (status, body) = answer(&r);
                     r.status = status;
                     log.lock().unwrap().push(r);
+                    if status == 0 {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -790,4 +795,113 @@ async fn create_refuses_plain_http_and_internal_addresses_naming_url() {
         .unwrap()
         .into_inner();
     assert!(ok.secret.starts_with("whsec_"));
+}
+
+/// Runs only as the child of `a_delivery_cut_by_kill_9_is_sent_again_after_restart`: a server
+/// with loopback webhooks on the given data folder, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the webhook kill -9 test"]
+async fn child_serve_webhooks_until_killed() {
+    let Ok(dir) = std::env::var("CLOSER_WEBHOOK_KILL_DATA") else {
+        return;
+    };
+    let server = serve_ready(kill_test_config(PathBuf::from(dir)), echo_models()).await;
+    println!("serving {}", server.addr);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+fn kill_test_config(dir: PathBuf) -> ServeConfig {
+    let mut cfg = ServeConfig::for_tests(dir, ModelPaths::default_root());
+    cfg.webhooks_allow_loopback = true;
+    cfg.webhooks_retry_scale = 0.001;
+    cfg
+}
+
+fn echo_models() -> Models {
+    fake_models(Arc::new(ScriptedGenerator::echo_facts()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_cut_by_kill_9_is_sent_again_after_restart() {
+    let data = demo_data();
+    // The first request is never answered: the server dies while it is in flight.
+    let rx = Receiver::start(Box::new(|_| {
+        static FIRST: AtomicBool = AtomicBool::new(true);
+        if FIRST.swap(false, Ordering::SeqCst) {
+            (0, "")
+        } else {
+            (200, "ok")
+        }
+    }))
+    .await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "webhooks::child_serve_webhooks_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CLOSER_WEBHOOK_KILL_DATA", data.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("child ended early");
+        }
+        if let Some((_, addr)) = line.trim().split_once("serving ") {
+            break format!("http://{addr}");
+        }
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let secret = pb::webhooks_client::WebhooksClient::new(channel.clone())
+        .create(pb::CreateWebhookRequest {
+            tenant: "applinks".into(),
+            url: rx.url.clone(),
+            kinds: vec!["account_live".into()],
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let start = start_with_id("applinks", Some("acme.com"), "");
+    let Some(pb::converse_request::Event::Start(start)) = start.event else {
+        unreachable!()
+    };
+    let mut s = pb::assistant_client::AssistantClient::new(channel)
+        .send(pb::SendRequest {
+            start: Some(start),
+            event: Some(pb::send_request::Event::Message(pb::VisitorMessage {
+                text: TURNS[0].into(),
+            })),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while s.message().await.unwrap().is_some() {}
+
+    // The attempt is in flight (recorded, unanswered): kill -9.
+    let first = rx.until("the first attempt", |g| !g.is_empty()).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Restarted on the same folder, the worker sends it again with the same webhook id.
+    let _server = serve_ready(kill_test_config(data.path().to_path_buf()), echo_models()).await;
+    let got = rx
+        .until("the delivery after the restart", |g| {
+            g.iter().any(|r| r.status == 200)
+        })
+        .await;
+    let again = got.iter().find(|r| r.status == 200).unwrap();
+    assert_eq!(again.id, first[0].id);
+    assert_eq!(again.body, first[0].body);
+    assert!(python_verifies(&secret, again, &again.body));
 }

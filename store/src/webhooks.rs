@@ -161,7 +161,8 @@ pub trait WebhookStore {
         limit: usize,
         body: &dyn Fn(&Event) -> String,
     ) -> Result<(usize, bool)>;
-    /// Pending deliveries of the endpoint due at `now_ms`, oldest first, at most one per
+    /// Pending deliveries of the endpoint (none when it is disabled) due at `now_ms`, oldest
+    /// first, at most one per
     /// conversation: a conversation's later event waits until the earlier one is delivered or
     /// dead. Events without a conversation are independent.
     fn due_deliveries(&self, endpoint_id: &str, now_ms: i64, limit: usize)
@@ -171,7 +172,8 @@ pub trait WebhookStore {
     fn next_due_ms(&self, after_ms: i64) -> Result<Option<i64>>;
     /// Records that an attempt starts: attempts + 1, and `retry_at_ms` as the next due time
     /// (what stands if the process dies before [`WebhookStore::finish_attempt`]). Returns the
-    /// attempt's number; `None` when the delivery is no longer pending.
+    /// attempt's number; `None` when the delivery is no longer pending or its endpoint is
+    /// disabled.
     fn begin_attempt(
         &self,
         endpoint_id: &str,

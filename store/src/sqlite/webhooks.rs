@@ -264,6 +264,8 @@ impl WebhookStore for SqliteStore {
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
              WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_ms <= ?2
+               AND EXISTS (SELECT 1 FROM webhook_endpoints e
+                           WHERE e.id = d.endpoint_id AND e.disabled_ms IS NULL)
                AND (d.conversation_id IS NULL OR NOT EXISTS (
                    SELECT 1 FROM webhook_deliveries p
                    WHERE p.endpoint_id = d.endpoint_id AND p.conversation_id = d.conversation_id
@@ -298,7 +300,9 @@ impl WebhookStore for SqliteStore {
         let n = tx.execute(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_ms = ?3,
                 updated_ms = ?4
-             WHERE endpoint_id = ?1 AND cursor = ?2 AND status = 'pending'",
+             WHERE endpoint_id = ?1 AND cursor = ?2 AND status = 'pending'
+               AND EXISTS (SELECT 1 FROM webhook_endpoints e
+                           WHERE e.id = endpoint_id AND e.disabled_ms IS NULL)",
             params![endpoint_id, cursor as i64, retry_at_ms, now_ms()],
         )?;
         if n == 0 {
@@ -618,6 +622,12 @@ mod tests {
         s.append_events(&[event("t", "a", Some("c1"))]).unwrap();
         s.scan_events("wh_1", 100, &body).unwrap();
         s.disable_endpoint("wh_1", "410 Gone", 5).unwrap();
+        assert!(s.due_deliveries("wh_1", now_ms(), 10).unwrap().is_empty());
+        assert_eq!(
+            s.begin_attempt("wh_1", 1, 0).unwrap(),
+            None,
+            "a disabled endpoint sends nothing"
+        );
         assert_eq!(
             s.next_due_ms(-1).unwrap(),
             None,

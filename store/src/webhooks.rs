@@ -172,8 +172,8 @@ pub trait WebhookStore {
     fn next_due_ms(&self, after_ms: i64) -> Result<Option<i64>>;
     /// Records that an attempt starts: attempts + 1, and `retry_at_ms` as the next due time
     /// (what stands if the process dies before [`WebhookStore::finish_attempt`]). Returns the
-    /// attempt's number; `None` when the delivery is no longer pending or its endpoint is
-    /// disabled.
+    /// attempt's number; `None` when the delivery is no longer pending and due, or its endpoint
+    /// is disabled.
     fn begin_attempt(
         &self,
         endpoint_id: &str,

@@ -301,6 +301,7 @@ impl WebhookStore for SqliteStore {
             "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_ms = ?3,
                 updated_ms = ?4
              WHERE endpoint_id = ?1 AND cursor = ?2 AND status = 'pending'
+               AND next_attempt_ms <= ?4
                AND EXISTS (SELECT 1 FROM webhook_endpoints e
                            WHERE e.id = endpoint_id AND e.disabled_ms IS NULL)",
             params![endpoint_id, cursor as i64, retry_at_ms, now_ms()],
@@ -512,8 +513,9 @@ mod tests {
         };
         s.finish_attempt("wh_1", 1, &retry).unwrap();
         assert_eq!(cursors(&s, now), [3]);
+        // Not due yet: it cannot start early (a stale list of due deliveries).
+        assert_eq!(s.begin_attempt("wh_1", 1, now + 60_000).unwrap(), None);
         // Delivered: the second is due.
-        s.begin_attempt("wh_1", 1, now + 60_000).unwrap();
         let ok = AttemptResult {
             status: DeliveryStatus::Delivered,
             response_status: Some(200),
@@ -524,7 +526,7 @@ mod tests {
         let d = s.delivery("wh_1", 1).unwrap().unwrap();
         assert_eq!(
             (d.attempts, d.status, d.last_status),
-            (2, DeliveryStatus::Delivered, Some(200))
+            (1, DeliveryStatus::Delivered, Some(200))
         );
         // A delivery no longer pending cannot be started again.
         assert_eq!(s.begin_attempt("wh_1", 1, now).unwrap(), None);

@@ -72,8 +72,14 @@ impl Receiver {
                         tokio::time::sleep(Duration::from_secs(60)).await;
                         return;
                     }
+                    // A 429 always says when to come back: in a second.
+                    let wait = if status == 429 {
+                        "retry-after: 1\r\n"
+                    } else {
+                        ""
+                    };
                     let reply = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\n{wait}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = s.write_all(reply.as_bytes()).await;
@@ -525,6 +531,33 @@ async fn a_503_is_retried_with_the_same_id_and_a_410_disables_the_endpoint() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gone.got().len(), 1, "{:#?}", gone.got());
     assert!(h.server.state.metrics.webhooks.count(Outcome::Gone) == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_tried_again_no_sooner() {
+    // The schedule alone would retry within a millisecond; Retry-After says one second.
+    let h = hooked(0.00001).await;
+    let seen = Arc::new(AtomicBool::new(false));
+    let s = seen.clone();
+    let rx = Receiver::start(Box::new(move |_| {
+        if s.swap(true, Ordering::SeqCst) {
+            (200, "ok")
+        } else {
+            (429, "slow down")
+        }
+    }))
+    .await;
+    h.create(&rx.url, &["account_live"]).await;
+    h.converse(&TURNS[..1]).await;
+    let got = rx
+        .until("the retry after a 429", |g| {
+            g.iter().any(|r| r.status == 200)
+        })
+        .await;
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[0].id, got[1].id);
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,6 +289,9 @@ mod tests {
         m.record_stop(Stop::Gone, 2.0);
         m.record_stop(Stop::Gone, 4.0);
         m.record_stop(Stop::Deadline, 0.0);
+        use closer_webhooks::metrics::Outcome;
+        m.webhooks.attempt(Outcome::Failed, false);
+        m.webhooks.attempt(Outcome::Dead, true);
         let text = prometheus(
             &m,
             &Snapshot {
@@ -302,6 +305,9 @@ mod tests {
         assert!(text.contains("closer_turns_deadline_exceeded_total 1\n"));
         assert!(text.contains("closer_stop_after_drop_ms{quantile=\"1\"} 4.0\n"));
         assert!(text.contains("# TYPE closer_turns_dropped counter\n"));
+        assert!(text.contains("closer_webhook_attempts_total{outcome=\"dead\"} 1\n"));
+        assert!(text.contains("closer_webhook_retries_total 1\n"));
+        assert!(text.contains("closer_webhook_dead_letters_total 1\n"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -11,7 +11,8 @@ pub struct WebhooksService {
 }
 
 fn pb_endpoint(e: WebhookEndpoint) -> pb::WebhookEndpoint {
-    let (disabled_ms, reason) = e.disabled.unwrap_or((0, String::new()));
+    let disabled = e.disabled.is_some();
+    let reason = e.disabled.map(|(_, why)| why).unwrap_or_default();
     pb::WebhookEndpoint {
         id: e.id,
         tenant: e.tenant,
@@ -19,7 +20,7 @@ fn pb_endpoint(e: WebhookEndpoint) -> pb::WebhookEndpoint {
         kinds: e.kinds,
         description: e.description,
         created_ms: e.created_ms,
-        disabled: disabled_ms != 0,
+        disabled,
         disabled_reason: reason,
         scan_cursor: e.scan_cursor,
         pending: e.pending,

@@ -151,6 +151,8 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due
     ON webhook_deliveries (status, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint
+    ON webhook_deliveries (endpoint_id, status, cursor);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_conversation
     ON webhook_deliveries (endpoint_id, conversation_id, status, cursor);
 "#;

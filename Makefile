@@ -56,7 +56,7 @@ clippy:
 # no sanitizer). Seeds come from the demo tenant; a crash fails the run and leaves its input in
 # target/fuzz/artifacts/<target>/. Executions and coverage go to target/fuzz/report.txt.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := facts_csv facts_json facts_markdown accounts_reps_csv playbook intent_file visitor_query request
+FUZZ_TARGETS := facts_csv facts_json facts_markdown accounts_reps_csv playbook intent_file visitor_query request webhook_input
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.1
 	bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)

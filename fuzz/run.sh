@@ -23,6 +23,7 @@ seed playbook $ex/playbook.yaml fuzz/seeds/playbook-hours-overflow.yaml  # a cra
 seed intent_file $ex/intents.yaml
 seed visitor_query fuzz/seeds/questions.txt
 seed request fuzz/seeds/questions.txt
+seed webhook_input fuzz/seeds/webhook-url.txt fuzz/seeds/webhook-loopback.txt fuzz/seeds/retry-after.txt
 
 cd fuzz
 cargo fuzz build --sanitizer none --target-dir "$root/build" 2>&1 | tail -3

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "closer/v1/knowledge.proto",
         "closer/v1/intents.proto",
         "closer/v1/sales.proto",
+        "closer/v1/webhooks.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -231,6 +231,7 @@ mod knowledge;
 mod oracle;
 mod replicas;
 mod sales;
+mod webhooks;
 
 // ---------------------------------------------------------------- real models
 
@@ -913,6 +914,7 @@ async fn reflection_lists_the_public_services() {
         "closer.v1.Reps",
         "closer.v1.Conversations",
         "closer.v1.Reports",
+        "closer.v1.Webhooks",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");

@@ -1,9 +1,10 @@
-//! The `closer` command: serve, chat, models pull, kb load, keys, bench, load.
+//! The `closer` command: serve, chat, models pull, kb load, keys, webhooks, bench, load.
 
 mod bench;
 mod chat;
 mod kbbench;
 mod load;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,17 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+        data_dir: PathBuf,
+        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
+        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Signed webhooks of a tenant's sales events (Standard Webhooks); stored in the store (the
+    /// data folder's SQLite file, or PostgreSQL with `--database-url`).
+    Webhooks {
+        #[command(subcommand)]
+        command: crate::webhooks::WebhooksCommand,
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
         /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
@@ -201,6 +213,11 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             data_dir,
             database_url,
         } => keys(command, &data_dir, database_url.as_deref()),
+        Command::Webhooks {
+            command,
+            data_dir,
+            database_url,
+        } => crate::webhooks::run(command, &data_dir, database_url.as_deref(), rt),
         Command::Kb {
             command:
                 KbCommand::Load {

@@ -5,7 +5,7 @@
 //!   `Leads.QualifyForm`, for its tenant only;
 //! - **rep** — rep consoles and connectors: also leads, manual scores, events, take-over,
 //!   presence, reports and the leaderboard, and reading knowledge, intents and playbooks;
-//! - **admin** — also changing knowledge, intents and playbooks.
+//! - **admin** — also changing knowledge, intents and playbooks, and managing webhooks.
 //!
 //! A key is sent as `authorization: Bearer <key>` (or `x-api-key: <key>`; the leaderboard's
 //! event stream also takes `?key=` because browsers cannot set headers on it, but only a
@@ -414,6 +414,20 @@ mod tests {
             Some(Role::Publishable)
         );
         assert_eq!(required_role("/closer.v1.Leads/SetScore"), Some(Role::Rep));
+        // Webhooks hold signing secrets and send data out: admin only.
+        for m in [
+            "Create",
+            "List",
+            "Delete",
+            "RotateSecret",
+            "ListDeadLetters",
+            "Replay",
+        ] {
+            assert_eq!(
+                required_role(&format!("/closer.v1.Webhooks/{m}")),
+                Some(Role::Admin)
+            );
+        }
         assert_eq!(
             required_role("/closer.v1.Leads/GetTranscript"),
             Some(Role::Rep),

@@ -151,6 +151,15 @@ pub struct ServeConfig {
     /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "CLOSER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Lets webhook endpoints use loopback addresses (and `http://` to them): for local
+    /// receivers and tests. Private, link-local and other internal addresses stay refused.
+    #[arg(long, env = "CLOSER_WEBHOOKS_ALLOW_LOOPBACK")]
+    pub webhooks_allow_loopback: bool,
+
+    /// Multiplies every wait of the webhook retry schedule (5 s … 20 h); below 1 for tests.
+    #[arg(long, env = "CLOSER_WEBHOOKS_RETRY_SCALE", default_value_t = 1.0)]
+    pub webhooks_retry_scale: f64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -190,6 +199,8 @@ impl ServeConfig {
             tls_cert: None,
             tls_key: None,
             log_format: LogFormat::Text,
+            webhooks_allow_loopback: false,
+            webhooks_retry_scale: 1.0,
         }
     }
 }
@@ -216,6 +227,18 @@ impl ServeConfig {
                 }
                 Ok(Some(tonic::transport::Identity::from_pem(cert, key)))
             }
+        }
+    }
+
+    /// The webhook delivery worker's settings.
+    pub fn webhook_worker(&self) -> closer_webhooks::worker::WorkerConfig {
+        closer_webhooks::worker::WorkerConfig {
+            allow_loopback: self.webhooks_allow_loopback,
+            schedule: closer_webhooks::schedule::RetrySchedule::scaled(self.webhooks_retry_scale),
+            retention: (self.event_retention_days > 0).then(|| {
+                std::time::Duration::from_secs(u64::from(self.event_retention_days) * 86_400)
+            }),
+            ..Default::default()
         }
     }
 

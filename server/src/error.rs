@@ -25,6 +25,8 @@ pub enum Error {
     Draining,
     #[error(transparent)]
     Domain(#[from] closer_sales::Error),
+    #[error(transparent)]
+    Webhooks(#[from] closer_webhooks::Error),
 }
 
 impl From<closer_store::Error> for Error {
@@ -67,6 +69,7 @@ impl Error {
     /// A stable label, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         use closer_sales::Error as D;
+        use closer_webhooks::Error as W;
         match self {
             Error::Invalid { .. } => "invalid_argument",
             Error::Overloaded(_) => "overloaded",
@@ -74,6 +77,13 @@ impl Error {
             Error::PermissionDenied(_) => "permission_denied",
             Error::Internal(_) => "internal",
             Error::Draining => "draining",
+            Error::Webhooks(w) => match w {
+                W::Invalid { .. } => "invalid_argument",
+                W::NotFound(_) | W::Store(closer_store::Error::NotFound(_)) => "not_found",
+                W::Store(closer_store::Error::Conflict(_)) => "failed_precondition",
+                W::Store(_) => "storage",
+                W::Internal(_) => "internal",
+            },
             Error::Domain(d) => match d {
                 D::Invalid { .. } | D::Model(closer_models::Error::IntentSet(_)) => {
                     "invalid_argument"
@@ -99,12 +109,19 @@ impl Error {
 
     pub fn code(&self) -> Code {
         use closer_sales::Error as D;
+        use closer_webhooks::Error as W;
         match self {
             Error::Invalid { .. } => Code::InvalidArgument,
             Error::Overloaded(_) => Code::ResourceExhausted,
             Error::NotReady | Error::Draining => Code::Unavailable,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Internal(_) => Code::Internal,
+            Error::Webhooks(w) => match w {
+                W::Invalid { .. } => Code::InvalidArgument,
+                W::NotFound(_) | W::Store(closer_store::Error::NotFound(_)) => Code::NotFound,
+                W::Store(closer_store::Error::Conflict(_)) => Code::FailedPrecondition,
+                W::Store(_) | W::Internal(_) => Code::Internal,
+            },
             Error::Domain(d) => match d {
                 D::Invalid { .. }
                 | D::Model(closer_models::Error::IntentSet(_))

@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Turns admitted and refused, by tenant.
     tenant_turns: Family<TenantLabel, Counter>,
     tenant_refused: Family<TenantLabel, Counter>,
+    /// The webhook delivery worker's figures (registered here, counted by the worker).
+    pub webhooks: closer_webhooks::metrics::Metrics,
 }
 
 impl Default for Metrics {
@@ -94,6 +96,7 @@ impl Default for Metrics {
             samples: Mutex::default(),
             tenant_turns: Family::default(),
             tenant_refused: Family::default(),
+            webhooks: Default::default(),
             registry: Registry::default(),
         };
         let gauges = [
@@ -135,6 +138,7 @@ impl Default for Metrics {
         for (name, help, f) in TENANT_COUNTERS {
             registry.register(name, help, f(&m).clone());
         }
+        m.webhooks.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
@@ -285,6 +289,9 @@ mod tests {
         m.record_stop(Stop::Gone, 2.0);
         m.record_stop(Stop::Gone, 4.0);
         m.record_stop(Stop::Deadline, 0.0);
+        use closer_webhooks::metrics::Outcome;
+        m.webhooks.attempt(Outcome::Failed, false);
+        m.webhooks.attempt(Outcome::Dead, true);
         let text = prometheus(
             &m,
             &Snapshot {
@@ -298,6 +305,9 @@ mod tests {
         assert!(text.contains("closer_turns_deadline_exceeded_total 1\n"));
         assert!(text.contains("closer_stop_after_drop_ms{quantile=\"1\"} 4.0\n"));
         assert!(text.contains("# TYPE closer_turns_dropped counter\n"));
+        assert!(text.contains("closer_webhook_attempts_total{outcome=\"dead\"} 1\n"));
+        assert!(text.contains("closer_webhook_retries_total 1\n"));
+        assert!(text.contains("closer_webhook_dead_letters_total 1\n"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use crate::grpc::{AssistantService, IntentsService, KnowledgeService};
 use crate::grpc::{
     ConversationsService, EventsService, LeadsService, PlaybooksService, ReportsService,
-    RepsService,
+    RepsService, WebhooksService,
 };
 use closer_sales::engine::{Engine, Models};
 
@@ -37,7 +37,7 @@ pub enum Readiness {
     Failed(String),
 }
 
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 11] = [
     "",
     "closer.v1.Assistant",
     "closer.v1.Knowledge",
@@ -48,6 +48,7 @@ const SERVICES: [&str; 10] = [
     "closer.v1.Reps",
     "closer.v1.Conversations",
     "closer.v1.Reports",
+    "closer.v1.Webhooks",
 ];
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
@@ -207,7 +208,35 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
                 state: state.clone(),
             })
             .max_decoding_message_size(limit),
-        )
+        );
+    let router = sales_services(router, &state, limit);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
+    tracing::info!(%addr, api_keys = ?key_policy, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
+
+    let ready_rx = spawn_loader(models, &config, state.clone(), health.clone(), started);
+
+    Ok(RunningServer {
+        addr,
+        state,
+        readiness: ready_rx,
+        health,
+        shutdown: Some(shutdown_tx),
+        handle,
+    })
+}
+
+/// The selling side's services (leads, events, playbooks, reps, conversations, reports,
+/// webhooks), each with the request size limit.
+fn sales_services<L>(
+    router: tonic::transport::server::Router<L>,
+    state: &Arc<AppState>,
+    limit: usize,
+) -> tonic::transport::server::Router<L> {
+    router
         .add_service(
             pb::leads_server::LeadsServer::new(LeadsService {
                 state: state.clone(),
@@ -243,24 +272,13 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
                 state: state.clone(),
             })
             .max_decoding_message_size(limit),
-        );
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let handle = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = shutdown_rx.await;
-    }));
-    tracing::info!(%addr, api_keys = ?key_policy, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
-
-    let ready_rx = spawn_loader(models, &config, state.clone(), health.clone(), started);
-
-    Ok(RunningServer {
-        addr,
-        state,
-        readiness: ready_rx,
-        health,
-        shutdown: Some(shutdown_tx),
-        handle,
-    })
+        )
+        .add_service(
+            pb::webhooks_server::WebhooksServer::new(WebhooksService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
 }
 
 /// Loads the models and the tenants on a blocking thread; health flips to SERVING when done.
@@ -325,6 +343,7 @@ fn spawn_loader(
                     let every = if with_nats { FOLLOW_EVERY_WITH_NATS } else { FOLLOW_EVERY };
                     closer_store::bus::follow_store(engine.store.clone(), engine.bus.clone(), every);
                 }
+                spawn_webhooks(&engine, &state);
                 let _ = state.engine.set(engine);
                 set_health(&health, ServingStatus::Serving).await;
                 let seconds = started.elapsed().as_secs_f64();
@@ -343,12 +362,26 @@ fn spawn_loader(
     ready_rx
 }
 
-/// Removes sales events older than `days` days now and then hourly (nothing when 0).
+/// Starts the webhook delivery worker; it stops when the server drains.
+fn spawn_webhooks(engine: &Arc<Engine>, state: &Arc<AppState>) {
+    let started = closer_webhooks::worker::spawn(
+        engine.store.clone(),
+        engine.bus.clone(),
+        state.config.webhook_worker(),
+        state.metrics.webhooks.clone(),
+        state.draining.subscribe(),
+    );
+    if let Err(e) = started {
+        tracing::error!(error = %e, "webhook delivery worker did not start");
+    }
+}
+
 /// How often a replica on a shared database polls the outbox for other replicas' events.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// The same with NATS wake-ups: only what a lost wake-up may cost.
 const FOLLOW_EVERY_WITH_NATS: Duration = Duration::from_secs(2);
 
+/// Removes sales events older than `days` days now and then hourly (nothing when 0).
 fn spawn_retention(engine: Arc<Engine>, days: u32) {
     if days == 0 {
         return;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::webhooks::{AttemptResult, DeliveryStatus, ReplaySelection, Secret, WebhookEndpoint};
 use crate::*;
 
 /// A database the cases can open any number of handles on.
@@ -35,6 +36,11 @@ macro_rules! conformance_tests {
             of_two_concurrent_take_overs_one_wins,
             one_idempotency_key_on_two_replicas_gives_one_lead_and_one_reply,
             concurrent_messages_of_one_conversation_are_all_kept_in_order,
+            endpoints_see_only_later_matching_events_of_their_tenant,
+            a_conversations_later_event_waits_for_the_earlier_one,
+            dead_letters_replay_with_their_cursor_and_ranges_reach_older_events,
+            an_attempt_cut_short_by_a_crash_is_due_again_after_reopening,
+            rotation_keeps_the_old_secret_and_delete_removes_deliveries,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -577,4 +583,228 @@ pub(crate) fn concurrent_messages_of_one_conversation_are_all_kept_in_order(b: &
         assert_eq!(mine, want);
     }
     assert!(t[2..].iter().all(|m| m.turn == 1));
+}
+
+// Webhook state (the delivery worker's tables).
+fn wh_event(tenant: &str, kind: &str, conversation: Option<&str>) -> NewEvent {
+    NewEvent {
+        kind: kind.into(),
+        tenant: tenant.into(),
+        conversation_id: conversation.map(str::to_string),
+        rep_id: None,
+        team: None,
+        payload: serde_json::json!({"k": kind}),
+    }
+}
+
+fn endpoint(id: &str, kinds: &[&str]) -> WebhookEndpoint {
+    WebhookEndpoint {
+        id: id.into(),
+        tenant: "t".into(),
+        url: "https://example.invalid/hook".into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        description: String::new(),
+        secret: Secret::new("whsec_c2VjcmV0"),
+        previous: None,
+        created_ms: 1,
+        disabled: None,
+        scan_cursor: 0,
+        pending: 0,
+        oldest_pending: None,
+        dead: 0,
+    }
+}
+
+fn body(e: &Event) -> String {
+    format!("body-{}", e.cursor)
+}
+
+pub(crate) fn endpoints_see_only_later_matching_events_of_their_tenant(b: &dyn Backend) {
+    let s = b.open();
+    s.append_events(&[wh_event("t", "cql_scored", Some("c1"))])
+        .unwrap();
+    let created = s
+        .create_endpoint(&endpoint("wh_1", &["cql_scored"]))
+        .unwrap();
+    assert_eq!(created.scan_cursor, 1, "starts after what exists");
+    assert!(format!("{created:?}").contains("redacted"));
+    assert!(!format!("{created:?}").contains("c2VjcmV0"));
+    s.append_events(&[
+        wh_event("t", "cql_scored", Some("c1")),
+        wh_event("t", "account_live", Some("c1")),
+        wh_event("other", "cql_scored", Some("c9")),
+        wh_event("t", "cql_scored", None),
+    ])
+    .unwrap();
+    assert_eq!(s.scan_events("wh_1", 100, &body).unwrap(), (2, true));
+    // A second scan queues nothing again.
+    assert_eq!(s.scan_events("wh_1", 100, &body).unwrap(), (0, true));
+    let due = s.due_deliveries("wh_1", now_ms(), 10).unwrap();
+    let cursors: Vec<u64> = due.iter().map(|d| d.cursor).collect();
+    assert_eq!(cursors, [2, 5]);
+    assert_eq!(due[0].body, "body-2");
+    let ep = s.endpoint("t", "wh_1").unwrap().unwrap();
+    assert_eq!(
+        (ep.scan_cursor, ep.pending, ep.oldest_pending),
+        (5, 2, Some(2))
+    );
+}
+
+pub(crate) fn a_conversations_later_event_waits_for_the_earlier_one(b: &dyn Backend) {
+    let s = b.open();
+    s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+    s.append_events(&[
+        wh_event("t", "a", Some("c1")),
+        wh_event("t", "b", Some("c1")),
+        wh_event("t", "c", Some("c2")),
+    ])
+    .unwrap();
+    s.scan_events("wh_1", 100, &body).unwrap();
+    let now = now_ms();
+    let cursors = |s: &dyn Store, at: i64| -> Vec<u64> {
+        s.due_deliveries("wh_1", at, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.cursor)
+            .collect()
+    };
+    assert_eq!(cursors(s.as_ref(), now), [1, 3]);
+    // c1's first event fails and waits a minute: c1's second still waits, c2 does not.
+    assert_eq!(s.begin_attempt("wh_1", 1, now + 60_000).unwrap(), Some(1));
+    let retry = AttemptResult {
+        status: DeliveryStatus::Pending,
+        next_attempt_ms: now + 60_000,
+        response_status: Some(503),
+        response_excerpt: "busy".into(),
+    };
+    s.finish_attempt("wh_1", 1, &retry).unwrap();
+    assert_eq!(cursors(s.as_ref(), now), [3]);
+    // Not due yet: it cannot start early (a stale list of due deliveries).
+    assert_eq!(s.begin_attempt("wh_1", 1, now + 60_000).unwrap(), None);
+    // Delivered: the second is due.
+    let ok = AttemptResult {
+        status: DeliveryStatus::Delivered,
+        response_status: Some(200),
+        ..retry.clone()
+    };
+    s.finish_attempt("wh_1", 1, &ok).unwrap();
+    assert_eq!(cursors(s.as_ref(), now), [2, 3]);
+    let d = s.delivery("wh_1", 1).unwrap().unwrap();
+    assert_eq!(
+        (d.attempts, d.status, d.last_status),
+        (1, DeliveryStatus::Delivered, Some(200))
+    );
+    // A delivery no longer pending cannot be started again.
+    assert_eq!(s.begin_attempt("wh_1", 1, now).unwrap(), None);
+}
+
+pub(crate) fn dead_letters_replay_with_their_cursor_and_ranges_reach_older_events(b: &dyn Backend) {
+    let s = b.open();
+    s.append_events(&[wh_event("t", "a", Some("c0"))]).unwrap();
+    s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+    s.append_events(&[wh_event("t", "a", Some("c1"))]).unwrap();
+    s.scan_events("wh_1", 100, &body).unwrap();
+    s.begin_attempt("wh_1", 2, 0).unwrap();
+    let dead = AttemptResult {
+        status: DeliveryStatus::Dead,
+        next_attempt_ms: 0,
+        response_status: Some(500),
+        response_excerpt: "boom".into(),
+    };
+    s.finish_attempt("wh_1", 2, &dead).unwrap();
+    let letters = s.dead_letters("t", None).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].cursor, letters[0].attempts), (2, 1));
+    assert_eq!(letters[0].last_response, "boom");
+    assert_eq!(s.dead_letters("other", None).unwrap().len(), 0);
+    assert_eq!(
+        s.replay("t", "wh_1", &ReplaySelection::Dead, &body)
+            .unwrap(),
+        1
+    );
+    let d = s.delivery("wh_1", 2).unwrap().unwrap();
+    assert_eq!((d.status, d.attempts), (DeliveryStatus::Pending, 0));
+    // A range reaches the event from before the endpoint, with its own cursor.
+    assert_eq!(
+        s.replay(
+            "t",
+            "wh_1",
+            &ReplaySelection::Range { from: 1, to: 2 },
+            &body
+        )
+        .unwrap(),
+        1
+    );
+    assert_eq!(s.delivery("wh_1", 1).unwrap().unwrap().body, "body-1");
+    // Retention removes finished deliveries only.
+    s.begin_attempt("wh_1", 1, 0).unwrap();
+    s.finish_attempt("wh_1", 1, &dead).unwrap();
+    assert_eq!(s.prune_deliveries(now_ms() + 1).unwrap(), 1);
+    assert_eq!(s.delivery("wh_1", 1).unwrap(), None);
+    assert!(s.delivery("wh_1", 2).unwrap().is_some(), "pending stays");
+    assert!(matches!(
+        s.replay("other", "wh_1", &ReplaySelection::Dead, &body),
+        Err(Error::NotFound(_))
+    ));
+}
+
+pub(crate) fn an_attempt_cut_short_by_a_crash_is_due_again_after_reopening(b: &dyn Backend) {
+    let now = now_ms();
+    {
+        let s = b.open();
+        s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+        s.append_events(&[wh_event("t", "a", Some("c1"))]).unwrap();
+        s.scan_events("wh_1", 100, &body).unwrap();
+        // The attempt starts; the process dies before its result is written.
+        assert_eq!(s.begin_attempt("wh_1", 1, now + 5_000).unwrap(), Some(1));
+    }
+    let s = b.open();
+    let d = s.delivery("wh_1", 1).unwrap().unwrap();
+    assert_eq!(
+        (d.status, d.attempts, d.next_attempt_ms),
+        (DeliveryStatus::Pending, 1, now + 5_000)
+    );
+    assert!(s.due_deliveries("wh_1", now, 10).unwrap().is_empty());
+    let due = s.due_deliveries("wh_1", now + 5_000, 10).unwrap();
+    assert_eq!(
+        (due.len(), due[0].cursor, due[0].body.as_str()),
+        (1, 1, "body-1")
+    );
+    assert_eq!(s.next_due_ms(now).unwrap(), Some(now + 5_000));
+}
+
+pub(crate) fn rotation_keeps_the_old_secret_and_delete_removes_deliveries(b: &dyn Backend) {
+    let s = b.open();
+    s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+    let e = s
+        .rotate_endpoint_secret("t", "wh_1", &Secret::new("whsec_bmV3"), 99)
+        .unwrap();
+    assert_eq!(e.secret.expose(), "whsec_bmV3");
+    let (old, until) = e.previous.unwrap();
+    assert_eq!((old.expose(), until), ("whsec_c2VjcmV0", 99));
+    s.append_events(&[wh_event("t", "a", Some("c1"))]).unwrap();
+    s.scan_events("wh_1", 100, &body).unwrap();
+    s.disable_endpoint("wh_1", "410 Gone", 5).unwrap();
+    assert!(s.due_deliveries("wh_1", now_ms(), 10).unwrap().is_empty());
+    assert_eq!(
+        s.begin_attempt("wh_1", 1, 0).unwrap(),
+        None,
+        "a disabled endpoint sends nothing"
+    );
+    assert_eq!(
+        s.next_due_ms(-1).unwrap(),
+        None,
+        "disabled endpoints are not due"
+    );
+    assert_eq!(
+        s.endpoint("t", "wh_1").unwrap().unwrap().disabled,
+        Some((5, "410 Gone".into()))
+    );
+    assert!(matches!(
+        s.delete_endpoint("other", "wh_1"),
+        Err(Error::NotFound(_))
+    ));
+    s.delete_endpoint("t", "wh_1").unwrap();
+    assert_eq!(s.delivery("wh_1", 1).unwrap(), None);
+    assert!(s.endpoints(None).unwrap().is_empty());
 }

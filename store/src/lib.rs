@@ -17,6 +17,11 @@ mod conformance;
 pub mod nats;
 pub mod postgres;
 pub mod sqlite;
+pub mod webhooks;
+
+pub use webhooks::{
+    AttemptResult, Delivery, DeliveryStatus, ReplaySelection, Secret, WebhookEndpoint, WebhookStore,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -331,8 +336,8 @@ pub struct ConversationControl {
     pub closed: bool,
 }
 
-/// Durable state of all tenants.
-pub trait Store: Send + Sync {
+/// Durable state of all tenants (webhook endpoints and deliveries in [`WebhookStore`]).
+pub trait Store: WebhookStore + Send + Sync {
     /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing;
     /// `then` adds events that depend on the lead as written (a score change), in the same
     /// transaction. Returns the lead after it and the events as stored.

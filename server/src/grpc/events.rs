@@ -23,7 +23,8 @@ fn pb_event(e: closer_store::Event) -> pb::SalesEvent {
     }
 }
 
-const KINDS: &[&str] = &[
+/// Every kind of sales event (filters of `Subscribe` and of webhook endpoints).
+pub const KINDS: &[&str] = &[
     "account_live",
     "cql_scored",
     "handoff_requested",

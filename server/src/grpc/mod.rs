@@ -12,6 +12,7 @@ pub mod leads;
 pub mod playbooks;
 pub mod reports;
 pub mod reps;
+pub mod webhooks;
 
 pub use assistant::AssistantService;
 pub use conversations::ConversationsService;
@@ -22,5 +23,6 @@ pub use leads::LeadsService;
 pub use playbooks::PlaybooksService;
 pub use reports::ReportsService;
 pub use reps::RepsService;
+pub use webhooks::WebhooksService;
 
 pub use common::{check_start, check_text, code_name};

@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod schema;
+mod webhooks;
 
 /// Session advisory lock held while migrations run.
 const MIGRATION_LOCK: i64 = 0x636c_6f73_6572_0001;

@@ -121,4 +121,45 @@ CREATE TABLE idempotency (
     PRIMARY KEY (tenant, scope, key)
 );
 "#,
-)];
+),
+    (
+        2,
+        r#"
+CREATE TABLE webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    kinds TEXT NOT NULL,
+    description TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    previous_until_ms BIGINT,
+    scan_cursor BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    disabled_ms BIGINT,
+    disabled_reason TEXT
+);
+CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant, created_ms);
+CREATE TABLE webhook_deliveries (
+    endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    cursor BIGINT NOT NULL,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    conversation_id TEXT,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT NOT NULL,
+    last_status INT,
+    last_response TEXT NOT NULL DEFAULT '',
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (endpoint_id, cursor)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_ms);
+CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, status, cursor);
+CREATE INDEX webhook_deliveries_conversation
+    ON webhook_deliveries (endpoint_id, conversation_id, status, cursor);
+"#,
+    ),
+];

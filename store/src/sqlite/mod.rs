@@ -21,11 +21,12 @@ mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 use rows::{
     insert_events, read_lead, row_to_event, row_to_key, row_to_lead, row_to_meeting, IDENTITY,
 };
-use schema::SCHEMA;
+use schema::{SCHEMA, WEBHOOKS};
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -46,6 +47,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(WEBHOOKS)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -54,7 +56,9 @@ impl SqliteStore {
     /// An in-memory database (tests).
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(WEBHOOKS)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

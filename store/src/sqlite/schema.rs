@@ -115,3 +115,44 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (tenant, scope, key)
 );
 "#;
+
+/// Webhook endpoints and their deliveries (`crate::webhooks`).
+pub(super) const WEBHOOKS: &str = r#"
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    kinds TEXT NOT NULL,
+    description TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    previous_until_ms INTEGER,
+    scan_cursor INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    disabled_ms INTEGER,
+    disabled_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_tenant ON webhook_endpoints (tenant, created_ms);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    cursor INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    conversation_id TEXT,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_response TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, cursor)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON webhook_deliveries (status, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint
+    ON webhook_deliveries (endpoint_id, status, cursor);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_conversation
+    ON webhook_deliveries (endpoint_id, conversation_id, status, cursor);
+"#;

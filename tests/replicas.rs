@@ -678,3 +678,44 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
         checked.2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaderboard_on_replica_b_moves_when_a_meeting_is_booked_on_a() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let mut board = pb::reports_client::ReportsClient::connect(Replicas::url(&r.b))
+        .await
+        .unwrap()
+        .leaderboard(pb::LeaderboardRequest {
+            tenant: "applinks".into(),
+            period: "month".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let booked_total = |u: &pb::LeaderboardUpdate| -> u32 {
+        u.rows.iter().map(|row| row.meetings_booked).sum()
+    };
+    let first = board.message().await.unwrap().unwrap();
+    assert_eq!(booked_total(&first), 0);
+    let mut a = live_on(&Replicas::url(&r.a), "replica-board", Some("acme.com")).await;
+    a.say("How much does it cost?").await;
+    assert!(sales::proposed(&a.turn().await).is_some(), "a meeting offered");
+    a.say("The first one please").await;
+    let t = std::time::Instant::now();
+    a.turn().await;
+    // B's board is sent again (maybe first for the turn's score) until it counts the booking.
+    loop {
+        let u = tokio::time::timeout(Duration::from_secs(2), board.message())
+            .await
+            .expect("B's leaderboard moves within 2 s")
+            .unwrap()
+            .unwrap();
+        if booked_total(&u) == 1 {
+            break;
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+}

@@ -54,6 +54,11 @@ impl Replicas {
 
     /// As [`Replicas::start`], with NATS wake-ups at `nats_url`.
     async fn start_with(keys: bool, nats_url: Option<String>) -> Option<Self> {
+        Self::start_full(keys, nats_url, false).await
+    }
+
+    /// Every option: keys, NATS, webhooks to loopback allowed (retries scaled down).
+    async fn start_full(keys: bool, nats_url: Option<String>, hooks: bool) -> Option<Self> {
         let database_url = fresh_database()?;
         let data = demo_data();
         std::fs::write(
@@ -66,6 +71,10 @@ impl Replicas {
                 ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
             cfg.database_url = Some(database_url.clone());
             cfg.nats_url = nats_url.clone();
+            if hooks {
+                cfg.webhooks_allow_loopback = true;
+                cfg.webhooks_retry_scale = 0.00001;
+            }
             if keys {
                 cfg.auth = closer_server::config::AuthMode::Keys;
             }
@@ -718,4 +727,62 @@ async fn a_leaderboard_on_replica_b_moves_when_a_meeting_is_booked_on_a() {
         }
     }
     assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_replicas_run_the_webhook_worker_and_each_event_is_delivered_once() {
+    let Some(r) = Replicas::start_full(false, None, true).await else {
+        return;
+    };
+    // Every third request fails once: retries race between the replicas too.
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answer: crate::webhooks::Answer = Box::new(move |_| {
+        if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3 == 2 {
+            (503, "busy")
+        } else {
+            (200, "ok")
+        }
+    });
+    let receiver = crate::webhooks::Receiver::start(answer).await;
+    pb::webhooks_client::WebhooksClient::connect(Replicas::url(&r.a))
+        .await
+        .unwrap()
+        .create(pb::CreateWebhookRequest {
+            tenant: "applinks".into(),
+            url: receiver.url.clone(),
+            kinds: vec!["cql_scored".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Twenty scored conversations, half on each replica.
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &r.a } else { &r.b };
+        let mut v = live_on(&Replicas::url(server), &format!("hooked-{i}"), Some("acme.com")).await;
+        v.say("How much does it cost?").await;
+        v.turn().await;
+    }
+    let got = receiver
+        .until("twenty deliveries", |got| {
+            let ok: std::collections::HashSet<&str> = got
+                .iter()
+                .filter(|g| g.status == 200)
+                .map(|g| g.id.as_str())
+                .collect();
+            ok.len() >= 20
+        })
+        .await;
+    // Give a double send time to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = receiver.until("settled", |g| g.len() >= got.len()).await;
+    let mut delivered: Vec<&str> = got
+        .iter()
+        .filter(|g| g.status == 200)
+        .map(|g| g.id.as_str())
+        .collect();
+    let total = delivered.len();
+    delivered.sort_unstable();
+    delivered.dedup();
+    assert_eq!(total, delivered.len(), "an event delivered twice: {got:#?}");
+    assert_eq!(delivered.len(), 20);
 }

@@ -18,14 +18,14 @@ use super::*;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
-    id: String,
+pub(crate) struct Received {
+    pub(crate) id: String,
     timestamp: String,
     signature: String,
     body: Vec<u8>,
     at: Instant,
     /// What the receiver answered.
-    status: u16,
+    pub(crate) status: u16,
 }
 
 impl Received {
@@ -41,16 +41,16 @@ impl Received {
 }
 
 /// The status and body to answer with; status 0: no answer at all (the connection is held).
-type Answer = Box<dyn Fn(&Received) -> (u16, &'static str) + Send + Sync>;
+pub(crate) type Answer = Box<dyn Fn(&Received) -> (u16, &'static str) + Send + Sync>;
 
 /// A loopback HTTP/1.1 receiver that records every request and answers as `answer` says.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(answer: Answer) -> Self {
+    pub(crate) async fn start(answer: Answer) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -95,7 +95,7 @@ impl Receiver {
     }
 
     /// Waits (10 s at most) until `done` holds for what was received.
-    async fn until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let got = self.got();

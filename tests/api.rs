@@ -58,6 +58,30 @@ fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
     }
 }
 
+/// Runs the ignored test `test` of this binary as a child process (a server to SIGKILL) with
+/// `env`, and waits until it prints `serving ADDR`; returns the child and the server's URL.
+fn spawn_child_server(test: &str, env: &[(&str, &std::ffi::OsStr)]) -> (std::process::Child, String) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            panic!("the child server {test} ended early");
+        }
+        // The harness may print "test NAME ... " on the same line first.
+        if let Some((_, addr)) = line.trim().split_once("serving ") {
+            break format!("http://{addr}");
+        }
+    };
+    (child, url)
+}
+
 struct TestServer {
     _server: RunningServer,
     _data: tempfile::TempDir,

@@ -548,29 +548,13 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
     };
     let data = demo_data();
     // A is a child process (to SIGKILL); B runs here; one data folder, one database.
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sales::child_serve_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CLOSER_KILL_TEST_DATA", data.path())
-        .env("CLOSER_KILL_TEST_DATABASE_URL", &database_url)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let url_a = loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
-            panic!("replica A ended early");
-        }
-        if let Some((_, addr)) = line.trim().split_once("serving ") {
-            break format!("http://{addr}");
-        }
-    };
+    let (mut child, url_a) = spawn_child_server(
+        "sales::child_serve_until_killed",
+        &[
+            ("CLOSER_KILL_TEST_DATA", data.path().as_os_str()),
+            ("CLOSER_KILL_TEST_DATABASE_URL", std::ffi::OsStr::new(&database_url)),
+        ],
+    );
     let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
     cfg.database_url = Some(database_url.clone());
     let b = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;

@@ -1164,29 +1164,10 @@ async fn child_serve_until_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_a_burst_loses_no_acknowledged_lead_or_event() {
     let data = demo_data();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sales::child_serve_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CLOSER_KILL_TEST_DATA", data.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
-            panic!("child ended early");
-        }
-        // The harness may print "test NAME ... " on the same line first.
-        if let Some((_, addr)) = line.trim().split_once("serving ") {
-            break format!("http://{addr}");
-        }
-    };
+    let (mut child, url) = spawn_child_server(
+        "sales::child_serve_until_killed",
+        &[("CLOSER_KILL_TEST_DATA", data.path().as_os_str())],
+    );
     // 1,000 scored conversations, 8 at a time; each is acknowledged by its final event.
     let acked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

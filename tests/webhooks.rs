@@ -867,28 +867,10 @@ async fn a_delivery_cut_by_kill_9_is_sent_again_after_restart() {
         }
     }))
     .await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "webhooks::child_serve_webhooks_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CLOSER_WEBHOOK_KILL_DATA", data.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
-            panic!("child ended early");
-        }
-        if let Some((_, addr)) = line.trim().split_once("serving ") {
-            break format!("http://{addr}");
-        }
-    };
+    let (mut child, url) = spawn_child_server(
+        "webhooks::child_serve_webhooks_until_killed",
+        &[("CLOSER_WEBHOOK_KILL_DATA", data.path().as_os_str())],
+    );
     let channel = tonic::transport::Endpoint::from_shared(url)
         .unwrap()
         .connect()

@@ -920,3 +920,68 @@ async fn a_delivery_cut_by_kill_9_is_sent_again_after_restart() {
     assert_eq!(again.body, first[0].body);
     assert!(python_verifies(&secret, again, &again.body));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_consumers_shows_each_subscriber_and_endpoint_with_its_lag_and_last_error() {
+    // Retries scaled to minutes: a failing delivery stays pending while we look.
+    let h = hooked(1.0).await;
+    let down = Receiver::start(Box::new(|_| (503, "maintenance"))).await;
+    let id = h.create(&down.url, &["cql_scored"]).await.endpoint.unwrap().id;
+    h.converse(&TURNS[..1]).await;
+    let outbox = h.outbox(1).await;
+    let last = outbox.last().unwrap().cursor;
+    // A CRM consumer has processed the first event only.
+    let mut events = pb::events_client::EventsClient::new(h.channel.clone());
+    events
+        .ack(keyed(
+            pb::AckRequest {
+                tenant: "applinks".into(),
+                consumer: "crm".into(),
+                cursor: outbox[0].cursor,
+            },
+            &h.admin,
+        ))
+        .await
+        .unwrap();
+    down.until("one failed attempt", |g| !g.is_empty()).await;
+    let list = |key: String| {
+        let mut events = events.clone();
+        async move {
+            events
+                .list_consumers(keyed(
+                    pb::ListConsumersRequest {
+                        tenant: "applinks".into(),
+                    },
+                    &key,
+                ))
+                .await
+        }
+    };
+    // The failure is recorded after the answer: look until it shows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = list(h.admin.clone()).await.unwrap().into_inner();
+        let hook = got.consumers.iter().find(|c| c.kind == "webhook").unwrap();
+        if hook.last_error.is_some() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "no last error: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(got.last_cursor >= last);
+    let crm = got.consumers.iter().find(|c| c.name == "crm").unwrap();
+    assert_eq!(crm.kind, "subscriber");
+    assert_eq!(crm.cursor, outbox[0].cursor);
+    assert_eq!(crm.lag, outbox.len() as u64 - 1, "every event after its cursor");
+    let hook = got.consumers.iter().find(|c| c.kind == "webhook").unwrap();
+    assert_eq!(hook.name, id);
+    assert_eq!(hook.url.as_deref(), Some(down.url.as_str()));
+    let scored = outbox.iter().filter(|e| e.kind == "cql_scored").count() as u64;
+    assert_eq!(hook.pending, scored, "each scored event waits for a retry");
+    assert!(hook.lag >= scored);
+    assert_eq!(hook.dead, 0);
+    assert_eq!(hook.last_error.as_deref(), Some("HTTP 503: maintenance"));
+    // Consumers' state is an admin's: a rep key is refused.
+    let e = list(h.rep.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+}

@@ -53,6 +53,17 @@ enum Command {
         #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Every consumer of a tenant's event outbox (named subscribers, webhook endpoints): cursor,
+    /// lag, pending and dead deliveries, last error.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+        data_dir: PathBuf,
+        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
+        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
     /// Signed webhooks of a tenant's sales events (Standard Webhooks); stored in the store (the
     /// data folder's SQLite file, or PostgreSQL with `--database-url`).
     Webhooks {
@@ -63,6 +74,15 @@ enum Command {
         /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
         #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// One line per consumer of the tenant's outbox.
+    Status {
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -218,6 +238,11 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             data_dir,
             database_url,
         } => crate::webhooks::run(command, &data_dir, database_url.as_deref(), rt),
+        Command::Sync {
+            command: SyncCommand::Status { tenant },
+            data_dir,
+            database_url,
+        } => crate::webhooks::sync_status(&tenant, &data_dir, database_url.as_deref(), rt),
         Command::Kb {
             command:
                 KbCommand::Load {

@@ -84,6 +84,37 @@ fn check_tenant(data_dir: &Path, tenant: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `closer sync status`: every consumer of the tenant's outbox, as a table.
+pub fn sync_status(
+    tenant: &str,
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = closer_store::backend::open(database_url, data_dir)?;
+    let (consumers, last) = rt.block_on(closer_webhooks::status::consumers(store, tenant))?;
+    println!("outbox of {tenant}: newest cursor {last}");
+    println!("| kind | name | cursor | lag | pending | dead | last error | disabled |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for c in consumers {
+        let name = match &c.url {
+            Some(url) => format!("{} ({url})", c.name),
+            None => c.name.clone(),
+        };
+        println!(
+            "| {} | {name} | {} | {} | {} | {} | {} | {} |",
+            c.kind.as_str(),
+            c.cursor,
+            c.lag,
+            c.pending,
+            c.dead,
+            c.last_error.as_deref().unwrap_or("-"),
+            c.disabled.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
 pub fn run(
     command: WebhooksCommand,
     data_dir: &PathBuf,

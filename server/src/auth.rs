@@ -100,6 +100,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         | "/closer.v1.Intents/Get"
         | "/closer.v1.Playbooks/Get" => Role::Rep,
         "/leaderboard/events" => Role::Display,
+        // Operational state of every consumer, webhook URLs included.
+        "/closer.v1.Events/ListConsumers" => Role::Admin,
         p if [
             "/closer.v1.Leads/",
             "/closer.v1.Events/",

@@ -41,6 +41,7 @@ macro_rules! conformance_tests {
             dead_letters_replay_with_their_cursor_and_ranges_reach_older_events,
             an_attempt_cut_short_by_a_crash_is_due_again_after_reopening,
             rotation_keeps_the_old_secret_and_delete_removes_deliveries,
+            consumers_their_lag_and_an_endpoints_last_failure,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -807,4 +808,44 @@ pub(crate) fn rotation_keeps_the_old_secret_and_delete_removes_deliveries(b: &dy
     s.delete_endpoint("t", "wh_1").unwrap();
     assert_eq!(s.delivery("wh_1", 1).unwrap(), None);
     assert!(s.endpoints(None).unwrap().is_empty());
+}
+
+pub(crate) fn consumers_their_lag_and_an_endpoints_last_failure(b: &dyn Backend) {
+    let s = b.open();
+    s.append_events(&[
+        ev("a", "t", None),
+        ev("b", "t", None),
+        ev("c", "u", None),
+        ev("d", "t", None),
+    ])
+    .unwrap();
+    s.ack("t", "crm", 2).unwrap();
+    s.ack("t", "bi", 1).unwrap();
+    s.ack("u", "crm", 3).unwrap();
+    assert_eq!(
+        s.consumers("t").unwrap(),
+        [("bi".to_string(), 1), ("crm".to_string(), 2)]
+    );
+    assert_eq!(s.count_events_after("t", 2).unwrap(), 1, "cursor 4 only");
+    assert_eq!(s.count_events_after("t", 0).unwrap(), 3);
+    assert_eq!(s.count_events_after("u", 3).unwrap(), 0);
+    s.create_endpoint(&endpoint("wh_1", &[])).unwrap();
+    s.append_events(&[wh_event("t", "x", Some("c1"))]).unwrap();
+    s.scan_events("wh_1", 100, &body).unwrap();
+    assert!(s.last_failure("wh_1").unwrap().is_none(), "not tried yet");
+    let now = now_ms();
+    assert_eq!(s.begin_attempt("wh_1", 5, now + 60_000).unwrap(), Some(1));
+    s.finish_attempt(
+        "wh_1",
+        5,
+        &AttemptResult {
+            status: DeliveryStatus::Pending,
+            next_attempt_ms: now + 60_000,
+            response_status: Some(503),
+            response_excerpt: "busy".into(),
+        },
+    )
+    .unwrap();
+    let (status, text, _) = s.last_failure("wh_1").unwrap().unwrap();
+    assert_eq!((status, text.as_str()), (Some(503), "busy"));
 }

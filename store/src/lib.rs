@@ -391,6 +391,10 @@ pub trait Store: WebhookStore + Send + Sync {
     /// Records that `consumer` has processed everything up to `cursor` (never moves back).
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64>;
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;
+    /// The tenant's named consumers and their acknowledged cursors, by name.
+    fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>>;
+    /// How many of the tenant's events (still in the outbox) come after `cursor`.
+    fn count_events_after(&self, tenant: &str, cursor: u64) -> Result<u64>;
     fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()>;
     fn presence(&self, tenant: &str) -> Result<Vec<Presence>>;
     /// Open (routed, not closed) conversations per rep.

@@ -196,6 +196,9 @@ pub trait WebhookStore {
     /// Removes delivered and dead deliveries last touched before `before_ms` (retention);
     /// how many went.
     fn prune_deliveries(&self, before_ms: i64) -> Result<u64>;
+    /// The endpoint's latest failed attempt among deliveries not yet delivered: the receiver's
+    /// status (none: no answer), the start of its answer or the error, and when.
+    fn last_failure(&self, endpoint_id: &str) -> Result<Option<(Option<u16>, String, i64)>>;
     /// One delivery (tests, tools).
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>>;
 }

@@ -129,4 +129,35 @@ impl pb::events_server::Events for EventsService {
             blocking(move || engine.store.ack(&req.tenant, &req.consumer, req.cursor)).await?;
         Ok(Response::new(pb::AckResponse { cursor }))
     }
+
+    async fn list_consumers(
+        &self,
+        request: Request<pb::ListConsumersRequest>,
+    ) -> R<pb::ListConsumersResponse> {
+        let engine = self.state.engine()?;
+        let req = request.into_inner();
+        check_tenant_field(&req.tenant)?;
+        engine.tenant(&req.tenant).api()?;
+        let (consumers, last_cursor) =
+            closer_webhooks::status::consumers(engine.store.clone(), &req.tenant)
+                .await
+                .map_err(Error::from)?;
+        Ok(Response::new(pb::ListConsumersResponse {
+            consumers: consumers
+                .into_iter()
+                .map(|c| pb::ConsumerStatus {
+                    kind: c.kind.as_str().into(),
+                    name: c.name,
+                    cursor: c.cursor,
+                    lag: c.lag,
+                    pending: c.pending,
+                    dead: c.dead,
+                    last_error: c.last_error,
+                    disabled: c.disabled,
+                    url: c.url,
+                })
+                .collect(),
+            last_cursor,
+        }))
+    }
 }

@@ -668,6 +668,31 @@ impl Store for PgStore {
         })
     }
 
+    fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT name, cursor FROM consumers WHERE tenant = $1 ORDER BY name",
+                &[&tenant],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
+
+    fn count_events_after(&self, tenant: &str, cursor: u64) -> Result<u64> {
+        self.with(|c| {
+            let n: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM events WHERE tenant = $1 AND cursor > $2",
+                    &[&tenant, &(cursor as i64)],
+                )?
+                .get(0);
+            Ok(n as u64)
+        })
+    }
+
     fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()> {
         self.with(|c| {
             c.execute(

@@ -398,6 +398,21 @@ impl WebhookStore for PgStore {
         })
     }
 
+    fn last_failure(&self, endpoint_id: &str) -> Result<Option<(Option<u16>, String, i64)>> {
+        self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT last_status, last_response, updated_ms FROM webhook_deliveries
+                 WHERE endpoint_id = $1 AND status != 'delivered' AND attempts > 0
+                 ORDER BY updated_ms DESC, cursor DESC LIMIT 1",
+                &[&endpoint_id],
+            )?
+            .map(|r| {
+                let status: Option<i32> = r.get(0);
+                (status.and_then(|s| u16::try_from(s).ok()), r.get(1), r.get(2))
+            }))
+        })
+    }
+
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>> {
         self.with(|c| {
             Ok(c.query_opt(

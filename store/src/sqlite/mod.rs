@@ -410,6 +410,25 @@ impl Store for SqliteStore {
         Ok(c.unwrap_or(0) as u64)
     }
 
+    fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn.lock();
+        let mut stmt =
+            conn.prepare("SELECT name, cursor FROM consumers WHERE tenant = ?1 ORDER BY name")?;
+        let rows = stmt.query_map(params![tenant], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn count_events_after(&self, tenant: &str, cursor: u64) -> Result<u64> {
+        let n: i64 = self.conn.lock().query_row(
+            "SELECT COUNT(*) FROM events WHERE tenant = ?1 AND cursor > ?2",
+            params![tenant, cursor as i64],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     fn set_presence(&self, tenant: &str, p: &Presence) -> Result<()> {
         self.conn.lock().execute(
             "INSERT INTO presence (tenant, rep_id, online, capacity) VALUES (?1, ?2, ?3, ?4)

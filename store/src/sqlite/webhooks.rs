@@ -397,6 +397,20 @@ impl WebhookStore for SqliteStore {
         )? as u64)
     }
 
+    fn last_failure(&self, endpoint_id: &str) -> Result<Option<(Option<u16>, String, i64)>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT last_status, last_response, updated_ms FROM webhook_deliveries
+                 WHERE endpoint_id = ?1 AND status != 'delivered' AND attempts > 0
+                 ORDER BY updated_ms DESC, cursor DESC LIMIT 1",
+                params![endpoint_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>> {
         Ok(self
             .conn

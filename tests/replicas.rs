@@ -770,3 +770,64 @@ async fn both_replicas_run_the_webhook_worker_and_each_event_is_delivered_once()
     assert_eq!(total, delivered.len(), "an event delivered twice: {got:#?}");
     assert_eq!(delivered.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playbook_uploaded_on_replica_a_is_in_force_on_b_within_2_s() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let get = |url: String| async move {
+        pb::playbooks_client::PlaybooksClient::connect(url)
+            .await
+            .unwrap()
+            .get(pb::GetPlaybookRequest {
+                tenant: "applinks".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let before = get(Replicas::url(&r.b)).await.score_rules;
+    // The same playbook without its pricing rule.
+    let yaml = always_open_playbook().replace(
+        "  - name: pricing_interest\n    when: { intents: [pricing] }\n    points: 1\n",
+        "",
+    );
+    let up = pb::playbooks_client::PlaybooksClient::connect(Replicas::url(&r.a))
+        .await
+        .unwrap()
+        .upload(pb::UploadPlaybookRequest {
+            tenant: "applinks".into(),
+            yaml,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.score_rules, before - 1);
+    let t = std::time::Instant::now();
+    loop {
+        if get(Replicas::url(&r.b)).await.score_rules == before - 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "B still has the old playbook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B scores by it: pricing alone is no longer a bolt there.
+    let mut v = live_on(&Replicas::url(&r.b), "replica-playbook", None).await;
+    v.say("How much does it cost?").await;
+    v.turn().await;
+    let lead = sales::leads_at(&Replicas::url(&r.b))
+        .await
+        .get(pb::GetLeadRequest {
+            tenant: "applinks".into(),
+            conversation_id: "replica-playbook".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        lead.reasons.iter().all(|x| x.rule != "pricing_interest"),
+        "{:?}",
+        lead.reasons
+    );
+}

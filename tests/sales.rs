@@ -7,7 +7,11 @@ use super::*;
 pub(crate) async fn leads(
     ts: &TestServer,
 ) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
-    pb::leads_client::LeadsClient::connect(ts.url.clone())
+    leads_at(&ts.url).await
+}
+
+pub(crate) async fn leads_at(url: &str) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
+    pb::leads_client::LeadsClient::connect(url.to_string())
         .await
         .unwrap()
 }

@@ -139,7 +139,7 @@ pub struct Tenant {
 }
 
 const SET_FILE: &str = "intents.yaml";
-const PLAYBOOK_FILE: &str = "playbook.yaml";
+pub const PLAYBOOK_FILE: &str = "playbook.yaml";
 const MODEL_FILE: &str = "intent-model.bin";
 
 impl Tenant {
@@ -233,6 +233,24 @@ impl Tenant {
         let model = self.intents();
         let kb = self.kb.snapshot();
         let p = Arc::new(Playbook::from_yaml(yaml, &model.set, &kb.reps())?);
+        self.swap_playbook(yaml, p)
+    }
+
+    /// As [`Tenant::set_playbook`], unless the playbook in force is this one already (another
+    /// replica's, applied here); whether it swapped.
+    pub fn set_playbook_if_changed(&self, yaml: &str) -> Result<bool> {
+        let model = self.intents();
+        let kb = self.kb.snapshot();
+        let p = Playbook::from_yaml(yaml, &model.set, &kb.reps())?;
+        let (current, derived) = self.playbook_source();
+        if !derived && *current == p {
+            return Ok(false);
+        }
+        self.swap_playbook(yaml, Arc::new(p))?;
+        Ok(true)
+    }
+
+    fn swap_playbook(&self, yaml: &str, p: Arc<Playbook>) -> Result<Arc<Playbook>> {
         let path = self.dir.join(PLAYBOOK_FILE);
         closer_kb::write_atomic(&path, yaml.as_bytes())?;
         *self.playbook.write() = (p.clone(), false);

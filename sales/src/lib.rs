@@ -20,6 +20,7 @@ pub mod meetings;
 pub mod ownership;
 pub mod playbook;
 pub mod qualify;
+pub mod shared;
 pub mod slots;
 pub mod transcript;
 pub mod turn;

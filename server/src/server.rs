@@ -342,6 +342,7 @@ fn spawn_loader(
                     // only the fallback (NATS down or a message lost).
                     let every = if with_nats { FOLLOW_EVERY_WITH_NATS } else { FOLLOW_EVERY };
                     closer_store::bus::follow_store(engine.store.clone(), engine.bus.clone(), every);
+                    follow_documents(engine.clone());
                 }
                 spawn_webhooks(&engine, &state);
                 let _ = state.engine.set(engine);
@@ -380,6 +381,27 @@ fn spawn_webhooks(engine: &Arc<Engine>, state: &Arc<AppState>) {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// The same with NATS wake-ups: only what a lost wake-up may cost.
 const FOLLOW_EVERY_WITH_NATS: Duration = Duration::from_secs(2);
+/// How often a replica on a shared database looks for playbooks another replica stored.
+const FOLLOW_DOCUMENTS_EVERY: Duration = Duration::from_millis(500);
+
+/// On a shared database: swaps in the playbooks other replicas stored, every
+/// `FOLLOW_DOCUMENTS_EVERY` (from version 0 at start-up: a late replica catches up).
+fn follow_documents(engine: Arc<Engine>) {
+    tokio::spawn(async move {
+        let mut seen = 0u64;
+        loop {
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || closer_sales::shared::apply_after(&e, seen))
+                .await
+            {
+                Ok(Ok(last)) => seen = last,
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading shared documents failed; retrying"),
+                Err(_) => return,
+            }
+            tokio::time::sleep(FOLLOW_DOCUMENTS_EVERY).await;
+        }
+    });
+}
 
 /// Removes sales events older than `days` days now and then hourly (nothing when 0).
 fn spawn_retention(engine: Arc<Engine>, days: u32) {

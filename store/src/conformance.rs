@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             an_attempt_cut_short_by_a_crash_is_due_again_after_reopening,
             rotation_keeps_the_old_secret_and_delete_removes_deliveries,
             consumers_their_lag_and_an_endpoints_last_failure,
+            documents_are_read_after_a_version_latest_per_name,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -848,4 +849,21 @@ pub(crate) fn consumers_their_lag_and_an_endpoints_last_failure(b: &dyn Backend)
     .unwrap();
     let (status, text, _) = s.last_failure("wh_1").unwrap().unwrap();
     assert_eq!((status, text.as_str()), (Some(503), "busy"));
+}
+
+pub(crate) fn documents_are_read_after_a_version_latest_per_name(b: &dyn Backend) {
+    let (s, other) = (b.open(), b.open());
+    assert!(s.documents_after(0).unwrap().is_empty());
+    let v1 = s.put_document("t", "playbook.yaml", b"one").unwrap();
+    let v2 = other.put_document("u", "playbook.yaml", b"two").unwrap();
+    let v3 = s.put_document("t", "playbook.yaml", b"three").unwrap();
+    assert!(v1 < v2 && v2 < v3);
+    let all = other.documents_after(0).unwrap();
+    let got: Vec<(&str, &[u8], u64)> = all
+        .iter()
+        .map(|d| (d.tenant.as_str(), d.content.as_slice(), d.version))
+        .collect();
+    assert_eq!(got, [("u", &b"two"[..], v2), ("t", &b"three"[..], v3)]);
+    assert_eq!(s.documents_after(v2).unwrap().len(), 1);
+    assert!(s.documents_after(v3).unwrap().is_empty());
 }

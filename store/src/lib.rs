@@ -336,6 +336,17 @@ pub struct ConversationControl {
     pub closed: bool,
 }
 
+/// A tenant's configuration document shared by replicas (a playbook today).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub tenant: String,
+    /// What it is: `playbook.yaml`.
+    pub name: String,
+    /// Grows with every put, across tenants; readers follow it.
+    pub version: u64,
+    pub content: Vec<u8>,
+}
+
 /// Durable state of all tenants (webhook endpoints and deliveries in [`WebhookStore`]).
 pub trait Store: WebhookStore + Send + Sync {
     /// Writes a turn: messages, slots, score and reasons, route and events, all or nothing;
@@ -391,6 +402,11 @@ pub trait Store: WebhookStore + Send + Sync {
     /// Records that `consumer` has processed everything up to `cursor` (never moves back).
     fn ack(&self, tenant: &str, consumer: &str, cursor: u64) -> Result<u64>;
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;
+    /// Stores a tenant's document (replacing one of that name) under the next version, in
+    /// commit order (a reader after version N never later finds a smaller one).
+    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64>;
+    /// The documents put after `version`, oldest first (each name once, its latest).
+    fn documents_after(&self, version: u64) -> Result<Vec<Document>>;
     /// The tenant's named consumers and their acknowledged cursors, by name.
     fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>>;
     /// How many of the tenant's events (still in the outbox) come after `cursor`.

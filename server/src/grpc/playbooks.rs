@@ -42,8 +42,15 @@ impl pb::playbooks_server::Playbooks for PlaybooksService {
             return Err(Error::invalid("yaml", "at most 1 MiB").into());
         }
         let tenant = engine.tenant(&req.tenant).api()?;
-        let t2 = tenant.clone();
-        let p = blocking(move || t2.set_playbook(&closer_kb::visible(&req.yaml))).await?;
+        let (t2, e2) = (tenant.clone(), engine.clone());
+        let p = blocking(move || {
+            let yaml = closer_kb::visible(&req.yaml);
+            let p = t2.set_playbook(&yaml)?;
+            // The other replicas on a shared database swap it in too.
+            closer_sales::shared::put_playbook(&e2, &t2.id, &yaml)?;
+            Ok::<_, closer_sales::Error>(p)
+        })
+        .await?;
         Ok(Response::new(summary(&tenant.id, &p, false)))
     }
 

@@ -668,6 +668,43 @@ impl Store for PgStore {
         })
     }
 
+    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64> {
+        self.tx(|tx| {
+            // Versions in commit order, as event cursors.
+            lock(tx, "tenant documents")?;
+            let version: i64 = tx
+                .query_one(
+                    "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
+                     VALUES ($1, $2, $3, nextval('tenant_document_version'), $4)
+                     ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
+                        version = excluded.version, updated_ms = excluded.updated_ms
+                     RETURNING version",
+                    &[&tenant, &name, &content, &now_ms()],
+                )?
+                .get(0);
+            Ok(version as u64)
+        })
+    }
+
+    fn documents_after(&self, version: u64) -> Result<Vec<crate::Document>> {
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT tenant, name, version, content FROM tenant_documents
+                 WHERE version > $1 ORDER BY version",
+                &[&(version as i64)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::Document {
+                    tenant: r.get(0),
+                    name: r.get(1),
+                    version: r.get::<_, i64>(2) as u64,
+                    content: r.get(3),
+                })
+                .collect())
+        })
+    }
+
     fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>> {
         self.with(|c| {
             let rows = c.query(

@@ -162,4 +162,18 @@ CREATE INDEX webhook_deliveries_conversation
     ON webhook_deliveries (endpoint_id, conversation_id, status, cursor);
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE SEQUENCE tenant_document_version;
+CREATE TABLE tenant_documents (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content BYTEA NOT NULL,
+    version BIGINT NOT NULL UNIQUE,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"#,
+    ),
 ];

@@ -410,6 +410,42 @@ impl Store for SqliteStore {
         Ok(c.unwrap_or(0) as u64)
     }
 
+    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(Immediate)?;
+        let version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM tenant_documents",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
+                version = excluded.version, updated_ms = excluded.updated_ms",
+            params![tenant, name, content, version, now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(version as u64)
+    }
+
+    fn documents_after(&self, version: u64) -> Result<Vec<crate::Document>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT tenant, name, version, content FROM tenant_documents
+             WHERE version > ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map(params![version as i64], |r| {
+            Ok(crate::Document {
+                tenant: r.get(0)?,
+                name: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                content: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>> {
         let conn = self.conn.lock();
         let mut stmt =

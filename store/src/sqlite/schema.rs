@@ -106,6 +106,14 @@ CREATE TABLE IF NOT EXISTS conversation_claims (
     revoked_ms INTEGER,
     PRIMARY KEY (tenant, conversation_id)
 );
+CREATE TABLE IF NOT EXISTS tenant_documents (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    content BLOB NOT NULL,
+    version INTEGER NOT NULL UNIQUE,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     scope TEXT NOT NULL,

@@ -8,17 +8,23 @@ use closer_server::auth::{new_key, Role};
 use closer_store::Store;
 use sales::{always_open_playbook, Live};
 
+/// The URL of a test backend from `var`, or `None` (the reason printed) when it is not set;
+/// with `CLOSER_TEST_REQUIRE_BACKENDS=1` (CI) a missing one fails the test instead.
+fn backend_url(var: &str, what: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(var) {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("CLOSER_TEST_REQUIRE_BACKENDS").as_deref() != Ok("1"),
+        "CLOSER_TEST_REQUIRE_BACKENDS=1 but {var} is not set (run the tests through scripts/backends.sh)"
+    );
+    eprintln!("skipped: {var} is not set (scripts/backends.sh starts {what})");
+    None
+}
+
 /// A fresh database on the test server, or `None` (printed) when none is configured.
 fn fresh_database() -> Option<String> {
-    let Ok(url) = std::env::var("CLOSER_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var("CLOSER_TEST_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-            "CLOSER_TEST_REQUIRE_BACKENDS=1 but CLOSER_TEST_DATABASE_URL is not set \
-             (run the tests through scripts/backends.sh)"
-        );
-        eprintln!("skipped: CLOSER_TEST_DATABASE_URL is not set (scripts/backends.sh starts PostgreSQL)");
-        return None;
-    };
+    let url = backend_url("CLOSER_TEST_DATABASE_URL", "PostgreSQL")?;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!(
         "closer_replicas_{}_{}",
@@ -318,17 +324,7 @@ async fn a_key_revoked_once_is_refused_by_both_replicas_at_once() {
 
 /// The test NATS server (`CLOSER_TEST_NATS_URL`), or `None` (printed) when none is configured.
 fn nats_url() -> Option<String> {
-    match std::env::var("CLOSER_TEST_NATS_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                std::env::var("CLOSER_TEST_REQUIRE_BACKENDS").as_deref() != Ok("1"),
-                "CLOSER_TEST_REQUIRE_BACKENDS=1 but CLOSER_TEST_NATS_URL is not set"
-            );
-            eprintln!("skipped: CLOSER_TEST_NATS_URL is not set (scripts/backends.sh starts NATS)");
-            None
-        }
-    }
+    backend_url("CLOSER_TEST_NATS_URL", "NATS")
 }
 
 /// A visitor on A whose conversation a rep on B has taken over; returns the visitor's stream

@@ -847,6 +847,8 @@ fn kill_test_config(dir: PathBuf) -> ServeConfig {
     let mut cfg = ServeConfig::for_tests(dir, ModelPaths::default_root());
     cfg.webhooks_allow_loopback = true;
     cfg.webhooks_retry_scale = 0.001;
+    // The delivery cut by the kill is due again once its attempt's hold (timeout + 1 s) ends.
+    cfg.webhooks_timeout_secs = 2;
     cfg
 }
 

@@ -160,6 +160,11 @@ pub struct ServeConfig {
     /// Multiplies every wait of the webhook retry schedule (5 s … 20 h); below 1 for tests.
     #[arg(long, env = "CLOSER_WEBHOOKS_RETRY_SCALE", default_value_t = 1.0)]
     pub webhooks_retry_scale: f64,
+
+    /// How long a webhook receiver has to answer 2xx, in seconds. An attempt in flight holds
+    /// its delivery this long (plus a second) before any replica may try it again.
+    #[arg(long, env = "CLOSER_WEBHOOKS_TIMEOUT_SECS", default_value_t = 15)]
+    pub webhooks_timeout_secs: u64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -201,6 +206,7 @@ impl ServeConfig {
             log_format: LogFormat::Text,
             webhooks_allow_loopback: false,
             webhooks_retry_scale: 1.0,
+            webhooks_timeout_secs: 15,
         }
     }
 }
@@ -235,6 +241,7 @@ impl ServeConfig {
         closer_webhooks::worker::WorkerConfig {
             allow_loopback: self.webhooks_allow_loopback,
             schedule: closer_webhooks::schedule::RetrySchedule::scaled(self.webhooks_retry_scale),
+            timeout: std::time::Duration::from_secs(self.webhooks_timeout_secs.max(1)),
             retention: (self.event_retention_days > 0).then(|| {
                 std::time::Duration::from_secs(u64::from(self.event_retention_days) * 86_400)
             }),

@@ -246,7 +246,13 @@ async fn deliver(
         .schedule
         .after(attempt, &mut rand::thread_rng());
     let started = now_ms();
-    let retry_at = started + retry_in.map_or(0, |r| r.as_millis() as i64);
+    // The attempt holds the delivery until its answer is due (the timeout, and a second): no
+    // replica, nor this worker after a restart, tries it again while it may be in flight. A
+    // crash leaves it due at the later of that and the schedule's next retry.
+    let lease = retry_in
+        .unwrap_or_default()
+        .max(shared.config.timeout + Duration::from_secs(1));
+    let retry_at = started + lease.as_millis() as i64;
     let (s, id, cursor) = (shared.clone(), ep.id.clone(), d.cursor);
     let Some(attempt) = blocking(move || s.store.begin_attempt(&id, cursor, retry_at)).await?
     else {

@@ -827,3 +827,79 @@ async fn a_playbook_uploaded_on_replica_a_is_in_force_on_b_within_2_s() {
         lead.reasons
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_uploaded_on_replica_a_classify_the_same_on_b_which_trains_nothing() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let examples = [
+        "We'd like to become a reseller partner",
+        "Do you have a partner program for agencies?",
+        "Can we white-label your product for our clients?",
+        "How do we join your referral program?",
+        "We are an integrator and want to partner with you",
+        "Is there a revenue share for partners?",
+        "Can our consultancy resell Applinks?",
+        "Who handles channel partnerships?",
+    ];
+    let mut yaml = std::fs::read_to_string(example_dir().join("intents.yaml")).unwrap();
+    yaml.push_str("  - name: partnership\n    description: Reselling, referral and agency partnerships.\n    flags: []\n    examples:\n");
+    for e in examples {
+        yaml.push_str(&format!("      - {e}\n"));
+    }
+    let events = upload(&Replicas::url(&r.a), pb::IntentFormat::Yaml, yaml)
+        .await
+        .unwrap();
+    let Some(pb::training_progress::Event::Done(done)) = events.last().cloned() else {
+        panic!("training done on A: {events:?}")
+    };
+    let get = |url: String| async move {
+        pb::intents_client::IntentsClient::connect(url)
+            .await
+            .unwrap()
+            .get(pb::GetIntentsRequest {
+                tenant: "applinks".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .model
+            .unwrap()
+    };
+    let t = std::time::Instant::now();
+    let on_b = loop {
+        let m = get(Replicas::url(&r.b)).await;
+        if m.version == done.version {
+            break m;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "B still serves {m:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The very model A trained (its training report came with it): B trained nothing.
+    assert_eq!(on_b.training_ms, done.training_ms);
+    assert_eq!(on_b.oos_threshold, done.oos_threshold);
+    let classify = |url: String| async move {
+        pb::assistant_client::AssistantClient::connect(url)
+            .await
+            .unwrap()
+            .classify(pb::ClassifyRequest {
+                tenant: "applinks".into(),
+                text: "Can our consultancy resell Applinks?".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .intents
+    };
+    let (a, b) = (
+        classify(Replicas::url(&r.a)).await,
+        classify(Replicas::url(&r.b)).await,
+    );
+    assert_eq!(a[0].name, "partnership");
+    assert_eq!(
+        a.iter().map(|i| (&i.name, i.confidence)).collect::<Vec<_>>(),
+        b.iter().map(|i| (&i.name, i.confidence)).collect::<Vec<_>>(),
+        "the same classification on both"
+    );
+}

@@ -138,9 +138,9 @@ pub struct Tenant {
     dir: PathBuf,
 }
 
-const SET_FILE: &str = "intents.yaml";
+pub const SET_FILE: &str = "intents.yaml";
 pub const PLAYBOOK_FILE: &str = "playbook.yaml";
-const MODEL_FILE: &str = "intent-model.bin";
+pub const MODEL_FILE: &str = "intent-model.bin";
 
 impl Tenant {
     /// Opens a tenant: its knowledge base read through `models.embedder`, its intent model
@@ -216,6 +216,47 @@ impl Tenant {
     /// models.
     pub fn intents(&self) -> Arc<IntentModel> {
         self.intents.read().clone()
+    }
+
+    /// The stored intent set and trained model, as files (to share with other replicas).
+    pub fn intent_files(&self) -> Result<(Vec<u8>, Vec<u8>)> {
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            std::fs::read(&path).map_err(|e| Error::Internal(format!("{}: {e}", path.display())))
+        };
+        Ok((read(SET_FILE)?, read(MODEL_FILE)?))
+    }
+
+    /// Swaps in an intent set with a model another replica trained, when the model was trained
+    /// for exactly this set, encoder and settings (else `Ok(false)`: nothing changes, and this
+    /// replica keeps what it has). Trains nothing. Whether it swapped.
+    pub fn adopt_intents(
+        &self,
+        set_yaml: &str,
+        model: &[u8],
+        encoder: Arc<dyn Embedder>,
+        cfg: &ClassifierConfig,
+    ) -> Result<bool> {
+        let set = IntentSet::from_yaml(set_yaml)?;
+        let data = TrainingData::from_set(&set, cfg.name_examples);
+        let version = training_version(&data, encoder.name(), cfg);
+        if self.intents().classifier.trained().report.version == version {
+            return Ok(false);
+        }
+        let _one_at_a_time = self.training.lock();
+        let model_path = self.dir.join(MODEL_FILE);
+        closer_kb::write_atomic(&model_path, model)?;
+        let mut trained = TrainedHead::load(&model_path)?;
+        if trained.report.version != version {
+            tracing::warn!(tenant = %self.id, "a shared intent model was trained for another encoder or settings; not adopted");
+            return Ok(false);
+        }
+        trained.config.ambiguity_margin = cfg.ambiguity_margin;
+        closer_kb::write_atomic(&self.dir.join(SET_FILE), set.to_yaml().as_bytes())?;
+        let classifier = HeadClassifier::from_trained(encoder, trained);
+        *self.intents.write() = Arc::new(IntentModel { set, classifier });
+        tracing::info!(tenant = %self.id, version = %version, "shared intent model swapped in (not retrained)");
+        Ok(true)
     }
 
     /// The playbook in force; hold it for a whole turn.

@@ -866,4 +866,6 @@ pub(crate) fn documents_are_read_after_a_version_latest_per_name(b: &dyn Backend
     assert_eq!(got, [("u", &b"two"[..], v2), ("t", &b"three"[..], v3)]);
     assert_eq!(s.documents_after(v2).unwrap().len(), 1);
     assert!(s.documents_after(v3).unwrap().is_empty());
+    assert_eq!(other.document("t", "playbook.yaml").unwrap().unwrap().content, b"three");
+    assert!(other.document("t", "intents.yaml").unwrap().is_none());
 }

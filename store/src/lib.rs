@@ -407,6 +407,8 @@ pub trait Store: WebhookStore + Send + Sync {
     fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64>;
     /// The documents put after `version`, oldest first (each name once, its latest).
     fn documents_after(&self, version: u64) -> Result<Vec<Document>>;
+    /// A tenant's document of that name, if any.
+    fn document(&self, tenant: &str, name: &str) -> Result<Option<Document>>;
     /// The tenant's named consumers and their acknowledged cursors, by name.
     fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>>;
     /// How many of the tenant's events (still in the outbox) come after `cursor`.

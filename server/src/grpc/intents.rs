@@ -84,6 +84,7 @@ impl pb::intents_server::Intents for IntentsService {
         tracing::info!(tenant = %req.tenant, intents = set.intents.len(), "intent set uploaded; retraining");
         let embedder = engine.models.intents();
         let cfg = engine.classifier_config.clone();
+        let tenant_id = tenant.id.clone();
         tokio::task::spawn_blocking(move || {
             let mut last = (0u8, 0usize);
             let result = tenant.retrain(set, embedder, &cfg, &mut |p| {
@@ -110,6 +111,11 @@ impl pb::intents_server::Intents for IntentsService {
                     // A client that went away does not stop training: the upload was accepted.
                     let _ = tx.blocking_send(Ok(pb::TrainingProgress { event: Some(ev) }));
                 }
+            });
+            // The other replicas on a shared database take the model as trained here.
+            let result = result.and_then(|report| {
+                closer_sales::shared::put_intents(&engine, &tenant_id)?;
+                Ok(report)
             });
             let last_event = match result {
                 Ok(report) => Ok(pb::TrainingProgress {

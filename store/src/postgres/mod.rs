@@ -686,6 +686,22 @@ impl Store for PgStore {
         })
     }
 
+    fn document(&self, tenant: &str, name: &str) -> Result<Option<crate::Document>> {
+        self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT tenant, name, version, content FROM tenant_documents
+                 WHERE tenant = $1 AND name = $2",
+                &[&tenant, &name],
+            )?
+            .map(|r| crate::Document {
+                tenant: r.get(0),
+                name: r.get(1),
+                version: r.get::<_, i64>(2) as u64,
+                content: r.get(3),
+            }))
+        })
+    }
+
     fn documents_after(&self, version: u64) -> Result<Vec<crate::Document>> {
         self.with(|c| {
             let rows = c.query(

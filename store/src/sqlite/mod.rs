@@ -429,6 +429,26 @@ impl Store for SqliteStore {
         Ok(version as u64)
     }
 
+    fn document(&self, tenant: &str, name: &str) -> Result<Option<crate::Document>> {
+        Ok(self
+            .conn
+            .lock()
+            .query_row(
+                "SELECT tenant, name, version, content FROM tenant_documents
+                 WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+                |r| {
+                    Ok(crate::Document {
+                        tenant: r.get(0)?,
+                        name: r.get(1)?,
+                        version: r.get::<_, i64>(2)? as u64,
+                        content: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn documents_after(&self, version: u64) -> Result<Vec<crate::Document>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare(

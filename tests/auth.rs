@@ -22,7 +22,7 @@ fn keyed_data() -> (tempfile::TempDir, Keys) {
     let dir = demo_data();
     closer_kb::load::load_dir(&example_dir(), dir.path(), Some("other")).unwrap();
     let store =
-        closer_store::sqlite::SqliteStore::open(&dir.path().join(closer_sales::engine::STORE_FILE))
+        closer_store::sqlite::SqliteStore::open(&dir.path().join(closer_store::SQLITE_FILE))
             .unwrap();
     let make = |tenant: &str, role: Role| {
         let (key, stored) = new_key(tenant, role, "test");
@@ -81,7 +81,7 @@ fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_checked_by_role_and_tenant_and_revocation_is_immediate() {
     let (data, keys) = keyed_data();
-    let db = data.path().join(closer_sales::engine::STORE_FILE);
+    let db = data.path().join(closer_store::SQLITE_FILE);
     let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
     cfg.auth = closer_server::config::AuthMode::Keys;
     let server = serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts()))).await;
@@ -441,7 +441,7 @@ fn http_get_with_key(addr: std::net::SocketAddr, path: &str, key: &str) -> (u16,
 async fn metrics_show_a_tenant_admin_its_own_tenant_and_the_operator_every_tenant() {
     let (data, keys) = keyed_data();
     let store = closer_store::sqlite::SqliteStore::open(
-        &data.path().join(closer_sales::engine::STORE_FILE),
+        &data.path().join(closer_store::SQLITE_FILE),
     )
     .unwrap();
     let (operator, stored) = new_key(closer_server::auth::OPERATOR_TENANT, Role::Operator, "ops");

@@ -480,11 +480,12 @@ async fn with_nats_down_no_error_reaches_a_visitor_and_wake_ups_resume() {
     }
 }
 
-/// What a visitor got back: conversation `n`'s turn `turn` acknowledged (its final event
-/// arrived) by replica `by` (0 = A, 1 = B).
-#[derive(Debug, Clone, Copy)]
+/// What a visitor got back: visitor `n`'s turn `turn` of the conversation the server named
+/// `conversation` acknowledged (its final event arrived) by replica `by` (0 = A, 1 = B).
+#[derive(Debug, Clone)]
 struct Ack {
     n: usize,
+    conversation: String,
     turn: u32,
     by: usize,
 }
@@ -494,6 +495,9 @@ struct Ack {
 async fn two_turns(n: usize, urls: [String; 2], acks: Arc<std::sync::Mutex<Vec<Ack>>>) {
     let texts = ["How much does each seat cost?", "Are you SOC 2 compliant?"];
     let (mut token, mut done, mut tries) = (None::<String>, 0, 0);
+    // The conversation's id as the server issued it: the one asked for, or, when A had
+    // claimed that id and died before its `opened` arrived, a new one from B.
+    let mut conversation = String::new();
     while done < texts.len() {
         tries += 1;
         assert!(tries <= 4, "conversation {n} could not continue");
@@ -520,9 +524,17 @@ async fn two_turns(n: usize, urls: [String; 2], acks: Arc<std::sync::Mutex<Vec<A
             loop {
                 match stream.message().await {
                     Ok(Some(r)) => match r.event {
-                        Some(Event::Opened(o)) => token = Some(o.resume_token),
+                        Some(Event::Opened(o)) => {
+                            token = Some(o.resume_token);
+                            conversation = o.conversation_id;
+                        }
                         Some(Event::Final(f)) => {
-                            acks.lock().unwrap().push(Ack { n, turn: f.turn, by });
+                            acks.lock().unwrap().push(Ack {
+                                n,
+                                conversation: conversation.clone(),
+                                turn: f.turn,
+                                by,
+                            });
                             done += 1;
                             // The visitor reads before typing again.
                             tokio::time::sleep(Duration::from_millis(30)).await;
@@ -608,15 +620,14 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
     let url = database_url.clone();
     let checked = std::thread::spawn(move || {
         let store = closer_store::postgres::PgStore::connect(&url).unwrap();
-        let mut by_conv: std::collections::HashMap<usize, Vec<u32>> = Default::default();
+        let mut by_conv: std::collections::HashMap<String, Vec<u32>> = Default::default();
         for a in &acks {
-            by_conv.entry(a.n).or_default().push(a.turn);
+            by_conv.entry(a.conversation.clone()).or_default().push(a.turn);
         }
         let mut extra_turns = 0;
-        for (n, told) in &by_conv {
-            let id = format!("kill-{n}");
+        for (id, told) in &by_conv {
             let visitor: Vec<u32> = store
-                .transcript("applinks", &id)
+                .transcript("applinks", id)
                 .unwrap()
                 .iter()
                 .filter(|m| m.author == closer_store::Author::Visitor)
@@ -629,7 +640,7 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
             }
             // A turn committed on A whose final never arrived is sent again on B: one more.
             extra_turns += visitor.len() - told.len();
-            let lead = store.lead("applinks", &id).unwrap().expect("lead");
+            let lead = store.lead("applinks", id).unwrap().expect("lead");
             assert_eq!(lead.turns as usize, visitor.len());
         }
         let events = store
@@ -651,8 +662,8 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
             .iter()
             .filter_map(|e| e.event.conversation_id.as_deref())
             .collect();
-        for n in by_conv.keys() {
-            assert!(scored.contains(format!("kill-{n}").as_str()), "kill-{n}: no cql_scored event");
+        for id in by_conv.keys() {
+            assert!(scored.contains(id.as_str()), "{id}: no cql_scored event");
         }
         (by_conv.len(), extra_turns, len)
     })

@@ -211,7 +211,7 @@ struct Hooked {
 async fn hooked(retry_scale: f64) -> Hooked {
     let data = demo_data();
     let store = closer_store::sqlite::SqliteStore::open(
-        &data.path().join(closer_sales::engine::STORE_FILE),
+        &data.path().join(closer_store::SQLITE_FILE),
     )
     .unwrap();
     let make = |role| {

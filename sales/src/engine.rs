@@ -24,9 +24,6 @@ use crate::playbook::Playbook;
 use closer_store::bus::Bus;
 use closer_store::Store;
 
-/// The embedded database of conversations, leads and events, in the data directory.
-pub const STORE_FILE: &str = closer_store::SQLITE_FILE;
-
 /// The models every tenant shares.
 #[derive(Clone)]
 pub struct Models {

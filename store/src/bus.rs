@@ -7,7 +7,7 @@ use tokio::sync::watch;
 pub trait Bus: Send + Sync {
     /// Announces that the outbox now reaches `cursor`.
     fn publish(&self, cursor: u64);
-    /// A receiver that changes whenever something is published.
+    /// A receiver that changes whenever a newer cursor is published.
     fn watch(&self) -> watch::Receiver<u64>;
 }
 
@@ -26,7 +26,13 @@ impl LocalBus {
 
 impl Bus for LocalBus {
     fn publish(&self, cursor: u64) {
-        self.tx.send_modify(|c| *c = (*c).max(cursor));
+        // Only a newer cursor wakes the watchers: the replicas' poll and NATS repeat cursors
+        // already seen, and every stream would look at the outbox again for nothing.
+        self.tx.send_if_modified(|c| {
+            let newer = cursor > *c;
+            *c = (*c).max(cursor);
+            newer
+        });
     }
 
     fn watch(&self) -> watch::Receiver<u64> {
@@ -55,4 +61,24 @@ pub fn follow_store(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_newer_cursor_wakes_a_watcher() {
+        let bus = LocalBus::new(5);
+        let mut rx = bus.watch();
+        bus.publish(5);
+        bus.publish(3);
+        assert!(!rx.has_changed().unwrap(), "a cursor already seen wakes nobody");
+        bus.publish(7);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 7);
+        bus.publish(6);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow(), 7, "never moves back");
+    }
 }

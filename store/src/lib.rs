@@ -3,9 +3,10 @@
 //! presence and round-robin counts, and idempotency keys.
 //!
 //! Everything sits behind [`Store`]: the embedded SQLite backend ([`sqlite::SqliteStore`], the
-//! default) and PostgreSQL ([`postgres::PgStore`], for several replicas on one database). Every method that changes state is one transaction, and the events
-//! a change raises are written in that same transaction (outbox): when a method returns `Ok` the
-//! change and its events are on disk, and a crash at any moment loses neither half.
+//! default) and PostgreSQL ([`postgres::PgStore`], for several replicas on one database). Every
+//! method that changes state is one transaction, and the events a change raises are written in
+//! that same transaction (outbox): when a method returns `Ok` the change and its events are on
+//! disk, and a crash at any moment loses neither half.
 //!
 //! Events get a cursor (strictly increasing) and an id derived from it; subscribers read the
 //! outbox after a cursor, and the [`bus::Bus`] only wakes them. See `Events.Subscribe`.
@@ -85,7 +86,8 @@ pub type Then<'a, T> = &'a (dyn Fn(&T) -> Vec<NewEvent> + Sync);
 /// lock): `Err` says why not, and becomes [`Error::Conflict`].
 pub type ControlCheck<'a> = &'a (dyn Fn(&ConversationControl) -> std::result::Result<(), String> + Sync);
 
-/// The database file of the embedded backend, under the data directory.
+/// The database file of the embedded backend (conversations, leads, events…), under the data
+/// directory.
 pub const SQLITE_FILE: &str = "closer.db";
 
 /// Milliseconds since the Unix epoch.
@@ -336,11 +338,12 @@ pub struct ConversationControl {
     pub closed: bool,
 }
 
-/// A tenant's configuration document shared by replicas (a playbook today).
+/// A tenant's configuration document shared by replicas: its playbook, its intent set and the
+/// model trained for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     pub tenant: String,
-    /// What it is: `playbook.yaml`.
+    /// What it is: `playbook.yaml`, `intents.yaml`, `intent-model.bin`.
     pub name: String,
     /// Grows with every put, across tenants; readers follow it.
     pub version: u64,

@@ -43,6 +43,7 @@ macro_rules! conformance_tests {
             rotation_keeps_the_old_secret_and_delete_removes_deliveries,
             consumers_their_lag_and_an_endpoints_last_failure,
             documents_are_read_after_a_version_latest_per_name,
+            documents_put_together_are_seen_all_or_none,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -554,7 +555,11 @@ pub(crate) fn one_idempotency_key_on_two_replicas_gives_one_lead_and_one_reply(b
             .unwrap();
         assert_eq!(outcomes.iter().filter(|o| o.is_none()).count(), 1);
         assert!(outcomes.iter().flatten().all(|r| r == &stored), "one reply");
-        assert_eq!(s.transcript("t", &conv).unwrap().len(), 2, "one turn written");
+        assert_eq!(
+            s.transcript("t", &conv).unwrap().len(),
+            2,
+            "one turn written"
+        );
     }
 }
 
@@ -866,6 +871,59 @@ pub(crate) fn documents_are_read_after_a_version_latest_per_name(b: &dyn Backend
     assert_eq!(got, [("u", &b"two"[..], v2), ("t", &b"three"[..], v3)]);
     assert_eq!(s.documents_after(v2).unwrap().len(), 1);
     assert!(s.documents_after(v3).unwrap().is_empty());
-    assert_eq!(other.document("t", "playbook.yaml").unwrap().unwrap().content, b"three");
+    assert_eq!(
+        other
+            .document("t", "playbook.yaml")
+            .unwrap()
+            .unwrap()
+            .content,
+        b"three"
+    );
     assert!(other.document("t", "intents.yaml").unwrap().is_none());
+}
+
+pub(crate) fn documents_put_together_are_seen_all_or_none(b: &dyn Backend) {
+    let (s, other) = (b.open(), b.open());
+    assert_eq!(s.put_documents("t", &[]).unwrap(), 0);
+    // A writer puts batches of 20 while a reader on the other handle follows the versions:
+    // every read holds whole batches, and versions only grow.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0..30 {
+                let docs: Vec<(String, Vec<u8>)> = (0..20)
+                    .map(|i| (format!("kb/fact/{i}"), format!("{round}").into_bytes()))
+                    .collect();
+                let refs: Vec<(&str, &[u8])> = docs
+                    .iter()
+                    .map(|(n, c)| (n.as_str(), c.as_slice()))
+                    .collect();
+                s.put_documents("t", &refs).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut seen = 0u64;
+        let mut reads = 0;
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let got = other.documents_after(seen).unwrap();
+            assert!(
+                got.len() % 20 == 0,
+                "a read held part of a batch: {} documents",
+                got.len()
+            );
+            for d in &got {
+                assert!(d.version > seen, "version {} after {seen}", d.version);
+                seen = d.version;
+            }
+            reads += 1;
+            if finished && got.is_empty() {
+                break;
+            }
+        }
+        assert!(reads > 1);
+    });
+    let all = other.documents_after(0).unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(all.iter().all(|d| d.content == b"29"));
 }

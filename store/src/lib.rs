@@ -67,10 +67,7 @@ impl Error {
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
-        let transient = matches!(
-            e.sqlite_error_code(),
-            Some(DatabaseBusy | DatabaseLocked)
-        );
+        let transient = matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked));
         Error::Database {
             message: e.to_string(),
             transient,
@@ -84,7 +81,8 @@ pub type Then<'a, T> = &'a (dyn Fn(&T) -> Vec<NewEvent> + Sync);
 
 /// A condition on a conversation's control that a change requires (checked under the row's
 /// lock): `Err` says why not, and becomes [`Error::Conflict`].
-pub type ControlCheck<'a> = &'a (dyn Fn(&ConversationControl) -> std::result::Result<(), String> + Sync);
+pub type ControlCheck<'a> =
+    &'a (dyn Fn(&ConversationControl) -> std::result::Result<(), String> + Sync);
 
 /// The database file of the embedded backend (conversations, leads, events…), under the data
 /// directory.
@@ -407,7 +405,13 @@ pub trait Store: WebhookStore + Send + Sync {
     fn acked(&self, tenant: &str, consumer: &str) -> Result<u64>;
     /// Stores a tenant's document (replacing one of that name) under the next version, in
     /// commit order (a reader after version N never later finds a smaller one).
-    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64>;
+    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64> {
+        self.put_documents(tenant, &[(name, content)])
+    }
+    /// Stores several of a tenant's documents in one transaction, each under its own next
+    /// version: a reader sees all of them or none. Returns the last version (0 when `docs` is
+    /// empty).
+    fn put_documents(&self, tenant: &str, docs: &[(&str, &[u8])]) -> Result<u64>;
     /// The documents put after `version`, oldest first (each name once, its latest).
     fn documents_after(&self, version: u64) -> Result<Vec<Document>>;
     /// A tenant's document of that name, if any.

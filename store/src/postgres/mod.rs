@@ -115,7 +115,9 @@ impl PgStore {
     }
 
     fn pool(&self) -> &Pool {
-        self.pool.as_ref().expect("the pool lives until the store is dropped")
+        self.pool
+            .as_ref()
+            .expect("the pool lives until the store is dropped")
     }
 
     fn migrate(&self) -> Result<()> {
@@ -160,10 +162,7 @@ impl PgStore {
     }
 
     /// Runs `f` in one transaction (rolled back when it fails).
-    fn tx<T: Send>(
-        &self,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send,
-    ) -> Result<T> {
+    fn tx<T: Send>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send) -> Result<T> {
         self.with(|c| {
             let mut tx = c.transaction()?;
             let out = f(&mut tx)?;
@@ -263,7 +262,11 @@ fn row_to_lead(r: &Row) -> Result<Lead> {
     })
 }
 
-fn read_lead<C: postgres::GenericClient>(c: &mut C, tenant: &str, id: &str) -> Result<Option<Lead>> {
+fn read_lead<C: postgres::GenericClient>(
+    c: &mut C,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<Lead>> {
     c.query_opt(
         &format!("SELECT {LEAD_COLUMNS} FROM conversations c WHERE c.tenant = $1 AND c.id = $2"),
         &[&tenant, &id],
@@ -348,7 +351,15 @@ fn insert_message(
     tx.execute(
         "INSERT INTO messages (tenant, conversation_id, seq, turn, author, text, at_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&tenant, &id, &seq, &turn, &m.author.as_str(), &m.text, &m.at_ms],
+        &[
+            &tenant,
+            &id,
+            &seq,
+            &turn,
+            &m.author.as_str(),
+            &m.text,
+            &m.at_ms,
+        ],
     )?;
     Ok(())
 }
@@ -668,20 +679,27 @@ impl Store for PgStore {
         })
     }
 
-    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64> {
+    fn put_documents(&self, tenant: &str, docs: &[(&str, &[u8])]) -> Result<u64> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
         self.tx(|tx| {
             // Versions in commit order, as event cursors.
             lock(tx, "tenant documents")?;
-            let version: i64 = tx
-                .query_one(
-                    "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
-                     VALUES ($1, $2, $3, nextval('tenant_document_version'), $4)
-                     ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
-                        version = excluded.version, updated_ms = excluded.updated_ms
-                     RETURNING version",
-                    &[&tenant, &name, &content, &now_ms()],
-                )?
-                .get(0);
+            let now = now_ms();
+            let mut version = 0i64;
+            for (name, content) in docs {
+                version = tx
+                    .query_one(
+                        "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
+                         VALUES ($1, $2, $3, nextval('tenant_document_version'), $4)
+                         ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
+                            version = excluded.version, updated_ms = excluded.updated_ms
+                         RETURNING version",
+                        &[&tenant, name, content, &now],
+                    )?
+                    .get(0);
+            }
             Ok(version as u64)
         })
     }
@@ -841,7 +859,11 @@ impl Store for PgStore {
         })
     }
 
-    fn book_meeting(&self, m: &Meeting, events: Then<'_, Meeting>) -> Result<(Meeting, Vec<Event>)> {
+    fn book_meeting(
+        &self,
+        m: &Meeting,
+        events: Then<'_, Meeting>,
+    ) -> Result<(Meeting, Vec<Event>)> {
         self.tx(|tx| {
             lock(tx, &format!("calendar\u{1f}{}\u{1f}{}", m.tenant, m.rep_id))?;
             let clash: i64 = tx

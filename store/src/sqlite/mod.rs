@@ -410,21 +410,28 @@ impl Store for SqliteStore {
         Ok(c.unwrap_or(0) as u64)
     }
 
-    fn put_document(&self, tenant: &str, name: &str, content: &[u8]) -> Result<u64> {
+    fn put_documents(&self, tenant: &str, docs: &[(&str, &[u8])]) -> Result<u64> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(Immediate)?;
-        let version: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM tenant_documents",
+        let mut version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM tenant_documents",
             [],
             |r| r.get(0),
         )?;
-        tx.execute(
-            "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
-                version = excluded.version, updated_ms = excluded.updated_ms",
-            params![tenant, name, content, version, now_ms()],
-        )?;
+        let now = now_ms();
+        for (name, content) in docs {
+            version += 1;
+            tx.execute(
+                "INSERT INTO tenant_documents (tenant, name, content, version, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant, name) DO UPDATE SET content = excluded.content,
+                    version = excluded.version, updated_ms = excluded.updated_ms",
+                params![tenant, name, content, version, now],
+            )?;
+        }
         tx.commit()?;
         Ok(version as u64)
     }

@@ -1,7 +1,8 @@
 //! Two `closer serve` replicas on loopback sharing one PostgreSQL database (started by
 //! `scripts/backends.sh`; the tests skip with the reason without it, and fail when
-//! `CLOSER_TEST_REQUIRE_BACKENDS=1`). The replicas share the tenant files of one data folder;
-//! everything a conversation needs to continue on the other replica comes from the database.
+//! `CLOSER_TEST_REQUIRE_BACKENDS=1`). Each replica has a data folder of its own, loaded with the
+//! same tenant (as `closer kb load` on each machine); everything a conversation needs to continue
+//! on the other replica, and every change made over the API, comes from the database.
 
 use super::*;
 use closer_server::auth::{new_key, Role};
@@ -37,7 +38,8 @@ fn fresh_database() -> Option<String> {
     // The synchronous client refuses to run inside the test's runtime: a thread of its own.
     std::thread::spawn(move || {
         let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {create}")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {create}"))
+            .unwrap();
     })
     .join()
     .unwrap();
@@ -48,7 +50,35 @@ struct Replicas {
     a: RunningServer,
     b: RunningServer,
     database_url: String,
-    _data: tempfile::TempDir,
+    /// Texts replica B's embedder has embedded (facts and queries).
+    b_embedded: Arc<std::sync::Mutex<Vec<String>>>,
+    _data: [tempfile::TempDir; 2],
+}
+
+/// The fake embedder, keeping the texts it embeds (under the same name, so vectors made by
+/// the plain one are taken as its own).
+struct CountingEmbedder {
+    inner: HashEmbedder,
+    texts: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Time taken per text (as a real encoder would).
+    per_text: Duration,
+}
+
+impl closer_models::Embedder for CountingEmbedder {
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn embed(&self, texts: &[&str]) -> closer_models::Result<Vec<Vec<f32>>> {
+        self.texts
+            .lock()
+            .unwrap()
+            .extend(texts.iter().map(|t| t.to_string()));
+        std::thread::sleep(self.per_text * texts.len() as u32);
+        self.inner.embed(texts)
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
 }
 
 impl Replicas {
@@ -66,15 +96,16 @@ impl Replicas {
     /// Every option: keys, NATS, webhooks to loopback allowed (retries scaled down).
     async fn start_full(keys: bool, nats_url: Option<String>, hooks: bool) -> Option<Self> {
         let database_url = fresh_database()?;
-        let data = demo_data();
-        std::fs::write(
-            closer_kb::tenant_dir(data.path(), "applinks").join("playbook.yaml"),
-            always_open_playbook(),
-        )
-        .unwrap();
-        let replica = || {
-            let mut cfg =
-                ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
+        let data = [demo_data(), demo_data()];
+        for d in &data {
+            std::fs::write(
+                closer_kb::tenant_dir(d.path(), "applinks").join("playbook.yaml"),
+                always_open_playbook(),
+            )
+            .unwrap();
+        }
+        let replica = |dir: &Path, models: Models| {
+            let mut cfg = ServeConfig::for_tests(dir.to_path_buf(), ModelPaths::default_root());
             cfg.database_url = Some(database_url.clone());
             cfg.nats_url = nats_url.clone();
             if hooks {
@@ -84,16 +115,43 @@ impl Replicas {
             if keys {
                 cfg.auth = closer_server::config::AuthMode::Keys;
             }
-            serve_ready(cfg, fake_models(Arc::new(ScriptedGenerator::echo_facts())))
+            serve_ready(cfg, models)
         };
-        let a = replica().await;
-        let b = replica().await;
+        let generator =
+            || -> Arc<dyn AnswerGenerator> { Arc::new(ScriptedGenerator::echo_facts()) };
+        // A's embedder takes 5 ms a text, so a large ingest leaves it embedding for a while.
+        let mut models_a = fake_models(generator());
+        models_a.embedder = Arc::new(CountingEmbedder {
+            inner: HashEmbedder::default(),
+            texts: Arc::default(),
+            per_text: Duration::from_millis(5),
+        });
+        let a = replica(data[0].path(), models_a).await;
+        let b_embedded: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let mut models_b = fake_models(generator());
+        models_b.embedder = Arc::new(CountingEmbedder {
+            inner: HashEmbedder::default(),
+            texts: b_embedded.clone(),
+            per_text: Duration::ZERO,
+        });
+        let b = replica(data[1].path(), models_b).await;
         Some(Self {
             a,
             b,
             database_url,
+            b_embedded,
             _data: data,
         })
+    }
+
+    /// A text replica B embedded that contains `part`.
+    fn b_embedded_any(&self, part: &str) -> Option<String> {
+        self.b_embedded
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| t.contains(part))
+            .cloned()
     }
 
     fn url(s: &RunningServer) -> String {
@@ -171,7 +229,11 @@ async fn a_rep_on_replica_b_reaches_the_visitor_on_replica_a_within_a_second() {
         panic!("the rep's message first: the bot stayed quiet")
     };
     assert_eq!(m.text, "Sure, what volume?");
-    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,10 +272,7 @@ async fn a_meeting_proposed_on_replica_a_is_booked_on_replica_b() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("booked on B: {turn:?}"));
-    assert_eq!(
-        booked.slot.unwrap().start_unix,
-        offered.slots[0].start_unix
-    );
+    assert_eq!(booked.slot.unwrap().start_unix, offered.slots[0].start_unix);
     let fin = final_of(&turn);
     assert_eq!(fin.turn, 2, "the turn count went on");
     // The booking is in the shared database: A sees the slot as taken.
@@ -297,8 +356,7 @@ async fn a_key_revoked_once_is_refused_by_both_replicas_at_once() {
                 .connect()
                 .await
                 .unwrap();
-            let auth: tonic::metadata::MetadataValue<_> =
-                format!("Bearer {key}").parse().unwrap();
+            let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
             pb::assistant_client::AssistantClient::with_interceptor(
                 channel,
                 move |mut req: tonic::Request<()>| {
@@ -459,7 +517,9 @@ async fn with_nats_down_no_error_reaches_a_visitor_and_wake_ups_resume() {
     };
     let (mut v, mut conv_b) = taken_over(&r, "replica-nats-down").await;
     let id = "replica-nats-down";
-    assert!(rep_message_delay(&mut v, &mut conv_b, id, "before").await < Duration::from_millis(500));
+    assert!(
+        rep_message_delay(&mut v, &mut conv_b, id, "before").await < Duration::from_millis(500)
+    );
     // SIGKILL: no goodbye to the clients.
     nats.kill();
     for i in 0..3 {
@@ -473,9 +533,16 @@ async fn with_nats_down_no_error_reaches_a_visitor_and_wake_ups_resume() {
     let mut fast = 0;
     let mut i = 0;
     while fast < 3 {
-        assert!(std::time::Instant::now() < deadline, "wake-ups did not resume");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wake-ups did not resume"
+        );
         let d = rep_message_delay(&mut v, &mut conv_b, id, &format!("after {i}")).await;
-        fast = if d < Duration::from_millis(300) { fast + 1 } else { 0 };
+        fast = if d < Duration::from_millis(300) {
+            fast + 1
+        } else {
+            0
+        };
         i += 1;
     }
 }
@@ -501,7 +568,11 @@ async fn two_turns(n: usize, urls: [String; 2], acks: Arc<std::sync::Mutex<Vec<A
     while done < texts.len() {
         tries += 1;
         assert!(tries <= 4, "conversation {n} could not continue");
-        let by = if n.is_multiple_of(2) && tries == 1 { 0 } else { 1 };
+        let by = if n.is_multiple_of(2) && tries == 1 {
+            0
+        } else {
+            1
+        };
         let Ok(mut client) = pb::assistant_client::AssistantClient::connect(urls[by].clone()).await
         else {
             continue;
@@ -560,7 +631,10 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
         "sales::child_serve_until_killed",
         &[
             ("CLOSER_KILL_TEST_DATA", data.path().as_os_str()),
-            ("CLOSER_KILL_TEST_DATABASE_URL", std::ffi::OsStr::new(&database_url)),
+            (
+                "CLOSER_KILL_TEST_DATABASE_URL",
+                std::ffi::OsStr::new(&database_url),
+            ),
         ],
     );
     let mut cfg = ServeConfig::for_tests(data.path().to_path_buf(), ModelPaths::default_root());
@@ -605,14 +679,22 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
         w.await.unwrap();
     }
     let acks = acks.lock().unwrap().clone();
-    assert_eq!(acks.len(), 2 * CONVERSATIONS, "every visitor finished both turns");
+    assert_eq!(
+        acks.len(),
+        2 * CONVERSATIONS,
+        "every visitor finished both turns"
+    );
     // Conversations that got a turn from each replica: moved to B mid-way.
     let from = |by: usize| -> std::collections::HashSet<usize> {
         acks.iter().filter(|a| a.by == by).map(|a| a.n).collect()
     };
     let moved: Vec<usize> = from(0).intersection(&from(1)).copied().collect();
     let on_a = acks.iter().filter(|a| a.by == 0).count();
-    assert!(on_a > 0 && !moved.is_empty(), "A served {on_a} turns; {} conversations moved", moved.len());
+    assert!(
+        on_a > 0 && !moved.is_empty(),
+        "A served {on_a} turns; {} conversations moved",
+        moved.len()
+    );
 
     // The database: every acknowledged turn is there under the number the visitor was told,
     // visitor turns are numbered 1..k without a gap or a repeat, and each conversation's
@@ -622,7 +704,10 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
         let store = closer_store::postgres::PgStore::connect(&url).unwrap();
         let mut by_conv: std::collections::HashMap<String, Vec<u32>> = Default::default();
         for a in &acks {
-            by_conv.entry(a.conversation.clone()).or_default().push(a.turn);
+            by_conv
+                .entry(a.conversation.clone())
+                .or_default()
+                .push(a.turn);
         }
         let mut extra_turns = 0;
         for (id, told) in &by_conv {
@@ -695,14 +780,16 @@ async fn a_leaderboard_on_replica_b_moves_when_a_meeting_is_booked_on_a() {
         .await
         .unwrap()
         .into_inner();
-    let booked_total = |u: &pb::LeaderboardUpdate| -> u32 {
-        u.rows.iter().map(|row| row.meetings_booked).sum()
-    };
+    let booked_total =
+        |u: &pb::LeaderboardUpdate| -> u32 { u.rows.iter().map(|row| row.meetings_booked).sum() };
     let first = board.message().await.unwrap().unwrap();
     assert_eq!(booked_total(&first), 0);
     let mut a = live_on(&Replicas::url(&r.a), "replica-board", Some("acme.com")).await;
     a.say("How much does it cost?").await;
-    assert!(sales::proposed(&a.turn().await).is_some(), "a meeting offered");
+    assert!(
+        sales::proposed(&a.turn().await).is_some(),
+        "a meeting offered"
+    );
     a.say("The first one please").await;
     let t = std::time::Instant::now();
     a.turn().await;
@@ -717,7 +804,11 @@ async fn a_leaderboard_on_replica_b_moves_when_a_meeting_is_booked_on_a() {
             break;
         }
     }
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,7 +840,12 @@ async fn both_replicas_run_the_webhook_worker_and_each_event_is_delivered_once()
     // Twenty scored conversations, half on each replica.
     for i in 0..20 {
         let server = if i % 2 == 0 { &r.a } else { &r.b };
-        let mut v = live_on(&Replicas::url(server), &format!("hooked-{i}"), Some("acme.com")).await;
+        let mut v = live_on(
+            &Replicas::url(server),
+            &format!("hooked-{i}"),
+            Some("acme.com"),
+        )
+        .await;
         v.say("How much does it cost?").await;
         v.turn().await;
     }
@@ -816,7 +912,10 @@ async fn a_playbook_uploaded_on_replica_a_is_in_force_on_b_within_2_s() {
         if get(Replicas::url(&r.b)).await.score_rules == before - 1 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "B still has the old playbook");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "B still has the old playbook"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // B scores by it: pricing alone is no longer a bolt there.
@@ -909,8 +1008,180 @@ async fn intents_uploaded_on_replica_a_classify_the_same_on_b_which_trains_nothi
     );
     assert_eq!(a[0].name, "partnership");
     assert_eq!(
-        a.iter().map(|i| (&i.name, i.confidence)).collect::<Vec<_>>(),
-        b.iter().map(|i| (&i.name, i.confidence)).collect::<Vec<_>>(),
+        a.iter()
+            .map(|i| (&i.name, i.confidence))
+            .collect::<Vec<_>>(),
+        b.iter()
+            .map(|i| (&i.name, i.confidence))
+            .collect::<Vec<_>>(),
         "the same classification on both"
+    );
+}
+
+fn kb_chunk(name: &str, data: String) -> pb::IngestChunk {
+    pb::IngestChunk {
+        tenant: "applinks".into(),
+        file_name: name.into(),
+        data: data.into_bytes(),
+    }
+}
+
+async fn kb_at(url: &str) -> pb::knowledge_client::KnowledgeClient<tonic::transport::Channel> {
+    pb::knowledge_client::KnowledgeClient::connect(url.to_string())
+        .await
+        .unwrap()
+}
+
+/// Replica `url`'s hits for `query`: (fact id, dense score).
+async fn kb_search(url: &str, query: &str) -> Vec<(String, f32)> {
+    kb_at(url)
+        .await
+        .search(pb::SearchRequest {
+            tenant: "applinks".into(),
+            query: query.into(),
+            limit: 50,
+            intent: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .facts
+        .into_iter()
+        .map(|h| (h.fact.unwrap().id, h.dense))
+        .collect()
+}
+
+/// Waits until `ok` holds for B's hits for `query`, at most `limit`; how long it took.
+async fn until_on(
+    url: &str,
+    query: &str,
+    limit: Duration,
+    ok: impl Fn(&[(String, f32)]) -> bool,
+) -> Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let hits = kb_search(url, query).await;
+        if ok(&hits) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "not within {limit:?}: {hits:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fact_ingested_on_replica_a_is_found_on_b_within_2_s_with_its_vector_and_deleted_is_gone()
+{
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let (a, b) = (Replicas::url(&r.a), Replicas::url(&r.b));
+    assert!(kb_search(&b, "quokkaphone")
+        .await
+        .iter()
+        .all(|(id, _)| id != "replica-quokka"));
+    let fact = r#"{"id":"replica-quokka","kind":"faq","question":"Does Applinks work on the quokkaphone?","answer":"Yes, Applinks runs on every quokkaphone model."}"#;
+    let s = kb_at(&a)
+        .await
+        .ingest(tokio_stream::iter([
+            kb_chunk("more.jsonl", format!("{fact}\n")),
+            kb_chunk("reps.csv", "id,name,email,team,region\nr-quinn,Quinn Ray,quinn@applinks.example,smb,EU\n".into()),
+            kb_chunk("accounts.csv", "domain,name,owner_rep_id,segment,employees,country,target\nquokka.example,Quokka Ltd,r-quinn,smb,40,FR,true\n".into()),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            s.facts_upserted,
+            s.facts_embedded,
+            s.reps_upserted,
+            s.accounts_upserted
+        ),
+        (1, 1, 1, 1)
+    );
+    // Found on B, by its vector too (the dense score), which B did not compute.
+    let took = until_on(&b, "quokkaphone", Duration::from_secs(2), |h| {
+        h.iter()
+            .any(|(id, dense)| id == "replica-quokka" && *dense > 0.0)
+    })
+    .await;
+    eprintln!("fact on B after {took:?}");
+    assert!(
+        r.b_embedded_any("every quokkaphone model").is_none(),
+        "B embedded the fact A had embedded"
+    );
+    // The account and its new rep too: B routes quokka.example to Quinn.
+    let accounts = kb_at(&b)
+        .await
+        .list(pb::ListRequest {
+            tenant: "applinks".into(),
+            what: pb::ListWhat::Accounts as i32,
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    let quokka = accounts
+        .iter()
+        .find(|x| x.domain == "quokka.example")
+        .expect("the account on B");
+    assert_eq!(quokka.owner_rep_id, "r-quinn");
+    // Deleted on A: gone on B.
+    let d = kb_at(&a)
+        .await
+        .delete(pb::DeleteRequest {
+            tenant: "applinks".into(),
+            fact_ids: vec!["replica-quokka".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.deleted, 1);
+    let took = until_on(&b, "quokkaphone", Duration::from_secs(2), |h| {
+        h.iter().all(|(id, _)| id != "replica-quokka")
+    })
+    .await;
+    eprintln!("deletion on B after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ingest_on_a_is_searchable_on_b_at_once_and_gets_as_vectors_without_b_embedding() {
+    let Some(r) = Replicas::start(false).await else {
+        return;
+    };
+    let (a, b) = (Replicas::url(&r.a), Replicas::url(&r.b));
+    // More facts than are embedded before Ingest returns: A embeds them in the background.
+    let n = closer_kb::SYNC_EMBED_LIMIT + 44;
+    let jsonl: String = (0..n)
+        .map(|i| format!("{{\"id\":\"bulk-{i}\",\"kind\":\"faq\",\"question\":\"Is wombatgadget {i} supported?\",\"answer\":\"Yes, wombatgadget model {i} is supported.\"}}\n"))
+        .collect();
+    let s = kb_at(&a)
+        .await
+        .ingest(tokio_stream::iter([kb_chunk("bulk.jsonl", jsonl)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.facts_upserted as usize, n);
+    assert_eq!(
+        s.facts_pending_vectors as usize, n,
+        "left to A's background embedder"
+    );
+    // On B at once by their words; then with A's vectors, B embedding none of them.
+    until_on(&b, "wombatgadget 7", Duration::from_secs(2), |h| {
+        h.iter().any(|(id, _)| id == "bulk-7")
+    })
+    .await;
+    let took = until_on(&b, "wombatgadget", Duration::from_secs(20), |h| {
+        let bulk: Vec<_> = h.iter().filter(|(id, _)| id.starts_with("bulk-")).collect();
+        bulk.len() >= 40 && bulk.iter().all(|(_, dense)| *dense > 0.0)
+    })
+    .await;
+    eprintln!("A's vectors on B after {took:?}");
+    assert!(
+        r.b_embedded_any("is supported").is_none(),
+        "B embedded facts A was embedding"
     );
 }

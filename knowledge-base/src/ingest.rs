@@ -32,6 +32,14 @@ pub struct Batch {
     pub delete_fact_ids: Vec<String>,
     pub accounts: Vec<Account>,
     pub reps: Vec<Rep>,
+    /// Vectors computed elsewhere (another replica) for some of `facts`, by fact id, made by
+    /// this knowledge base's embedder ([`KnowledgeBase::embedder_model`]); a vector of the wrong
+    /// length is ignored.
+    pub vectors: HashMap<String, Vec<f32>>,
+    /// Leave the facts without a vector to whoever computes them (another replica shares them
+    /// later): nothing is embedded here, BM25 finds them meanwhile. See
+    /// [`KnowledgeBase::embed_pending`].
+    pub defer_embedding: bool,
 }
 
 impl KnowledgeBase {
@@ -73,11 +81,19 @@ impl KnowledgeBase {
         for id in &batch.delete_fact_ids {
             deleted += usize::from(merged.remove(id.as_str()).is_some());
         }
+        let dim = self.shared.embedder.dim();
+        let mut given: Vec<&str> = vec![];
         for f in &batch.facts {
-            let kept = merged
-                .get(f.id.as_str())
-                .filter(|(old, _)| old.question == f.question && old.answer == f.answer)
-                .and_then(|(_, v)| v.clone());
+            let kept = match batch.vectors.get(&f.id).filter(|v| v.len() == dim) {
+                Some(v) => {
+                    given.push(f.id.as_str());
+                    Some(Vector::from(&v[..]))
+                }
+                None => merged
+                    .get(f.id.as_str())
+                    .filter(|(old, _)| old.question == f.question && old.answer == f.answer)
+                    .and_then(|(_, v)| v.clone()),
+            };
             merged.insert(f.id.as_str(), (f, kept));
         }
         let mut merged: Vec<(&Fact, Option<Vector>)> = merged.into_values().collect();
@@ -95,8 +111,13 @@ impl KnowledgeBase {
         todo.sort_unstable();
         todo.dedup();
         let model = self.shared.embedder.name().to_string();
-        let mut fresh: Vec<usize> = vec![];
-        if !todo.is_empty() && todo.len() <= self.sync_embed_limit {
+        // Vectors given with the batch are kept in the vector log as if computed here.
+        let mut fresh: Vec<usize> = given
+            .iter()
+            .filter_map(|id| by_id.get(*id).copied())
+            .collect();
+        let given_count = fresh.len();
+        if !batch.defer_embedding && !todo.is_empty() && todo.len() <= self.sync_embed_limit {
             let texts: Vec<String> = todo.iter().map(|&i| embed_text(&facts[i])).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             for (&i, v) in todo.iter().zip(self.shared.embedder.embed(&refs)?) {
@@ -136,7 +157,7 @@ impl KnowledgeBase {
             searcher,
         });
         drop(log);
-        if pending > 0 {
+        if pending > 0 && !batch.defer_embedding {
             self.shared.kick();
         }
         self.shared.compact_vectors()?;
@@ -145,9 +166,22 @@ impl KnowledgeBase {
             facts_deleted: deleted,
             accounts_upserted: batch.accounts.len(),
             reps_upserted: batch.reps.len(),
-            facts_embedded: fresh.len(),
+            facts_embedded: fresh.len() - given_count,
             facts_pending: pending,
         })
+    }
+
+    /// Starts the background embedder on the facts still without a vector (those a batch
+    /// deferred, when no other replica shared their vectors in time).
+    pub fn embed_pending(&self) {
+        if self.snapshot().pending_vectors() > 0 {
+            self.shared.kick();
+        }
+    }
+
+    /// The name of the model this knowledge base's vectors come from.
+    pub fn embedder_model(&self) -> &str {
+        self.shared.embedder.name()
     }
 
     /// Writes facts (upsert by id) and commits; visible to the next search.

@@ -41,6 +41,12 @@ impl Snapshot {
         self.accounts.get(d)
     }
 
+    /// A fact's vector, once it has one.
+    pub fn vector(&self, id: &str) -> Option<&[f32]> {
+        let i = *self.by_id.get(id)?;
+        self.vectors[i].as_deref()
+    }
+
     pub fn rep(&self, id: &str) -> Option<&Rep> {
         self.reps.get(id)
     }

@@ -340,6 +340,12 @@ pub struct Engine {
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
+    /// Replicas share this database (PostgreSQL): knowledge changes are stored for the others
+    /// (see `shared`).
+    pub shared: bool,
+    /// Facts this replica ingested whose vectors the background embedder is still computing,
+    /// by tenant: `shared::share_vectors` stores each once it exists.
+    pub(crate) unshared_vectors: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 impl Engine {
@@ -367,6 +373,8 @@ impl Engine {
             tenants: RwLock::new(tenants),
             store,
             bus: Arc::new(bus),
+            shared: database_url.is_some(),
+            unshared_vectors: Mutex::default(),
         })
     }
 

@@ -340,8 +340,16 @@ fn spawn_loader(
                     // Other replicas write to the same outbox: wake this one's streams for
                     // their events too. With NATS the wake-ups come at once and the poll is
                     // only the fallback (NATS down or a message lost).
-                    let every = if with_nats { FOLLOW_EVERY_WITH_NATS } else { FOLLOW_EVERY };
-                    closer_store::bus::follow_store(engine.store.clone(), engine.bus.clone(), every);
+                    let every = if with_nats {
+                        FOLLOW_EVERY_WITH_NATS
+                    } else {
+                        FOLLOW_EVERY
+                    };
+                    closer_store::bus::follow_store(
+                        engine.store.clone(),
+                        engine.bus.clone(),
+                        every,
+                    );
                     follow_documents(engine.clone());
                 }
                 spawn_webhooks(&engine, &state);
@@ -381,21 +389,30 @@ fn spawn_webhooks(engine: &Arc<Engine>, state: &Arc<AppState>) {
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// The same with NATS wake-ups: only what a lost wake-up may cost.
 const FOLLOW_EVERY_WITH_NATS: Duration = Duration::from_secs(2);
-/// How often a replica on a shared database looks for playbooks another replica stored.
+/// How often a replica on a shared database looks for what another replica stored (playbooks,
+/// intents, knowledge).
 const FOLLOW_DOCUMENTS_EVERY: Duration = Duration::from_millis(500);
 
-/// On a shared database: swaps in the playbooks other replicas stored, every
-/// `FOLLOW_DOCUMENTS_EVERY` (from version 0 at start-up: a late replica catches up).
+/// On a shared database: follows what other replicas stored (playbooks, intents, knowledge)
+/// and shares this replica's late vectors, every `FOLLOW_DOCUMENTS_EVERY` (from version 0 at
+/// start-up: a late replica catches up).
 fn follow_documents(engine: Arc<Engine>) {
     tokio::spawn(async move {
-        let mut seen = 0u64;
+        let mut follower = closer_sales::shared::Follower::default();
         loop {
             let e = engine.clone();
-            match tokio::task::spawn_blocking(move || closer_sales::shared::apply_after(&e, seen))
-                .await
+            match tokio::task::spawn_blocking(move || {
+                let r = follower.step(&e);
+                (follower, r)
+            })
+            .await
             {
-                Ok(Ok(last)) => seen = last,
-                Ok(Err(e)) => tracing::warn!(error = %e, "reading shared documents failed; retrying"),
+                Ok((f, r)) => {
+                    follower = f;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "following shared documents failed; retrying");
+                    }
+                }
                 Err(_) => return,
             }
             tokio::time::sleep(FOLLOW_DOCUMENTS_EVERY).await;

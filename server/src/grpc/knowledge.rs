@@ -87,9 +87,10 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
                 facts: parsed.facts,
                 accounts: parsed.accounts,
                 reps: parsed.reps,
-                delete_fact_ids: vec![],
+                ..Default::default()
             };
-            Ok((tenant.kb.apply(batch)?, n))
+            // On a shared database the other replicas follow.
+            Ok((closer_sales::shared::ingest(&engine, &tenant, batch)?, n))
         })
         .await?;
         let (s, files) = summary;
@@ -117,10 +118,11 @@ impl pb::knowledge_server::Knowledge for KnowledgeService {
         }
         let tenant = engine.tenant(&req.tenant).api()?;
         let s = blocking(move || {
-            tenant.kb.apply(closer_kb::Batch {
+            let batch = closer_kb::Batch {
                 delete_fact_ids: req.fact_ids,
                 ..Default::default()
-            })
+            };
+            closer_sales::shared::ingest(&engine, &tenant, batch)
         })
         .await?;
         Ok(Response::new(pb::DeleteResponse {

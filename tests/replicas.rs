@@ -58,7 +58,7 @@ struct Replicas {
 /// The fake embedder, keeping the texts it embeds (under the same name, so vectors made by
 /// the plain one are taken as its own).
 struct CountingEmbedder {
-    inner: HashEmbedder,
+    inner: Arc<dyn closer_models::Embedder>,
     texts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Time taken per text (as a real encoder would).
     per_text: Duration,
@@ -90,11 +90,17 @@ impl Replicas {
 
     /// As [`Replicas::start`], with NATS wake-ups at `nats_url`.
     async fn start_with(keys: bool, nats_url: Option<String>) -> Option<Self> {
-        Self::start_full(keys, nats_url, false).await
+        Self::start_full(keys, nats_url, false, None).await
     }
 
-    /// Every option: keys, NATS, webhooks to loopback allowed (retries scaled down).
-    async fn start_full(keys: bool, nats_url: Option<String>, hooks: bool) -> Option<Self> {
+    /// Every option: keys, NATS, webhooks to loopback allowed (retries scaled down), the
+    /// models of both replicas (default: fake ones, B's counting what it embeds).
+    async fn start_full(
+        keys: bool,
+        nats_url: Option<String>,
+        hooks: bool,
+        models: Option<Models>,
+    ) -> Option<Self> {
         let database_url = fresh_database()?;
         let data = [demo_data(), demo_data()];
         for d in &data {
@@ -119,21 +125,28 @@ impl Replicas {
         };
         let generator =
             || -> Arc<dyn AnswerGenerator> { Arc::new(ScriptedGenerator::echo_facts()) };
-        // A's embedder takes 5 ms a text, so a large ingest leaves it embedding for a while.
-        let mut models_a = fake_models(generator());
-        models_a.embedder = Arc::new(CountingEmbedder {
-            inner: HashEmbedder::default(),
-            texts: Arc::default(),
-            per_text: Duration::from_millis(5),
-        });
-        let a = replica(data[0].path(), models_a).await;
         let b_embedded: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        let mut models_b = fake_models(generator());
-        models_b.embedder = Arc::new(CountingEmbedder {
-            inner: HashEmbedder::default(),
-            texts: b_embedded.clone(),
-            per_text: Duration::ZERO,
-        });
+        let (models_a, models_b) = match models {
+            Some(m) => (m.clone(), m),
+            None => {
+                // A's embedder takes 5 ms a text, so a large ingest leaves it embedding for a
+                // while; B's keeps what it embeds.
+                let mut a = fake_models(generator());
+                a.embedder = Arc::new(CountingEmbedder {
+                    inner: Arc::new(HashEmbedder::default()),
+                    texts: Arc::default(),
+                    per_text: Duration::from_millis(5),
+                });
+                let mut b = fake_models(generator());
+                b.embedder = Arc::new(CountingEmbedder {
+                    inner: Arc::new(HashEmbedder::default()),
+                    texts: b_embedded.clone(),
+                    per_text: Duration::ZERO,
+                });
+                (a, b)
+            }
+        };
+        let a = replica(data[0].path(), models_a).await;
         let b = replica(data[1].path(), models_b).await;
         Some(Self {
             a,
@@ -813,7 +826,7 @@ async fn a_leaderboard_on_replica_b_moves_when_a_meeting_is_booked_on_a() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_replicas_run_the_webhook_worker_and_each_event_is_delivered_once() {
-    let Some(r) = Replicas::start_full(false, None, true).await else {
+    let Some(r) = Replicas::start_full(false, None, true, None).await else {
         return;
     };
     // Every third request fails once: retries race between the replicas too.
@@ -1184,4 +1197,168 @@ async fn a_large_ingest_on_a_is_searchable_on_b_at_once_and_gets_as_vectors_with
         r.b_embedded_any("is supported").is_none(),
         "B embedded facts A was embedding"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_published_by_kb_load_with_a_database_url_is_served_by_both_replicas_which_train_and_embed_nothing(
+) {
+    // The real encoders, in the replicas (counting what they embed) and in the publisher, as
+    // `closer kb load DIR --database-url` runs it.
+    let real = real_models();
+    let embedded: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let mut counted = real.clone();
+    counted.embedder = Arc::new(CountingEmbedder {
+        inner: real.embedder.clone(),
+        texts: embedded.clone(),
+        per_text: Duration::ZERO,
+    });
+    let Some(r) = Replicas::start_full(false, None, false, Some(counted)).await else {
+        return;
+    };
+    // What the replicas embedded opening their own tenant.
+    embedded.lock().unwrap().clear();
+    let (a, b) = (Replicas::url(&r.a), Replicas::url(&r.b));
+    let url = r.database_url.clone();
+    let (loaded, published) = tokio::task::spawn_blocking(move || {
+        let store = closer_store::backend::open(Some(&url), &std::env::temp_dir()).unwrap();
+        closer_sales::shared::publish_folder(
+            &example_dir(),
+            Some("newco"),
+            &*store,
+            &real,
+            &mut |_| {},
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!((published.facts, published.removed), (loaded.facts, 0));
+    assert!(published.facts > 10 && published.accounts > 0 && published.reps > 0);
+    let classify = |url: String| async move {
+        pb::assistant_client::AssistantClient::connect(url)
+            .await
+            .unwrap()
+            .classify(pb::ClassifyRequest {
+                tenant: "newco".into(),
+                text: "How much does each seat cost per month?".into(),
+            })
+            .await
+    };
+    let t = std::time::Instant::now();
+    for url in [&a, &b] {
+        loop {
+            match classify(url.clone()).await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "{url} does not serve newco: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!(
+        "both replicas serve the published tenant after {:?}",
+        t.elapsed()
+    );
+    let (on_a, on_b) = (
+        classify(a.clone()).await.unwrap().into_inner().intents,
+        classify(b.clone()).await.unwrap().into_inner().intents,
+    );
+    assert_eq!(on_a[0].name, "pricing");
+    assert_eq!(
+        on_a.iter()
+            .map(|i| (&i.name, i.confidence))
+            .collect::<Vec<_>>(),
+        on_b.iter()
+            .map(|i| (&i.name, i.confidence))
+            .collect::<Vec<_>>()
+    );
+    // Its facts, found by their vectors on both.
+    for url in [&a, &b] {
+        let hits = kb_at(url)
+            .await
+            .search(pb::SearchRequest {
+                tenant: "newco".into(),
+                query: "price of one seat".into(),
+                limit: 5,
+                intent: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .facts;
+        assert!(
+            hits.iter()
+                .any(|h| h.fact.as_ref().unwrap().id == "pricing-seat" && h.dense > 0.0),
+            "{hits:?}"
+        );
+    }
+    // Neither replica trained the intent model (it embeds every example to train) nor
+    // embedded a fact: they embedded only the probes above.
+    let texts = embedded.lock().unwrap().clone();
+    assert!(
+        texts
+            .iter()
+            .all(|t| t == "How much does each seat cost per month?" || t == "price of one seat"),
+        "the replicas embedded {} other texts, e.g. {:?}",
+        texts.len(),
+        texts
+            .iter()
+            .find(|t| !t.contains("per month?") && *t != "price of one seat")
+    );
+    // Loaded again without one fact: gone from both replicas.
+    let src = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(example_dir()).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let text = if p.file_name().unwrap() == "facts.jsonl" {
+            text.lines()
+                .filter(|l| !l.contains("\"id\":\"pricing-seat\""))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        } else {
+            text
+        };
+        std::fs::write(src.path().join(p.file_name().unwrap()), text).unwrap();
+    }
+    let url = r.database_url.clone();
+    let real = real_models();
+    let dir = src.path().to_path_buf();
+    let (_, again) = tokio::task::spawn_blocking(move || {
+        let store = closer_store::backend::open(Some(&url), &std::env::temp_dir()).unwrap();
+        closer_sales::shared::publish_folder(&dir, Some("newco"), &*store, &real, &mut |_| {})
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!((again.facts, again.removed), (published.facts - 1, 1));
+    let t = std::time::Instant::now();
+    for url in [&a, &b] {
+        loop {
+            let hits = kb_at(url)
+                .await
+                .search(pb::SearchRequest {
+                    tenant: "newco".into(),
+                    query: "price of one seat".into(),
+                    limit: 50,
+                    intent: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .facts;
+            if hits
+                .iter()
+                .all(|h| h.fact.as_ref().unwrap().id != "pricing-seat")
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{url} still has the removed fact"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -50,7 +50,12 @@ enum Command {
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
         /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        #[arg(
+            long,
+            global = true,
+            env = "CLOSER_DATABASE_URL",
+            hide_env_values = true
+        )]
         database_url: Option<String>,
     },
     /// Every consumer of a tenant's event outbox (named subscribers, webhook endpoints): cursor,
@@ -61,7 +66,12 @@ enum Command {
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
         /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        #[arg(
+            long,
+            global = true,
+            env = "CLOSER_DATABASE_URL",
+            hide_env_values = true
+        )]
         database_url: Option<String>,
     },
     /// Signed webhooks of a tenant's sales events (Standard Webhooks); stored in the store (the
@@ -72,7 +82,12 @@ enum Command {
         #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
         /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(long, global = true, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
+        #[arg(
+            long,
+            global = true,
+            env = "CLOSER_DATABASE_URL",
+            hide_env_values = true
+        )]
         database_url: Option<String>,
     },
 }
@@ -149,6 +164,18 @@ enum KbCommand {
         tenant: Option<String>,
         #[arg(long, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
         data_dir: PathBuf,
+        /// Publish the tenant folder to the replicas on this PostgreSQL database instead of
+        /// writing under --data-dir: its intent model is trained and its facts embedded here,
+        /// once, and every replica serves it within a second (creating the tenant when new).
+        #[arg(long, env = "CLOSER_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Ready model files (with --database-url).
+        #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
+        model_dir: PathBuf,
+        /// The replicas' intent encoder (with --database-url; a replica with another one
+        /// trains its own model).
+        #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
+        intent_encoder: closer_models::source::IntentEncoder,
     },
     /// Measure ingest, background embedding, search latency and memory at scale (synthetic
     /// facts, real encoder, in process).
@@ -248,7 +275,19 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 KbCommand::Load {
                     paths,
                     tenant,
+                    data_dir: _,
+                    database_url: Some(url),
+                    model_dir,
+                    intent_encoder,
+                },
+        } => publish(&paths, tenant.as_deref(), &url, &model_dir, &intent_encoder),
+        Command::Kb {
+            command:
+                KbCommand::Load {
+                    paths,
+                    tenant,
                     data_dir,
+                    ..
                 },
         } => {
             let pb = indicatif::ProgressBar::new(paths.len() as u64);
@@ -283,6 +322,50 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `closer kb load DIR --database-url URL`: loads the folder into a scratch directory, trains
+/// and embeds it there with the real encoders, and publishes it to the replicas.
+fn publish(
+    paths: &[PathBuf],
+    tenant: Option<&str>,
+    database_url: &str,
+    model_dir: &std::path::Path,
+    intent_encoder: &closer_models::source::IntentEncoder,
+) -> anyhow::Result<()> {
+    let [dir] = paths else {
+        anyhow::bail!("with --database-url, give one tenant folder (add files to a running cluster with Knowledge.Ingest)");
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: with --database-url, give a tenant folder",
+            dir.display()
+        );
+    }
+    init_tracing(false);
+    let store = closer_store::backend::open(Some(database_url), &std::env::temp_dir())?;
+    let models = closer_sales::engine::Models::load_encoders(
+        &closer_models::source::ModelPaths::new(model_dir),
+        intent_encoder,
+    )?;
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("embedding [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (s, p) = closer_sales::shared::publish_folder(dir, tenant, &*store, &models, &mut |st| {
+        pb.set_length(st.facts as u64);
+        pb.set_position((st.facts - st.pending) as u64);
+    })?;
+    pb.finish_and_clear();
+    println!("| tenant | facts | accounts | reps | intents | facts removed |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} |",
+        s.tenant, p.facts, p.accounts, p.reps, s.intents, p.removed
+    );
+    println!("published to the replicas (version {})", p.version);
+    Ok(())
 }
 
 fn keys(

@@ -55,6 +55,35 @@ impl Models {
         fake: Option<(Duration, Duration)>,
         intent_encoder: &IntentEncoder,
     ) -> Result<Self> {
+        let mut models = Self::load_encoders(paths, intent_encoder)?;
+        models.generator = match fake {
+            Some((delay, prefill)) => {
+                let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
+                g.delay = delay;
+                g.prefill = prefill;
+                tracing::warn!(
+                    ?delay,
+                    ?prefill,
+                    "FAKE generator: replies restate the cited facts (--generator fake)"
+                );
+                Arc::new(g)
+            }
+            None => {
+                let t = Instant::now();
+                let g = closer_models::generator::QwenGenerator::load(&paths.generator_file())?;
+                tracing::info!(ms = t.elapsed().as_millis() as u64, "generator loaded");
+                Arc::new(g)
+            }
+        };
+        Ok(models)
+    }
+
+    /// The real encoders only, for tools that embed and train but never answer (`closer kb
+    /// load --database-url`); the generator refuses.
+    pub fn load_encoders(
+        paths: &closer_models::source::ModelPaths,
+        intent_encoder: &IntentEncoder,
+    ) -> Result<Self> {
         paths.check()?;
         let t = Instant::now();
         // Cached: a Converse turn embeds each clause for its intents, then searches the
@@ -90,30 +119,30 @@ impl Models {
             };
             Some(Arc::new(closer_models::cache::CachedEmbedder::new(e, 4096)))
         };
-        let generator: Arc<dyn AnswerGenerator> = match fake {
-            Some((delay, prefill)) => {
-                let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
-                g.delay = delay;
-                g.prefill = prefill;
-                tracing::warn!(
-                    ?delay,
-                    ?prefill,
-                    "FAKE generator: replies restate the cited facts (--generator fake)"
-                );
-                Arc::new(g)
-            }
-            None => {
-                let t = Instant::now();
-                let g = closer_models::generator::QwenGenerator::load(&paths.generator_file())?;
-                tracing::info!(ms = t.elapsed().as_millis() as u64, "generator loaded");
-                Arc::new(g)
-            }
-        };
         Ok(Self {
             embedder,
             intent_embedder,
-            generator,
+            generator: Arc::new(NoGenerator),
         })
+    }
+}
+
+/// The generator of a process that loaded none ([`Models::load_encoders`]).
+struct NoGenerator;
+
+impl AnswerGenerator for NoGenerator {
+    fn generate(
+        &self,
+        _: &closer_models::GenerationRequest,
+        _: &mut dyn FnMut(&str) -> std::ops::ControlFlow<()>,
+    ) -> closer_models::Result<closer_models::GenerationStats> {
+        Err(closer_models::Error::Other(
+            "this process loaded no generator".into(),
+        ))
+    }
+
+    fn name(&self) -> &str {
+        "none"
     }
 }
 
@@ -288,6 +317,23 @@ impl Tenant {
         Ok(true)
     }
 
+    /// Drops the playbook file and scores by the intents' flags (a tenant published without a
+    /// playbook); whether anything changed.
+    pub fn use_derived_playbook(&self) -> Result<bool> {
+        if self.playbook_source().1 {
+            return Ok(false);
+        }
+        let path = self.dir.join(PLAYBOOK_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Internal(format!("{}: {e}", path.display()))),
+        }
+        *self.playbook.write() = (Arc::new(Playbook::from_intents(&self.intents().set)), true);
+        tracing::info!(tenant = %self.id, "playbook derived from the intents' flags");
+        Ok(true)
+    }
+
     fn swap_playbook(&self, yaml: &str, p: Arc<Playbook>) -> Result<Arc<Playbook>> {
         let path = self.dir.join(PLAYBOOK_FILE);
         closer_kb::write_atomic(&path, yaml.as_bytes())?;
@@ -343,6 +389,8 @@ pub struct Engine {
     /// Replicas share this database (PostgreSQL): knowledge changes are stored for the others
     /// (see `shared`).
     pub shared: bool,
+    /// Where the tenants' folders are.
+    pub data_dir: PathBuf,
     /// Facts this replica ingested whose vectors the background embedder is still computing,
     /// by tenant: `shared::share_vectors` stores each once it exists.
     pub(crate) unshared_vectors: Mutex<HashMap<String, std::collections::HashSet<String>>>,
@@ -374,6 +422,7 @@ impl Engine {
             store,
             bus: Arc::new(bus),
             shared: database_url.is_some(),
+            data_dir: data_dir.to_path_buf(),
             unshared_vectors: Mutex::default(),
         })
     }
@@ -384,6 +433,17 @@ impl Engine {
             .get(id)
             .cloned()
             .ok_or_else(|| Error::UnknownTenant(id.to_string()))
+    }
+
+    /// Serves a tenant opened after start-up (one another replica published), unless one of
+    /// that id is served already; whether it was added.
+    pub(crate) fn add_tenant(&self, t: Arc<Tenant>) -> bool {
+        let mut tenants = self.tenants.write();
+        if tenants.contains_key(&t.id) {
+            return false;
+        }
+        tenants.insert(t.id.clone(), t);
+        true
     }
 
     pub fn tenant_ids(&self) -> Vec<String> {

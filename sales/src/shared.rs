@@ -8,17 +8,24 @@
 //!
 //! Knowledge is stored a record a document: `kb/fact/<id>` (the fact and its vector, or a
 //! deletion), `kb/account/<domain>`, `kb/rep/<id>`; a batch's records are put in one
-//! transaction, so a follower applies whole batches. The tenant itself (its folder, made by
-//! `closer kb load`) must exist on every replica.
+//! transaction, so a follower applies whole batches. A whole tenant is published by
+//! `closer kb load --database-url` ([`publish_tenant`]): its `tenant.yaml` too, from which a
+//! replica that does not serve the tenant yet creates it ([`TENANT_FILE`]).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use closer_kb::{Account, Batch, BatchSummary, Fact, Rep};
+use closer_kb::{Account, Batch, BatchSummary, Fact, Rep, TenantProfile};
+use closer_store::{Document, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Tenant, MODEL_FILE, PLAYBOOK_FILE, SET_FILE};
-use crate::Result;
+use crate::{Error, Result};
+
+/// A tenant's profile, as `tenant.yaml`: published with the whole tenant.
+pub const TENANT_FILE: &str = "tenant.yaml";
 
 const KB_FACT: &str = "kb/fact/";
 const KB_ACCOUNT: &str = "kb/account/";
@@ -122,6 +129,158 @@ pub fn ingest(engine: &Engine, tenant: &Tenant, batch: Batch) -> Result<BatchSum
     Ok(summary)
 }
 
+/// What [`publish_tenant`] stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    pub facts: usize,
+    pub accounts: usize,
+    pub reps: usize,
+    /// Facts published before and absent now, published as deletions.
+    pub removed: usize,
+    /// The version of the last document stored.
+    pub version: u64,
+}
+
+/// Publishes a whole tenant opened here (`closer kb load --database-url`: the folder just
+/// loaded, its intent model trained and every fact embedded): `tenant.yaml`, the intent set
+/// with its model, the playbook, every fact with its vector, accounts and reps, and deletions
+/// for facts published earlier that are gone now, in one transaction. Every replica on the
+/// database serves the tenant within a second (creating it when new), training and embedding
+/// nothing that was published here. Waits for the background embedder first.
+pub fn publish_tenant(store: &dyn Store, data_dir: &Path, tenant: &Tenant) -> Result<Published> {
+    if !tenant.kb.wait_for_vectors(Duration::from_secs(24 * 3600)) {
+        return Err(Error::Internal(format!(
+            "tenant {}: some facts have no vector (see the log); nothing published",
+            tenant.id
+        )));
+    }
+    let dir = closer_kb::tenant_dir(data_dir, &tenant.id);
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        match std::fs::read(dir.join(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Internal(format!(
+                "{}: {e}",
+                dir.join(name).display()
+            ))),
+        }
+    };
+    let (set, model) = tenant.intent_files()?;
+    let mut docs: Vec<(String, Vec<u8>)> = vec![(MODEL_FILE.into(), model), (SET_FILE.into(), set)];
+    // No playbook file: the one derived from the intents' flags (an empty document says so).
+    docs.push((
+        PLAYBOOK_FILE.into(),
+        read(PLAYBOOK_FILE)?.unwrap_or_default(),
+    ));
+    let snap = tenant.kb.snapshot();
+    let mut out = Published::default();
+    let published_before: Vec<String> = store
+        .documents_after(0)?
+        .into_iter()
+        .filter(|d| d.tenant == tenant.id)
+        .filter_map(|d| d.name.strip_prefix(KB_FACT).map(str::to_string))
+        .collect();
+    for id in published_before.iter().filter(|id| snap.fact(id).is_none()) {
+        docs.push((format!("{KB_FACT}{id}"), encode(&Record::Deleted)));
+        out.removed += 1;
+    }
+    for f in snap.facts() {
+        docs.push((
+            format!("{KB_FACT}{}", f.id),
+            encode(&fact_record(tenant, &snap, f)),
+        ));
+        out.facts += 1;
+    }
+    for a in snap.accounts() {
+        docs.push((
+            format!("{KB_ACCOUNT}{}", a.domain.to_ascii_lowercase()),
+            encode(&Record::Account(a.clone())),
+        ));
+        out.accounts += 1;
+    }
+    for r in snap.reps() {
+        docs.push((format!("{KB_REP}{}", r.id), encode(&Record::Rep(r.clone()))));
+        out.reps += 1;
+    }
+    // Last, so a replica creating the tenant finds everything else in the same read.
+    let profile = read(TENANT_FILE)?.ok_or_else(|| Error::UnknownTenant(tenant.id.clone()))?;
+    docs.push((TENANT_FILE.into(), profile));
+    let refs: Vec<(&str, &[u8])> = docs
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    out.version = store.put_documents(&tenant.id, &refs)?;
+    Ok(out)
+}
+
+/// `closer kb load DIR --database-url`: loads a tenant folder into a scratch directory, opens
+/// it there with `models` (the intent model trained, every fact embedded: `progress` sees the
+/// embedder's status meanwhile) and publishes it ([`publish_tenant`]).
+pub fn publish_folder(
+    src: &Path,
+    tenant: Option<&str>,
+    store: &dyn Store,
+    models: &crate::engine::Models,
+    progress: &mut dyn FnMut(&closer_kb::EmbeddingStatus),
+) -> Result<(closer_kb::load::LoadSummary, Published)> {
+    let scratch =
+        tempfile::tempdir().map_err(|e| Error::Internal(format!("a scratch folder: {e}")))?;
+    let loaded = closer_kb::load::load_dir(src, scratch.path(), tenant)?;
+    // The ambiguity margin, the one setting `serve` changes, is not part of what is trained.
+    let cfg = closer_models::intent::ClassifierConfig::default();
+    let t = Tenant::open(scratch.path(), &loaded.tenant, models, &cfg)?;
+    while !t.kb.wait_for_vectors(Duration::from_millis(500)) {
+        let status = t.kb.embedding_status();
+        progress(&status);
+        if status.error.is_some() {
+            break;
+        }
+    }
+    let published = publish_tenant(store, scratch.path(), &t)?;
+    Ok((loaded, published))
+}
+
+/// Creates a tenant another replica published and this one does not serve: its folder from
+/// the published profile, intent set, model and playbook, then opened (the model loaded, not
+/// trained; the knowledge follows in the same read of the documents). A tenant this replica
+/// serves already keeps its profile until restart (logged).
+fn create_tenant(engine: &Engine, d: &Document) -> Result<Option<Tenant>> {
+    if engine.tenant(&d.tenant).is_ok() {
+        tracing::info!(tenant = %d.tenant, "a new tenant.yaml was published; restart this replica to use its profile");
+        return Ok(None);
+    }
+    closer_kb::load::validate_tenant_id(&d.tenant).map_err(Error::Internal)?;
+    let text = String::from_utf8_lossy(&d.content);
+    let mut profile: TenantProfile = serde_norway::from_str(&text)
+        .map_err(|e| Error::Internal(format!("published tenant.yaml of {}: {e}", d.tenant)))?;
+    profile.id = d.tenant.clone();
+    let dir = closer_kb::tenant_dir(&engine.data_dir, &d.tenant);
+    if !dir.join(TENANT_FILE).is_file() {
+        closer_kb::load::create_empty(&engine.data_dir, &profile)?;
+    }
+    let doc = |name: &str| engine.store.document(&d.tenant, name);
+    let set = doc(SET_FILE)?
+        .ok_or_else(|| Error::Internal(format!("tenant {}: no intent set published", d.tenant)))?;
+    closer_kb::write_atomic(&dir.join(SET_FILE), &set.content)?;
+    if let Some(model) = doc(MODEL_FILE)? {
+        closer_kb::write_atomic(&dir.join(MODEL_FILE), &model.content)?;
+    }
+    match doc(PLAYBOOK_FILE)? {
+        Some(p) if !p.content.is_empty() => {
+            closer_kb::write_atomic(&dir.join(PLAYBOOK_FILE), &p.content)?
+        }
+        _ => {
+            let _ = std::fs::remove_file(dir.join(PLAYBOOK_FILE));
+        }
+    }
+    Ok(Some(Tenant::open(
+        &engine.data_dir,
+        &d.tenant,
+        &engine.models,
+        &engine.classifier_config,
+    )?))
+}
+
 /// Stores the vectors this replica's background embedder has made since their facts were
 /// shared; how many.
 fn share_vectors(engine: &Engine) -> Result<usize> {
@@ -216,6 +375,8 @@ pub fn put_intents(engine: &Engine, tenant: &str) -> Result<u64> {
 fn apply(engine: &Engine, d: &closer_store::Document) -> Result<bool> {
     let tenant = engine.tenant(&d.tenant)?;
     match d.name.as_str() {
+        // Empty: published without a playbook (scored by the intents' flags).
+        PLAYBOOK_FILE if d.content.is_empty() => tenant.use_derived_playbook(),
         PLAYBOOK_FILE => tenant.set_playbook_if_changed(&String::from_utf8_lossy(&d.content)),
         SET_FILE => {
             let Some(model) = engine.store.document(&d.tenant, MODEL_FILE)? else {
@@ -261,10 +422,25 @@ impl Follower {
     /// a playbook its intents refuse, is logged and skipped).
     fn apply_after(&mut self, engine: &Engine) -> Result<()> {
         let mut knowledge: HashMap<String, KnowledgeChange> = HashMap::new();
-        for d in engine.store.documents_after(self.seen)? {
+        let docs = engine.store.documents_after(self.seen)?;
+        // New tenants first, served only once their knowledge in this read is in.
+        let mut created: HashMap<String, Arc<Tenant>> = HashMap::new();
+        for d in docs.iter().filter(|d| d.name == TENANT_FILE) {
+            match create_tenant(engine, d) {
+                Ok(Some(t)) => {
+                    created.insert(d.tenant.clone(), Arc::new(t));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(tenant = %d.tenant, error = %err, "published tenant not created")
+                }
+            }
+        }
+        let find = |id: &str| created.get(id).cloned().or_else(|| engine.tenant(id).ok());
+        for d in docs {
             self.seen = self.seen.max(d.version);
             if let Some(key) = d.name.strip_prefix("kb/") {
-                let Ok(tenant) = engine.tenant(&d.tenant) else {
+                let Some(tenant) = find(&d.tenant) else {
                     continue;
                 };
                 match serde_json::from_slice::<Record>(&d.content) {
@@ -280,6 +456,10 @@ impl Follower {
                         tracing::warn!(tenant = %d.tenant, name = %d.name, error = %err, "shared knowledge record not understood")
                     }
                 }
+                continue;
+            }
+            if created.contains_key(&d.tenant) {
+                // Its intents and playbook made it.
                 continue;
             }
             match apply(engine, &d) {
@@ -301,7 +481,9 @@ impl Follower {
             {
                 continue;
             }
-            let tenant = engine.tenant(&tenant_id)?;
+            let Some(tenant) = find(&tenant_id) else {
+                continue;
+            };
             change.batch.defer_embedding = true;
             match tenant.kb.apply(change.batch) {
                 Ok(s) => {
@@ -316,6 +498,11 @@ impl Follower {
                 Err(err) => {
                     tracing::warn!(tenant = %tenant_id, error = %err, "shared knowledge not applied")
                 }
+            }
+        }
+        for (id, t) in created {
+            if engine.add_tenant(t) {
+                tracing::info!(tenant = %id, "published tenant created and served");
             }
         }
         Ok(())

@@ -289,7 +289,7 @@ pub fn watch(
     const DEBOUNCE: Duration = Duration::from_millis(200);
     const TICK: Duration = Duration::from_secs(30);
     let (tx, rx) = mpsc::channel(8);
-    let mut wake = engine.bus.watch();
+    let mut wake = engine.bus.watch(&req.tenant);
     tokio::spawn(async move {
         let mut last_rows: Option<Vec<pb::LeaderRow>> = None;
         let mut last_leader: Option<String> = None;

@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             consumers_their_lag_and_an_endpoints_last_failure,
             documents_are_read_after_a_version_latest_per_name,
             documents_put_together_are_seen_all_or_none,
+            each_tenants_newest_cursor_after_a_cursor,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -926,4 +927,19 @@ pub(crate) fn documents_put_together_are_seen_all_or_none(b: &dyn Backend) {
     let all = other.documents_after(0).unwrap();
     assert_eq!(all.len(), 20);
     assert!(all.iter().all(|d| d.content == b"29"));
+}
+
+pub(crate) fn each_tenants_newest_cursor_after_a_cursor(b: &dyn Backend) {
+    let (s, other) = (b.open(), b.open());
+    assert!(s.tenant_cursors_after(0).unwrap().is_empty());
+    let e1 = s.append_events(&[ev("k", "t", None), ev("k", "u", None)]).unwrap();
+    let e2 = other.append_events(&[ev("k", "t", None)]).unwrap();
+    let (t1, u1, t2) = (e1[0].cursor, e1[1].cursor, e2[0].cursor);
+    assert_eq!(
+        other.tenant_cursors_after(0).unwrap(),
+        [("t".to_string(), t2), ("u".to_string(), u1)]
+    );
+    assert_eq!(s.tenant_cursors_after(u1).unwrap(), [("t".to_string(), t2)]);
+    assert!(s.tenant_cursors_after(t2).unwrap().is_empty());
+    assert!(t1 < u1 && u1 < t2);
 }

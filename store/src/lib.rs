@@ -383,6 +383,8 @@ pub trait Store: WebhookStore + Send + Sync {
     fn events_after(&self, cursor: u64, f: &EventFilter, limit: usize) -> Result<Vec<Event>>;
     /// The newest cursor written (0 when none; removed events count).
     fn last_cursor(&self) -> Result<u64>;
+    /// Each tenant with events after `cursor`, with its newest cursor.
+    fn tenant_cursors_after(&self, cursor: u64) -> Result<Vec<(String, u64)>>;
     /// The conversation's newest event of one of `kinds` (still in the outbox).
     fn latest_event(
         &self,

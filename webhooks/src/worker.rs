@@ -84,7 +84,7 @@ pub fn spawn(
         in_flight: Mutex::default(),
         done: Notify::new(),
     });
-    Ok(tokio::spawn(run(shared, bus.watch(), stop)))
+    Ok(tokio::spawn(run(shared, bus.watch_all(), stop)))
 }
 
 /// The delivery client: no redirects, no system proxy, the timeout, the guarded resolver.

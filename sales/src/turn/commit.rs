@@ -272,9 +272,7 @@ pub fn record_turn(
     })?;
     conv.score = score.0;
     conv.reasons = score.1;
-    if let Some(last) = stored.iter().map(|e| e.cursor).max() {
-        engine.bus.publish(last);
-    }
+    closer_store::bus::publish_events(&*engine.bus, &stored);
     Ok((lead, stored))
 }
 
@@ -306,8 +304,6 @@ pub fn relay_visitor_message(
             payload: json!({"rep_id": rep, "text": text, "turn": turn}),
         }],
     )?;
-    if let Some(e) = stored.last() {
-        engine.bus.publish(e.cursor);
-    }
+    closer_store::bus::publish_events(&*engine.bus, &stored);
     Ok(())
 }

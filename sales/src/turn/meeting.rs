@@ -306,9 +306,7 @@ fn book(
             }),
         }]
     })?;
-    if let Some(e) = stored.last() {
-        engine.bus.publish(e.cursor);
-    }
+    closer_store::bus::publish_events(&*engine.bus, &stored);
     conv.meeting_booked = true;
     conv.proposed.clear();
     let link = rep.map(|r| r.meeting_link).unwrap_or_default();

@@ -195,7 +195,7 @@ impl Session {
     /// Runs the conversation until the client, its deadline or shutdown ends it.
     async fn run(mut self, mut inbound: Streaming<pb::ConverseRequest>) {
         let mut turn: u32 = self.conv.lock().turns;
-        let mut wake = self.engine.bus.watch();
+        let mut wake = self.engine.bus.watch(&self.tenant.id);
         let mut drain = self.state.draining.subscribe();
         loop {
             let msg = match self.next(&mut inbound, &mut wake, &mut drain).await {
@@ -563,7 +563,7 @@ impl pb::assistant_server::Assistant for AssistantService {
                 .await;
         }
         tokio::spawn(async move {
-            let mut wake = session.engine.bus.watch();
+            let mut wake = session.engine.bus.watch(&session.tenant.id);
             let mut drain = session.state.draining.subscribe();
             loop {
                 tokio::select! {

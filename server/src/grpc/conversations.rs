@@ -90,11 +90,8 @@ fn control_event(
 }
 
 fn published(engine: &Engine, events: &[closer_store::Event]) -> u64 {
-    let last = events.iter().map(|e| e.cursor).max().unwrap_or(0);
-    if last > 0 {
-        engine.bus.publish(last);
-    }
-    last
+    closer_store::bus::publish_events(&*engine.bus, events);
+    events.iter().map(|e| e.cursor).max().unwrap_or(0)
 }
 
 /// What the control in force must be for a change; checked again by the store under the

@@ -85,7 +85,7 @@ impl pb::events_server::Events for EventsService {
             .await?
         };
         let (tx, rx) = mpsc::channel(64);
-        let mut wake = engine.bus.watch();
+        let mut wake = engine.bus.watch(&req.tenant);
         tokio::spawn(async move {
             let mut cursor = start;
             loop {

@@ -129,9 +129,7 @@ impl pb::leads_server::Leads for LeadsService {
                 })
         })
         .await?;
-        if let Some(last) = events.iter().map(|e| e.cursor).max() {
-            engine.bus.publish(last);
-        }
+        closer_store::bus::publish_events(&*engine.bus, &events);
         Ok(Response::new(pb_lead(lead)))
     }
 

@@ -601,6 +601,18 @@ impl Store for PgStore {
         self.with(newest_cursor)
     }
 
+    fn tenant_cursors_after(&self, cursor: u64) -> Result<Vec<(String, u64)>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT tenant, MAX(cursor) FROM events WHERE cursor > $1 GROUP BY tenant ORDER BY tenant",
+                &[&(cursor as i64)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+        })
+    }
+
     fn latest_event(
         &self,
         tenant: &str,

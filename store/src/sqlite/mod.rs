@@ -328,6 +328,17 @@ impl Store for SqliteStore {
         newest_cursor(&self.conn.lock())
     }
 
+    fn tenant_cursors_after(&self, cursor: u64) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, MAX(cursor) FROM events WHERE cursor > ?1 GROUP BY tenant ORDER BY tenant",
+        )?;
+        let rows = stmt.query_map(params![cursor as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn latest_event(
         &self,
         tenant: &str,

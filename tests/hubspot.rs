@@ -1025,7 +1025,7 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
     let fake = FakeHubSpot::start().await;
     fake.faults.rolling_429.store(2, Ordering::SeqCst);
     // Tighter than the connector's budget of 190 per 10 s: the fake's own limit answers 429.
-    fake.set_limit(6, Duration::from_secs(1));
+    fake.set_limit(10, Duration::from_secs(1));
     let data = demo_data();
     let server = serve_ready(synced_config(data.path(), &fake.url, TOKEN, 1.0), models()).await;
     let ch = channel(format!("http://{}", server.addr)).await;
@@ -1039,10 +1039,17 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
         fake.answered(429) >= 3,
         "the fault and the fake's own limit"
     );
-    // Retry scale 1: a failed attempt would wait 5 s or more; the 429s were waited out inside
-    // the attempts, and none failed.
+    // The 429s were waited out inside the attempts: every event took one attempt.
     let status = drained(&ch).await;
     assert_eq!((status.dead, status.last_error), (0, None));
+    let store =
+        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
+            .unwrap();
+    let attempts: Vec<u32> = (1..=store.last_cursor().unwrap())
+        .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
+        .map(|d| d.attempts)
+        .collect();
+    assert!(!attempts.is_empty() && attempts.iter().all(|a| *a == 1), "{attempts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub(crate) struct Faults {
     pub(crate) drop_after_commit: AtomicU32,
     /// Answer 429 TEN_SECONDLY_ROLLING without applying.
     pub(crate) rolling_429: AtomicU32,
+    /// Answer 429 DAILY without applying.
+    pub(crate) daily_429: AtomicU32,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +355,14 @@ fn handle(
     if take(&faults.rolling_429) {
         return rolling();
     }
+    if take(&faults.daily_429) {
+        return Reply::Answer(
+            429,
+            json!({"status": "error", "message": "You have reached your daily limit.",
+                   "errorType": "RATE_LIMIT", "policyName": "DAILY",
+                   "correlationId": "00000000-0000-0000-0000-000000000000"}),
+        );
+    }
     if take(&faults.fail_5xx) {
         return error(503, "SERVICE_UNAVAILABLE", "try again");
     }
@@ -645,7 +655,7 @@ fn associate(st: &mut State, from: &str, fid: &str, to: &str, tid: &str, body: &
 // The server with the connector.
 
 /// Writes the token and the connectors file into `dir`; the file's path.
-fn connectors_file(dir: &Path, fake: &str, token: &str) -> PathBuf {
+fn connectors_file(dir: &Path, fake: &str, token: &str, attempt_secs: u64) -> PathBuf {
     let token_file = dir.join("hubspot-token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let cfg = json!({"hubspot": [{
@@ -654,16 +664,28 @@ fn connectors_file(dir: &Path, fake: &str, token: &str) -> PathBuf {
         "base_url": fake,
         "requests_per_10s": 190,
         "request_timeout_secs": 2,
-        "attempt_timeout_secs": 3,
+        "attempt_timeout_secs": attempt_secs,
     }]});
     let path = dir.join("connectors.json");
     std::fs::write(&path, cfg.to_string()).unwrap();
     path
 }
 
+/// A server with the HubSpot connector to `fake`; an attempt may take 3 s (the kill -9 test
+/// waits that long, plus a second, for the attempt cut by the kill).
 fn synced_config(dir: &Path, fake: &str, token: &str, retry_scale: f64) -> ServeConfig {
+    synced_config_with(dir, fake, token, retry_scale, 3)
+}
+
+fn synced_config_with(
+    dir: &Path,
+    fake: &str,
+    token: &str,
+    retry_scale: f64,
+    attempt_secs: u64,
+) -> ServeConfig {
     let mut cfg = ServeConfig::for_tests(dir.to_path_buf(), ModelPaths::default_root());
-    cfg.connectors = Some(connectors_file(dir, fake, token));
+    cfg.connectors = Some(connectors_file(dir, fake, token, attempt_secs));
     cfg.webhooks_retry_scale = retry_scale;
     cfg
 }
@@ -1027,7 +1049,12 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
     // Tighter than the connector's budget of 190 per 10 s: the fake's own limit answers 429.
     fake.set_limit(10, Duration::from_secs(1));
     let data = demo_data();
-    let server = serve_ready(synced_config(data.path(), &fake.url, TOKEN, 1.0), models()).await;
+    // Each rolling 429 costs a second's wait: the attempt has 20 s for them.
+    let server = serve_ready(
+        synced_config_with(data.path(), &fake.url, TOKEN, 1.0, 20),
+        models(),
+    )
+    .await;
     let ch = channel(format!("http://{}", server.addr)).await;
     let id = demo(&ch, "sam@acme.com").await;
     let texts = transcript(&ch, &id).await;
@@ -1049,7 +1076,10 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
         .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
         .map(|d| d.attempts)
         .collect();
-    assert!(!attempts.is_empty() && attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    assert!(
+        !attempts.is_empty() && attempts.iter().all(|a| *a == 1),
+        "{attempts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1090,4 +1120,49 @@ async fn hubspot_wrong_token_is_dead_lettered_and_shown_in_sync_status() {
     let dead = store.dead_letters("applinks", Some(CONNECTOR)).unwrap();
     assert_eq!(dead.len() as u64, status.dead);
     assert!(dead.iter().all(|d| d.last_status == Some(401)), "{dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_daily_429_pauses_the_account_and_shows_in_sync_status() {
+    let fake = FakeHubSpot::start().await;
+    fake.faults.daily_429.store(1, Ordering::SeqCst);
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    demo(&ch, "sam@acme.com").await;
+    let start = Instant::now();
+    let status = loop {
+        let c = consumer(&ch).await;
+        if c.last_error.is_some() {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no error shown: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("HTTP 429"),
+        "{status:?}"
+    );
+    assert!(
+        status.last_error.as_deref().unwrap().contains("DAILY"),
+        "{status:?}"
+    );
+    // Paused until midnight: even with the retry schedule scaled down, nothing more is sent,
+    // and the events wait (pending), neither written nor dead-lettered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.requests(), 1, "paused after the DAILY answer");
+    let status = consumer(&ch).await;
+    assert!(status.pending > 0 && status.dead == 0, "{status:?}");
+    assert!(fake.records("contacts").is_empty());
 }

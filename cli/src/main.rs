@@ -272,6 +272,10 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             database_url,
         } => {
             let store = closer_store::backend::open(database_url.as_deref(), &data_dir)?;
+            if !dead_letters && store.last_cursor()? == 0 {
+                println!("the outbox is empty: nothing to replay for {consumer}");
+                return Ok(());
+            }
             let which = if dead_letters {
                 closer_store::ReplaySelection::Dead
             } else {

@@ -97,7 +97,10 @@ pub fn load(path: &Path) -> Result<Connectors, ConfigError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let mut c = parse(&text).map_err(|e| fail(e.to_string()))?;
+    let mut c = parse(&text).map_err(|e| match e {
+        ConfigError::Invalid(m) => fail(m),
+        other => other,
+    })?;
     for (i, h) in c.hubspot.iter_mut().enumerate() {
         h.token = Some(read_token(i, h).map_err(fail)?);
     }

@@ -173,6 +173,15 @@ impl FakeHubSpot {
         fake
     }
 
+    /// Removes a property, as a HubSpot admin can.
+    pub(crate) fn delete_property(&self, object: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.props.get_mut(object).unwrap().remove(name);
+        for r in st.objects.get_mut(object).unwrap() {
+            r.props.remove(name);
+        }
+    }
+
     pub(crate) fn set_limit(&self, max: usize, per: Duration) {
         *self.limit.lock().unwrap() = Some((max, per));
     }
@@ -1165,4 +1174,46 @@ async fn hubspot_daily_429_pauses_the_account_and_shows_in_sync_status() {
     let status = consumer(&ch).await;
     assert!(status.pending > 0 && status.dead == 0, "{status:?}");
     assert!(fake.records("contacts").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_property_removed_in_hubspot_is_made_again() {
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let id = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &id).await;
+    fake.until("the demo conversation", |f| {
+        holds(f, "sam@acme.com", &id, "3", &texts)
+    })
+    .await;
+    // An admin removes the score property; the rep's score fails once with
+    // PROPERTY_DOESNT_EXIST, and the next attempt makes it again and writes the score.
+    fake.delete_property("contacts", "closer_cql");
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .set_score(pb::SetScoreRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.clone(),
+            rep_id: "r-chelsea".into(),
+            score: 2,
+            note: "call booked".into(),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    fake.until("the score after the property is made again", |f| {
+        holds(f, "sam@acme.com", &id, "2", &texts)
+    })
+    .await;
+    assert!(
+        fake.answered(400) >= 1,
+        "the write naming the removed property was refused"
+    );
+    let status = drained(&ch).await;
+    assert_eq!(status.dead, 0, "{status:?}");
 }

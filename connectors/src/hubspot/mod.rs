@@ -258,6 +258,10 @@ impl Connector for HubSpot {
             match tokio::time::timeout(self.hold(), self.sync(d)).await {
                 Ok(Ok(wrote)) => Answer::ok(wrote),
                 Ok(Err(answer)) => {
+                    // A property removed in HubSpot since: make them again on the next attempt.
+                    if answer.excerpt.contains("PROPERTY_DOESNT_EXIST") {
+                        self.ready.store(false, Ordering::SeqCst);
+                    }
                     tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, "HubSpot write failed");
                     answer
                 }

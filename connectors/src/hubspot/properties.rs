@@ -1,4 +1,5 @@
-//! The `closer_*` custom properties, created once per process (409: it exists, fine), each in
+//! The `closer_*` custom properties, created once per process (409: it exists, fine; again
+//! after HubSpot answered `PROPERTY_DOESNT_EXIST`, someone removed one), each in
 //! a `closer` property group of its object type: on contacts the score, its reasons, the
 //! slots, the meeting and the conversation; on companies `closer_domain`, unique (companies
 //! are upserted by it: HubSpot does not dedupe API-created companies by `domain`, and refuses

@@ -1217,3 +1217,53 @@ async fn hubspot_property_removed_in_hubspot_is_made_again() {
     let status = drained(&ch).await;
     assert_eq!(status.dead, 0, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_two_replicas_on_postgresql_write_each_event_once() {
+    let Some(database_url) = super::replicas::fresh_database() else {
+        return;
+    };
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let replica = || {
+        let mut cfg = synced_config(data.path(), &fake.url, TOKEN, 0.001);
+        cfg.database_url = Some(database_url.clone());
+        serve_ready(cfg, models())
+    };
+    let (a, b) = (replica().await, replica().await);
+    let (cha, chb) = (
+        channel(format!("http://{}", a.addr)).await,
+        channel(format!("http://{}", b.addr)).await,
+    );
+    let mut convs = vec![];
+    // (Addresses the fake encoder does not read as a competitor's.)
+    for (i, who) in ["sam", "kim", "visitor0", "visitor1"].iter().enumerate() {
+        let ch = if i % 2 == 0 { &cha } else { &chb };
+        let email = format!("{who}@acme.com");
+        let id = demo(ch, &email).await;
+        convs.push((email, id.clone(), transcript(ch, &id).await));
+    }
+    fake.until("every conversation from both replicas", |f| {
+        convs.iter().all(|(e, id, t)| holds(f, e, id, "3", t))
+    })
+    .await;
+    drained(&cha).await;
+    assert_eq!(
+        (
+            fake.records("contacts").len(),
+            fake.records("companies").len(),
+            fake.records("notes").len()
+        ),
+        (4, 1, 4)
+    );
+    // One replica claimed each event: every delivery took one attempt.
+    let store = closer_store::postgres::PgStore::connect(&database_url).unwrap();
+    let attempts: Vec<u32> = (1..=store.last_cursor().unwrap())
+        .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
+        .map(|d| d.attempts)
+        .collect();
+    assert!(
+        attempts.len() >= 8 && attempts.iter().all(|a| *a == 1),
+        "{attempts:?}"
+    );
+}

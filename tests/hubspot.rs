@@ -886,6 +886,15 @@ async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_tra
     );
     // Properties were made once; every write after them named existing properties.
     assert_eq!(fake.answered(400), 0);
+    // The connector's row is not a webhook endpoint to manage.
+    let hooks = pb::webhooks_client::WebhooksClient::new(ch.clone())
+        .list(pb::ListWebhooksRequest {
+            tenant: "applinks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hooks.endpoints.is_empty(), "{hooks:?}");
 }
 
 /// The whole outbox replayed (as `closer sync replay` does) leaves one record of each kind and

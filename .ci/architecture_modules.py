@@ -11,7 +11,7 @@ import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CRATES = {"proto": "closer-proto", "models": "closer-models", "knowledge-base": "closer-kb",
-          "store": "closer-store", "sales": "closer-sales", "webhooks": "closer-webhooks", "server": "closer-server",
+          "store": "closer-store", "sales": "closer-sales", "webhooks": "closer-webhooks", "connectors": "closer-connectors", "server": "closer-server",
           "cli": "closer-cli", "eval": "closer-eval"}
 
 

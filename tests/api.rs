@@ -248,6 +248,7 @@ mod auth;
 mod browser;
 mod faults;
 mod grpc_web;
+mod hubspot;
 mod injection;
 mod knowledge;
 /// The answer evaluation's claim oracle, which shares no code with the guard it checks.

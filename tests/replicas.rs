@@ -24,7 +24,7 @@ fn backend_url(var: &str, what: &str) -> Option<String> {
 }
 
 /// A fresh database on the test server, or `None` (printed) when none is configured.
-fn fresh_database() -> Option<String> {
+pub(crate) fn fresh_database() -> Option<String> {
     let url = backend_url("CLOSER_TEST_DATABASE_URL", "PostgreSQL")?;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = format!(

@@ -99,6 +99,22 @@ enum SyncCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Queue a connector's (or webhook endpoint's) events again, by its name in `sync status`
+    /// (`hubspot-<tenant>`): every event from --from (default: the start of the outbox, cursor
+    /// 0) through --to (default: the newest), or only the dead-lettered ones. Connector writes
+    /// are upserts, so replaying duplicates nothing.
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        dead_letters: bool,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -270,6 +286,38 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             data_dir,
             database_url,
         } => crate::webhooks::sync_status(&tenant, &data_dir, database_url.as_deref(), rt),
+        Command::Sync {
+            command:
+                SyncCommand::Replay {
+                    tenant,
+                    consumer,
+                    dead_letters,
+                    from,
+                    to,
+                },
+            data_dir,
+            database_url,
+        } => {
+            let store = closer_store::backend::open(database_url.as_deref(), &data_dir)?;
+            if !dead_letters && store.last_cursor()? == 0 {
+                println!("the outbox is empty: nothing to replay for {consumer}");
+                return Ok(());
+            }
+            let which = if dead_letters {
+                closer_store::ReplaySelection::Dead
+            } else {
+                closer_store::ReplaySelection::Range {
+                    from: from.unwrap_or(1).max(1),
+                    to: match to {
+                        Some(t) => t,
+                        None => store.last_cursor()?,
+                    },
+                }
+            };
+            let n = rt.block_on(closer_webhooks::manage::replay(store, &tenant, &consumer, which))?;
+            println!("queued {n} events again for {consumer}");
+            Ok(())
+        }
         Command::Kb {
             command:
                 KbCommand::Load {

@@ -165,6 +165,12 @@ pub struct ServeConfig {
     /// its delivery this long (plus a second) before any replica may try it again.
     #[arg(long, env = "CLOSER_WEBHOOKS_TIMEOUT_SECS", default_value_t = 15)]
     pub webhooks_timeout_secs: u64,
+
+    /// CRM connectors per tenant (HubSpot): a JSON file naming, per account, the tenant, where
+    /// the token is (an environment variable or a secret file, never the token itself), the
+    /// base URL and the request budget. See README "HubSpot".
+    #[arg(long, env = "CLOSER_CONNECTORS")]
+    pub connectors: Option<PathBuf>,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -207,6 +213,7 @@ impl ServeConfig {
             webhooks_allow_loopback: false,
             webhooks_retry_scale: 1.0,
             webhooks_timeout_secs: 15,
+            connectors: None,
         }
     }
 }
@@ -233,6 +240,14 @@ impl ServeConfig {
                 }
                 Ok(Some(tonic::transport::Identity::from_pem(cert, key)))
             }
+        }
+    }
+
+    /// The connectors file, read and checked (tokens included); none without `--connectors`.
+    pub fn connectors(&self) -> anyhow::Result<closer_connectors::config::Connectors> {
+        match &self.connectors {
+            Some(path) => Ok(closer_connectors::config::load(path)?),
+            None => Ok(Default::default()),
         }
     }
 

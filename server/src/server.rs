@@ -166,6 +166,8 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
+    // A bad connectors file (or a token not found) stops start-up here, before serving.
+    let connectors = config.connectors()?;
     let state = AppState::new(config.clone());
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     // HTTP/1.1 too: browsers load the leaderboard page from the same port.
@@ -217,7 +219,7 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     }));
     tracing::info!(%addr, api_keys = ?key_policy, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
 
-    let ready_rx = spawn_loader(models, &config, state.clone(), health.clone(), started);
+    let ready_rx = spawn_loader(models, &config, connectors, state.clone(), health.clone(), started);
 
     Ok(RunningServer {
         addr,
@@ -285,6 +287,7 @@ fn sales_services<L>(
 fn spawn_loader(
     models: ModelSource,
     config: &ServeConfig,
+    connectors: closer_connectors::config::Connectors,
     state: Arc<AppState>,
     health: HealthReporter,
     started: Instant,
@@ -352,7 +355,7 @@ fn spawn_loader(
                     );
                     follow_documents(engine.clone());
                 }
-                spawn_webhooks(&engine, &state);
+                spawn_webhooks(&engine, &state, &connectors);
                 let _ = state.engine.set(engine);
                 set_health(&health, ServingStatus::Serving).await;
                 let seconds = started.elapsed().as_secs_f64();
@@ -371,13 +374,34 @@ fn spawn_loader(
     ready_rx
 }
 
-/// Starts the webhook delivery worker; it stops when the server drains.
-fn spawn_webhooks(engine: &Arc<Engine>, state: &Arc<AppState>) {
+/// Starts the webhook delivery worker with the configured connectors; it stops when the server
+/// drains.
+fn spawn_webhooks(
+    engine: &Arc<Engine>,
+    state: &Arc<AppState>,
+    connectors: &closer_connectors::config::Connectors,
+) {
+    // A connector names the routed rep's owner by the rep's e-mail in the tenant's directory.
+    let directory = Arc::downgrade(engine);
+    let reps: closer_connectors::RepEmails = Arc::new(move |tenant, rep| {
+        let engine = directory.upgrade()?;
+        let t = engine.tenant(tenant).ok()?;
+        let email = t.kb.snapshot().rep(rep).map(|r| r.email.clone());
+        email
+    });
+    let connectors = match closer_connectors::build(connectors, engine.store.clone(), reps) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "connectors did not start");
+            vec![]
+        }
+    };
     let started = closer_webhooks::worker::spawn(
         engine.store.clone(),
         engine.bus.clone(),
         state.config.webhook_worker(),
         state.metrics.webhooks.clone(),
+        connectors,
         state.draining.subscribe(),
     );
     if let Err(e) = started {

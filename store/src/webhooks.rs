@@ -197,7 +197,8 @@ pub trait WebhookStore {
     /// how many went.
     fn prune_deliveries(&self, before_ms: i64) -> Result<u64>;
     /// The endpoint's latest failed attempt among deliveries not yet delivered: the receiver's
-    /// status (none: no answer), the start of its answer or the error, and when.
+    /// status (none: no answer), the start of its answer or the error, and when. A first attempt
+    /// still in flight has no answer yet and is not a failure.
     fn last_failure(&self, endpoint_id: &str) -> Result<Option<(Option<u16>, String, i64)>>;
     /// One delivery (tests, tools).
     fn delivery(&self, endpoint_id: &str, cursor: u64) -> Result<Option<Delivery>>;

@@ -75,7 +75,12 @@ pub async fn create(
 
 pub async fn list(store: Arc<dyn Store>, tenant: &str) -> Result<Vec<WebhookEndpoint>> {
     let t = tenant.to_string();
-    blocking(move || store.endpoints(Some(&t))).await
+    let all = blocking(move || store.endpoints(Some(&t))).await?;
+    // Connectors' rows are theirs (`closer sync status` shows them).
+    Ok(all
+        .into_iter()
+        .filter(|e| !crate::connector::is_connector(e))
+        .collect())
 }
 
 pub async fn delete(store: Arc<dyn Store>, tenant: &str, id: &str) -> Result<()> {

@@ -1,6 +1,8 @@
 //! Every consumer of a tenant's event outbox, for operators (`Events.ListConsumers`,
 //! `closer sync status`): named `Events.Subscribe` consumers with their acknowledged cursor, and
-//! webhook endpoints with their scan cursor, backlog, dead letters and last failure.
+//! webhook endpoints with their scan cursor, backlog, dead letters and last failure; connectors
+//! likewise, with the cursor every event up to which the remote acknowledged (or was
+//! dead-lettered).
 
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ pub enum ConsumerKind {
     Subscriber,
     /// A webhook endpoint (the delivery worker).
     Webhook,
+    /// A connector (HubSpot…), driven by the same worker.
+    Connector,
 }
 
 impl ConsumerKind {
@@ -22,6 +26,7 @@ impl ConsumerKind {
         match self {
             ConsumerKind::Subscriber => "subscriber",
             ConsumerKind::Webhook => "webhook",
+            ConsumerKind::Connector => "connector",
         }
     }
 }
@@ -71,16 +76,33 @@ pub async fn consumers(store: Arc<dyn Store>, tenant: &str) -> Result<(Vec<Consu
                 Some(s) => format!("HTTP {s}: {text}"),
                 None => format!("no answer: {text}"),
             });
+            let connector = crate::connector::is_connector(&e);
+            // A connector's cursor: every event up to it was acknowledged by the remote (or
+            // dead-lettered); its lag counts the events after it.
+            let (kind, cursor, lag) = if connector {
+                let through = e
+                    .oldest_pending
+                    .map_or(e.scan_cursor, |c| c.saturating_sub(1).min(e.scan_cursor));
+                let lag = store.count_events_after(&tenant, through)?;
+                (ConsumerKind::Connector, through, lag)
+            } else {
+                let lag = store.count_events_after(&tenant, e.scan_cursor)? + e.pending;
+                (ConsumerKind::Webhook, e.scan_cursor, lag)
+            };
+            let url = match e.url.strip_prefix(crate::connector::URL_PREFIX) {
+                Some(u) => u.to_string(),
+                None => e.url,
+            };
             out.push(ConsumerStatus {
-                kind: ConsumerKind::Webhook,
-                lag: store.count_events_after(&tenant, e.scan_cursor)? + e.pending,
+                kind,
+                lag,
                 name: e.id,
-                cursor: e.scan_cursor,
+                cursor,
                 pending: e.pending,
                 dead: e.dead,
                 last_error,
                 disabled: e.disabled.map(|(_, why)| why),
-                url: Some(e.url),
+                url: Some(url),
             });
         }
         Ok((out, store.last_cursor()?))

@@ -6,6 +6,11 @@
 //! bus (new events), when a delivery ends, when the next retry falls due, and every
 //! [`WorkerConfig::poll`].
 //!
+//! Connectors ([`crate::connector`]) ride on the same machinery: their endpoint rows are
+//! scanned and their deliveries scheduled, held, retried and dead-lettered alike; only the
+//! sending differs ([`Connector::deliver`] instead of the signed POST). A connector row this
+//! process has no configuration for is left alone.
+//!
 //! An attempt is recorded before the request is sent (attempts + 1, and the time of the retry
 //! that stands if it fails), and its result after: a process killed mid-delivery finds the row
 //! pending at restart and sends it again with the same webhook id (at least once).
@@ -15,10 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use closer_store::bus::Bus;
-use closer_store::{now_ms, AttemptResult, Delivery, DeliveryStatus, Store, WebhookEndpoint};
+use closer_store::{
+    now_ms, AttemptResult, Delivery, DeliveryStatus, Secret, Store, WebhookEndpoint,
+};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::connector::{is_connector, Answer, Connector};
 use crate::metrics::{Metrics, Outcome};
 use crate::schedule::RetrySchedule;
 use crate::{payload, secret, target};
@@ -65,14 +73,17 @@ struct Shared {
     in_flight: Mutex<HashSet<(String, u64)>>,
     /// A delivery ended: look again.
     done: Notify,
+    /// The connectors this process runs, by endpoint id.
+    connectors: HashMap<String, Arc<dyn Connector>>,
 }
 
-/// Starts the worker; it stops when `stop` turns true.
+/// Starts the worker (webhooks and `connectors`); it stops when `stop` turns true.
 pub fn spawn(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     config: WorkerConfig,
     metrics: Metrics,
+    connectors: Vec<Arc<dyn Connector>>,
     stop: watch::Receiver<bool>,
 ) -> crate::Result<tokio::task::JoinHandle<()>> {
     let client = client(&config)?;
@@ -83,8 +94,43 @@ pub fn spawn(
         client,
         in_flight: Mutex::default(),
         done: Notify::new(),
+        connectors: connectors
+            .into_iter()
+            .map(|c| (c.id().to_string(), c))
+            .collect(),
     });
-    Ok(tokio::spawn(run(shared, bus.watch_all(), stop)))
+    Ok(tokio::spawn(async move {
+        register(&shared).await;
+        run(shared, bus.watch_all(), stop).await
+    }))
+}
+
+/// Makes sure every connector has its endpoint row (a new row reads events written from now
+/// on; an existing one keeps its cursor and deliveries).
+async fn register(shared: &Arc<Shared>) {
+    for c in shared.connectors.values() {
+        let row = WebhookEndpoint {
+            id: c.id().to_string(),
+            tenant: c.tenant().to_string(),
+            url: c.url(),
+            kinds: vec![],
+            description: "connector".into(),
+            secret: Secret::new(""),
+            previous: None,
+            created_ms: now_ms(),
+            disabled: None,
+            scan_cursor: 0,
+            pending: 0,
+            oldest_pending: None,
+            dead: 0,
+        };
+        let s = shared.clone();
+        match blocking(move || s.store.create_endpoint(&row)).await {
+            Ok(_) => tracing::info!(connector = %c.id(), tenant = %c.tenant(), "connector registered"),
+            Err(crate::Error::Store(closer_store::Error::Conflict(_))) => {}
+            Err(e) => tracing::error!(connector = %c.id(), error = %e, "connector not registered"),
+        }
+    }
 }
 
 /// The delivery client: no redirects, no system proxy, the timeout, the guarded resolver.
@@ -169,7 +215,11 @@ async fn round(
         blocking(move || Ok((s.store.endpoints(None)?, s.store.last_cursor()?))).await?;
     shared.metrics.clear_lag();
     limits.retain(|id, _| endpoints.iter().any(|e| &e.id == id));
-    for ep in endpoints.into_iter().filter(|e| e.disabled.is_none()) {
+    let mine = |e: &WebhookEndpoint| !is_connector(e) || shared.connectors.contains_key(&e.id);
+    for ep in endpoints
+        .into_iter()
+        .filter(|e| e.disabled.is_none() && mine(e))
+    {
         loop {
             let (s, id) = (shared.clone(), ep.id.clone());
             let (_, reached_end) =
@@ -226,13 +276,6 @@ async fn dispatch(
     Ok(())
 }
 
-/// The receiver's answer, or why there was none.
-struct Answer {
-    status: Option<u16>,
-    excerpt: String,
-    retry_after: Option<Duration>,
-}
-
 /// One attempt: recorded, sent, its result recorded.
 async fn deliver(
     shared: &Arc<Shared>,
@@ -249,18 +292,23 @@ async fn deliver(
     // The attempt holds the delivery until its answer is due (the timeout, and a second): no
     // replica, nor this worker after a restart, tries it again while it may be in flight. A
     // crash leaves it due at the later of that and the schedule's next retry.
+    let connector = shared.connectors.get(&ep.id);
+    let timeout = connector.map_or(shared.config.timeout, |c| c.hold());
     let lease = retry_in
         .unwrap_or_default()
-        .max(shared.config.timeout + Duration::from_secs(1));
+        .max(timeout + Duration::from_secs(1));
     let retry_at = started + lease.as_millis() as i64;
     let (s, id, cursor) = (shared.clone(), ep.id.clone(), d.cursor);
     let Some(attempt) = blocking(move || s.store.begin_attempt(&id, cursor, retry_at)).await?
     else {
         return Ok(());
     };
-    let answer = send(shared, ep, d, started).await;
+    let answer = match connector {
+        Some(c) => c.deliver(d).await,
+        None => send(shared, ep, d, started).await,
+    };
     let ok = answer.status.is_some_and(|s| (200..300).contains(&s));
-    let gone = answer.status == Some(410);
+    let gone = answer.status == Some(410) && connector.is_none();
     // The retry after this attempt, by the attempt number the store counted.
     let retry_in = shared
         .config

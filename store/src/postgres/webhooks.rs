@@ -403,6 +403,7 @@ impl WebhookStore for PgStore {
             Ok(c.query_opt(
                 "SELECT last_status, last_response, updated_ms FROM webhook_deliveries
                  WHERE endpoint_id = $1 AND status != 'delivered' AND attempts > 0
+                   AND (last_status IS NOT NULL OR last_response != '')
                  ORDER BY updated_ms DESC, cursor DESC LIMIT 1",
                 &[&endpoint_id],
             )?

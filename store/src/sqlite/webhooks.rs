@@ -404,6 +404,7 @@ impl WebhookStore for SqliteStore {
             .query_row(
                 "SELECT last_status, last_response, updated_ms FROM webhook_deliveries
                  WHERE endpoint_id = ?1 AND status != 'delivered' AND attempts > 0
+                   AND (last_status IS NOT NULL OR last_response != '')
                  ORDER BY updated_ms DESC, cursor DESC LIMIT 1",
                 params![endpoint_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

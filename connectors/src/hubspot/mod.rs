@@ -1,0 +1,395 @@
+//! The HubSpot connector (a private app's bearer token). For each event of a conversation it
+//! writes the conversation's lead as it is now (so an old event replayed writes the latest
+//! score): the `closer_*` properties first ([`properties`]), then
+//!
+//! 1. the contact, `POST /crm/v3/objects/contacts/batch/upsert` by `email`, with the score,
+//!    reasons, slots, meeting, conversation and `hubspot_owner_id` (the routed rep's e-mail →
+//!    `GET /crm/v3/owners?email=`, cached);
+//! 2. the company, upserted by the unique `closer_domain`, and the contact → company default
+//!    association (`PUT /crm/v4/objects/contact/{id}/associations/default/company/{id}`);
+//! 3. one note per conversation holding the whole transcript (`hs_note_body`, `hs_timestamp`),
+//!    upserted by the unique note property `closer_conversation_id`, associated to the contact.
+//!
+//! Every write is an upsert or an idempotent PUT, so an event applied twice (a retry after an
+//! answer lost, a replay, a restart after kill -9) leaves the same records. Events of a
+//! conversation without an e-mail yet write nothing (there is no contact to upsert).
+
+pub mod client;
+pub mod properties;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use closer_store::{Delivery, Lead, Message, Store};
+use closer_webhooks::connector::{Answer, Connector, Sending, URL_PREFIX};
+use parking_lot::Mutex;
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use crate::config::{ConfigError, HubSpotConfig};
+use client::Client;
+
+/// A rep's e-mail from a tenant's directory: `(tenant, rep_id) → e-mail`.
+pub type RepEmails = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
+/// HubSpot's limit on a note's body; a longer transcript keeps its end.
+const NOTE_MAX_CHARS: usize = 65_000;
+
+pub struct HubSpot {
+    config: HubSpotConfig,
+    id: String,
+    client: Client,
+    store: Arc<dyn Store>,
+    reps: RepEmails,
+    /// Rep e-mail → owner id (none: no HubSpot user has it).
+    owners: Mutex<HashMap<String, Option<String>>>,
+    /// The `closer_*` properties exist.
+    ready: AtomicBool,
+}
+
+/// What the store holds for one conversation.
+struct Snapshot {
+    lead: Lead,
+    transcript: Vec<Message>,
+    meeting: Option<String>,
+}
+
+impl HubSpot {
+    pub fn new(
+        config: HubSpotConfig,
+        store: Arc<dyn Store>,
+        reps: RepEmails,
+    ) -> Result<Self, ConfigError> {
+        let client = Client::new(&config).map_err(ConfigError::Invalid)?;
+        Ok(HubSpot {
+            id: config.id(),
+            config,
+            client,
+            store,
+            reps,
+            owners: Mutex::default(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    async fn read(&self, conversation: &str) -> Result<Option<Snapshot>, Answer> {
+        let (store, tenant, conv) = (
+            self.store.clone(),
+            self.config.tenant.clone(),
+            conversation.to_string(),
+        );
+        tokio::task::spawn_blocking(move || -> closer_store::Result<Option<Snapshot>> {
+            let Some(lead) = store.lead(&tenant, &conv)? else {
+                return Ok(None);
+            };
+            let transcript = store.transcript(&tenant, &conv)?;
+            let meeting = store
+                .latest_event(&tenant, &conv, &["meeting_booked", "meeting_proposed"])?
+                .map(|e| meeting_text(&e.event.kind, &e.event.payload));
+            Ok(Some(Snapshot {
+                lead,
+                transcript,
+                meeting,
+            }))
+        })
+        .await
+        .map_err(|e| Answer::none(format!("store task: {e}")))?
+        .map_err(|e| Answer::none(format!("reading the lead: {e}")))
+    }
+
+    async fn owner(&self, email: &str) -> Result<Option<String>, Answer> {
+        if let Some(known) = self.owners.lock().get(email) {
+            return Ok(known.clone());
+        }
+        let query: String = url::form_urlencoded::byte_serialize(email.as_bytes()).collect();
+        let reply = self
+            .client
+            .call(
+                Method::GET,
+                &format!("/crm/v3/owners?email={query}&limit=1"),
+                None,
+            )
+            .await?;
+        let id = reply.body["results"]
+            .as_array()
+            .and_then(|r| {
+                r.iter().find(|o| {
+                    o["email"]
+                        .as_str()
+                        .is_some_and(|e| e.eq_ignore_ascii_case(email))
+                })
+            })
+            .and_then(|o| o["id"].as_str().map(str::to_string));
+        self.owners.lock().insert(email.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// One record upserted by a unique property; its HubSpot id.
+    async fn upsert(
+        &self,
+        object: &str,
+        id_property: &str,
+        id: &str,
+        properties: Map<String, Value>,
+    ) -> Result<String, Answer> {
+        let body =
+            json!({"inputs": [{"idProperty": id_property, "id": id, "properties": properties}]});
+        let reply = self
+            .client
+            .call(
+                Method::POST,
+                &format!("/crm/v3/objects/{object}/batch/upsert"),
+                Some(&body),
+            )
+            .await?;
+        reply.body["results"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Answer {
+                status: Some(reply.status),
+                excerpt: format!("{object} upsert: no id in the answer"),
+                retry_after: None,
+            })
+    }
+
+    async fn associate(&self, from: (&str, &str), to: (&str, &str)) -> Result<(), Answer> {
+        self.client
+            .call(
+                Method::PUT,
+                &format!(
+                    "/crm/v4/objects/{}/{}/associations/default/{}/{}",
+                    from.0, from.1, to.0, to.1
+                ),
+                None,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes one conversation as it is now; what was written.
+    async fn sync(&self, d: &Delivery) -> Result<String, Answer> {
+        let Some(conv) = d.conversation_id.as_deref() else {
+            return Ok("no conversation: nothing to write".into());
+        };
+        let Some(snap) = self.read(conv).await? else {
+            return Ok("no lead: nothing to write".into());
+        };
+        let lead = &snap.lead;
+        let Some(email) = lead.email.clone().filter(|e| !e.is_empty()) else {
+            return Ok("no e-mail yet: nothing to write".into());
+        };
+        if !self.ready.load(Ordering::SeqCst) {
+            properties::ensure(&self.client).await?;
+            self.ready.store(true, Ordering::SeqCst);
+        }
+        let rep_email = lead
+            .rep_id
+            .as_deref()
+            .and_then(|r| (self.reps)(&self.config.tenant, r))
+            .filter(|e| !e.is_empty());
+        let owner = match &rep_email {
+            Some(e) => self.owner(e).await?,
+            None => None,
+        };
+        let mut contact = contact_properties(lead, &email, snap.meeting.as_deref());
+        if let Some(o) = &owner {
+            contact.insert("hubspot_owner_id".into(), o.clone().into());
+        }
+        let contact_id = self.upsert("contacts", "email", &email, contact).await?;
+        let mut wrote = format!("contact {contact_id}");
+        let domain = lead
+            .domain
+            .clone()
+            .or_else(|| lead.slots.get("domain").cloned());
+        if let Some(domain) = domain.filter(|d| !d.is_empty()) {
+            let mut company = Map::new();
+            company.insert("closer_domain".into(), domain.clone().into());
+            company.insert("domain".into(), domain.clone().into());
+            company.insert("name".into(), domain.clone().into());
+            let company_id = self
+                .upsert("companies", "closer_domain", &domain, company)
+                .await?;
+            self.associate(("contact", &contact_id), ("company", &company_id))
+                .await?;
+            wrote.push_str(&format!(", company {company_id}"));
+        }
+        let mut note = Map::new();
+        note.insert("closer_conversation_id".into(), conv.into());
+        note.insert(
+            "hs_note_body".into(),
+            note_body(conv, &snap.transcript).into(),
+        );
+        let at = snap.transcript.first().map_or(lead.created_ms, |m| m.at_ms);
+        note.insert("hs_timestamp".into(), at.to_string().into());
+        if let Some(o) = &owner {
+            note.insert("hubspot_owner_id".into(), o.clone().into());
+        }
+        let note_id = self
+            .upsert("notes", "closer_conversation_id", conv, note)
+            .await?;
+        self.associate(("note", &note_id), ("contact", &contact_id))
+            .await?;
+        wrote.push_str(&format!(", note {note_id}"));
+        Ok(wrote)
+    }
+}
+
+impl Connector for HubSpot {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn tenant(&self) -> &str {
+        &self.config.tenant
+    }
+
+    fn url(&self) -> String {
+        format!("{URL_PREFIX}hubspot {}", self.config.base_url)
+    }
+
+    fn hold(&self) -> Duration {
+        Duration::from_secs(self.config.attempt_timeout_secs)
+    }
+
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a> {
+        Box::pin(async move {
+            match tokio::time::timeout(self.hold(), self.sync(d)).await {
+                Ok(Ok(wrote)) => Answer::ok(wrote),
+                Ok(Err(answer)) => {
+                    // A property removed in HubSpot since: make them again on the next attempt.
+                    if answer.excerpt.contains("PROPERTY_DOESNT_EXIST") {
+                        self.ready.store(false, Ordering::SeqCst);
+                    }
+                    tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, "HubSpot write failed");
+                    answer
+                }
+                Err(_) => Answer::none(format!(
+                    "the writes took longer than {} s",
+                    self.config.attempt_timeout_secs
+                )),
+            }
+        })
+    }
+}
+
+/// The contact's `closer_*` properties and e-mail.
+fn contact_properties(lead: &Lead, email: &str, meeting: Option<&str>) -> Map<String, Value> {
+    let mut p = Map::new();
+    p.insert("email".into(), email.into());
+    p.insert("closer_cql".into(), lead.score.to_string().into());
+    let mut reasons: Vec<String> = lead
+        .reasons
+        .iter()
+        .map(|r| format!("{} ({:+}): {}", r.rule, r.points, r.detail))
+        .collect();
+    if let Some(m) = &lead.manual {
+        reasons.insert(
+            0,
+            format!("manual ({}) by {}: {}", m.score, m.rep_id, m.note),
+        );
+    }
+    p.insert("closer_cql_reasons".into(), reasons.join("\n").into());
+    let slots: Vec<String> = lead
+        .slots
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    p.insert("closer_slots".into(), slots.join("\n").into());
+    p.insert("closer_meeting_slot".into(), meeting.unwrap_or("").into());
+    p.insert(
+        "closer_conversation_id".into(),
+        lead.conversation_id.clone().into(),
+    );
+    p
+}
+
+/// "booked: <label> (<start>)" or "proposed: <labels>".
+fn meeting_text(kind: &str, payload: &Value) -> String {
+    if kind == "meeting_booked" {
+        let start = payload["start"]
+            .as_i64()
+            .and_then(|s| jiff::Timestamp::from_second(s).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        return format!(
+            "booked: {} ({start}) with {}",
+            payload["label"].as_str().unwrap_or(""),
+            payload["rep_id"].as_str().unwrap_or("")
+        );
+    }
+    let labels: Vec<String> = payload["slots"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|x| {
+                    x["label"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("proposed: {}", labels.join("; "))
+}
+
+/// The transcript as a note: one paragraph per message, author first, HTML-escaped.
+pub fn note_body(conversation: &str, transcript: &[Message]) -> String {
+    let mut lines = vec![format!(
+        "<p><b>Closer conversation {}</b></p>",
+        escape(conversation)
+    )];
+    for m in transcript {
+        let author = match m.author {
+            closer_store::Author::Visitor => "Visitor",
+            closer_store::Author::Bot => "Bot",
+            closer_store::Author::Rep => "Rep",
+        };
+        lines.push(format!("<p><b>{author}:</b> {}</p>", escape(&m.text)));
+    }
+    let mut body = lines.join("\n");
+    if body.chars().count() > NOTE_MAX_CHARS {
+        let skip = body.chars().count() - NOTE_MAX_CHARS;
+        body = format!(
+            "<p>(start cut)</p>{}",
+            body.chars().skip(skip).collect::<String>()
+        );
+    }
+    body
+}
+
+/// `&`, `<` and `>` escaped (quotes need none in element text).
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_holds_every_message_escaped() {
+        let m = |author, text: &str| Message {
+            turn: 1,
+            author,
+            text: text.into(),
+            at_ms: 0,
+        };
+        let body = note_body(
+            "c-1",
+            &[
+                m(closer_store::Author::Visitor, "Is <b>R&D</b> included?"),
+                m(closer_store::Author::Bot, "Yes."),
+            ],
+        );
+        assert!(
+            body.contains("<b>Visitor:</b> Is &lt;b&gt;R&amp;D&lt;/b&gt; included?"),
+            "{body}"
+        );
+        assert!(body.contains("<b>Bot:</b> Yes."), "{body}");
+    }
+}

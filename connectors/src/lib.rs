@@ -1,0 +1,33 @@
+//! CRM connectors of the event outbox. Each is a [`closer_webhooks::connector::Connector`]: the
+//! webhook worker scans the outbox for it, keeps one delivery row per event (attempts, the
+//! retry schedule, dead letters, the last answer) and calls it to apply an event; a 2xx answer
+//! means the CRM acknowledged every write of that event. Configured per tenant by the file
+//! given to `closer serve --connectors` ([`config`]).
+//!
+//! [`hubspot`]: contacts, companies and one transcript note per conversation, all upserts
+//! (replaying an event is harmless), within a request [`budget`] per account.
+
+pub mod budget;
+pub mod config;
+pub mod hubspot;
+
+use std::sync::Arc;
+
+pub use hubspot::RepEmails;
+
+/// The connectors a configuration asks for, ready for the worker.
+pub fn build(
+    config: &config::Connectors,
+    store: Arc<dyn closer_store::Store>,
+    reps: RepEmails,
+) -> Result<Vec<Arc<dyn closer_webhooks::connector::Connector>>, config::ConfigError> {
+    let mut out: Vec<Arc<dyn closer_webhooks::connector::Connector>> = vec![];
+    for h in &config.hubspot {
+        out.push(Arc::new(hubspot::HubSpot::new(
+            h.clone(),
+            store.clone(),
+            reps.clone(),
+        )?));
+    }
+    Ok(out)
+}

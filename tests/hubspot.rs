@@ -1,0 +1,1278 @@
+//! The HubSpot connector against a strict local fake of HubSpot's API on loopback: the fake
+//! checks the bearer token (401), request shapes (unknown fields, a missing `idProperty`, batch
+//! sizes: 400), unknown properties (`PROPERTY_DOESNT_EXIST`), upserts by a property without
+//! unique values (refused), its own rate limit (429 with `policyName`), and injects faults:
+//! 5xx, answers that never come, and answers dropped after the write was applied. Its state
+//! lets the tests count contacts per e-mail, companies per domain and notes per conversation.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use closer_store::{Store, WebhookStore};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+const TOKEN: &str = "pat-na1-test-token";
+const CONNECTOR: &str = "hubspot-applinks";
+const SEED: &str =
+    "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
+/// The owner ids the fake gives the demo tenant's reps.
+const OWNERS: [(&str, &str); 3] = [
+    ("9001", "chelsea.ward@applinks.example"),
+    ("9002", "daniel.okafor@applinks.example"),
+    ("9003", "priya.raman@applinks.example"),
+];
+
+/// Faults the fake injects, each a count that runs down.
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Answer 503 without applying.
+    pub(crate) fail_5xx: AtomicU32,
+    /// Hold the connection without answering and without applying.
+    pub(crate) hang: AtomicU32,
+    /// Apply contact upserts, then hold the connection without answering.
+    pub(crate) hang_after_commit: AtomicU32,
+    /// Apply every other write, then close the connection without an answer.
+    pub(crate) drop_after_commit: AtomicU32,
+    /// Answer 429 TEN_SECONDLY_ROLLING without applying.
+    pub(crate) rolling_429: AtomicU32,
+    /// Answer 429 DAILY without applying.
+    pub(crate) daily_429: AtomicU32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) props: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: HashSet<(String, String)>,
+    /// object type → property → unique values
+    props: HashMap<String, HashMap<String, bool>>,
+    objects: HashMap<String, Vec<Record>>,
+    assoc: HashSet<(String, String, String, String)>,
+    next_id: u64,
+    writes: u64,
+    /// (method, path, status answered; 0 = none)
+    log: Vec<(String, String, u16)>,
+    window: VecDeque<Instant>,
+}
+
+pub(crate) struct FakeHubSpot {
+    pub(crate) url: String,
+    state: Arc<Mutex<State>>,
+    pub(crate) faults: Arc<Faults>,
+    /// Its own rate limit: (requests, per window); none = unlimited.
+    limit: Arc<Mutex<Option<(usize, Duration)>>>,
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    auth: String,
+    body: Vec<u8>,
+}
+
+enum Reply {
+    Answer(u16, Value),
+    /// Close without answering.
+    Drop,
+    /// Hold the connection open without answering.
+    Hang,
+}
+
+fn error(status: u16, category: &str, message: &str) -> Reply {
+    Reply::Answer(
+        status,
+        json!({"status": "error", "message": message, "category": category,
+               "correlationId": "00000000-0000-0000-0000-000000000000"}),
+    )
+}
+
+impl FakeHubSpot {
+    pub(crate) async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut st = State::default();
+        for (object, names) in [
+            (
+                "contacts",
+                &["email", "firstname", "lastname", "hubspot_owner_id"][..],
+            ),
+            ("companies", &["domain", "name", "hubspot_owner_id"][..]),
+            (
+                "notes",
+                &["hs_note_body", "hs_timestamp", "hubspot_owner_id"][..],
+            ),
+        ] {
+            st.props.insert(
+                object.into(),
+                names
+                    .iter()
+                    .map(|n| (n.to_string(), *n == "email"))
+                    .collect(),
+            );
+            st.objects.insert(object.into(), vec![]);
+        }
+        st.groups
+            .insert(("contacts".into(), "contactinformation".into()));
+        st.groups
+            .insert(("companies".into(), "companyinformation".into()));
+        let fake = FakeHubSpot {
+            url,
+            state: Arc::new(Mutex::new(st)),
+            faults: Arc::default(),
+            limit: Arc::default(),
+        };
+        let (state, faults, limit) = (fake.state.clone(), fake.faults.clone(), fake.limit.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (state, faults, limit) = (state.clone(), faults.clone(), limit.clone());
+                tokio::spawn(async move {
+                    let Some(req) = read(&mut s).await else {
+                        return;
+                    };
+                    let reply = handle(&state, &faults, &limit, &req);
+                    let status = match &reply {
+                        Reply::Answer(s, _) => *s,
+                        _ => 0,
+                    };
+                    state
+                        .lock()
+                        .unwrap()
+                        .log
+                        .push((req.method.clone(), req.path.clone(), status));
+                    match reply {
+                        Reply::Answer(status, body) => {
+                            let body = body.to_string();
+                            let reply = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = s.write_all(reply.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        }
+                        Reply::Drop => drop(s),
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                        }
+                    }
+                });
+            }
+        });
+        fake
+    }
+
+    /// Removes a property, as a HubSpot admin can.
+    pub(crate) fn delete_property(&self, object: &str, name: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.props.get_mut(object).unwrap().remove(name);
+        for r in st.objects.get_mut(object).unwrap() {
+            r.props.remove(name);
+        }
+    }
+
+    pub(crate) fn set_limit(&self, max: usize, per: Duration) {
+        *self.limit.lock().unwrap() = Some((max, per));
+    }
+
+    pub(crate) fn records(&self, object: &str) -> Vec<Record> {
+        self.state.lock().unwrap().objects[object].clone()
+    }
+
+    /// Records of `object` whose `prop` is `value`.
+    pub(crate) fn by(&self, object: &str, prop: &str, value: &str) -> Vec<Record> {
+        self.records(object)
+            .into_iter()
+            .filter(|r| r.props.get(prop).map(String::as_str) == Some(value))
+            .collect()
+    }
+
+    pub(crate) fn associated(&self, from: &str, fid: &str, to: &str, tid: &str) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .assoc
+            .contains(&(from.into(), fid.into(), to.into(), tid.into()))
+    }
+
+    /// Requests answered with `status` (0: none).
+    pub(crate) fn answered(&self, status: u16) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.2 == status)
+            .count()
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.state.lock().unwrap().log.len()
+    }
+
+    /// Waits (20 s at most) until `done` holds; how long it took.
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&FakeHubSpot) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if done(self) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}: contacts {:#?} companies {:#?} notes {:#?} log {:?}",
+                self.records("contacts"),
+                self.records("companies"),
+                self.records("notes").len(),
+                self.state.lock().unwrap().log
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+async fn read(s: &mut tokio::net::TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let len: usize = header("content-length").parse().unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut first = head.lines().next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?.to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    Some(Request {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        auth: header("authorization"),
+        body: buf[head_end..head_end + len].to_vec(),
+    })
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+/// Fields a JSON object may have and must have; 400 naming the first offender.
+fn shape(v: &Value, allowed: &[&str], required: &[&str], what: &str) -> Result<(), Reply> {
+    let Some(o) = v.as_object() else {
+        return Err(error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("{what}: a JSON object is expected"),
+        ));
+    };
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("Invalid input JSON on line 1: Unrecognized field \"{k}\" in {what}"),
+        ));
+    }
+    if let Some(k) = required.iter().find(|k| !o.contains_key(**k)) {
+        return Err(error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("{what}: {k} is required"),
+        ));
+    }
+    Ok(())
+}
+
+fn handle(
+    state: &Mutex<State>,
+    faults: &Faults,
+    limit: &Mutex<Option<(usize, Duration)>>,
+    req: &Request,
+) -> Reply {
+    if req.auth != format!("Bearer {TOKEN}") {
+        return error(
+            401,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
+        );
+    }
+    if let Some((max, per)) = *limit.lock().unwrap() {
+        let mut st = state.lock().unwrap();
+        let now = Instant::now();
+        while st
+            .window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= per)
+        {
+            st.window.pop_front();
+        }
+        if st.window.len() >= max {
+            return rolling();
+        }
+        st.window.push_back(now);
+    }
+    if take(&faults.rolling_429) {
+        return rolling();
+    }
+    if take(&faults.daily_429) {
+        return Reply::Answer(
+            429,
+            json!({"status": "error", "message": "You have reached your daily limit.",
+                   "errorType": "RATE_LIMIT", "policyName": "DAILY",
+                   "correlationId": "00000000-0000-0000-0000-000000000000"}),
+        );
+    }
+    if take(&faults.fail_5xx) {
+        return error(503, "SERVICE_UNAVAILABLE", "try again");
+    }
+    if take(&faults.hang) {
+        return Reply::Hang;
+    }
+    let body: Value = if req.body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(e) => return error(400, "VALIDATION_ERROR", &format!("Invalid input JSON: {e}")),
+        }
+    };
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let mut st = state.lock().unwrap();
+    let reply = match (req.method.as_str(), parts.as_slice()) {
+        ("POST", ["crm", "v3", "properties", object, "groups"]) => {
+            create_group(&mut st, object, &body)
+        }
+        ("POST", ["crm", "v3", "properties", object]) => create_property(&mut st, object, &body),
+        ("GET", ["crm", "v3", "owners"]) => {
+            let email = req
+                .query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("email="))
+                .map(decode);
+            let results: Vec<Value> = OWNERS
+                .iter()
+                .filter(|(_, e)| email.as_deref().is_none_or(|x| x == *e))
+                .map(|(id, e)| json!({"id": id, "email": e, "type": "PERSON", "userId": 1}))
+                .collect();
+            return Reply::Answer(200, json!({"results": results}));
+        }
+        ("POST", ["crm", "v3", "objects", object, "batch", "upsert"]) => {
+            let hang = *object == "contacts" && take(&faults.hang_after_commit);
+            let r = upsert(&mut st, object, &body);
+            if hang && matches!(r, Reply::Answer(200, _)) {
+                return Reply::Hang;
+            }
+            r
+        }
+        ("PUT", ["crm", "v4", "objects", from, fid, "associations", "default", to, tid]) => {
+            associate(&mut st, from, fid, to, tid, &body)
+        }
+        _ => error(
+            404,
+            "OBJECT_NOT_FOUND",
+            &format!("no route {} {}", req.method, req.path),
+        ),
+    };
+    // A write applied; every other one loses its answer while the fault lasts.
+    if req.method != "GET" && matches!(reply, Reply::Answer(200 | 201, _)) {
+        st.writes += 1;
+        if st.writes.is_multiple_of(2) && take(&faults.drop_after_commit) {
+            return Reply::Drop;
+        }
+    }
+    reply
+}
+
+fn rolling() -> Reply {
+    Reply::Answer(
+        429,
+        json!({"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
+               "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING",
+               "correlationId": "00000000-0000-0000-0000-000000000000"}),
+    )
+}
+
+fn known_object(object: &str) -> Result<(), Reply> {
+    if ["contacts", "companies", "notes"].contains(&object) {
+        Ok(())
+    } else {
+        Err(error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("Unable to infer object type from: {object}"),
+        ))
+    }
+}
+
+fn create_group(st: &mut State, object: &str, body: &Value) -> Reply {
+    if let Err(r) = known_object(object).and_then(|_| {
+        shape(
+            body,
+            &["name", "label", "displayOrder"],
+            &["name", "label"],
+            "PropertyGroupCreate",
+        )
+    }) {
+        return r;
+    }
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    if !st.groups.insert((object.into(), name.clone())) {
+        return error(
+            409,
+            "OBJECT_ALREADY_EXISTS",
+            &format!("Group named '{name}' already exists."),
+        );
+    }
+    Reply::Answer(
+        201,
+        json!({"name": name, "label": body["label"], "displayOrder": body["displayOrder"]}),
+    )
+}
+
+fn create_property(st: &mut State, object: &str, body: &Value) -> Reply {
+    let allowed = [
+        "name",
+        "label",
+        "type",
+        "fieldType",
+        "groupName",
+        "hasUniqueValue",
+        "description",
+        "displayOrder",
+        "formField",
+        "hidden",
+        "options",
+    ];
+    if let Err(r) = known_object(object).and_then(|_| {
+        shape(
+            body,
+            &allowed,
+            &["name", "label", "type", "fieldType", "groupName"],
+            "PropertyCreate",
+        )
+    }) {
+        return r;
+    }
+    let group = body["groupName"].as_str().unwrap_or_default();
+    if !st.groups.contains(&(object.to_string(), group.to_string())) {
+        return error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("group {group} does not exist"),
+        );
+    }
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    let props = st.props.get_mut(object).unwrap();
+    if props.contains_key(&name) {
+        return error(
+            409,
+            "OBJECT_ALREADY_EXISTS",
+            &format!("Property named '{name}' already exists."),
+        );
+    }
+    props.insert(
+        name.clone(),
+        body["hasUniqueValue"].as_bool().unwrap_or(false),
+    );
+    Reply::Answer(201, body.clone())
+}
+
+fn upsert(st: &mut State, object: &str, body: &Value) -> Reply {
+    if let Err(r) = known_object(object).and_then(|_| {
+        shape(
+            body,
+            &["inputs"],
+            &["inputs"],
+            "BatchInputSimplePublicObjectBatchInputUpsert",
+        )
+    }) {
+        return r;
+    }
+    let Some(inputs) = body["inputs"].as_array() else {
+        return error(400, "VALIDATION_ERROR", "inputs: an array is expected");
+    };
+    if inputs.is_empty() || inputs.len() > 100 {
+        return error(
+            400,
+            "VALIDATION_ERROR",
+            &format!("inputs: 1 to 100 inputs, got {}", inputs.len()),
+        );
+    }
+    for i in inputs {
+        if let Err(r) = shape(
+            i,
+            &["id", "idProperty", "properties", "objectWriteTraceId"],
+            &["id", "idProperty", "properties"],
+            "SimplePublicObjectBatchInputUpsert",
+        ) {
+            return r;
+        }
+        let idp = i["idProperty"].as_str().unwrap_or_default();
+        match st.props[object].get(idp) {
+            None => return property_missing(object, idp),
+            Some(false) => {
+                return error(
+                    400,
+                    "VALIDATION_ERROR",
+                    &format!(
+                        "{idp} is not a unique identifier property of {object}; upsert needs one"
+                    ),
+                )
+            }
+            Some(true) => {}
+        }
+        let Some(props) = i["properties"].as_object() else {
+            return error(400, "VALIDATION_ERROR", "properties: an object is expected");
+        };
+        for (k, v) in props {
+            if !st.props[object].contains_key(k) {
+                return property_missing(object, k);
+            }
+            if !v.is_string() {
+                return error(
+                    400,
+                    "VALIDATION_ERROR",
+                    &format!("{k}: a string value is expected"),
+                );
+            }
+        }
+    }
+    let mut results = vec![];
+    for i in inputs {
+        let idp = i["idProperty"].as_str().unwrap().to_string();
+        let id = i["id"].as_str().unwrap_or_default().to_string();
+        let found = st.objects[object].iter().position(|r| {
+            r.props
+                .get(&idp)
+                .is_some_and(|v| v.eq_ignore_ascii_case(&id))
+        });
+        let new = found.is_none();
+        let idx = match found {
+            Some(x) => x,
+            None => {
+                st.next_id += 1;
+                let rid = (1000 + st.next_id).to_string();
+                let list = st.objects.get_mut(object).unwrap();
+                list.push(Record {
+                    id: rid,
+                    props: BTreeMap::new(),
+                });
+                list.len() - 1
+            }
+        };
+        let rec = &mut st.objects.get_mut(object).unwrap()[idx];
+        for (k, v) in i["properties"].as_object().unwrap() {
+            rec.props.insert(k.clone(), v.as_str().unwrap().to_string());
+        }
+        rec.props.insert(idp, id);
+        results.push(json!({"id": rec.id, "properties": rec.props, "new": new}));
+    }
+    Reply::Answer(200, json!({"status": "COMPLETE", "results": results}))
+}
+
+fn property_missing(object: &str, name: &str) -> Reply {
+    Reply::Answer(
+        400,
+        json!({"status": "error", "category": "VALIDATION_ERROR",
+               "message": format!("Property values were not valid: Property \"{name}\" does not exist"),
+               "errors": [{"message": format!("Property \"{name}\" does not exist"),
+                           "code": "PROPERTY_DOESNT_EXIST",
+                           "context": {"propertyName": [name], "objectType": [object]}}]}),
+    )
+}
+
+fn associate(st: &mut State, from: &str, fid: &str, to: &str, tid: &str, body: &Value) -> Reply {
+    if !body.is_null() {
+        return error(
+            400,
+            "VALIDATION_ERROR",
+            "the default association takes no body",
+        );
+    }
+    let plural = |t: &str| match t {
+        "contact" | "contacts" => Some("contacts"),
+        "company" | "companies" => Some("companies"),
+        "note" | "notes" => Some("notes"),
+        _ => None,
+    };
+    let (Some(f), Some(t)) = (plural(from), plural(to)) else {
+        return error(400, "VALIDATION_ERROR", "unknown object type");
+    };
+    let exists = |o: &str, id: &str| st.objects[o].iter().any(|r| r.id == id);
+    if !exists(f, fid) || !exists(t, tid) {
+        return error(404, "OBJECT_NOT_FOUND", "no such record");
+    }
+    st.assoc
+        .insert((f.into(), fid.into(), t.into(), tid.into()));
+    Reply::Answer(
+        200,
+        json!({"status": "COMPLETE", "results": [{"from": {"id": fid}, "to": {"id": tid}}]}),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server with the connector.
+
+/// Writes the token and the connectors file into `dir`; the file's path.
+fn connectors_file(dir: &Path, fake: &str, token: &str, attempt_secs: u64) -> PathBuf {
+    let token_file = dir.join("hubspot-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let cfg = json!({"hubspot": [{
+        "tenant": "applinks",
+        "token_file": token_file,
+        "base_url": fake,
+        "requests_per_10s": 190,
+        "request_timeout_secs": 2,
+        "attempt_timeout_secs": attempt_secs,
+    }]});
+    let path = dir.join("connectors.json");
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    path
+}
+
+/// A server with the HubSpot connector to `fake`; an attempt may take 3 s (the kill -9 test
+/// waits that long, plus a second, for the attempt cut by the kill).
+fn synced_config(dir: &Path, fake: &str, token: &str, retry_scale: f64) -> ServeConfig {
+    synced_config_with(dir, fake, token, retry_scale, 3)
+}
+
+fn synced_config_with(
+    dir: &Path,
+    fake: &str,
+    token: &str,
+    retry_scale: f64,
+    attempt_secs: u64,
+) -> ServeConfig {
+    let mut cfg = ServeConfig::for_tests(dir.to_path_buf(), ModelPaths::default_root());
+    cfg.connectors = Some(connectors_file(dir, fake, token, attempt_secs));
+    cfg.webhooks_retry_scale = retry_scale;
+    cfg
+}
+
+fn models() -> Models {
+    fake_models(Arc::new(ScriptedGenerator::echo_facts()))
+}
+
+/// A channel to the server, its playbook without business hours (routing independent of the
+/// clock).
+async fn channel(url: String) -> tonic::transport::Channel {
+    let ch = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::playbooks_client::PlaybooksClient::new(ch.clone())
+        .upload(pb::UploadPlaybookRequest {
+            tenant: "applinks".into(),
+            yaml: super::sales::always_open_playbook(),
+        })
+        .await
+        .unwrap();
+    ch
+}
+
+/// The demo conversation: the seed question from a target account (3 bolts, handed to its
+/// owner r-chelsea), the visitor's e-mail, then the rep joins and writes. Its id.
+async fn demo(ch: &tonic::transport::Channel, email: &str) -> String {
+    let mut client = pb::assistant_client::AssistantClient::new(ch.clone());
+    let mut token: Option<String> = None;
+    let mut id = String::new();
+    for text in [
+        SEED.to_string(),
+        format!("I'm {email}, we are a 40-person team in the UK."),
+    ] {
+        let Some(pb::converse_request::Event::Start(mut start)) =
+            start_with_id("applinks", Some("acme.com"), "").event
+        else {
+            unreachable!()
+        };
+        start.resume_token = token.clone();
+        let mut s = client
+            .send(pb::SendRequest {
+                start: Some(start),
+                event: Some(pb::send_request::Event::Message(pb::VisitorMessage {
+                    text,
+                })),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(m) = s.message().await.unwrap() {
+            match m.event {
+                Some(Event::Opened(o)) if token.is_none() => {
+                    token = Some(o.resume_token);
+                    id = o.conversation_id;
+                }
+                Some(Event::Error(e)) => panic!("turn failed: {e:?}"),
+                _ => {}
+            }
+        }
+    }
+    let mut conv = pb::conversations_client::ConversationsClient::new(ch.clone());
+    conv.take_over(pb::TakeOverRequest {
+        tenant: "applinks".into(),
+        conversation_id: id.clone(),
+        rep_id: "r-chelsea".into(),
+    })
+    .await
+    .unwrap();
+    conv.send_message(pb::RepMessageRequest {
+        tenant: "applinks".into(),
+        conversation_id: id.clone(),
+        rep_id: "r-chelsea".into(),
+        text: format!("Hi, Chelsea here: I will send {email} our price sheet & SOC 2 report."),
+    })
+    .await
+    .unwrap();
+    id
+}
+
+async fn transcript(ch: &tonic::transport::Channel, id: &str) -> Vec<String> {
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .get_transcript(pb::GetTranscriptRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
+/// Whether the fake holds the conversation in full: one contact with `score` and the owner,
+/// one acme.com company associated to it, one note with every message of `texts`.
+fn holds(f: &FakeHubSpot, email: &str, conv: &str, score: &str, texts: &[String]) -> bool {
+    let contacts = f.by("contacts", "email", email);
+    let companies = f.by("companies", "closer_domain", "acme.com");
+    let notes = f.by("notes", "closer_conversation_id", conv);
+    let [c] = contacts.as_slice() else {
+        return false;
+    };
+    let [co] = companies.as_slice() else {
+        return false;
+    };
+    let [n] = notes.as_slice() else { return false };
+    let body = n.props["hs_note_body"]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    c.props.get("closer_cql").map(String::as_str) == Some(score)
+        && c.props.get("hubspot_owner_id").map(String::as_str) == Some("9001")
+        && c.props.get("closer_conversation_id").map(String::as_str) == Some(conv)
+        && f.associated("contacts", &c.id, "companies", &co.id)
+        && f.associated("notes", &n.id, "contacts", &c.id)
+        && texts.iter().all(|t| body.contains(t.as_str()))
+}
+
+async fn consumer(ch: &tonic::transport::Channel) -> pb::ConsumerStatus {
+    pb::events_client::EventsClient::new(ch.clone())
+        .list_consumers(pb::ListConsumersRequest {
+            tenant: "applinks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .consumers
+        .into_iter()
+        .find(|c| c.name == CONNECTOR)
+        .expect("the connector is listed")
+}
+
+/// Waits until the connector has nothing pending and no lag.
+async fn drained(ch: &tonic::transport::Channel) -> pb::ConsumerStatus {
+    let start = Instant::now();
+    loop {
+        let c = consumer(ch).await;
+        if c.pending == 0 && c.lag == 0 {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not drained: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_transcript() {
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let id = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &id).await;
+    assert!(
+        texts.len() >= 5,
+        "two visitor turns, two replies, the rep: {texts:?}"
+    );
+    assert!(texts.iter().any(|t| t == SEED));
+    let took = fake
+        .until("the demo conversation", |f| {
+            holds(f, "sam@acme.com", &id, "3", &texts)
+        })
+        .await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let c = &fake.by("contacts", "email", "sam@acme.com")[0];
+    assert!(c.props["closer_cql_reasons"].contains("account"), "{c:?}");
+    // The connector reads as a consumer of the outbox, caught up, nothing failed.
+    let status = drained(&ch).await;
+    assert_eq!(status.kind, "connector");
+    assert_eq!(
+        (status.dead, status.last_error.as_deref()),
+        (0, None),
+        "{status:?}"
+    );
+    assert!(
+        status.url.as_deref().unwrap().contains(&fake.url),
+        "{status:?}"
+    );
+    // Properties were made once; every write after them named existing properties.
+    assert_eq!(fake.answered(400), 0);
+    // The connector's row is not a webhook endpoint to manage.
+    let hooks = pb::webhooks_client::WebhooksClient::new(ch.clone())
+        .list(pb::ListWebhooksRequest {
+            tenant: "applinks".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hooks.endpoints.is_empty(), "{hooks:?}");
+}
+
+/// The whole outbox replayed (as `closer sync replay` does) leaves one record of each kind and
+/// the latest score; a rep's later score arrives; `faults` are injected from the start.
+async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
+    let fake = FakeHubSpot::start().await;
+    faults(&fake.faults);
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.0001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let (a, b) = (
+        demo(&ch, "sam@acme.com").await,
+        demo(&ch, "kim@acme.com").await,
+    );
+    let (ta, tb) = (transcript(&ch, &a).await, transcript(&ch, &b).await);
+    fake.until("both conversations", |f| {
+        holds(f, "sam@acme.com", &a, "3", &ta) && holds(f, "kim@acme.com", &b, "3", &tb)
+    })
+    .await;
+    drained(&ch).await;
+
+    let store: Arc<dyn Store> = Arc::new(
+        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
+            .unwrap(),
+    );
+    let replay = |store: Arc<dyn Store>| async move {
+        let last = store.last_cursor().unwrap();
+        closer_webhooks::manage::replay(
+            store,
+            "applinks",
+            CONNECTOR,
+            closer_store::ReplaySelection::Range { from: 1, to: last },
+        )
+        .await
+        .unwrap()
+    };
+    let before = fake.requests();
+    let queued = replay(store.clone()).await;
+    assert!(queued >= 6, "the outbox from cursor 0: {queued}");
+    fake.until("the replay's writes", |f| f.requests() > before + 10)
+        .await;
+    drained(&ch).await;
+    let one = |f: &FakeHubSpot, score_a: &str| {
+        f.records("contacts").len() == 2
+            && f.records("companies").len() == 1
+            && f.records("notes").len() == 2
+            && holds(f, "sam@acme.com", &a, score_a, &ta)
+            && holds(f, "kim@acme.com", &b, "3", &tb)
+    };
+    assert!(one(&fake, "3"));
+
+    // A rep's score (disqualified) arrives, and a replay after it keeps it.
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .set_score(pb::SetScoreRequest {
+            tenant: "applinks".into(),
+            conversation_id: a.clone(),
+            rep_id: "r-chelsea".into(),
+            score: -1,
+            note: "student project, no budget".into(),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    fake.until("the rep's score", |f| one(f, "-1")).await;
+    replay(store).await;
+    drained(&ch).await;
+    assert!(one(&fake, "-1"));
+    let c = &fake.by("contacts", "email", "sam@acme.com")[0];
+    assert!(
+        c.props["closer_cql_reasons"].contains("student project"),
+        "{c:?}"
+    );
+    let status = consumer(&ch).await;
+    assert_eq!(status.dead, 0, "{status:?}");
+    fake
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_replay_from_cursor_0_duplicates_nothing_and_keeps_the_latest_score() {
+    replay_duplicates_nothing(|_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_replay_duplicates_nothing_when_answers_are_lost_after_the_write() {
+    let fake = replay_duplicates_nothing(|f| {
+        f.drop_after_commit.store(12, Ordering::SeqCst);
+        f.fail_5xx.store(2, Ordering::SeqCst);
+        f.hang.store(1, Ordering::SeqCst);
+    })
+    .await;
+    // Every fault happened: 12 writes applied without an answer, one never answered, two 503s.
+    assert_eq!(fake.faults.drop_after_commit.load(Ordering::SeqCst), 0);
+    assert_eq!(fake.answered(0), 13);
+    assert_eq!(fake.answered(503), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the HubSpot kill -9 test"]
+async fn child_serve_hubspot_until_killed() {
+    let (Ok(dir), Ok(fake)) = (
+        std::env::var("CLOSER_HUBSPOT_KILL_DATA"),
+        std::env::var("CLOSER_HUBSPOT_KILL_FAKE"),
+    ) else {
+        return;
+    };
+    let server = serve_ready(
+        synced_config(Path::new(&dir), &fake, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    println!("serving {}", server.addr);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_sync_cut_by_kill_9_completes_after_restart_without_duplicates() {
+    let fake = FakeHubSpot::start().await;
+    // The first contact write is applied, and its answer never comes: the server dies then.
+    fake.faults.hang_after_commit.store(1, Ordering::SeqCst);
+    let data = demo_data();
+    let (mut child, url) = spawn_child_server(
+        "hubspot::child_serve_hubspot_until_killed",
+        &[
+            ("CLOSER_HUBSPOT_KILL_DATA", data.path().as_os_str()),
+            ("CLOSER_HUBSPOT_KILL_FAKE", std::ffi::OsStr::new(&fake.url)),
+        ],
+    );
+    let ch = channel(url).await;
+    let a = demo(&ch, "sam@acme.com").await;
+    let b = demo(&ch, "kim@acme.com").await;
+    let (ta, tb) = (transcript(&ch, &a).await, transcript(&ch, &b).await);
+    fake.until("the first contact write", |f| {
+        !f.records("contacts").is_empty()
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(fake.records("notes").len() < 2, "killed mid-sync");
+
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    fake.until("everything after the restart", |f| {
+        holds(f, "sam@acme.com", &a, "3", &ta) && holds(f, "kim@acme.com", &b, "3", &tb)
+    })
+    .await;
+    let status = drained(&ch).await;
+    assert_eq!(
+        (
+            fake.records("contacts").len(),
+            fake.records("companies").len(),
+            fake.records("notes").len()
+        ),
+        (2, 1, 2)
+    );
+    assert_eq!(status.dead, 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
+    let fake = FakeHubSpot::start().await;
+    fake.faults.rolling_429.store(2, Ordering::SeqCst);
+    // Tighter than the connector's budget of 190 per 10 s: the fake's own limit answers 429.
+    fake.set_limit(10, Duration::from_secs(1));
+    let data = demo_data();
+    // Each rolling 429 costs a second's wait: the attempt has 20 s for them.
+    let server = serve_ready(
+        synced_config_with(data.path(), &fake.url, TOKEN, 1.0, 20),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let id = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &id).await;
+    fake.until("the conversation despite 429s", |f| {
+        holds(f, "sam@acme.com", &id, "3", &texts)
+    })
+    .await;
+    assert!(
+        fake.answered(429) >= 3,
+        "the fault and the fake's own limit"
+    );
+    // The 429s were waited out inside the attempts: every event took one attempt.
+    let status = drained(&ch).await;
+    assert_eq!((status.dead, status.last_error), (0, None));
+    let store =
+        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
+            .unwrap();
+    let attempts: Vec<u32> = (1..=store.last_cursor().unwrap())
+        .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
+        .map(|d| d.attempts)
+        .collect();
+    assert!(
+        !attempts.is_empty() && attempts.iter().all(|a| *a == 1),
+        "{attempts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_wrong_token_is_dead_lettered_and_shown_in_sync_status() {
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, "pat-wrong", 0.00001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    demo(&ch, "sam@acme.com").await;
+    let start = Instant::now();
+    let status = loop {
+        let c = consumer(&ch).await;
+        if c.dead > 0 && c.pending == 0 {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not dead-lettered: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(error.starts_with("HTTP 401"), "{status:?}");
+    assert!(
+        !error.contains("pat-wrong"),
+        "the token never shows: {error}"
+    );
+    assert!(fake.records("contacts").is_empty());
+    assert!(fake.answered(401) >= 10, "every attempt of the schedule");
+    // The dead letters are listed with the last answer, like a webhook's.
+    let store =
+        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
+            .unwrap();
+    let dead = store.dead_letters("applinks", Some(CONNECTOR)).unwrap();
+    assert_eq!(dead.len() as u64, status.dead);
+    assert!(dead.iter().all(|d| d.last_status == Some(401)), "{dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_daily_429_pauses_the_account_and_shows_in_sync_status() {
+    let fake = FakeHubSpot::start().await;
+    fake.faults.daily_429.store(1, Ordering::SeqCst);
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    demo(&ch, "sam@acme.com").await;
+    let start = Instant::now();
+    let status = loop {
+        let c = consumer(&ch).await;
+        if c.last_error.is_some() {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no error shown: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("HTTP 429"),
+        "{status:?}"
+    );
+    assert!(
+        status.last_error.as_deref().unwrap().contains("DAILY"),
+        "{status:?}"
+    );
+    // Paused until midnight: even with the retry schedule scaled down, nothing more is sent,
+    // and the events wait (pending), neither written nor dead-lettered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.requests(), 1, "paused after the DAILY answer");
+    let status = consumer(&ch).await;
+    assert!(status.pending > 0 && status.dead == 0, "{status:?}");
+    assert!(fake.records("contacts").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_property_removed_in_hubspot_is_made_again() {
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, TOKEN, 0.001),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let id = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &id).await;
+    fake.until("the demo conversation", |f| {
+        holds(f, "sam@acme.com", &id, "3", &texts)
+    })
+    .await;
+    // An admin removes the score property; the rep's score fails once with
+    // PROPERTY_DOESNT_EXIST, and the next attempt makes it again and writes the score.
+    fake.delete_property("contacts", "closer_cql");
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .set_score(pb::SetScoreRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.clone(),
+            rep_id: "r-chelsea".into(),
+            score: 2,
+            note: "call booked".into(),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    fake.until("the score after the property is made again", |f| {
+        holds(f, "sam@acme.com", &id, "2", &texts)
+    })
+    .await;
+    assert!(
+        fake.answered(400) >= 1,
+        "the write naming the removed property was refused"
+    );
+    let status = drained(&ch).await;
+    assert_eq!(status.dead, 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_two_replicas_on_postgresql_write_each_event_once() {
+    let Some(database_url) = super::replicas::fresh_database() else {
+        return;
+    };
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let replica = || {
+        let mut cfg = synced_config(data.path(), &fake.url, TOKEN, 0.001);
+        cfg.database_url = Some(database_url.clone());
+        serve_ready(cfg, models())
+    };
+    let (a, b) = (replica().await, replica().await);
+    let (cha, chb) = (
+        channel(format!("http://{}", a.addr)).await,
+        channel(format!("http://{}", b.addr)).await,
+    );
+    let mut convs = vec![];
+    // (Addresses the fake encoder does not read as a competitor's.)
+    for (i, who) in ["sam", "kim", "visitor0", "visitor1"].iter().enumerate() {
+        let ch = if i % 2 == 0 { &cha } else { &chb };
+        let email = format!("{who}@acme.com");
+        let id = demo(ch, &email).await;
+        convs.push((email, id.clone(), transcript(ch, &id).await));
+    }
+    fake.until("every conversation from both replicas", |f| {
+        convs.iter().all(|(e, id, t)| holds(f, e, id, "3", t))
+    })
+    .await;
+    drained(&cha).await;
+    assert_eq!(
+        (
+            fake.records("contacts").len(),
+            fake.records("companies").len(),
+            fake.records("notes").len()
+        ),
+        (4, 1, 4)
+    );
+    // One replica claimed each event: every delivery took one attempt.
+    let store = closer_store::postgres::PgStore::connect(&database_url).unwrap();
+    let attempts: Vec<u32> = (1..=store.last_cursor().unwrap())
+        .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
+        .map(|d| d.attempts)
+        .collect();
+    assert!(
+        attempts.len() >= 8 && attempts.iter().all(|a| *a == 1),
+        "{attempts:?}"
+    );
+}

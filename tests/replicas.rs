@@ -1045,12 +1045,17 @@ async fn kb_at(url: &str) -> pb::knowledge_client::KnowledgeClient<tonic::transp
         .unwrap()
 }
 
-/// Replica `url`'s hits for `query`: (fact id, dense score).
+/// Replica `url`'s hits for `query` in the demo tenant: (fact id, dense score).
 async fn kb_search(url: &str, query: &str) -> Vec<(String, f32)> {
+    kb_search_in(url, "applinks", query).await
+}
+
+/// Replica `url`'s hits for `query` in `tenant`: (fact id, dense score).
+async fn kb_search_in(url: &str, tenant: &str, query: &str) -> Vec<(String, f32)> {
     kb_at(url)
         .await
         .search(pb::SearchRequest {
-            tenant: "applinks".into(),
+            tenant: tenant.into(),
             query: query.into(),
             limit: 50,
             intent: None,
@@ -1276,21 +1281,10 @@ async fn a_tenant_published_by_kb_load_with_a_database_url_is_served_by_both_rep
     );
     // Its facts, found by their vectors on both.
     for url in [&a, &b] {
-        let hits = kb_at(url)
-            .await
-            .search(pb::SearchRequest {
-                tenant: "newco".into(),
-                query: "price of one seat".into(),
-                limit: 5,
-                intent: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .facts;
+        let hits = kb_search_in(url, "newco", "price of one seat").await;
         assert!(
             hits.iter()
-                .any(|h| h.fact.as_ref().unwrap().id == "pricing-seat" && h.dense > 0.0),
+                .any(|(id, dense)| id == "pricing-seat" && *dense > 0.0),
             "{hits:?}"
         );
     }
@@ -1336,22 +1330,8 @@ async fn a_tenant_published_by_kb_load_with_a_database_url_is_served_by_both_rep
     let t = std::time::Instant::now();
     for url in [&a, &b] {
         loop {
-            let hits = kb_at(url)
-                .await
-                .search(pb::SearchRequest {
-                    tenant: "newco".into(),
-                    query: "price of one seat".into(),
-                    limit: 50,
-                    intent: None,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .facts;
-            if hits
-                .iter()
-                .all(|h| h.fact.as_ref().unwrap().id != "pricing-seat")
-            {
+            let hits = kb_search_in(url, "newco", "price of one seat").await;
+            if hits.iter().all(|(id, _)| id != "pricing-seat") {
                 break;
             }
             assert!(

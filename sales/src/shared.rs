@@ -398,14 +398,33 @@ fn apply(engine: &Engine, d: &closer_store::Document) -> Result<bool> {
 /// this replica's late vectors; and computes vectors another replica left waiting for longer
 /// than [`VECTOR_WAIT`]. The server calls [`Follower::step`] every half second on a shared
 /// database; from version 0 at start-up, so a replica that starts late catches up.
-#[derive(Default)]
 pub struct Follower {
     /// The newest document version applied.
     pub seen: u64,
     /// Tenants whose knowledge has facts waiting for another replica's vectors, since when
     /// (reset whenever vectors arrive).
     waiting: HashMap<String, Instant>,
+    /// This replica's name for leases.
+    holder: String,
 }
+
+impl Default for Follower {
+    fn default() -> Self {
+        Self {
+            seen: 0,
+            waiting: HashMap::new(),
+            holder: format!(
+                "replica-{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ),
+        }
+    }
+}
+
+/// How long the replica computing a stalled tenant's vectors holds the work; while its vectors
+/// keep arriving the others do not stall, so they never take it over.
+const VECTOR_LEASE: Duration = Duration::from_secs(300);
 
 impl Follower {
     pub fn step(&mut self, engine: &Engine) -> Result<()> {
@@ -511,6 +530,7 @@ impl Follower {
     /// Starts this replica's embedder on tenants that waited longer than `wait` for another
     /// replica's vectors, and shares what it computes.
     fn embed_stalled(&mut self, engine: &Engine, wait: Duration) {
+        let holder = &self.holder;
         self.waiting.retain(|tenant_id, since| {
             let Ok(tenant) = engine.tenant(tenant_id) else {
                 return false;
@@ -522,9 +542,31 @@ impl Follower {
             if since.elapsed() < wait {
                 return true;
             }
+            // One replica takes the work (a lease in the database); the others wait again.
+            let until = closer_store::now_ms() + VECTOR_LEASE.as_millis() as i64;
+            match engine.store.claim_lease(&format!("vectors/{tenant_id}"), holder, until) {
+                Ok(true) => {}
+                Ok(false) => {
+                    *since = Instant::now();
+                    return true;
+                }
+                Err(err) => {
+                    tracing::warn!(tenant = %tenant_id, error = %err, "vector lease not taken; retrying");
+                    return true;
+                }
+            }
             tracing::info!(tenant = %tenant_id, facts = snap.pending_vectors(), "no replica shared these vectors; computing them here");
-            let ids = snap.facts().iter().filter(|f| snap.vector(&f.id).is_none()).map(|f| f.id.clone());
-            engine.unshared_vectors.lock().entry(tenant_id.clone()).or_default().extend(ids);
+            let ids = snap
+                .facts()
+                .iter()
+                .filter(|f| snap.vector(&f.id).is_none())
+                .map(|f| f.id.clone());
+            engine
+                .unshared_vectors
+                .lock()
+                .entry(tenant_id.clone())
+                .or_default()
+                .extend(ids);
             tenant.kb.embed_pending();
             false
         });

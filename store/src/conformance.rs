@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             documents_are_read_after_a_version_latest_per_name,
             documents_put_together_are_seen_all_or_none,
             each_tenants_newest_cursor_after_a_cursor,
+            a_lease_has_one_holder_until_it_expires,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -942,4 +943,27 @@ pub(crate) fn each_tenants_newest_cursor_after_a_cursor(b: &dyn Backend) {
     assert_eq!(s.tenant_cursors_after(u1).unwrap(), [("t".to_string(), t2)]);
     assert!(s.tenant_cursors_after(t2).unwrap().is_empty());
     assert!(t1 < u1 && u1 < t2);
+}
+
+pub(crate) fn a_lease_has_one_holder_until_it_expires(b: &dyn Backend) {
+    let (s, other) = (b.open(), b.open());
+    let later = now_ms() + 60_000;
+    // Many claims at once from two replicas: exactly one holder wins.
+    let won: Vec<bool> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let st = if i % 2 == 0 { &s } else { &other };
+                scope.spawn(move || st.claim_lease("vectors/t", &format!("r{i}"), later).unwrap())
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let holder = format!("r{}", won.iter().position(|w| *w).unwrap());
+    // The holder renews it; another still cannot take it.
+    assert!(s.claim_lease("vectors/t", &holder, later + 1).unwrap());
+    assert!(!other.claim_lease("vectors/t", "someone", later).unwrap());
+    // Another lease is independent; an expired one goes to the next claimant.
+    assert!(other.claim_lease("vectors/u", "someone", now_ms() - 1).unwrap());
+    assert!(s.claim_lease("vectors/u", "next", later).unwrap());
 }

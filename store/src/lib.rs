@@ -418,6 +418,10 @@ pub trait Store: WebhookStore + Send + Sync {
     fn documents_after(&self, version: u64) -> Result<Vec<Document>>;
     /// A tenant's document of that name, if any.
     fn document(&self, tenant: &str, name: &str) -> Result<Option<Document>>;
+    /// Takes the lease `name` for `holder` until `until_ms` when it is free, expired or held by
+    /// `holder` already; whether `holder` has it now. Replicas use it so one of them does a
+    /// piece of shared work.
+    fn claim_lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool>;
     /// The tenant's named consumers and their acknowledged cursors, by name.
     fn consumers(&self, tenant: &str) -> Result<Vec<(String, u64)>>;
     /// How many of the tenant's events (still in the outbox) come after `cursor`.

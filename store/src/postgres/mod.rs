@@ -601,6 +601,18 @@ impl Store for PgStore {
         self.with(newest_cursor)
     }
 
+    fn claim_lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool> {
+        self.with(|c| {
+            let changed = c.execute(
+                "INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                 WHERE leases.until_ms < $4 OR leases.holder = excluded.holder",
+                &[&name, &holder, &until_ms, &now_ms()],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+
     fn tenant_cursors_after(&self, cursor: u64) -> Result<Vec<(String, u64)>> {
         self.with(|c| {
             Ok(c.query(

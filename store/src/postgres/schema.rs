@@ -176,4 +176,14 @@ CREATE TABLE tenant_documents (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];

@@ -328,6 +328,17 @@ impl Store for SqliteStore {
         newest_cursor(&self.conn.lock())
     }
 
+    fn claim_lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool> {
+        let conn = self.conn.lock();
+        let changed = conn.execute(
+            "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+             WHERE leases.until_ms < ?4 OR leases.holder = excluded.holder",
+            params![name, holder, until_ms, now_ms()],
+        )?;
+        Ok(changed == 1)
+    }
+
     fn tenant_cursors_after(&self, cursor: u64) -> Result<Vec<(String, u64)>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(

@@ -114,6 +114,11 @@ CREATE TABLE IF NOT EXISTS tenant_documents (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant TEXT NOT NULL,
     scope TEXT NOT NULL,

@@ -246,6 +246,7 @@ fn shape(events: &[Event]) -> String {
 mod adversarial;
 mod auth;
 mod browser;
+mod crm;
 mod faults;
 mod grpc_web;
 mod hubspot;

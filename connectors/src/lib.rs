@@ -9,11 +9,13 @@
 
 pub mod budget;
 pub mod config;
+pub mod http;
 pub mod hubspot;
+pub mod lead;
 
 use std::sync::Arc;
 
-pub use hubspot::RepEmails;
+pub use lead::RepEmails;
 
 /// The connectors a configuration asks for, ready for the worker.
 pub fn build(

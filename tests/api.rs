@@ -257,6 +257,7 @@ mod knowledge;
 mod oracle;
 mod replicas;
 mod sales;
+mod salesforce;
 mod webhooks;
 
 // ---------------------------------------------------------------- real models

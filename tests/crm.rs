@@ -35,6 +35,8 @@ impl Request {
 /// What a fake does with a request.
 pub(crate) enum Reply {
     Answer(u16, Value),
+    /// An answer with extra headers.
+    With(u16, Value, Vec<(String, String)>),
     /// Close without answering.
     Drop,
     /// Hold the connection open without answering.
@@ -68,14 +70,15 @@ impl FakeServer {
                     };
                     let reply = handler(&req);
                     let status = match &reply {
-                        Reply::Answer(s, _) => *s,
+                        Reply::Answer(s, _) | Reply::With(s, _, _) => *s,
                         _ => 0,
                     };
                     log.lock()
                         .unwrap()
                         .push((req.method.clone(), req.path.clone(), status));
-                    let (status, body, headers): (u16, Value, Vec<(String, String)>) = match reply {
+                    let (status, body, headers) = match reply {
                         Reply::Answer(status, body) => (status, body, vec![]),
+                        Reply::With(status, body, headers) => (status, body, headers),
                         Reply::Drop => return drop(s),
                         Reply::Hang => {
                             return tokio::time::sleep(Duration::from_secs(120)).await;

@@ -6,12 +6,15 @@
 //!
 //! [`hubspot`]: contacts, companies and one transcript note per conversation, all upserts
 //! (replaying an event is harmless), within a request [`budget`] per account.
+//! [`salesforce`]: the Lead (or the Contact it was converted to) and one transcript Task per
+//! conversation, upserted by external ids in one composite call per event.
 
 pub mod budget;
 pub mod config;
 pub mod http;
 pub mod hubspot;
 pub mod lead;
+pub mod salesforce;
 
 use std::sync::Arc;
 
@@ -27,6 +30,13 @@ pub fn build(
     for h in &config.hubspot {
         out.push(Arc::new(hubspot::HubSpot::new(
             h.clone(),
+            store.clone(),
+            reps.clone(),
+        )?));
+    }
+    for s in &config.salesforce {
+        out.push(Arc::new(salesforce::Salesforce::new(
+            s.clone(),
             store.clone(),
             reps.clone(),
         )?));

@@ -65,7 +65,8 @@ impl Client {
                         status: Some(429),
                         excerpt: "paused: HubSpot's DAILY limit was reached".into(),
                         retry_after: Some(until - now),
-                            });
+                        dead: false,
+                    });
                 }
             }
             self.budget.take().await;
@@ -109,7 +110,8 @@ impl Client {
                         status: Some(429),
                         excerpt,
                         retry_after: Some(wait),
-                            });
+                        dead: false,
+                    });
                 }
                 if rolling < ROLLING_RETRIES {
                     rolling += 1;
@@ -129,6 +131,7 @@ impl Client {
                 status: Some(status),
                 excerpt,
                 retry_after,
+                dead: false,
             });
         }
     }

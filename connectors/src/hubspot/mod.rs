@@ -117,6 +117,7 @@ impl HubSpot {
                 status: Some(reply.status),
                 excerpt: format!("{object} upsert: no id in the answer"),
                 retry_after: None,
+                dead: false,
             })
     }
 

@@ -252,6 +252,7 @@ mod grpc_web;
 mod hubspot;
 mod injection;
 mod knowledge;
+mod marketo;
 /// The answer evaluation's claim oracle, which shares no code with the guard it checks.
 #[path = "../eval/src/oracle.rs"]
 mod oracle;

@@ -15,7 +15,9 @@
 //! the connected app's consumer key and secret, each from `client_id_env`/`client_id_file` and
 //! `client_secret_env`/`client_secret_file` (never in the file), `api_version` ("v62.0"),
 //! `pause_at_share` (0.9 of the org's daily API requests), `pause_secs` (3600) and the same
-//! timeouts. Unknown fields are refused, naming them.
+//! timeouts. Per Marketo instance: `tenant`, `base_url` (the REST endpoint, required), the
+//! API-only user's client id and secret likewise, `calls_per_20s` (100), `concurrent_calls`
+//! (10) and the same timeouts. Unknown fields are refused, naming them.
 
 use std::path::Path;
 
@@ -59,6 +61,54 @@ pub struct Connectors {
     pub hubspot: Vec<HubSpotConfig>,
     #[serde(default)]
     pub salesforce: Vec<SalesforceConfig>,
+    #[serde(default)]
+    pub marketo: Vec<MarketoConfig>,
+}
+
+/// One Marketo instance, written through a LaunchPoint API-only user's client credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketoConfig {
+    pub tenant: String,
+    /// The instance's REST endpoint (`https://<munchkin-id>.mktorest.com`): the identity
+    /// service under `/identity`, the REST API under `/rest`.
+    pub base_url: String,
+    #[serde(default)]
+    pub client_id_env: Option<String>,
+    #[serde(default)]
+    pub client_id_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Calls in any rolling 20 s (Marketo's limit: 100).
+    #[serde(default = "default_marketo_calls")]
+    pub calls_per_20s: u32,
+    /// Calls in flight at once (Marketo's limit: 10).
+    #[serde(default = "default_marketo_concurrent")]
+    pub concurrent_calls: u32,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+    #[serde(skip)]
+    pub client_id: Option<Token>,
+    #[serde(skip)]
+    pub client_secret: Option<Token>,
+}
+
+impl MarketoConfig {
+    /// The endpoint row's id and the consumer's name in `closer sync status`.
+    pub fn id(&self) -> String {
+        format!("marketo-{}", self.tenant)
+    }
+}
+
+fn default_marketo_calls() -> u32 {
+    100
+}
+fn default_marketo_concurrent() -> u32 {
+    10
 }
 
 /// One Salesforce org, written through a connected app's client-credentials flow.
@@ -165,15 +215,36 @@ pub fn load(path: &Path) -> Result<Connectors, ConfigError> {
         other => other,
     })?;
     for (i, h) in c.hubspot.iter_mut().enumerate() {
-        let at = format!("hubspot[{i}].token");
-        h.token = Some(read_secret(&at, &h.token_env, &h.token_file).map_err(fail)?);
+        let at = format!("hubspot[{i}]");
+        h.token = Some(read_secret(&at, "token", &h.token_env, &h.token_file).map_err(fail)?);
     }
     for (i, s) in c.salesforce.iter_mut().enumerate() {
-        let at = format!("salesforce[{i}].client_id");
-        s.client_id = Some(read_secret(&at, &s.client_id_env, &s.client_id_file).map_err(fail)?);
-        let at = format!("salesforce[{i}].client_secret");
-        s.client_secret =
-            Some(read_secret(&at, &s.client_secret_env, &s.client_secret_file).map_err(fail)?);
+        let at = format!("salesforce[{i}]");
+        s.client_id =
+            Some(read_secret(&at, "client_id", &s.client_id_env, &s.client_id_file).map_err(fail)?);
+        s.client_secret = Some(
+            read_secret(
+                &at,
+                "client_secret",
+                &s.client_secret_env,
+                &s.client_secret_file,
+            )
+            .map_err(fail)?,
+        );
+    }
+    for (i, m) in c.marketo.iter_mut().enumerate() {
+        let at = format!("marketo[{i}]");
+        m.client_id =
+            Some(read_secret(&at, "client_id", &m.client_id_env, &m.client_id_file).map_err(fail)?);
+        m.client_secret = Some(
+            read_secret(
+                &at,
+                "client_secret",
+                &m.client_secret_env,
+                &m.client_secret_file,
+            )
+            .map_err(fail)?,
+        );
     }
     Ok(c)
 }
@@ -192,12 +263,15 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
             }
         }
     }
-    if let Some(list) = value.get("salesforce").and_then(|v| v.as_array()) {
+    for kind in ["salesforce", "marketo"] {
+        let Some(list) = value.get(kind).and_then(|v| v.as_array()) else {
+            continue;
+        };
         for (i, s) in list.iter().enumerate() {
             for secret in ["client_id", "client_secret", "access_token", "token"] {
                 if s.get(secret).is_some() {
                     return Err(ConfigError::Invalid(format!(
-                        "salesforce[{i}].{secret}: never put credentials in this file; name \
+                        "{kind}[{i}].{secret}: never put credentials in this file; name \
                          an environment variable ({secret}_env) or a secret file ({secret}_file)"
                     )));
                 }
@@ -232,24 +306,16 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
     let mut tenants = std::collections::HashSet::new();
     for (i, s) in c.salesforce.iter().enumerate() {
         let field = |f: &str| format!("salesforce[{i}].{f}");
-        if s.tenant.is_empty() || !tenants.insert(s.tenant.clone()) {
-            return Err(ConfigError::Invalid(format!(
-                "{}: empty or named twice",
-                field("tenant")
-            )));
-        }
-        for (name, env, file) in [
-            ("client_id", &s.client_id_env, &s.client_id_file),
-            ("client_secret", &s.client_secret_env, &s.client_secret_file),
-        ] {
-            if env.is_some() == file.is_some() {
-                return Err(ConfigError::Invalid(format!(
-                    "{}: give exactly one of {name}_env and {name}_file",
-                    field(&format!("{name}_env"))
-                )));
-            }
-        }
-        base_url(&s.base_url, &field("base_url"))?;
+        check_org(
+            &field,
+            &s.tenant,
+            &mut tenants,
+            [
+                ("client_id", &s.client_id_env, &s.client_id_file),
+                ("client_secret", &s.client_secret_env, &s.client_secret_file),
+            ],
+            &s.base_url,
+        )?;
         let version = s.api_version.strip_prefix('v').unwrap_or("");
         if version.split('.').count() != 2
             || !version
@@ -274,7 +340,59 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
             )));
         }
     }
+    let mut tenants = std::collections::HashSet::new();
+    for (i, m) in c.marketo.iter().enumerate() {
+        let field = |f: &str| format!("marketo[{i}].{f}");
+        check_org(
+            &field,
+            &m.tenant,
+            &mut tenants,
+            [
+                ("client_id", &m.client_id_env, &m.client_id_file),
+                ("client_secret", &m.client_secret_env, &m.client_secret_file),
+            ],
+            &m.base_url,
+        )?;
+        if m.calls_per_20s == 0
+            || m.concurrent_calls == 0
+            || m.request_timeout_secs == 0
+            || m.attempt_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{}: calls_per_20s, concurrent_calls and the timeouts must be above 0",
+                field("calls_per_20s")
+            )));
+        }
+    }
     Ok(c)
+}
+
+/// A credential's two possible sources: (name, `<name>_env`, `<name>_file`).
+type Sources<'a> = (&'a str, &'a Option<String>, &'a Option<std::path::PathBuf>);
+
+/// An org's tenant named once in its list, exactly one source per credential, an http(s) base.
+fn check_org(
+    field: &dyn Fn(&str) -> String,
+    tenant: &str,
+    tenants: &mut std::collections::HashSet<String>,
+    credentials: [Sources<'_>; 2],
+    base: &str,
+) -> Result<(), ConfigError> {
+    if tenant.is_empty() || !tenants.insert(tenant.to_string()) {
+        return Err(ConfigError::Invalid(format!(
+            "{}: empty or named twice",
+            field("tenant")
+        )));
+    }
+    for (name, env, file) in credentials {
+        if env.is_some() == file.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "{}: give exactly one of {name}_env and {name}_file",
+                field(&format!("{name}_env"))
+            )));
+        }
+    }
+    base_url(base, &field("base_url"))
 }
 
 fn base_url(text: &str, field: &str) -> Result<(), ConfigError> {
@@ -287,12 +405,14 @@ fn base_url(text: &str, field: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A credential from its environment variable or its file (`at`: where, for errors).
+/// A credential from its environment variable or its file (`at`.`name`: where, for errors).
 fn read_secret(
     at: &str,
+    name: &str,
     env: &Option<String>,
     file: &Option<std::path::PathBuf>,
 ) -> Result<Token, String> {
+    let at = format!("{at}.{name}");
     let value = match (env, file) {
         (Some(var), _) => std::env::var(var)
             .map_err(|_| format!("{at}_env: environment variable {var} is not set"))?,
@@ -373,5 +493,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("pause_at_share"), "{e}");
+    }
+
+    #[test]
+    fn a_marketo_instance_names_where_its_credentials_are() {
+        let c = parse(
+            r#"{"marketo":[{"tenant":"a","base_url":"https://123-abc-456.mktorest.com",
+                "client_id_env":"I","client_secret_env":"S"}]}"#,
+        )
+        .unwrap();
+        let m = &c.marketo[0];
+        assert_eq!(
+            (m.id().as_str(), m.calls_per_20s, m.concurrent_calls),
+            ("marketo-a", 100, 10)
+        );
+        let e = parse(
+            r#"{"marketo":[{"tenant":"a","base_url":"https://x","client_secret":"s3cret"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("marketo[0].client_secret"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

@@ -8,12 +8,15 @@
 //! (replaying an event is harmless), within a request [`budget`] per account.
 //! [`salesforce`]: the Lead (or the Contact it was converted to) and one transcript Task per
 //! conversation, upserted by external ids in one composite call per event.
+//! [`marketo`]: the lead pushed (`createOrUpdate` by e-mail) with its CQL fields, within
+//! Marketo's call rate and concurrency.
 
 pub mod budget;
 pub mod config;
 pub mod http;
 pub mod hubspot;
 pub mod lead;
+pub mod marketo;
 pub mod salesforce;
 
 use std::sync::Arc;
@@ -40,6 +43,9 @@ pub fn build(
             store.clone(),
             reps.clone(),
         )?));
+    }
+    for m in &config.marketo {
+        out.push(Arc::new(marketo::Marketo::new(m.clone(), store.clone())?));
     }
     Ok(out)
 }

@@ -166,9 +166,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_WEBHOOKS_TIMEOUT_SECS", default_value_t = 15)]
     pub webhooks_timeout_secs: u64,
 
-    /// CRM connectors per tenant (HubSpot, Salesforce): a JSON file naming, per account or org,
-    /// the tenant, where the credentials are (environment variables or secret files, never the
-    /// credentials themselves), the base URL and the limits. See README "HubSpot", "Salesforce".
+    /// CRM connectors per tenant (HubSpot, Salesforce, Marketo): a JSON file naming, per
+    /// account, the tenant, where the credentials are (environment variables or secret files,
+    /// never the credentials themselves), the base URL and the limits. See README "HubSpot",
+    /// "Salesforce", "Marketo".
     #[arg(long, env = "CLOSER_CONNECTORS")]
     pub connectors: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! What every connector reads of a conversation: its lead as it is now, the transcript and the
 //! latest meeting (one store read per event, so a replayed old event writes the latest state),
-//! and the lead's fields as text (score reasons, qualification answers, the meeting).
+//! and the lead's fields as text (score reasons, qualification answers, the meeting, names and
+//! company filled sensibly).
 
 use std::sync::Arc;
 
@@ -77,6 +78,41 @@ pub fn domain(lead: &Lead) -> Option<String> {
         .or_else(|| lead.slots.get("domain").cloned())
         .or_else(|| lead.slots.get("company_domain").cloned())
         .filter(|d| !d.is_empty())
+}
+
+/// (first name, last name): the stated names, else the name split at its last word, else the
+/// e-mail's local part as the last name.
+pub fn names(lead: &Lead, email: &str) -> (Option<String>, String) {
+    let slot = |k: &str| {
+        lead.slots
+            .get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(last) = slot("last_name") {
+        return (slot("first_name"), last);
+    }
+    if let Some(name) = slot("name") {
+        return match name.rsplit_once(char::is_whitespace) {
+            Some((first, last)) => (Some(first.trim().to_string()), last.to_string()),
+            None => (None, name),
+        };
+    }
+    let local = email.split('@').next().unwrap_or(email);
+    (
+        None,
+        if local.is_empty() { email } else { local }.to_string(),
+    )
+}
+
+/// The stated company, else the domain, else Salesforce's "[not provided]".
+pub fn company(lead: &Lead) -> String {
+    lead.slots
+        .get("company")
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .or_else(|| domain(lead))
+        .unwrap_or_else(|| "[not provided]".into())
 }
 
 /// A message's author as a word.

@@ -8,8 +8,9 @@
 //!
 //! Connectors ([`crate::connector`]) ride on the same machinery: their endpoint rows are
 //! scanned and their deliveries scheduled, held, retried and dead-lettered alike; only the
-//! sending differs ([`Connector::deliver`] instead of the signed POST). A connector row this
-//! process has no configuration for is left alone.
+//! sending differs ([`Connector::deliver`] instead of the signed POST), and a connector's
+//! answer marked [`Answer::dead`] (no retry can change it) is dead-lettered at once. A connector
+//! row this process has no configuration for is left alone.
 //!
 //! An attempt is recorded before the request is sent (attempts + 1, and the time of the retry
 //! that stands if it fails), and its result after: a process killed mid-delivery finds the row

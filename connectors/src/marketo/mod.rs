@@ -79,12 +79,12 @@ impl Marketo {
 fn lead_fields(lead: &Lead, email: &str, meeting: Option<&str>) -> Map<String, Value> {
     let mut f = Map::new();
     f.insert("email".into(), email.into());
-    let (first, last) = crate::salesforce::names(lead, email);
+    let (first, last) = lead::names(lead, email);
     if let Some(first) = first {
         f.insert("firstName".into(), first.into());
     }
     f.insert("lastName".into(), last.into());
-    f.insert("company".into(), crate::salesforce::company(lead).into());
+    f.insert("company".into(), lead::company(lead).into());
     f.insert("closerCQL".into(), lead.score.into());
     f.insert("closerCQLReasons".into(), lead::reasons_text(lead).into());
     f.insert("closerSlots".into(), lead::slots_text(lead).into());

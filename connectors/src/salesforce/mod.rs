@@ -346,49 +346,14 @@ fn closer_fields(lead: &Lead, meeting: Option<&str>) -> Map<String, Value> {
 /// The Lead's standard fields and `closer`'s: names and company filled sensibly.
 fn lead_fields(lead: &Lead, email: &str, closer: &Map<String, Value>) -> Map<String, Value> {
     let mut f = closer.clone();
-    let (first, last) = names(lead, email);
+    let (first, last) = lead::names(lead, email);
     if let Some(first) = first {
         f.insert("FirstName".into(), first.into());
     }
     f.insert("LastName".into(), last.into());
-    f.insert("Company".into(), company(lead).into());
+    f.insert("Company".into(), lead::company(lead).into());
     f.insert("Email".into(), email.into());
     f
-}
-
-/// (first name, last name): the stated names, else the name split at its last word, else the
-/// e-mail's local part as the last name.
-pub fn names(lead: &Lead, email: &str) -> (Option<String>, String) {
-    let slot = |k: &str| {
-        lead.slots
-            .get(k)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(last) = slot("last_name") {
-        return (slot("first_name"), last);
-    }
-    if let Some(name) = slot("name") {
-        return match name.rsplit_once(char::is_whitespace) {
-            Some((first, last)) => (Some(first.trim().to_string()), last.to_string()),
-            None => (None, name),
-        };
-    }
-    let local = email.split('@').next().unwrap_or(email);
-    (
-        None,
-        if local.is_empty() { email } else { local }.to_string(),
-    )
-}
-
-/// The stated company, else the domain, else Salesforce's "[not provided]".
-pub fn company(lead: &Lead) -> String {
-    lead.slots
-        .get("company")
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .or_else(|| lead::domain(lead))
-        .unwrap_or_else(|| "[not provided]".into())
 }
 
 fn task_body(
@@ -482,20 +447,23 @@ mod tests {
     #[test]
     fn last_name_and_company_are_filled_sensibly() {
         let l = lead(&[], None);
-        assert_eq!(names(&l, "sam.lee@acme.com"), (None, "sam.lee".into()));
-        assert_eq!(company(&l), "[not provided]");
+        assert_eq!(
+            lead::names(&l, "sam.lee@acme.com"),
+            (None, "sam.lee".into())
+        );
+        assert_eq!(lead::company(&l), "[not provided]");
         let l = lead(&[("name", "Sam van Lee")], Some("acme.com"));
         assert_eq!(
-            names(&l, "x@acme.com"),
+            lead::names(&l, "x@acme.com"),
             (Some("Sam van".into()), "Lee".into())
         );
-        assert_eq!(company(&l), "acme.com");
+        assert_eq!(lead::company(&l), "acme.com");
         let l = lead(
             &[("company", "Acme Ltd"), ("last_name", "Lee")],
             Some("acme.com"),
         );
-        assert_eq!(names(&l, "x@acme.com"), (None, "Lee".into()));
-        assert_eq!(company(&l), "Acme Ltd");
+        assert_eq!(lead::names(&l, "x@acme.com"), (None, "Lee".into()));
+        assert_eq!(lead::company(&l), "Acme Ltd");
     }
 
     #[test]

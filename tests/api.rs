@@ -246,16 +246,19 @@ fn shape(events: &[Event]) -> String {
 mod adversarial;
 mod auth;
 mod browser;
+mod crm;
 mod faults;
 mod grpc_web;
 mod hubspot;
 mod injection;
 mod knowledge;
+mod marketo;
 /// The answer evaluation's claim oracle, which shares no code with the guard it checks.
 #[path = "../eval/src/oracle.rs"]
 mod oracle;
 mod replicas;
 mod sales;
+mod salesforce;
 mod webhooks;
 
 // ---------------------------------------------------------------- real models

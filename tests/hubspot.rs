@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use closer_store::{Store, WebhookStore};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::crm::{
+    channel, consumer, decode, demo, drained, models, take, transcript, FakeServer, Reply, Request,
+};
 use super::*;
 
 const TOKEN: &str = "pat-na1-test-token";
 const CONNECTOR: &str = "hubspot-applinks";
-const SEED: &str =
-    "How much does each seat cost? Are you SOC II compliant? And who would be our rep?";
 /// The owner ids the fake gives the demo tenant's reps.
 const OWNERS: [(&str, &str); 3] = [
     ("9001", "chelsea.ward@applinks.example"),
@@ -59,33 +59,16 @@ struct State {
     assoc: HashSet<(String, String, String, String)>,
     next_id: u64,
     writes: u64,
-    /// (method, path, status answered; 0 = none)
-    log: Vec<(String, String, u16)>,
     window: VecDeque<Instant>,
 }
 
 pub(crate) struct FakeHubSpot {
     pub(crate) url: String,
+    server: FakeServer,
     state: Arc<Mutex<State>>,
     pub(crate) faults: Arc<Faults>,
     /// Its own rate limit: (requests, per window); none = unlimited.
     limit: Arc<Mutex<Option<(usize, Duration)>>>,
-}
-
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    auth: String,
-    body: Vec<u8>,
-}
-
-enum Reply {
-    Answer(u16, Value),
-    /// Close without answering.
-    Drop,
-    /// Hold the connection open without answering.
-    Hang,
 }
 
 fn error(status: u16, category: &str, message: &str) -> Reply {
@@ -98,8 +81,6 @@ fn error(status: u16, category: &str, message: &str) -> Reply {
 
 impl FakeHubSpot {
     pub(crate) async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let mut st = State::default();
         for (object, names) in [
             (
@@ -125,52 +106,22 @@ impl FakeHubSpot {
             .insert(("contacts".into(), "contactinformation".into()));
         st.groups
             .insert(("companies".into(), "companyinformation".into()));
-        let fake = FakeHubSpot {
-            url,
-            state: Arc::new(Mutex::new(st)),
-            faults: Arc::default(),
-            limit: Arc::default(),
+        let (state, faults, limit): (Arc<Mutex<State>>, Arc<Faults>, Arc<Mutex<_>>) =
+            (Arc::new(Mutex::new(st)), Arc::default(), Arc::default());
+        let server = {
+            let (state, faults, limit) = (state.clone(), faults.clone(), limit.clone());
+            FakeServer::start(Arc::new(move |req: &Request| {
+                handle(&state, &faults, &limit, req)
+            }))
+            .await
         };
-        let (state, faults, limit) = (fake.state.clone(), fake.faults.clone(), fake.limit.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let (state, faults, limit) = (state.clone(), faults.clone(), limit.clone());
-                tokio::spawn(async move {
-                    let Some(req) = read(&mut s).await else {
-                        return;
-                    };
-                    let reply = handle(&state, &faults, &limit, &req);
-                    let status = match &reply {
-                        Reply::Answer(s, _) => *s,
-                        _ => 0,
-                    };
-                    state
-                        .lock()
-                        .unwrap()
-                        .log
-                        .push((req.method.clone(), req.path.clone(), status));
-                    match reply {
-                        Reply::Answer(status, body) => {
-                            let body = body.to_string();
-                            let reply = format!(
-                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
-                            let _ = s.write_all(reply.as_bytes()).await;
-                            let _ = s.shutdown().await;
-                        }
-                        Reply::Drop => drop(s),
-                        Reply::Hang => {
-                            tokio::time::sleep(Duration::from_secs(120)).await;
-                        }
-                    }
-                });
-            }
-        });
-        fake
+        FakeHubSpot {
+            url: server.url.clone(),
+            server,
+            state,
+            faults,
+            limit,
+        }
     }
 
     /// Removes a property, as a HubSpot admin can.
@@ -208,103 +159,30 @@ impl FakeHubSpot {
 
     /// Requests answered with `status` (0: none).
     pub(crate) fn answered(&self, status: u16) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .log
-            .iter()
-            .filter(|l| l.2 == status)
-            .count()
+        self.server.answered(status)
     }
 
     pub(crate) fn requests(&self) -> usize {
-        self.state.lock().unwrap().log.len()
+        self.server.requests()
     }
 
     /// Waits (20 s at most) until `done` holds; how long it took.
     pub(crate) async fn until(&self, what: &str, done: impl Fn(&FakeHubSpot) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if done(self) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out waiting for {what}: contacts {:#?} companies {:#?} notes {:#?} log {:?}",
-                self.records("contacts"),
-                self.records("companies"),
-                self.records("notes").len(),
-                self.state.lock().unwrap().log
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        super::crm::until(
+            what,
+            || done(self),
+            || {
+                format!(
+                    "contacts {:#?} companies {:#?} notes {:#?} log {:?}",
+                    self.records("contacts"),
+                    self.records("companies"),
+                    self.records("notes").len(),
+                    self.server.log()
+                )
+            },
+        )
+        .await
     }
-}
-
-async fn read(s: &mut tokio::net::TcpStream) -> Option<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
-    let len: usize = header("content-length").parse().unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let mut first = head.lines().next()?.split(' ');
-    let method = first.next()?.to_string();
-    let target = first.next()?.to_string();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    Some(Request {
-        method,
-        path: path.to_string(),
-        query: query.to_string(),
-        auth: header("authorization"),
-        body: buf[head_end..head_end + len].to_vec(),
-    })
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = vec![];
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn take(n: &AtomicU32) -> bool {
-    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
-        .is_ok()
 }
 
 /// Fields a JSON object may have and must have; 400 naming the first offender.
@@ -339,7 +217,7 @@ fn handle(
     limit: &Mutex<Option<(usize, Duration)>>,
     req: &Request,
 ) -> Reply {
-    if req.auth != format!("Bearer {TOKEN}") {
+    if req.header("authorization") != format!("Bearer {TOKEN}") {
         return error(
             401,
             "INVALID_AUTHENTICATION",
@@ -699,99 +577,6 @@ fn synced_config_with(
     cfg
 }
 
-fn models() -> Models {
-    fake_models(Arc::new(ScriptedGenerator::echo_facts()))
-}
-
-/// A channel to the server, its playbook without business hours (routing independent of the
-/// clock).
-async fn channel(url: String) -> tonic::transport::Channel {
-    let ch = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    pb::playbooks_client::PlaybooksClient::new(ch.clone())
-        .upload(pb::UploadPlaybookRequest {
-            tenant: "applinks".into(),
-            yaml: super::sales::always_open_playbook(),
-        })
-        .await
-        .unwrap();
-    ch
-}
-
-/// The demo conversation: the seed question from a target account (3 bolts, handed to its
-/// owner r-chelsea), the visitor's e-mail, then the rep joins and writes. Its id.
-async fn demo(ch: &tonic::transport::Channel, email: &str) -> String {
-    let mut client = pb::assistant_client::AssistantClient::new(ch.clone());
-    let mut token: Option<String> = None;
-    let mut id = String::new();
-    for text in [
-        SEED.to_string(),
-        format!("I'm {email}, we are a 40-person team in the UK."),
-    ] {
-        let Some(pb::converse_request::Event::Start(mut start)) =
-            start_with_id("applinks", Some("acme.com"), "").event
-        else {
-            unreachable!()
-        };
-        start.resume_token = token.clone();
-        let mut s = client
-            .send(pb::SendRequest {
-                start: Some(start),
-                event: Some(pb::send_request::Event::Message(pb::VisitorMessage {
-                    text,
-                })),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(m) = s.message().await.unwrap() {
-            match m.event {
-                Some(Event::Opened(o)) if token.is_none() => {
-                    token = Some(o.resume_token);
-                    id = o.conversation_id;
-                }
-                Some(Event::Error(e)) => panic!("turn failed: {e:?}"),
-                _ => {}
-            }
-        }
-    }
-    let mut conv = pb::conversations_client::ConversationsClient::new(ch.clone());
-    conv.take_over(pb::TakeOverRequest {
-        tenant: "applinks".into(),
-        conversation_id: id.clone(),
-        rep_id: "r-chelsea".into(),
-    })
-    .await
-    .unwrap();
-    conv.send_message(pb::RepMessageRequest {
-        tenant: "applinks".into(),
-        conversation_id: id.clone(),
-        rep_id: "r-chelsea".into(),
-        text: format!("Hi, Chelsea here: I will send {email} our price sheet & SOC 2 report."),
-    })
-    .await
-    .unwrap();
-    id
-}
-
-async fn transcript(ch: &tonic::transport::Channel, id: &str) -> Vec<String> {
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .get_transcript(pb::GetTranscriptRequest {
-            tenant: "applinks".into(),
-            conversation_id: id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages
-        .into_iter()
-        .map(|m| m.text)
-        .collect()
-}
-
 /// Whether the fake holds the conversation in full: one contact with `score` and the owner,
 /// one acme.com company associated to it, one note with every message of `texts`.
 fn holds(f: &FakeHubSpot, email: &str, conv: &str, score: &str, texts: &[String]) -> bool {
@@ -815,36 +600,6 @@ fn holds(f: &FakeHubSpot, email: &str, conv: &str, score: &str, texts: &[String]
         && f.associated("contacts", &c.id, "companies", &co.id)
         && f.associated("notes", &n.id, "contacts", &c.id)
         && texts.iter().all(|t| body.contains(t.as_str()))
-}
-
-async fn consumer(ch: &tonic::transport::Channel) -> pb::ConsumerStatus {
-    pb::events_client::EventsClient::new(ch.clone())
-        .list_consumers(pb::ListConsumersRequest {
-            tenant: "applinks".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .consumers
-        .into_iter()
-        .find(|c| c.name == CONNECTOR)
-        .expect("the connector is listed")
-}
-
-/// Waits until the connector has nothing pending and no lag.
-async fn drained(ch: &tonic::transport::Channel) -> pb::ConsumerStatus {
-    let start = Instant::now();
-    loop {
-        let c = consumer(ch).await;
-        if c.pending == 0 && c.lag == 0 {
-            return c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not drained: {c:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -873,7 +628,7 @@ async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_tra
     let c = &fake.by("contacts", "email", "sam@acme.com")[0];
     assert!(c.props["closer_cql_reasons"].contains("account"), "{c:?}");
     // The connector reads as a consumer of the outbox, caught up, nothing failed.
-    let status = drained(&ch).await;
+    let status = drained(&ch, CONNECTOR).await;
     assert_eq!(status.kind, "connector");
     assert_eq!(
         (status.dead, status.last_error.as_deref()),
@@ -918,7 +673,7 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
         holds(f, "sam@acme.com", &a, "3", &ta) && holds(f, "kim@acme.com", &b, "3", &tb)
     })
     .await;
-    drained(&ch).await;
+    drained(&ch, CONNECTOR).await;
 
     let store: Arc<dyn Store> = Arc::new(
         closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
@@ -940,7 +695,7 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
     assert!(queued >= 6, "the outbox from cursor 0: {queued}");
     fake.until("the replay's writes", |f| f.requests() > before + 10)
         .await;
-    drained(&ch).await;
+    drained(&ch, CONNECTOR).await;
     let one = |f: &FakeHubSpot, score_a: &str| {
         f.records("contacts").len() == 2
             && f.records("companies").len() == 1
@@ -964,14 +719,14 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
         .unwrap();
     fake.until("the rep's score", |f| one(f, "-1")).await;
     replay(store).await;
-    drained(&ch).await;
+    drained(&ch, CONNECTOR).await;
     assert!(one(&fake, "-1"));
     let c = &fake.by("contacts", "email", "sam@acme.com")[0];
     assert!(
         c.props["closer_cql_reasons"].contains("student project"),
         "{c:?}"
     );
-    let status = consumer(&ch).await;
+    let status = consumer(&ch, CONNECTOR).await;
     assert_eq!(status.dead, 0, "{status:?}");
     fake
 }
@@ -1048,7 +803,7 @@ async fn hubspot_sync_cut_by_kill_9_completes_after_restart_without_duplicates()
         holds(f, "sam@acme.com", &a, "3", &ta) && holds(f, "kim@acme.com", &b, "3", &tb)
     })
     .await;
-    let status = drained(&ch).await;
+    let status = drained(&ch, CONNECTOR).await;
     assert_eq!(
         (
             fake.records("contacts").len(),
@@ -1085,7 +840,7 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
         "the fault and the fake's own limit"
     );
     // The 429s were waited out inside the attempts: every event took one attempt.
-    let status = drained(&ch).await;
+    let status = drained(&ch, CONNECTOR).await;
     assert_eq!((status.dead, status.last_error), (0, None));
     let store =
         closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
@@ -1113,7 +868,7 @@ async fn hubspot_wrong_token_is_dead_lettered_and_shown_in_sync_status() {
     demo(&ch, "sam@acme.com").await;
     let start = Instant::now();
     let status = loop {
-        let c = consumer(&ch).await;
+        let c = consumer(&ch, CONNECTOR).await;
         if c.dead > 0 && c.pending == 0 {
             break c;
         }
@@ -1154,7 +909,7 @@ async fn hubspot_daily_429_pauses_the_account_and_shows_in_sync_status() {
     demo(&ch, "sam@acme.com").await;
     let start = Instant::now();
     let status = loop {
-        let c = consumer(&ch).await;
+        let c = consumer(&ch, CONNECTOR).await;
         if c.last_error.is_some() {
             break c;
         }
@@ -1180,7 +935,7 @@ async fn hubspot_daily_429_pauses_the_account_and_shows_in_sync_status() {
     // and the events wait (pending), neither written nor dead-lettered.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(fake.requests(), 1, "paused after the DAILY answer");
-    let status = consumer(&ch).await;
+    let status = consumer(&ch, CONNECTOR).await;
     assert!(status.pending > 0 && status.dead == 0, "{status:?}");
     assert!(fake.records("contacts").is_empty());
 }
@@ -1223,7 +978,7 @@ async fn hubspot_property_removed_in_hubspot_is_made_again() {
         fake.answered(400) >= 1,
         "the write naming the removed property was refused"
     );
-    let status = drained(&ch).await;
+    let status = drained(&ch, CONNECTOR).await;
     assert_eq!(status.dead, 0, "{status:?}");
 }
 
@@ -1256,7 +1011,7 @@ async fn hubspot_two_replicas_on_postgresql_write_each_event_once() {
         convs.iter().all(|(e, id, t)| holds(f, e, id, "3", t))
     })
     .await;
-    drained(&cha).await;
+    drained(&cha, CONNECTOR).await;
     assert_eq!(
         (
             fake.records("contacts").len(),

@@ -2,14 +2,22 @@
 //!
 //! ```json
 //! {"hubspot": [{"tenant": "applinks", "token_env": "HUBSPOT_TOKEN",
-//!               "requests_per_10s": 100}]}
+//!               "requests_per_10s": 100}],
+//!  "salesforce": [{"tenant": "applinks", "base_url": "https://acme.my.salesforce.com",
+//!                  "client_id_env": "SF_CLIENT_ID", "client_secret_env": "SF_CLIENT_SECRET"}]}
 //! ```
 //!
 //! Per HubSpot account: `tenant`, the private app's token from `token_env` (an environment
 //! variable's name) or `token_file` (a file holding only the token) — never the token itself,
 //! which is refused —, `base_url` (HubSpot's public API by default), `requests_per_10s`
 //! (100), `request_timeout_secs` (15) and `attempt_timeout_secs` (60: one event's writes, 429
-//! waits included). Unknown fields are refused, naming them.
+//! waits included). Per Salesforce org: `tenant`, `base_url` (the org's My Domain, required),
+//! the connected app's consumer key and secret, each from `client_id_env`/`client_id_file` and
+//! `client_secret_env`/`client_secret_file` (never in the file), `api_version` ("v62.0"),
+//! `pause_at_share` (0.9 of the org's daily API requests), `pause_secs` (3600) and the same
+//! timeouts. Per Marketo instance: `tenant`, `base_url` (the REST endpoint, required), the
+//! API-only user's client id and secret likewise, `calls_per_20s` (100), `concurrent_calls`
+//! (10) and the same timeouts. Unknown fields are refused, naming them.
 
 use std::path::Path;
 
@@ -31,6 +39,10 @@ pub enum ConfigError {
 pub struct Token(String);
 
 impl Token {
+    pub fn new(value: &str) -> Self {
+        Token(value.to_string())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -47,6 +59,107 @@ impl std::fmt::Debug for Token {
 pub struct Connectors {
     #[serde(default)]
     pub hubspot: Vec<HubSpotConfig>,
+    #[serde(default)]
+    pub salesforce: Vec<SalesforceConfig>,
+    #[serde(default)]
+    pub marketo: Vec<MarketoConfig>,
+}
+
+/// One Marketo instance, written through a LaunchPoint API-only user's client credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketoConfig {
+    pub tenant: String,
+    /// The instance's REST endpoint (`https://<munchkin-id>.mktorest.com`): the identity
+    /// service under `/identity`, the REST API under `/rest`.
+    pub base_url: String,
+    #[serde(default)]
+    pub client_id_env: Option<String>,
+    #[serde(default)]
+    pub client_id_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Calls in any rolling 20 s (Marketo's limit: 100).
+    #[serde(default = "default_marketo_calls")]
+    pub calls_per_20s: u32,
+    /// Calls in flight at once (Marketo's limit: 10).
+    #[serde(default = "default_marketo_concurrent")]
+    pub concurrent_calls: u32,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+    #[serde(skip)]
+    pub client_id: Option<Token>,
+    #[serde(skip)]
+    pub client_secret: Option<Token>,
+}
+
+impl MarketoConfig {
+    /// The endpoint row's id and the consumer's name in `closer sync status`.
+    pub fn id(&self) -> String {
+        format!("marketo-{}", self.tenant)
+    }
+}
+
+fn default_marketo_calls() -> u32 {
+    100
+}
+fn default_marketo_concurrent() -> u32 {
+    10
+}
+
+/// One Salesforce org, written through a connected app's client-credentials flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceConfig {
+    pub tenant: String,
+    /// The org's My Domain (`https://<name>.my.salesforce.com`): token and data calls.
+    pub base_url: String,
+    #[serde(default)]
+    pub client_id_env: Option<String>,
+    #[serde(default)]
+    pub client_id_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// The share of the org's daily API requests (`Sforce-Limit-Info`) at which writes pause.
+    #[serde(default = "default_pause_share")]
+    pub pause_at_share: f64,
+    /// How long writes pause once the share is reached.
+    #[serde(default = "default_pause_secs")]
+    pub pause_secs: u64,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+    /// Read by [`load`].
+    #[serde(skip)]
+    pub client_id: Option<Token>,
+    #[serde(skip)]
+    pub client_secret: Option<Token>,
+}
+
+impl SalesforceConfig {
+    /// The endpoint row's id and the consumer's name in `closer sync status`.
+    pub fn id(&self) -> String {
+        format!("salesforce-{}", self.tenant)
+    }
+}
+
+fn default_api_version() -> String {
+    "v62.0".into()
+}
+fn default_pause_share() -> f64 {
+    0.9
+}
+fn default_pause_secs() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,7 +215,36 @@ pub fn load(path: &Path) -> Result<Connectors, ConfigError> {
         other => other,
     })?;
     for (i, h) in c.hubspot.iter_mut().enumerate() {
-        h.token = Some(read_token(i, h).map_err(fail)?);
+        let at = format!("hubspot[{i}]");
+        h.token = Some(read_secret(&at, "token", &h.token_env, &h.token_file).map_err(fail)?);
+    }
+    for (i, s) in c.salesforce.iter_mut().enumerate() {
+        let at = format!("salesforce[{i}]");
+        s.client_id =
+            Some(read_secret(&at, "client_id", &s.client_id_env, &s.client_id_file).map_err(fail)?);
+        s.client_secret = Some(
+            read_secret(
+                &at,
+                "client_secret",
+                &s.client_secret_env,
+                &s.client_secret_file,
+            )
+            .map_err(fail)?,
+        );
+    }
+    for (i, m) in c.marketo.iter_mut().enumerate() {
+        let at = format!("marketo[{i}]");
+        m.client_id =
+            Some(read_secret(&at, "client_id", &m.client_id_env, &m.client_id_file).map_err(fail)?);
+        m.client_secret = Some(
+            read_secret(
+                &at,
+                "client_secret",
+                &m.client_secret_env,
+                &m.client_secret_file,
+            )
+            .map_err(fail)?,
+        );
     }
     Ok(c)
 }
@@ -118,6 +260,21 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
                     "hubspot[{i}].token: never put the token in this file; name an environment \
                      variable (token_env) or a secret file (token_file)"
                 )));
+            }
+        }
+    }
+    for kind in ["salesforce", "marketo"] {
+        let Some(list) = value.get(kind).and_then(|v| v.as_array()) else {
+            continue;
+        };
+        for (i, s) in list.iter().enumerate() {
+            for secret in ["client_id", "client_secret", "access_token", "token"] {
+                if s.get(secret).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{kind}[{i}].{secret}: never put credentials in this file; name \
+                         an environment variable ({secret}_env) or a secret file ({secret}_file)"
+                    )));
+                }
             }
         }
     }
@@ -138,14 +295,7 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
                 field("token_env")
             )));
         }
-        let url = url::Url::parse(&h.base_url)
-            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", field("base_url"))))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(ConfigError::Invalid(format!(
-                "{}: http(s) URL expected",
-                field("base_url")
-            )));
-        }
+        base_url(&h.base_url, &field("base_url"))?;
         if h.requests_per_10s == 0 || h.request_timeout_secs == 0 || h.attempt_timeout_secs == 0 {
             return Err(ConfigError::Invalid(format!(
                 "{}: requests_per_10s, request_timeout_secs and attempt_timeout_secs must be above 0",
@@ -153,23 +303,128 @@ pub fn parse(text: &str) -> Result<Connectors, ConfigError> {
             )));
         }
     }
+    let mut tenants = std::collections::HashSet::new();
+    for (i, s) in c.salesforce.iter().enumerate() {
+        let field = |f: &str| format!("salesforce[{i}].{f}");
+        check_org(
+            &field,
+            &s.tenant,
+            &mut tenants,
+            [
+                ("client_id", &s.client_id_env, &s.client_id_file),
+                ("client_secret", &s.client_secret_env, &s.client_secret_file),
+            ],
+            &s.base_url,
+        )?;
+        let version = s.api_version.strip_prefix('v').unwrap_or("");
+        if version.split('.').count() != 2
+            || !version
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{}: like \"v62.0\"",
+                field("api_version")
+            )));
+        }
+        if !(s.pause_at_share > 0.0 && s.pause_at_share <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: a share above 0 and at most 1",
+                field("pause_at_share")
+            )));
+        }
+        if s.request_timeout_secs == 0 || s.attempt_timeout_secs == 0 || s.pause_secs == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{}: request_timeout_secs, attempt_timeout_secs and pause_secs must be above 0",
+                field("request_timeout_secs")
+            )));
+        }
+    }
+    let mut tenants = std::collections::HashSet::new();
+    for (i, m) in c.marketo.iter().enumerate() {
+        let field = |f: &str| format!("marketo[{i}].{f}");
+        check_org(
+            &field,
+            &m.tenant,
+            &mut tenants,
+            [
+                ("client_id", &m.client_id_env, &m.client_id_file),
+                ("client_secret", &m.client_secret_env, &m.client_secret_file),
+            ],
+            &m.base_url,
+        )?;
+        if m.calls_per_20s == 0
+            || m.concurrent_calls == 0
+            || m.request_timeout_secs == 0
+            || m.attempt_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{}: calls_per_20s, concurrent_calls and the timeouts must be above 0",
+                field("calls_per_20s")
+            )));
+        }
+    }
     Ok(c)
 }
 
-fn read_token(i: usize, h: &HubSpotConfig) -> Result<Token, String> {
-    let token = match (&h.token_env, &h.token_file) {
-        (Some(var), _) => std::env::var(var).map_err(|_| {
-            format!("hubspot[{i}].token_env: environment variable {var} is not set")
-        })?,
+/// A credential's two possible sources: (name, `<name>_env`, `<name>_file`).
+type Sources<'a> = (&'a str, &'a Option<String>, &'a Option<std::path::PathBuf>);
+
+/// An org's tenant named once in its list, exactly one source per credential, an http(s) base.
+fn check_org(
+    field: &dyn Fn(&str) -> String,
+    tenant: &str,
+    tenants: &mut std::collections::HashSet<String>,
+    credentials: [Sources<'_>; 2],
+    base: &str,
+) -> Result<(), ConfigError> {
+    if tenant.is_empty() || !tenants.insert(tenant.to_string()) {
+        return Err(ConfigError::Invalid(format!(
+            "{}: empty or named twice",
+            field("tenant")
+        )));
+    }
+    for (name, env, file) in credentials {
+        if env.is_some() == file.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "{}: give exactly one of {name}_env and {name}_file",
+                field(&format!("{name}_env"))
+            )));
+        }
+    }
+    base_url(base, &field("base_url"))
+}
+
+fn base_url(text: &str, field: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(text).map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(ConfigError::Invalid(format!(
+            "{field}: http(s) URL expected"
+        )));
+    }
+    Ok(())
+}
+
+/// A credential from its environment variable or its file (`at`.`name`: where, for errors).
+fn read_secret(
+    at: &str,
+    name: &str,
+    env: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Token, String> {
+    let at = format!("{at}.{name}");
+    let value = match (env, file) {
+        (Some(var), _) => std::env::var(var)
+            .map_err(|_| format!("{at}_env: environment variable {var} is not set"))?,
         (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| format!("hubspot[{i}].token_file {}: {e}", file.display()))?,
+            .map_err(|e| format!("{at}_file {}: {e}", file.display()))?,
         (None, None) => unreachable!("checked by parse"),
     };
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        return Err(format!("hubspot[{i}]: the token is empty"));
+    let value = value.trim().to_string();
+    if value.is_empty() {
+        return Err(format!("{at}: empty"));
     }
-    Ok(Token(token))
+    Ok(Token(value))
 }
 
 #[cfg(test)]
@@ -207,5 +462,56 @@ mod tests {
         let t = c.hubspot[0].token.as_ref().unwrap();
         assert_eq!(t.expose(), "pat-na1-xyz");
         assert!(!format!("{c:?}").contains("pat-na1"));
+    }
+
+    #[test]
+    fn a_salesforce_org_names_where_its_credentials_are() {
+        let c = parse(
+            r#"{"salesforce":[{"tenant":"a","base_url":"https://a.my.salesforce.com",
+                "client_id_env":"I","client_secret_file":"/run/secret"}]}"#,
+        )
+        .unwrap();
+        let s = &c.salesforce[0];
+        assert_eq!(
+            (s.id().as_str(), s.api_version.as_str()),
+            ("salesforce-a", "v62.0")
+        );
+        assert_eq!((s.pause_at_share, s.pause_secs), (0.9, 3600));
+        let e = parse(
+            r#"{"salesforce":[{"tenant":"a","base_url":"https://x","client_secret":"s3cret"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("salesforce[0].client_secret"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e =
+            parse(r#"{"salesforce":[{"tenant":"a","base_url":"https://x","client_id_env":"I"}]}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("client_secret_env"), "{e}");
+        let e = parse(
+            r#"{"salesforce":[{"tenant":"a","base_url":"https://x","client_id_env":"I",
+                "client_secret_env":"S","pause_at_share":1.5}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pause_at_share"), "{e}");
+    }
+
+    #[test]
+    fn a_marketo_instance_names_where_its_credentials_are() {
+        let c = parse(
+            r#"{"marketo":[{"tenant":"a","base_url":"https://123-abc-456.mktorest.com",
+                "client_id_env":"I","client_secret_env":"S"}]}"#,
+        )
+        .unwrap();
+        let m = &c.marketo[0];
+        assert_eq!(
+            (m.id().as_str(), m.calls_per_20s, m.concurrent_calls),
+            ("marketo-a", 100, 10)
+        );
+        let e = parse(
+            r#"{"marketo":[{"tenant":"a","base_url":"https://x","client_secret":"s3cret"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("marketo[0].client_secret"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

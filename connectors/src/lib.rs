@@ -6,14 +6,22 @@
 //!
 //! [`hubspot`]: contacts, companies and one transcript note per conversation, all upserts
 //! (replaying an event is harmless), within a request [`budget`] per account.
+//! [`salesforce`]: the Lead (or the Contact it was converted to) and one transcript Task per
+//! conversation, upserted by external ids in one composite call per event.
+//! [`marketo`]: the lead pushed (`createOrUpdate` by e-mail) with its CQL fields, within
+//! Marketo's call rate and concurrency.
 
 pub mod budget;
 pub mod config;
+pub mod http;
 pub mod hubspot;
+pub mod lead;
+pub mod marketo;
+pub mod salesforce;
 
 use std::sync::Arc;
 
-pub use hubspot::RepEmails;
+pub use lead::RepEmails;
 
 /// The connectors a configuration asks for, ready for the worker.
 pub fn build(
@@ -28,6 +36,16 @@ pub fn build(
             store.clone(),
             reps.clone(),
         )?));
+    }
+    for s in &config.salesforce {
+        out.push(Arc::new(salesforce::Salesforce::new(
+            s.clone(),
+            store.clone(),
+            reps.clone(),
+        )?));
+    }
+    for m in &config.marketo {
+        out.push(Arc::new(marketo::Marketo::new(m.clone(), store.clone())?));
     }
     Ok(out)
 }

@@ -166,9 +166,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_WEBHOOKS_TIMEOUT_SECS", default_value_t = 15)]
     pub webhooks_timeout_secs: u64,
 
-    /// CRM connectors per tenant (HubSpot): a JSON file naming, per account, the tenant, where
-    /// the token is (an environment variable or a secret file, never the token itself), the
-    /// base URL and the request budget. See README "HubSpot".
+    /// CRM connectors per tenant (HubSpot, Salesforce, Marketo): a JSON file naming, per
+    /// account, the tenant, where the credentials are (environment variables or secret files,
+    /// never the credentials themselves), the base URL and the limits. See README "HubSpot",
+    /// "Salesforce", "Marketo".
     #[arg(long, env = "CLOSER_CONNECTORS")]
     pub connectors: Option<PathBuf>,
 }

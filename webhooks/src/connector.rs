@@ -19,12 +19,14 @@ pub fn is_connector(e: &WebhookEndpoint) -> bool {
 }
 
 /// What one attempt came to: the remote answer's HTTP status (none: no answer), the start of
-/// its body or the error, and how long the remote asked us to wait (`Retry-After`).
+/// its body or the error, how long the remote asked us to wait (`Retry-After`), and whether no
+/// retry can help (`dead`: the event is dead-lettered now instead of tried on the schedule).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Answer {
     pub status: Option<u16>,
     pub excerpt: String,
     pub retry_after: Option<Duration>,
+    pub dead: bool,
 }
 
 impl Answer {
@@ -33,6 +35,7 @@ impl Answer {
             status: Some(200),
             excerpt: excerpt.into(),
             retry_after: None,
+            dead: false,
         }
     }
 
@@ -42,6 +45,7 @@ impl Answer {
             status: None,
             excerpt: excerpt.into(),
             retry_after: None,
+            dead: false,
         }
     }
 }

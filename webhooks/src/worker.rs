@@ -8,8 +8,9 @@
 //!
 //! Connectors ([`crate::connector`]) ride on the same machinery: their endpoint rows are
 //! scanned and their deliveries scheduled, held, retried and dead-lettered alike; only the
-//! sending differs ([`Connector::deliver`] instead of the signed POST). A connector row this
-//! process has no configuration for is left alone.
+//! sending differs ([`Connector::deliver`] instead of the signed POST), and a connector's
+//! answer marked [`Answer::dead`] (no retry can change it) is dead-lettered at once. A connector
+//! row this process has no configuration for is left alone.
 //!
 //! An attempt is recorded before the request is sent (attempts + 1, and the time of the retry
 //! that stands if it fails), and its result after: a process killed mid-delivery finds the row
@@ -126,7 +127,9 @@ async fn register(shared: &Arc<Shared>) {
         };
         let s = shared.clone();
         match blocking(move || s.store.create_endpoint(&row)).await {
-            Ok(_) => tracing::info!(connector = %c.id(), tenant = %c.tenant(), "connector registered"),
+            Ok(_) => {
+                tracing::info!(connector = %c.id(), tenant = %c.tenant(), "connector registered")
+            }
             Err(crate::Error::Store(closer_store::Error::Conflict(_))) => {}
             Err(e) => tracing::error!(connector = %c.id(), error = %e, "connector not registered"),
         }
@@ -318,6 +321,8 @@ async fn deliver(
         (DeliveryStatus::Delivered, retry_at, Outcome::Delivered)
     } else if gone {
         (DeliveryStatus::Pending, retry_at, Outcome::Gone)
+    } else if answer.dead && connector.is_some() {
+        (DeliveryStatus::Dead, now_ms(), Outcome::Dead)
     } else if let Some(wait) = retry_in {
         let wait = answer.retry_after.map_or(wait, |r| r.max(wait));
         (
@@ -353,11 +358,7 @@ async fn deliver(
 /// The signed POST; the URL is checked again first (an IP literal here, a name by the
 /// client's resolver).
 async fn send(shared: &Shared, ep: &WebhookEndpoint, d: &Delivery, now: i64) -> Answer {
-    let fail = |excerpt: String| Answer {
-        status: None,
-        excerpt,
-        retry_after: None,
-    };
+    let fail = |excerpt: String| Answer::none(excerpt);
     let url = match target::check_form(&ep.url, shared.config.allow_loopback) {
         Ok(u) => u,
         Err(e) => return fail(format!("refused: {e}")),
@@ -403,6 +404,7 @@ async fn send(shared: &Shared, ep: &WebhookEndpoint, d: &Delivery, now: i64) -> 
         status: Some(status),
         excerpt: String::from_utf8_lossy(&body).into_owned(),
         retry_after,
+        dead: false,
     }
 }
 

@@ -12,9 +12,8 @@ use serde_json::Value;
 
 use crate::budget::Budget;
 use crate::config::{HubSpotConfig, Token};
+use crate::http::{self, chain};
 
-/// Bytes of an error answer kept as the delivery's last answer.
-const EXCERPT_BYTES: usize = 1024;
 /// Rolling-limit 429s waited out within one request before the attempt fails.
 const ROLLING_RETRIES: u32 = 5;
 /// The longest wait for a rolling limit within an attempt.
@@ -38,15 +37,7 @@ pub struct Reply {
 impl Client {
     pub fn new(c: &HubSpotConfig) -> Result<Self, String> {
         let token = c.token.clone().ok_or("no token read")?;
-        let timeout = Duration::from_secs(c.request_timeout_secs);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("closer-connectors/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HubSpot client: {e}"))?;
+        let http = http::client(Duration::from_secs(c.request_timeout_secs), "HubSpot")?;
         Ok(Client {
             http,
             base: c.base_url.trim_end_matches('/').to_string(),
@@ -74,6 +65,7 @@ impl Client {
                         status: Some(429),
                         excerpt: "paused: HubSpot's DAILY limit was reached".into(),
                         retry_after: Some(until - now),
+                        dead: false,
                     });
                 }
             }
@@ -95,11 +87,7 @@ impl Client {
                 Err(e) => return Err(Answer::none(format!("{what}: {}", chain(&e)))),
             };
             let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| closer_webhooks::schedule::retry_after(v, closer_store::now_ms()));
+            let retry_after = http::retry_after(&resp);
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => return Err(Answer::none(format!("{what}: answer cut: {}", chain(&e)))),
@@ -108,17 +96,7 @@ impl Client {
             if (200..300).contains(&status) || status == 409 {
                 return Ok(Reply { status, body: json });
             }
-            let excerpt = {
-                let mut text = format!("{what}: {}", String::from_utf8_lossy(&bytes));
-                if text.len() > EXCERPT_BYTES {
-                    let mut cut = EXCERPT_BYTES;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                }
-                text
-            };
+            let excerpt = http::excerpt(&what, &bytes);
             if status == 429 {
                 let policy = json["policyName"].as_str().unwrap_or("");
                 if policy == "DAILY" {
@@ -132,6 +110,7 @@ impl Client {
                         status: Some(429),
                         excerpt,
                         retry_after: Some(wait),
+                        dead: false,
                     });
                 }
                 if rolling < ROLLING_RETRIES {
@@ -152,6 +131,7 @@ impl Client {
                 status: Some(status),
                 excerpt,
                 retry_after,
+                dead: false,
             });
         }
     }
@@ -162,14 +142,4 @@ fn until_utc_midnight() -> Duration {
     let now = closer_store::now_ms().max(0) as u64;
     let day = 86_400_000;
     Duration::from_millis(day - now % day + 60_000)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
 }

@@ -29,10 +29,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::config::{ConfigError, HubSpotConfig};
+use crate::lead::{self, RepEmails};
 use client::Client;
-
-/// A rep's e-mail from a tenant's directory: `(tenant, rep_id) → e-mail`.
-pub type RepEmails = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
 
 /// HubSpot's limit on a note's body; a longer transcript keeps its end.
 const NOTE_MAX_CHARS: usize = 65_000;
@@ -47,13 +45,6 @@ pub struct HubSpot {
     owners: Mutex<HashMap<String, Option<String>>>,
     /// The `closer_*` properties exist.
     ready: AtomicBool,
-}
-
-/// What the store holds for one conversation.
-struct Snapshot {
-    lead: Lead,
-    transcript: Vec<Message>,
-    meeting: Option<String>,
 }
 
 impl HubSpot {
@@ -72,31 +63,6 @@ impl HubSpot {
             owners: Mutex::default(),
             ready: AtomicBool::new(false),
         })
-    }
-
-    async fn read(&self, conversation: &str) -> Result<Option<Snapshot>, Answer> {
-        let (store, tenant, conv) = (
-            self.store.clone(),
-            self.config.tenant.clone(),
-            conversation.to_string(),
-        );
-        tokio::task::spawn_blocking(move || -> closer_store::Result<Option<Snapshot>> {
-            let Some(lead) = store.lead(&tenant, &conv)? else {
-                return Ok(None);
-            };
-            let transcript = store.transcript(&tenant, &conv)?;
-            let meeting = store
-                .latest_event(&tenant, &conv, &["meeting_booked", "meeting_proposed"])?
-                .map(|e| meeting_text(&e.event.kind, &e.event.payload));
-            Ok(Some(Snapshot {
-                lead,
-                transcript,
-                meeting,
-            }))
-        })
-        .await
-        .map_err(|e| Answer::none(format!("store task: {e}")))?
-        .map_err(|e| Answer::none(format!("reading the lead: {e}")))
     }
 
     async fn owner(&self, email: &str) -> Result<Option<String>, Answer> {
@@ -151,6 +117,7 @@ impl HubSpot {
                 status: Some(reply.status),
                 excerpt: format!("{object} upsert: no id in the answer"),
                 retry_after: None,
+                dead: false,
             })
     }
 
@@ -173,7 +140,7 @@ impl HubSpot {
         let Some(conv) = d.conversation_id.as_deref() else {
             return Ok("no conversation: nothing to write".into());
         };
-        let Some(snap) = self.read(conv).await? else {
+        let Some(snap) = lead::read(&self.store, &self.config.tenant, conv).await? else {
             return Ok("no lead: nothing to write".into());
         };
         let lead = &snap.lead;
@@ -199,11 +166,7 @@ impl HubSpot {
         }
         let contact_id = self.upsert("contacts", "email", &email, contact).await?;
         let mut wrote = format!("contact {contact_id}");
-        let domain = lead
-            .domain
-            .clone()
-            .or_else(|| lead.slots.get("domain").cloned());
-        if let Some(domain) = domain.filter(|d| !d.is_empty()) {
+        if let Some(domain) = lead::domain(lead) {
             let mut company = Map::new();
             company.insert("closer_domain".into(), domain.clone().into());
             company.insert("domain".into(), domain.clone().into());
@@ -279,60 +242,14 @@ fn contact_properties(lead: &Lead, email: &str, meeting: Option<&str>) -> Map<St
     let mut p = Map::new();
     p.insert("email".into(), email.into());
     p.insert("closer_cql".into(), lead.score.to_string().into());
-    let mut reasons: Vec<String> = lead
-        .reasons
-        .iter()
-        .map(|r| format!("{} ({:+}): {}", r.rule, r.points, r.detail))
-        .collect();
-    if let Some(m) = &lead.manual {
-        reasons.insert(
-            0,
-            format!("manual ({}) by {}: {}", m.score, m.rep_id, m.note),
-        );
-    }
-    p.insert("closer_cql_reasons".into(), reasons.join("\n").into());
-    let slots: Vec<String> = lead
-        .slots
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    p.insert("closer_slots".into(), slots.join("\n").into());
+    p.insert("closer_cql_reasons".into(), lead::reasons_text(lead).into());
+    p.insert("closer_slots".into(), lead::slots_text(lead).into());
     p.insert("closer_meeting_slot".into(), meeting.unwrap_or("").into());
     p.insert(
         "closer_conversation_id".into(),
         lead.conversation_id.clone().into(),
     );
     p
-}
-
-/// "booked: <label> (<start>)" or "proposed: <labels>".
-fn meeting_text(kind: &str, payload: &Value) -> String {
-    if kind == "meeting_booked" {
-        let start = payload["start"]
-            .as_i64()
-            .and_then(|s| jiff::Timestamp::from_second(s).ok())
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        return format!(
-            "booked: {} ({start}) with {}",
-            payload["label"].as_str().unwrap_or(""),
-            payload["rep_id"].as_str().unwrap_or("")
-        );
-    }
-    let labels: Vec<String> = payload["slots"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .map(|x| {
-                    x["label"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    format!("proposed: {}", labels.join("; "))
 }
 
 /// The transcript as a note: one paragraph per message, author first, HTML-escaped.
@@ -342,22 +259,10 @@ pub fn note_body(conversation: &str, transcript: &[Message]) -> String {
         escape(conversation)
     )];
     for m in transcript {
-        let author = match m.author {
-            closer_store::Author::Visitor => "Visitor",
-            closer_store::Author::Bot => "Bot",
-            closer_store::Author::Rep => "Rep",
-        };
+        let author = lead::author(&m.author);
         lines.push(format!("<p><b>{author}:</b> {}</p>", escape(&m.text)));
     }
-    let mut body = lines.join("\n");
-    if body.chars().count() > NOTE_MAX_CHARS {
-        let skip = body.chars().count() - NOTE_MAX_CHARS;
-        body = format!(
-            "<p>(start cut)</p>{}",
-            body.chars().skip(skip).collect::<String>()
-        );
-    }
-    body
+    lead::keep_end(lines.join("\n"), NOTE_MAX_CHARS, "<p>(start cut)</p>")
 }
 
 /// `&`, `<` and `>` escaped (quotes need none in element text).

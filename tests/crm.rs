@@ -141,7 +141,7 @@ pub(crate) async fn until(
 }
 
 /// One HTTP/1.1 request read from the connection (head, then `content-length` bytes).
-async fn read(s: &mut tokio::net::TcpStream) -> Option<Request> {
+pub(crate) async fn read(s: &mut tokio::net::TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

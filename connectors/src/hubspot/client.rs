@@ -79,13 +79,7 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(serde_json::to_vec(b).unwrap_or_default());
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if e.is_timeout() => {
-                    return Err(Answer::none(format!("{what}: no answer in time")))
-                }
-                Err(e) => return Err(Answer::none(format!("{what}: {}", chain(&e)))),
-            };
+            let resp = http::send(req, &what).await?;
             let status = resp.status().as_u16();
             let retry_after = http::retry_after(&resp);
             let bytes = match resp.bytes().await {

@@ -218,21 +218,15 @@ impl Connector for HubSpot {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a> {
         Box::pin(async move {
-            match tokio::time::timeout(self.hold(), self.sync(d)).await {
-                Ok(Ok(wrote)) => Answer::ok(wrote),
-                Ok(Err(answer)) => {
-                    // A property removed in HubSpot since: make them again on the next attempt.
-                    if answer.excerpt.contains("PROPERTY_DOESNT_EXIST") {
-                        self.ready.store(false, Ordering::SeqCst);
-                    }
-                    tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, "HubSpot write failed");
-                    answer
+            let answer = crate::http::within(self.config.attempt_timeout_secs, self.sync(d)).await;
+            if answer.status != Some(200) {
+                // A property removed in HubSpot since: make them again on the next attempt.
+                if answer.excerpt.contains("PROPERTY_DOESNT_EXIST") {
+                    self.ready.store(false, Ordering::SeqCst);
                 }
-                Err(_) => Answer::none(format!(
-                    "the writes took longer than {} s",
-                    self.config.attempt_timeout_secs
-                )),
+                tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, "HubSpot write failed");
             }
+            answer
         })
     }
 }

@@ -50,11 +50,7 @@ impl Client {
                 return Ok(t.clone());
             }
         }
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", self.client_id.expose())
-            .append_pair("client_secret", self.client_secret.expose())
-            .finish();
+        let query = http::client_credentials(self.client_id.expose(), self.client_secret.expose());
         let what = "GET /identity/oauth/token";
         self.budget.take().await;
         // The secret is in the URL: errors are shown without it.

@@ -115,14 +115,7 @@ impl Connector for Marketo {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a> {
         Box::pin(async move {
-            match tokio::time::timeout(self.hold(), self.sync(d)).await {
-                Ok(Ok(wrote)) => Answer::ok(wrote),
-                Ok(Err(answer)) => answer,
-                Err(_) => Answer::none(format!(
-                    "the writes took longer than {} s",
-                    self.config.attempt_timeout_secs
-                )),
-            }
+            crate::http::within(self.config.attempt_timeout_secs, self.sync(d)).await
         })
     }
 }

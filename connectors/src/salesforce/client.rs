@@ -62,11 +62,7 @@ impl Client {
                 return Ok(t.clone());
             }
         }
-        let form: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", self.client_id.expose())
-            .append_pair("client_secret", self.client_secret.expose())
-            .finish();
+        let form = http::client_credentials(self.client_id.expose(), self.client_secret.expose());
         let what = "POST /services/oauth2/token";
         let resp = self
             .http
@@ -137,13 +133,7 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(serde_json::to_vec(b).unwrap_or_default());
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if e.is_timeout() => {
-                    return Err(Answer::none(format!("{what}: no answer in time")))
-                }
-                Err(e) => return Err(Answer::none(format!("{what}: {}", chain(&e)))),
-            };
+            let resp = http::send(req, &what).await?;
             let status = resp.status().as_u16();
             self.track(&resp);
             let retry_after = http::retry_after(&resp);

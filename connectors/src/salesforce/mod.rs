@@ -311,17 +311,11 @@ impl Connector for Salesforce {
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a> {
         Box::pin(async move {
-            match tokio::time::timeout(self.hold(), self.sync(d)).await {
-                Ok(Ok(wrote)) => Answer::ok(wrote),
-                Ok(Err(answer)) => {
-                    tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, dead = answer.dead, "Salesforce write failed");
-                    answer
-                }
-                Err(_) => Answer::none(format!(
-                    "the writes took longer than {} s",
-                    self.config.attempt_timeout_secs
-                )),
+            let answer = crate::http::within(self.config.attempt_timeout_secs, self.sync(d)).await;
+            if answer.status != Some(200) {
+                tracing::debug!(connector = %self.id, cursor = d.cursor, status = ?answer.status, dead = answer.dead, "Salesforce write failed");
             }
+            answer
         })
     }
 }

@@ -34,6 +34,13 @@ fn demo_data() -> tempfile::TempDir {
     dir
 }
 
+/// The store of a server's data folder (its SQLite file), opened beside the server.
+fn data_store(data: &Path) -> Arc<dyn closer_store::Store> {
+    Arc::new(
+        closer_store::sqlite::SqliteStore::open(&data.join(closer_store::SQLITE_FILE)).unwrap(),
+    )
+}
+
 fn model_paths() -> ModelPaths {
     let paths = ModelPaths::new(ModelPaths::default_root());
     if let Err(e) = paths.check() {

@@ -343,3 +343,17 @@ pub(crate) async fn drained(ch: &tonic::transport::Channel, name: &str) -> pb::C
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Queues every event of the outbox again (cursor 1 to the newest) for `consumer`, as `closer
+/// sync replay` does; how many.
+pub(crate) async fn replay_all(store: Arc<dyn closer_store::Store>, consumer: &str) -> u64 {
+    let last = store.last_cursor().unwrap();
+    closer_webhooks::manage::replay(
+        store,
+        "applinks",
+        consumer,
+        closer_store::ReplaySelection::Range { from: 1, to: last },
+    )
+    .await
+    .unwrap()
+}

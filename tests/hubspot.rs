@@ -675,21 +675,8 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
     .await;
     drained(&ch, CONNECTOR).await;
 
-    let store: Arc<dyn Store> = Arc::new(
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap(),
-    );
-    let replay = |store: Arc<dyn Store>| async move {
-        let last = store.last_cursor().unwrap();
-        closer_webhooks::manage::replay(
-            store,
-            "applinks",
-            CONNECTOR,
-            closer_store::ReplaySelection::Range { from: 1, to: last },
-        )
-        .await
-        .unwrap()
-    };
+    let store = data_store(data.path());
+    let replay = |store| super::crm::replay_all(store, CONNECTOR);
     let before = fake.requests();
     let queued = replay(store.clone()).await;
     assert!(queued >= 6, "the outbox from cursor 0: {queued}");
@@ -842,9 +829,7 @@ async fn hubspot_429_ten_secondly_is_waited_out_and_delivered() {
     // The 429s were waited out inside the attempts: every event took one attempt.
     let status = drained(&ch, CONNECTOR).await;
     assert_eq!((status.dead, status.last_error), (0, None));
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap();
+    let store = data_store(data.path());
     let attempts: Vec<u32> = (1..=store.last_cursor().unwrap())
         .filter_map(|c| store.delivery(CONNECTOR, c).unwrap())
         .map(|d| d.attempts)
@@ -887,9 +872,7 @@ async fn hubspot_wrong_token_is_dead_lettered_and_shown_in_sync_status() {
     assert!(fake.records("contacts").is_empty());
     assert!(fake.answered(401) >= 10, "every attempt of the schedule");
     // The dead letters are listed with the last answer, like a webhook's.
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap();
+    let store = data_store(data.path());
     let dead = store.dead_letters("applinks", Some(CONNECTOR)).unwrap();
     assert_eq!(dead.len() as u64, status.dead);
     assert!(dead.iter().all(|d| d.last_status == Some(401)), "{dead:?}");

@@ -365,10 +365,7 @@ async fn marketo_replay_duplicates_nothing_and_keeps_the_latest_score_when_answe
     fake.until("the rep's score", |f| holds(f, "sam@acme.com", &a, -1))
         .await;
     drained(&ch, CONNECTOR).await;
-    let store: Arc<dyn closer_store::Store> = Arc::new(
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap(),
-    );
+    let store = data_store(data.path());
     let last = store.last_cursor().unwrap();
     let queued = closer_webhooks::manage::replay(
         store,

@@ -884,21 +884,8 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeSalesforce {
     };
     fake.until("both conversations", |f| one(f, 3)).await;
     drained(&ch, CONNECTOR).await;
-    let store: Arc<dyn Store> = Arc::new(
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap(),
-    );
-    let replay = |store: Arc<dyn Store>| async move {
-        let last = store.last_cursor().unwrap();
-        closer_webhooks::manage::replay(
-            store,
-            "applinks",
-            CONNECTOR,
-            closer_store::ReplaySelection::Range { from: 1, to: last },
-        )
-        .await
-        .unwrap()
-    };
+    let store = data_store(data.path());
+    let replay = |store| super::crm::replay_all(store, CONNECTOR);
     let before = fake.requests();
     let queued = replay(store.clone()).await;
     assert!(queued >= 6, "the outbox from cursor 0: {queued}");
@@ -1022,9 +1009,7 @@ async fn salesforce_several_leads_with_the_key_are_dead_lettered_at_once_and_sho
     // Nothing was written (the Task rolled back with the Lead), and no event was retried.
     assert_eq!(fake.leads("sam@acme.com").len(), 2);
     assert!(fake.tasks(&id).is_empty());
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap();
+    let store = data_store(data.path());
     let dead = store.dead_letters("applinks", Some(CONNECTOR)).unwrap();
     assert_eq!(dead.len() as u64, status.dead);
     assert!(

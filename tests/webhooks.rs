@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use closer_server::auth::{new_key, Role};
-use closer_store::Store;
 use closer_webhooks::metrics::Outcome;
 use tokio::io::AsyncWriteExt;
 
@@ -184,9 +183,7 @@ struct Hooked {
 /// A server with keys required, loopback endpoints allowed and the retry schedule scaled.
 async fn hooked(retry_scale: f64) -> Hooked {
     let data = demo_data();
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap();
+    let store = data_store(data.path());
     let make = |role| {
         let (key, stored) = new_key("applinks", role, "test");
         store.create_key(&stored).unwrap();
@@ -1003,9 +1000,7 @@ async fn a_thousand_deliveries_with_a_tenth_failing_survive_kill_9_with_none_los
         .await
         .unwrap();
     // 1,000 events of 100 conversations, written to the outbox at once (as a burst of turns).
-    let store =
-        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
-            .unwrap();
+    let store = data_store(data.path());
     let events: Vec<closer_store::NewEvent> = (0..N)
         .map(|i| closer_store::NewEvent {
             kind: "cql_scored".into(),

@@ -47,49 +47,40 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
-        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
-        data_dir: PathBuf,
-        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(
-            long,
-            global = true,
-            env = "CLOSER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Every consumer of a tenant's event outbox (named subscribers, webhook endpoints): cursor,
     /// lag, pending and dead deliveries, last error.
     Sync {
         #[command(subcommand)]
         command: SyncCommand,
-        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
-        data_dir: PathBuf,
-        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(
-            long,
-            global = true,
-            env = "CLOSER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Signed webhooks of a tenant's sales events (Standard Webhooks); stored in the store (the
     /// data folder's SQLite file, or PostgreSQL with `--database-url`).
     Webhooks {
         #[command(subcommand)]
         command: crate::webhooks::WebhooksCommand,
-        #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
-        data_dir: PathBuf,
-        /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
-        #[arg(
-            long,
-            global = true,
-            env = "CLOSER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// Where the durable state is: the data folder's SQLite file, or PostgreSQL.
+#[derive(clap::Args)]
+struct StoreArgs {
+    #[arg(long, global = true, env = "CLOSER_DATA_DIR", default_value_os_t = closer_server::config::default_data_dir())]
+    data_dir: PathBuf,
+    /// PostgreSQL shared by the replicas (as `closer serve --database-url`).
+    #[arg(
+        long,
+        global = true,
+        env = "CLOSER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -183,7 +174,7 @@ enum KbCommand {
         /// Publish the tenant folder to the replicas on this PostgreSQL database instead of
         /// writing under --data-dir: its intent model is trained and its facts embedded here,
         /// once, and every replica serves it within a second (creating the tenant when new).
-        #[arg(long, env = "CLOSER_DATABASE_URL")]
+        #[arg(long, env = "CLOSER_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
         /// Ready model files (with --database-url).
         #[arg(long, env = "CLOSER_MODEL_DIR", default_value_os_t = closer_models::source::ModelPaths::default_root())]
@@ -271,21 +262,21 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         Command::Kb {
             command: KbCommand::Bench(args),
         } => crate::kbbench::run(args),
-        Command::Keys {
-            command,
-            data_dir,
-            database_url,
-        } => keys(command, &data_dir, database_url.as_deref()),
-        Command::Webhooks {
-            command,
-            data_dir,
-            database_url,
-        } => crate::webhooks::run(command, &data_dir, database_url.as_deref(), rt),
+        Command::Keys { command, store } => {
+            keys(command, &store.data_dir, store.database_url.as_deref())
+        }
+        Command::Webhooks { command, store } => {
+            crate::webhooks::run(command, &store.data_dir, store.database_url.as_deref(), rt)
+        }
         Command::Sync {
             command: SyncCommand::Status { tenant },
-            data_dir,
-            database_url,
-        } => crate::webhooks::sync_status(&tenant, &data_dir, database_url.as_deref(), rt),
+            store,
+        } => crate::webhooks::sync_status(
+            &tenant,
+            &store.data_dir,
+            store.database_url.as_deref(),
+            rt,
+        ),
         Command::Sync {
             command:
                 SyncCommand::Replay {
@@ -295,10 +286,9 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     from,
                     to,
                 },
-            data_dir,
-            database_url,
+            store: at,
         } => {
-            let store = closer_store::backend::open(database_url.as_deref(), &data_dir)?;
+            let store = closer_store::backend::open(at.database_url.as_deref(), &at.data_dir)?;
             if !dead_letters && store.last_cursor()? == 0 {
                 println!("the outbox is empty: nothing to replay for {consumer}");
                 return Ok(());
@@ -314,7 +304,9 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     },
                 }
             };
-            let n = rt.block_on(closer_webhooks::manage::replay(store, &tenant, &consumer, which))?;
+            let n = rt.block_on(closer_webhooks::manage::replay(
+                store, &tenant, &consumer, which,
+            ))?;
             println!("queued {n} events again for {consumer}");
             Ok(())
         }

@@ -270,13 +270,13 @@ impl Tenant {
             return Ok(false);
         }
         let _one_at_a_time = self.training.lock();
-        let model_path = self.dir.join(MODEL_FILE);
-        closer_kb::write_atomic(&model_path, model)?;
-        let mut trained = TrainedHead::load(&model_path)?;
+        let mut trained = TrainedHead::from_bytes(model, "the shared intent model")?;
         if trained.report.version != version {
             tracing::warn!(tenant = %self.id, "a shared intent model was trained for another encoder or settings; not adopted");
             return Ok(false);
         }
+        // Stored only once it is known to fit, so this replica's own model file stays.
+        closer_kb::write_atomic(&self.dir.join(MODEL_FILE), model)?;
         trained.config.ambiguity_margin = cfg.ambiguity_margin;
         closer_kb::write_atomic(&self.dir.join(SET_FILE), set.to_yaml().as_bytes())?;
         let classifier = HeadClassifier::from_trained(encoder, trained);

@@ -60,23 +60,41 @@ fn encode(r: &Record) -> Vec<u8> {
     serde_json::to_vec(r).expect("knowledge records serialize")
 }
 
+/// One stored document: its name and content.
+type Doc = (String, Vec<u8>);
+
 /// A fact as shared: with its vector once it has one.
-fn fact_record(tenant: &Tenant, snap: &closer_kb::Snapshot, fact: &Fact) -> Record {
-    Record::Fact {
+fn fact_doc(tenant: &Tenant, snap: &closer_kb::Snapshot, fact: &Fact) -> Doc {
+    let record = Record::Fact {
         fact: fact.clone(),
         vector: snap.vector(&fact.id).map(|v| SharedVector {
             model: tenant.kb.embedder_model().to_string(),
             values: v.to_vec(),
         }),
-    }
+    };
+    (format!("{KB_FACT}{}", fact.id), encode(&record))
 }
 
-fn put(engine: &Engine, tenant: &str, docs: &[(String, Vec<u8>)]) -> Result<u64> {
+fn deleted_doc(fact_id: &str) -> Doc {
+    (format!("{KB_FACT}{fact_id}"), encode(&Record::Deleted))
+}
+
+fn account_doc(a: Account) -> Doc {
+    let name = format!("{KB_ACCOUNT}{}", a.domain.to_ascii_lowercase());
+    (name, encode(&Record::Account(a)))
+}
+
+fn rep_doc(r: Rep) -> Doc {
+    (format!("{KB_REP}{}", r.id), encode(&Record::Rep(r)))
+}
+
+/// Stores a tenant's documents in one transaction; the last version.
+fn put(store: &dyn Store, tenant: &str, docs: &[Doc]) -> Result<u64> {
     let refs: Vec<(&str, &[u8])> = docs
         .iter()
         .map(|(n, c)| (n.as_str(), c.as_slice()))
         .collect();
-    Ok(engine.store.put_documents(tenant, &refs)?)
+    Ok(store.put_documents(tenant, &refs)?)
 }
 
 /// Applies a knowledge batch (`Knowledge.Ingest`, `Knowledge.Delete`) and, on a shared
@@ -94,32 +112,21 @@ pub fn ingest(engine: &Engine, tenant: &Tenant, batch: Batch) -> Result<BatchSum
     let (accounts, reps) = (batch.accounts.clone(), batch.reps.clone());
     let summary = tenant.kb.apply(batch)?;
     let snap = tenant.kb.snapshot();
-    let mut docs = vec![];
-    for id in deleted.iter().filter(|id| snap.fact(id).is_none()) {
-        docs.push((format!("{KB_FACT}{id}"), encode(&Record::Deleted)));
-    }
+    let mut docs: Vec<Doc> = deleted
+        .iter()
+        .filter(|id| snap.fact(id).is_none())
+        .map(|id| deleted_doc(id))
+        .collect();
     let mut waiting = HashSet::new();
-    for id in &fact_ids {
-        if let Some(f) = snap.fact(id) {
-            if snap.vector(id).is_none() {
-                waiting.insert(id.clone());
-            }
-            docs.push((
-                format!("{KB_FACT}{id}"),
-                encode(&fact_record(tenant, &snap, f)),
-            ));
+    for f in fact_ids.iter().filter_map(|id| snap.fact(id)) {
+        if snap.vector(&f.id).is_none() {
+            waiting.insert(f.id.clone());
         }
+        docs.push(fact_doc(tenant, &snap, f));
     }
-    for a in accounts {
-        docs.push((
-            format!("{KB_ACCOUNT}{}", a.domain.to_ascii_lowercase()),
-            encode(&Record::Account(a)),
-        ));
-    }
-    for r in reps {
-        docs.push((format!("{KB_REP}{}", r.id), encode(&Record::Rep(r))));
-    }
-    put(engine, &tenant.id, &docs)?;
+    docs.extend(accounts.into_iter().map(account_doc));
+    docs.extend(reps.into_iter().map(rep_doc));
+    put(&*engine.store, &tenant.id, &docs)?;
     if !waiting.is_empty() {
         unshared
             .entry(tenant.id.clone())
@@ -166,7 +173,7 @@ pub fn publish_tenant(store: &dyn Store, data_dir: &Path, tenant: &Tenant) -> Re
         }
     };
     let (set, model) = tenant.intent_files()?;
-    let mut docs: Vec<(String, Vec<u8>)> = vec![(MODEL_FILE.into(), model), (SET_FILE.into(), set)];
+    let mut docs: Vec<Doc> = vec![(MODEL_FILE.into(), model), (SET_FILE.into(), set)];
     // No playbook file: the one derived from the intents' flags (an empty document says so).
     docs.push((
         PLAYBOOK_FILE.into(),
@@ -174,42 +181,22 @@ pub fn publish_tenant(store: &dyn Store, data_dir: &Path, tenant: &Tenant) -> Re
     ));
     let snap = tenant.kb.snapshot();
     let mut out = Published::default();
-    let published_before: Vec<String> = store
-        .documents_after(0)?
-        .into_iter()
-        .filter(|d| d.tenant == tenant.id)
-        .filter_map(|d| d.name.strip_prefix(KB_FACT).map(str::to_string))
-        .collect();
-    for id in published_before.iter().filter(|id| snap.fact(id).is_none()) {
-        docs.push((format!("{KB_FACT}{id}"), encode(&Record::Deleted)));
-        out.removed += 1;
+    for id in store.document_names(&tenant.id, KB_FACT)? {
+        let id = &id[KB_FACT.len()..];
+        if snap.fact(id).is_none() {
+            docs.push(deleted_doc(id));
+            out.removed += 1;
+        }
     }
-    for f in snap.facts() {
-        docs.push((
-            format!("{KB_FACT}{}", f.id),
-            encode(&fact_record(tenant, &snap, f)),
-        ));
-        out.facts += 1;
-    }
-    for a in snap.accounts() {
-        docs.push((
-            format!("{KB_ACCOUNT}{}", a.domain.to_ascii_lowercase()),
-            encode(&Record::Account(a.clone())),
-        ));
-        out.accounts += 1;
-    }
-    for r in snap.reps() {
-        docs.push((format!("{KB_REP}{}", r.id), encode(&Record::Rep(r.clone()))));
-        out.reps += 1;
-    }
+    docs.extend(snap.facts().iter().map(|f| fact_doc(tenant, &snap, f)));
+    docs.extend(snap.accounts().into_iter().cloned().map(account_doc));
+    docs.extend(snap.reps().into_iter().cloned().map(rep_doc));
+    (out.facts, out.accounts, out.reps) =
+        (snap.facts().len(), snap.accounts().len(), snap.reps().len());
     // Last, so a replica creating the tenant finds everything else in the same read.
     let profile = read(TENANT_FILE)?.ok_or_else(|| Error::UnknownTenant(tenant.id.clone()))?;
     docs.push((TENANT_FILE.into(), profile));
-    let refs: Vec<(&str, &[u8])> = docs
-        .iter()
-        .map(|(n, c)| (n.as_str(), c.as_slice()))
-        .collect();
-    out.version = store.put_documents(&tenant.id, &refs)?;
+    out.version = put(store, &tenant.id, &docs)?;
     Ok(out)
 }
 
@@ -296,15 +283,12 @@ fn share_vectors(engine: &Engine) -> Result<usize> {
         ids.retain(|id| match snap.fact(id) {
             None => false,
             Some(f) if snap.vector(id).is_some() => {
-                docs.push((
-                    format!("{KB_FACT}{id}"),
-                    encode(&fact_record(&tenant, &snap, f)),
-                ));
+                docs.push(fact_doc(&tenant, &snap, f));
                 false
             }
             Some(_) => true,
         });
-        put(engine, tenant_id, &docs)?;
+        put(&*engine.store, tenant_id, &docs)?;
         n += docs.len();
     }
     unshared.retain(|_, ids| !ids.is_empty());
@@ -362,12 +346,15 @@ pub fn put_playbook(engine: &Engine, tenant: &str, yaml: &str) -> Result<u64> {
         .put_document(tenant, PLAYBOOK_FILE, yaml.as_bytes())?)
 }
 
-/// Shares the intent set and model a tenant has just trained and swapped in: the model first,
-/// so a replica that sees the set finds its model.
+/// Shares the intent set and model a tenant has just trained and swapped in, in one
+/// transaction (the model first, so a replica that sees the set finds its model).
 pub fn put_intents(engine: &Engine, tenant: &str) -> Result<u64> {
     let (set, model) = engine.tenant(tenant)?.intent_files()?;
-    engine.store.put_document(tenant, MODEL_FILE, &model)?;
-    Ok(engine.store.put_document(tenant, SET_FILE, &set)?)
+    put(
+        &*engine.store,
+        tenant,
+        &[(MODEL_FILE.into(), model), (SET_FILE.into(), set)],
+    )
 }
 
 /// Applies one shared document, unless this replica has it already: a tenant's playbook, or

@@ -882,6 +882,25 @@ pub(crate) fn documents_are_read_after_a_version_latest_per_name(b: &dyn Backend
         b"three"
     );
     assert!(other.document("t", "intents.yaml").unwrap().is_none());
+    s.put_documents(
+        "t",
+        &[("kb/fact/b", b"1"), ("kb/fact/a", b"2"), ("kb/rep/a", b"3")],
+    )
+    .unwrap();
+    other.put_document("u", "kb/fact/c", b"4").unwrap();
+    assert_eq!(
+        other.document_names("t", "kb/fact/").unwrap(),
+        ["kb/fact/a", "kb/fact/b"]
+    );
+    assert_eq!(
+        s.document_names("t", "kb/%").unwrap(),
+        Vec::<String>::new(),
+        "no wildcards"
+    );
+    assert_eq!(
+        s.document_names("u", "").unwrap(),
+        ["kb/fact/c", "playbook.yaml"]
+    );
 }
 
 pub(crate) fn documents_put_together_are_seen_all_or_none(b: &dyn Backend) {
@@ -933,7 +952,9 @@ pub(crate) fn documents_put_together_are_seen_all_or_none(b: &dyn Backend) {
 pub(crate) fn each_tenants_newest_cursor_after_a_cursor(b: &dyn Backend) {
     let (s, other) = (b.open(), b.open());
     assert!(s.tenant_cursors_after(0).unwrap().is_empty());
-    let e1 = s.append_events(&[ev("k", "t", None), ev("k", "u", None)]).unwrap();
+    let e1 = s
+        .append_events(&[ev("k", "t", None), ev("k", "u", None)])
+        .unwrap();
     let e2 = other.append_events(&[ev("k", "t", None)]).unwrap();
     let (t1, u1, t2) = (e1[0].cursor, e1[1].cursor, e2[0].cursor);
     assert_eq!(
@@ -953,7 +974,10 @@ pub(crate) fn a_lease_has_one_holder_until_it_expires(b: &dyn Backend) {
         let hs: Vec<_> = (0..8)
             .map(|i| {
                 let st = if i % 2 == 0 { &s } else { &other };
-                scope.spawn(move || st.claim_lease("vectors/t", &format!("r{i}"), later).unwrap())
+                scope.spawn(move || {
+                    st.claim_lease("vectors/t", &format!("r{i}"), later)
+                        .unwrap()
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -964,6 +988,8 @@ pub(crate) fn a_lease_has_one_holder_until_it_expires(b: &dyn Backend) {
     assert!(s.claim_lease("vectors/t", &holder, later + 1).unwrap());
     assert!(!other.claim_lease("vectors/t", "someone", later).unwrap());
     // Another lease is independent; an expired one goes to the next claimant.
-    assert!(other.claim_lease("vectors/u", "someone", now_ms() - 1).unwrap());
+    assert!(other
+        .claim_lease("vectors/u", "someone", now_ms() - 1)
+        .unwrap());
     assert!(s.claim_lease("vectors/u", "next", later).unwrap());
 }

@@ -418,6 +418,8 @@ pub trait Store: WebhookStore + Send + Sync {
     fn documents_after(&self, version: u64) -> Result<Vec<Document>>;
     /// A tenant's document of that name, if any.
     fn document(&self, tenant: &str, name: &str) -> Result<Option<Document>>;
+    /// The names of a tenant's documents that start with `prefix`, sorted.
+    fn document_names(&self, tenant: &str, prefix: &str) -> Result<Vec<String>>;
     /// Takes the lease `name` for `holder` until `until_ms` when it is free, expired or held by
     /// `holder` already; whether `holder` has it now. Replicas use it so one of them does a
     /// piece of shared work.

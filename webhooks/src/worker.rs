@@ -358,16 +358,15 @@ async fn deliver(
 /// The signed POST; the URL is checked again first (an IP literal here, a name by the
 /// client's resolver).
 async fn send(shared: &Shared, ep: &WebhookEndpoint, d: &Delivery, now: i64) -> Answer {
-    let fail = |excerpt: String| Answer::none(excerpt);
     let url = match target::check_form(&ep.url, shared.config.allow_loopback) {
         Ok(u) => u,
-        Err(e) => return fail(format!("refused: {e}")),
+        Err(e) => return Answer::none(format!("refused: {e}")),
     };
     let id = payload::webhook_id(d.cursor);
     let timestamp = now / 1000;
     let signature = match secret::signature_header(ep, &id, timestamp, d.body.as_bytes(), now) {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return Answer::none(e.to_string()),
     };
     let sent = shared
         .client
@@ -382,9 +381,9 @@ async fn send(shared: &Shared, ep: &WebhookEndpoint, d: &Delivery, now: i64) -> 
     let mut resp = match sent {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            return fail(format!("no answer within {:?}", shared.config.timeout))
+            return Answer::none(format!("no answer within {:?}", shared.config.timeout))
         }
-        Err(e) => return fail(format!("{e}: {}", source_chain(&e))),
+        Err(e) => return Answer::none(format!("{e}: {}", source_chain(&e))),
     };
     let status = resp.status().as_u16();
     let retry_after = resp

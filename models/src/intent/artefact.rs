@@ -113,19 +113,20 @@ impl TrainedHead {
     /// Reads a classifier written by [`TrainedHead::save`], checking its sizes and checksum.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |why: &str| {
-            Error::Other(format!(
-                "{}: not a valid intent model ({why})",
-                path.display()
-            ))
-        };
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Reads a classifier from the bytes [`TrainedHead::save`] writes (another replica's file);
+    /// `what` names them in errors.
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self> {
+        let bad = |why: &str| Error::Other(format!("{what}: not a valid intent model ({why})"));
         if bytes.starts_with(OLD_MAGIC) {
             return Err(bad(
                 "written by an older Closer in its own binary format; it is retrained from the intent set",
             ));
         }
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&e.to_string()))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(&e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(&e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(bad("no closer-intent-head format key"));

@@ -601,6 +601,19 @@ impl Store for PgStore {
         self.with(newest_cursor)
     }
 
+    fn document_names(&self, tenant: &str, prefix: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            Ok(c.query(
+                "SELECT name FROM tenant_documents
+                 WHERE tenant = $1 AND starts_with(name, $2) ORDER BY name",
+                &[&tenant, &prefix],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+        })
+    }
+
     fn claim_lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool> {
         self.with(|c| {
             let changed = c.execute(

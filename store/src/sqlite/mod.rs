@@ -328,6 +328,16 @@ impl Store for SqliteStore {
         newest_cursor(&self.conn.lock())
     }
 
+    fn document_names(&self, tenant: &str, prefix: &str) -> Result<Vec<String>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name FROM tenant_documents
+             WHERE tenant = ?1 AND substr(name, 1, length(?2)) = ?2 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![tenant, prefix], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn claim_lease(&self, name: &str, holder: &str, until_ms: i64) -> Result<bool> {
         let conn = self.conn.lock();
         let changed = conn.execute(

@@ -61,6 +61,7 @@ fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
     Models {
         embedder: Arc::new(HashEmbedder::default()),
         intent_embedder: None,
+        answer_embedder: None,
         generator,
     }
 }

@@ -13,7 +13,10 @@ use anyhow::Context;
 use clap::Args;
 use closer_models::intent::{IntentFlag, IntentSet, OUT_OF_SCOPE};
 use closer_proto::v1 as pb;
-use closer_sales::answerable::{features, Candidate, Clause, Judge, Vocabulary, FEATURES, N};
+use closer_sales::answerable::{
+    answer_cosines, features, Candidate, Clause, Judge, Vocabulary, ANSWER_ENCODER_FEATURES,
+    FEATURES, N,
+};
 
 use crate::answers::{read_jsonl, yaml_field, Question};
 
@@ -33,7 +36,7 @@ pub struct AnswerabilityArgs {
     max_unanswerable_answered: f64,
     /// The hedge is the highest threshold leaving at most this share of answerable messages with
     /// no fact at all, on the tuning tenants.
-    #[arg(long, default_value_t = 0.10)]
+    #[arg(long, default_value_t = 0.05)]
     max_refused: f64,
     /// L2 penalty of the logistic regression.
     #[arg(long, default_value_t = 1e-3)]
@@ -209,6 +212,7 @@ async fn collect(
     dir: &Path,
     tenant_no: usize,
     candidates: usize,
+    answer_encoder: &dyn closer_models::Embedder,
     timings: &mut Vec<f64>,
     rows: &mut Vec<Row>,
     messages: &mut Vec<Message>,
@@ -283,16 +287,27 @@ async fn collect(
                 .into_inner()
                 .facts;
             let facts: Vec<pb::Fact> = hits.iter().filter_map(|h| h.fact.clone()).collect();
+            // The served step's cost starts here: the answer encoder's cosines (the clause, and
+            // the facts' texts the first time they are seen), the tenant's vocabulary, every
+            // candidate's features and the judgement (as `plan_for` does per clause).
+            let t = std::time::Instant::now();
+            let pairs: Vec<(&str, &str)> = facts
+                .iter()
+                .map(|f| (f.question.as_str(), f.answer.as_str()))
+                .collect();
+            let deep = answer_cosines(answer_encoder, &asked_as, &pairs)?;
             let cands: Vec<Candidate<'_>> = hits
                 .iter()
                 .zip(&facts)
-                .map(|(h, f)| Candidate {
+                .zip(&deep)
+                .map(|((h, f), d)| Candidate {
                     question: &f.question,
                     answer: &f.answer,
                     tags: &f.tags,
                     intents: &f.intents,
                     dense: h.dense,
                     bm25: h.bm25,
+                    answer_encoder: Some(*d),
                 })
                 .collect();
             let asked = Clause {
@@ -300,11 +315,8 @@ async fn collect(
                 intent: &intent.name,
                 out_of_scope: oos,
             };
-            // The served step's cost: the tenant's vocabulary, then every candidate's features
-            // and the judgement (as `plan_for` does per clause).
-            let t = std::time::Instant::now();
             let v = Vocabulary::of_facts(&kb_facts, names.iter().map(String::as_str));
-            let picked = Judge::builtin().pick(asked, &cands, &v, 2);
+            let picked = Judge::builtin(true).pick(asked, &cands, &v, 2);
             std::hint::black_box(picked);
             timings.push(t.elapsed().as_secs_f64() * 1e3);
             for (i, f) in facts.iter().enumerate() {
@@ -329,6 +341,15 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
     // Lazy: the server may still be starting; wait_serving polls until it serves.
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?.connect_lazy();
     crate::ui::wait_serving(channel.clone(), &args.server).await?;
+    let paths = closer_models::source::ModelPaths::new(closer_models::source::ModelPaths::default_root());
+    let mpnet = closer_models::source::EncoderModel::MpNet;
+    let encoder = closer_models::cache::CachedEmbedder::new(
+        std::sync::Arc::new(
+            closer_models::encoder::TextEncoder::open(&paths, mpnet)
+                .context("the answer encoder (closer models pull --intent-encoder mpnet)")?,
+        ),
+        16_384,
+    );
     let (mut rows, mut messages, mut timings) = (vec![], vec![], vec![]);
     for (t, dir) in args.tenants.iter().enumerate() {
         collect(
@@ -336,6 +357,7 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
             dir,
             t,
             args.candidates,
+            &encoder,
             &mut timings,
             &mut rows,
             &mut messages,
@@ -375,6 +397,40 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
         rows.len(),
         messages.len()
     );
+    println!("## With the answer encoder ({})\n", args.out.display());
+    train(&args, &rows, &messages, &args.out)?;
+    // The judgement of a server without the answer encoder: the same rows, its features zeroed.
+    let without: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let mut x = r.x;
+            x[ANSWER_ENCODER_FEATURES..].fill(0.0);
+            Row {
+                text: r.text.clone(),
+                fact: r.fact.clone(),
+                x,
+                ..*r
+            }
+        })
+        .collect();
+    let minilm = args.out.with_file_name(format!(
+        "{}-minilm.json",
+        args.out
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
+    println!("\n## Without it ({})\n", minilm.display());
+    train(&args, &without, &messages, &minilm)
+}
+
+/// Fits the judgement on `rows`, prints the leave-one-tenant-out table and writes the weights.
+fn train(
+    args: &AnswerabilityArgs,
+    rows: &[Row],
+    messages: &[Message],
+    out: &Path,
+) -> anyhow::Result<()> {
     let name = |t: usize| {
         args.tenants[t]
             .file_name()
@@ -416,13 +472,13 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
         choose_thresholds(
             &mut j,
             args.per_clause,
-            &rows,
-            &messages,
+            rows,
+            messages,
             &keep,
             args.max_unanswerable_answered,
             args.max_refused,
         );
-        let o = outcome(&j, args.per_clause, &rows, &messages, &|t| t == held);
+        let o = outcome(&j, args.per_clause, rows, messages, &|t| t == held);
         row(&format!("{} (left out)", name(held)), &o, &j);
     }
     let all: Vec<&Row> = rows.iter().collect();
@@ -431,13 +487,13 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
     choose_thresholds(
         &mut judge,
         args.per_clause,
-        &rows,
-        &messages,
+        rows,
+        messages,
         &|_| true,
         args.max_unanswerable_answered,
         args.max_refused,
     );
-    let o = outcome(&judge, args.per_clause, &rows, &messages, &|_| true);
+    let o = outcome(&judge, args.per_clause, rows, messages, &|_| true);
     row("all tuning tenants (fitted on them)", &o, &judge);
     judge.trained_on = format!(
         "closer-eval answerability on {} (tuning tenants; {} candidates of {} messages), {}; threshold {:.2} / hedge {:.2}: answerable answered {}/{}, answered or closest {}/{}, unanswerable answered {}/{}",
@@ -459,8 +515,8 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
         println!("  {f:>18} {w:+.3}");
     }
     println!("  {:>18} {:+.3}", "bias", judge.bias);
-    std::fs::write(&args.out, serde_json::to_string_pretty(&judge)? + "\n")?;
-    eprintln!("weights written to {}", args.out.display());
+    std::fs::write(out, serde_json::to_string_pretty(&judge)? + "\n")?;
+    eprintln!("weights written to {}", out.display());
     Ok(())
 }
 

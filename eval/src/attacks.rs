@@ -140,6 +140,7 @@ pub async fn run(args: AttacksArgs) -> anyhow::Result<()> {
     let models = closer_sales::engine::Models {
         embedder: models.embedder,
         intent_embedder: None,
+        answer_embedder: models.answer_embedder,
         generator: Arc::new(Recording {
             inner: models.generator,
             log: log.clone(),

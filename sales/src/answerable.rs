@@ -6,18 +6,24 @@
 //! knowledge base never uses ("fedramp" asked of a tenant that never mentions it), numbers the
 //! fact does not state, whether the fact is tagged with the clause's intent — trained on
 //! (clause, fact) pairs of the *tuning* tenants (`eval/tenants/{gusto,bitwarden,bigcommerce}`)
-//! with `closer-eval answerability`, which also picks the threshold there. The weights are
-//! `answerable.json` beside this file; the locked tenant never sees them being chosen.
+//! with `closer-eval answerability`, which also picks the threshold there. Where the larger
+//! encoder (all-mpnet-base-v2) is pulled, six more features read it: the cosine of the clause with
+//! the fact's question and answer, with its question alone and with the closest single sentence
+//! of its answer, and each one's margin over the other candidates. The weights are
+//! `answerable.json` (with those features) and `answerable-minilm.json` (without: the judgement of
+//! a server that has no MPNet) beside this file; the locked tenant never sees them being chosen.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+use closer_models::Embedder;
+
 use crate::coverage::{content_terms, term_matches, terms};
 
 /// Names of the features, in order (the weights file carries them to catch a mismatch).
-pub const FEATURES: [&str; 13] = [
+pub const FEATURES: [&str; 19] = [
     "dense",
     "dense_margin",
     "bm25_share",
@@ -31,7 +37,15 @@ pub const FEATURES: [&str; 13] = [
     "out_of_scope",
     "question",
     "length",
+    "answer_encoder_fact",
+    "answer_encoder_question",
+    "answer_encoder_sentence",
+    "answer_encoder_fact_margin",
+    "answer_encoder_question_margin",
+    "answer_encoder_sentence_margin",
 ];
+/// Where the answer encoder's features start in [`FEATURES`].
+pub const ANSWER_ENCODER_FEATURES: usize = 13;
 pub const N: usize = FEATURES.len();
 
 /// One retrieved fact as the judgement sees it.
@@ -43,6 +57,54 @@ pub struct Candidate<'a> {
     pub intents: &'a [String],
     pub dense: f32,
     pub bm25: f32,
+    /// The answer encoder's cosines ([`answer_cosines`]), when the server has one.
+    pub answer_encoder: Option<[f32; 3]>,
+}
+
+/// The sentences of a fact's answer, as the answer encoder reads them (at most 14).
+pub fn sentences(answer: &str) -> Vec<&str> {
+    let mut out = vec![];
+    let mut start = 0;
+    let b = answer.as_bytes();
+    for i in 0..b.len() {
+        if matches!(b[i], b'.' | b'!' | b'?') && b.get(i + 1).is_some_and(u8::is_ascii_whitespace) {
+            out.push(answer[start..=i].trim());
+            start = i + 1;
+        }
+    }
+    out.push(answer[start..].trim());
+    out.retain(|s| !s.is_empty());
+    out.truncate(14);
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The answer encoder's cosines of `clause` with each fact `(question, answer)`: with the question
+/// and answer together, with the question alone, and with the closest sentence of the answer.
+/// One call per fact (a cached encoder remembers a fact's texts across turns).
+pub fn answer_cosines(
+    encoder: &dyn Embedder,
+    clause: &str,
+    facts: &[(&str, &str)],
+) -> closer_models::Result<Vec<[f32; 3]>> {
+    let q = encoder.embed(&[clause])?.pop().unwrap_or_default();
+    facts
+        .iter()
+        .map(|(question, answer)| {
+            let whole = format!("{question} {answer}");
+            let mut texts = vec![whole.as_str(), question];
+            texts.extend(sentences(answer));
+            let v = encoder.embed(&texts)?;
+            let best = v[2..]
+                .iter()
+                .map(|s| dot(&q, s))
+                .fold(f32::NEG_INFINITY, f32::max);
+            Ok([dot(&q, &v[0]), dot(&q, &v[1]), if best.is_finite() { best } else { 0.0 }])
+        })
+        .collect()
 }
 
 /// The clause being judged.
@@ -134,6 +196,19 @@ pub fn features(
         .filter(|q| q.chars().any(|ch| ch.is_ascii_digit()))
         .count();
     let n = content.len();
+    let mut deep = [0f32; 6];
+    if let Some(a) = c.answer_encoder {
+        for d in 0..3 {
+            let other = cands
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .filter_map(|(_, o)| o.answer_encoder.map(|x| x[d]))
+                .fold(f32::NEG_INFINITY, f32::max);
+            deep[d] = a[d];
+            deep[3 + d] = if other.is_finite() { a[d] - other } else { 0.0 };
+        }
+    }
     [
         c.dense,
         margin,
@@ -156,6 +231,12 @@ pub fn features(
         f32::from(u8::from(clause.out_of_scope)),
         f32::from(u8::from(crate::coverage::is_question(clause.text))),
         n.min(12) as f32 / 12.0,
+        deep[0],
+        deep[1],
+        deep[2],
+        deep[3],
+        deep[4],
+        deep[5],
     ]
 }
 
@@ -183,20 +264,31 @@ pub struct Judge {
     pub trained_on: String,
 }
 
-static BUILTIN: LazyLock<Judge> = LazyLock::new(|| {
-    let j: Judge = serde_json::from_str(include_str!("answerable.json"))
-        .expect("answerable.json is valid (checked by a test)");
-    assert_eq!(
-        j.features, FEATURES,
-        "answerable.json was trained on other features"
-    );
+fn shipped(json: &str, name: &str) -> Judge {
+    let j: Judge = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("{name} is valid (checked by a test): {e}"));
+    assert_eq!(j.features, FEATURES, "{name} was trained on other features");
     j
+}
+
+static WITH_ANSWER_ENCODER: LazyLock<Judge> =
+    LazyLock::new(|| shipped(include_str!("answerable.json"), "answerable.json"));
+static MINILM_ONLY: LazyLock<Judge> = LazyLock::new(|| {
+    shipped(
+        include_str!("answerable-minilm.json"),
+        "answerable-minilm.json",
+    )
 });
 
 impl Judge {
-    /// The weights shipped with Closer.
-    pub fn builtin() -> &'static Judge {
-        &BUILTIN
+    /// The weights shipped with Closer: those that read the answer encoder's features, or those
+    /// of a server without one.
+    pub fn builtin(answer_encoder: bool) -> &'static Judge {
+        if answer_encoder {
+            &WITH_ANSWER_ENCODER
+        } else {
+            &MINILM_ONLY
+        }
     }
 
     pub fn probability(&self, x: &[f32; N]) -> f32 {
@@ -255,15 +347,56 @@ mod tests {
             intents,
             dense,
             bm25: 6.0,
+            answer_encoder: None,
         }
     }
 
     #[test]
     fn the_shipped_weights_load_and_match_the_features() {
-        let j = Judge::builtin();
-        assert_eq!(j.weights.len(), N);
-        assert!(j.threshold > 0.0 && j.threshold < 1.0);
-        assert!(j.hedge <= j.threshold);
+        for with in [true, false] {
+            let j = Judge::builtin(with);
+            assert_eq!(j.weights.len(), N);
+            assert!(j.threshold > 0.0 && j.threshold < 1.0);
+            assert!(j.hedge <= j.threshold);
+        }
+        // A server without the answer encoder reads weights that never look at its features.
+        assert!(Judge::builtin(false).weights[ANSWER_ENCODER_FEATURES..]
+            .iter()
+            .all(|w| *w == 0.0));
+        assert!(Judge::builtin(true).weights[ANSWER_ENCODER_FEATURES..]
+            .iter()
+            .any(|w| *w != 0.0));
+    }
+
+    #[test]
+    fn an_answer_splits_into_sentences_at_stops_followed_by_space() {
+        assert_eq!(
+            sentences("Plans cost $6.50 a month. Is it free? No! Ask v2.1 support"),
+            vec!["Plans cost $6.50 a month.", "Is it free?", "No!", "Ask v2.1 support"]
+        );
+        assert_eq!(sentences("  "), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_answer_encoder_features_read_each_candidates_margin() {
+        let vocab = Vocabulary::new(["seat price"]);
+        let mut a = seat(&[], &[], 0.5);
+        a.answer_encoder = Some([0.8, 0.6, 0.9]);
+        let mut b = seat(&[], &[], 0.4);
+        b.answer_encoder = Some([0.5, 0.7, 0.4]);
+        let clause = Clause {
+            text: "seat price?",
+            intent: "pricing",
+            out_of_scope: false,
+        };
+        let x = features(clause, &[a, b], 0, &vocab);
+        let k = ANSWER_ENCODER_FEATURES;
+        assert_eq!(&x[k..k + 3], &[0.8, 0.6, 0.9]);
+        assert!((x[k + 3] - 0.3).abs() < 1e-6);
+        assert!((x[k + 4] + 0.1).abs() < 1e-6);
+        assert!((x[k + 5] - 0.5).abs() < 1e-6);
+        let none = features(clause, &[seat(&[], &[], 0.5)], 0, &vocab);
+        assert!(none[k..].iter().all(|v| *v == 0.0));
     }
 
     #[test]
@@ -295,7 +428,7 @@ mod tests {
 
     #[test]
     fn the_judge_answers_the_seed_question_and_not_the_startup_discount() {
-        let j = Judge::builtin();
+        let j = Judge::builtin(false);
         let tags = vec!["price".to_string(), "cost".to_string(), "seat".to_string()];
         let intents = vec!["pricing".to_string()];
         let vocab = Vocabulary::new([
@@ -310,6 +443,7 @@ mod tests {
             intents: &[],
             dense: 0.2,
             bm25: 0.5,
+            answer_encoder: None,
         };
         let cands = [seat(&tags, &intents, 0.75), soc, soc];
         let seed = Clause {

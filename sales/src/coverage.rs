@@ -271,6 +271,22 @@ pub fn is_question(clause: &str) -> bool {
                     .is_some_and(|w| OPENERS.contains(&w.as_str()))
             })
         || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
+        || inverted(&words(&lower))
+}
+
+/// An auxiliary before its subject anywhere in the clause: "if we bail after 2 weeks *can we*
+/// get our money back", "so *do you* take amex".
+fn inverted(words: &[String]) -> bool {
+    const AUX: &[&str] = &[
+        "can", "could", "do", "does", "did", "is", "are", "will", "would", "should", "may",
+    ];
+    const SUBJECTS: &[&str] = &["i", "we", "you", "u", "they", "there", "my", "our", "your", "ur"];
+    words.windows(2).any(|w| {
+        AUX.contains(&w[0].as_str())
+            && SUBJECTS.contains(&w[1].as_str())
+            // "… as we do our payroll" is not a question.
+            && !(w[0].starts_with("do") && matches!(w[1].as_str(), "my" | "our" | "your" | "ur"))
+    })
 }
 
 /// Chat shorthand written out, for retrieval and the answerability judgement: "u" → "you",
@@ -329,6 +345,15 @@ mod tests {
     use super::*;
 
     const SEAT: &str = "How much does each seat cost? Each seat costs $80 per user per month. price, pricing, cost, seat";
+
+    #[test]
+    fn a_question_after_a_condition_is_a_question() {
+        assert!(is_question("if we bail after 2 weeks can we get our money back"));
+        assert!(is_question("so do you take amex"));
+        assert!(!is_question("we are 300 people and want to buy this quarter"));
+        assert!(!is_question("thanks, we do our payroll in house"));
+        assert!(!is_question("great, running it by my CFO"));
+    }
 
     #[test]
     fn seed_questions_are_covered() {

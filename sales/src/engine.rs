@@ -16,7 +16,7 @@ use closer_models::intent::{
     training_version, ClassifierConfig, HeadClassifier, IntentSet, TrainProgress, TrainedHead,
     TrainingData,
 };
-use closer_models::source::{EncoderModel, IntentEncoder};
+use closer_models::source::{AnswerEncoder, EncoderModel, IntentEncoder};
 use closer_models::{AnswerGenerator, Embedder};
 
 use crate::error::{Error, Result};
@@ -31,13 +31,21 @@ pub struct Models {
     pub embedder: Arc<dyn Embedder>,
     /// A separate encoder for intents (`--intent-encoder mpnet`).
     pub intent_embedder: Option<Arc<dyn Embedder>>,
+    /// The larger encoder the answerability judgement reads beside retrieval's
+    /// (`--answer-encoder`; see [`crate::answerable`]), cached: a fact's texts are embedded once.
+    pub answer_embedder: Option<Arc<dyn Embedder>>,
     pub generator: Arc<dyn AnswerGenerator>,
 }
 
 impl Models {
     /// The real candle models from ready files.
     pub fn load(paths: &closer_models::source::ModelPaths) -> Result<Self> {
-        Self::load_with(paths, None, &IntentEncoder::default())
+        Self::load_with(
+            paths,
+            None,
+            &IntentEncoder::default(),
+            AnswerEncoder::default(),
+        )
     }
 
     /// The encoder that intent classifiers read.
@@ -54,8 +62,10 @@ impl Models {
         paths: &closer_models::source::ModelPaths,
         fake: Option<(Duration, Duration)>,
         intent_encoder: &IntentEncoder,
+        answer_encoder: AnswerEncoder,
     ) -> Result<Self> {
         let mut models = Self::load_encoders(paths, intent_encoder)?;
+        models.answer_embedder = Self::load_answer_encoder(paths, answer_encoder)?;
         models.generator = match fake {
             Some((delay, prefill)) => {
                 let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
@@ -122,8 +132,38 @@ impl Models {
         Ok(Self {
             embedder,
             intent_embedder,
+            answer_embedder: None,
             generator: Arc::new(NoGenerator),
         })
+    }
+
+    /// The answer encoder `choice` asks for: MPNet (`auto`: where its files are pulled).
+    fn load_answer_encoder(
+        paths: &closer_models::source::ModelPaths,
+        choice: AnswerEncoder,
+    ) -> Result<Option<Arc<dyn Embedder>>> {
+        let m = EncoderModel::MpNet;
+        match choice {
+            AnswerEncoder::Off => return Ok(None),
+            AnswerEncoder::Auto if paths.check_encoder(m).is_err() => {
+                tracing::warn!(
+                    "answerability without the answer encoder (MPNet is not pulled): weaker \
+                     judgement; `closer models pull --intent-encoder minilm+mpnet` fetches it"
+                );
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let t = Instant::now();
+        let e: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, m)?);
+        tracing::info!(
+            ms = t.elapsed().as_millis() as u64,
+            encoder = m.name(),
+            "answer encoder loaded"
+        );
+        Ok(Some(Arc::new(closer_models::cache::CachedEmbedder::new(
+            e, 16_384,
+        ))))
     }
 }
 
@@ -162,6 +202,8 @@ pub struct Tenant {
     /// One retraining at a time per tenant.
     training: Mutex<()>,
     dir: PathBuf,
+    /// The answerability judgement's larger encoder, when the server has one.
+    pub answer_embedder: Option<Arc<dyn Embedder>>,
 }
 
 pub const SET_FILE: &str = "intents.yaml";
@@ -235,6 +277,7 @@ impl Tenant {
             intents: RwLock::new(Arc::new(IntentModel { set, classifier })),
             training: Mutex::new(()),
             dir,
+            answer_embedder: models.answer_embedder.clone(),
         })
     }
 

@@ -114,6 +114,13 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_INTENT_ENCODER", default_value = "minilm")]
     pub intent_encoder: closer_models::source::IntentEncoder,
 
+    /// The larger encoder the answerability judgement reads beside retrieval's: `auto` (MPNet
+    /// where it is pulled; README's answer figures are with it; 440 MB more memory and one
+    /// MPNet pass per question), `mpnet` (required: start-up fails without its files) or `off`
+    /// (the MiniLM-only judgement: fewer questions answered).
+    #[arg(long, env = "CLOSER_ANSWER_ENCODER", default_value = "auto")]
+    pub answer_encoder: closer_models::source::AnswerEncoder,
+
     /// The fake generator's time per word, in milliseconds.
     #[arg(long, env = "CLOSER_FAKE_TOKEN_MS", default_value_t = 25)]
     pub fake_token_ms: u64,
@@ -202,6 +209,7 @@ impl ServeConfig {
             generator_slots: 4,
             generator: GeneratorKind::Real,
             intent_encoder: Default::default(),
+            answer_encoder: Default::default(),
             fake_token_ms: 25,
             fake_prefill_ms: 300,
             max_request_bytes: 4 << 20,

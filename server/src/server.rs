@@ -300,6 +300,7 @@ fn spawn_loader(
     let with_nats = nats_url.is_some();
     let classifier_config = config.classifier_config();
     let intent_encoder = config.intent_encoder.clone();
+    let answer_encoder = config.answer_encoder;
     let retention_days = config.event_retention_days;
     let fake = (config.generator == crate::config::GeneratorKind::Fake).then(|| {
         (
@@ -310,7 +311,9 @@ fn spawn_loader(
     tokio::spawn(async move {
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
             let models = match models {
-                ModelSource::Files(paths) => Models::load_with(&paths, fake, &intent_encoder)?,
+                ModelSource::Files(paths) => {
+                    Models::load_with(&paths, fake, &intent_encoder, answer_encoder)?
+                }
                 ModelSource::Ready(m) => m,
             };
             Ok(Engine::open(

@@ -117,3 +117,28 @@ impl std::fmt::Display for IntentEncoder {
         f.write_str(&keys.join("+"))
     }
 }
+
+/// Whether the answerability judgement reads the larger encoder (all-mpnet-base-v2) beside the
+/// retrieval one: `auto` where its files are pulled, `mpnet` (a missing file is an error), or
+/// `off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AnswerEncoder {
+    #[default]
+    Auto,
+    MpNet,
+    Off,
+}
+
+impl std::str::FromStr for AnswerEncoder {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "mpnet" => Ok(Self::MpNet),
+            "off" | "none" => Ok(Self::Off),
+            _ => Err(format!(
+                "unknown answer encoder {s:?} (expected auto, mpnet or off)"
+            )),
+        }
+    }
+}

@@ -11,7 +11,7 @@ pub mod pins;
 pub mod pull;
 pub mod verify;
 
-pub use encoders::{EncoderModel, IntentEncoder};
+pub use encoders::{AnswerEncoder, EncoderModel, IntentEncoder};
 pub use paths::ModelPaths;
 pub use pins::*;
 pub use pull::{pull, pull_encoder, PullOptions, PullReport};

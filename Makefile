@@ -28,8 +28,10 @@ run: build widget models demo
 	@echo "demo page with the chat widget: http://$(ADDR)/"
 	$(CLOSER) serve --addr $(ADDR) --data-dir $(DATA_DIR) --intent-encoder $(INTENT_ENCODER)
 
+# MPNet always: the answerability judgement reads it (`--answer-encoder auto`) whatever the
+# intent encoder.
 models: build
-	$(CLOSER) models pull --intent-encoder $(INTENT_ENCODER)
+	$(CLOSER) models pull --intent-encoder minilm+mpnet
 
 demo: build
 	$(CLOSER) kb load knowledge-base/examples/applinks --data-dir $(DATA_DIR)

@@ -6,7 +6,8 @@
 #        eval/answers.sh train            (fits the answerability judgement on the tuning tenants
 #                                          gusto bitwarden bigcommerce -> sales/src/answerable.json;
 #                                          rebuild afterwards)
-# Needs `make build models`.
+# SERVE_ARGS adds flags to the server (e.g. SERVE_ARGS="--answer-encoder off": the judgement
+# without MPNet). Needs `make build models`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLOSER=${CLOSER:-target/release/closer}
@@ -26,7 +27,8 @@ for t in "${TENANTS[@]}"; do
 done
 $CLOSER kb load knowledge-base/examples/applinks --data-dir "$DATA" >/dev/null
 PORT=${PORT:-50941}
-$CLOSER serve --addr 127.0.0.1:$PORT --data-dir "$DATA" --auth off >"$OUT/server.log" 2>&1 &
+# shellcheck disable=SC2086
+$CLOSER serve --addr 127.0.0.1:$PORT --data-dir "$DATA" --auth off ${SERVE_ARGS:-} >"$OUT/server.log" 2>&1 &
 if [ -n "$TRAIN" ]; then
   $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out sales/src/answerable.json | tee "$OUT/answerability.md"
   exit 0

@@ -68,10 +68,19 @@ fn fake_models(generator: Arc<dyn AnswerGenerator>) -> Models {
 
 /// Runs the ignored test `test` of this binary as a child process (a server to SIGKILL) with
 /// `env`, and waits until it prints `serving ADDR`; returns the child and the server's URL.
-fn spawn_child_server(test: &str, env: &[(&str, &std::ffi::OsStr)]) -> (std::process::Child, String) {
+fn spawn_child_server(
+    test: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, String) {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--ignored", "--nocapture", "--test-threads=1"])
-        .stdout(std::process::Stdio::piped());
+    cmd.args([
+        "--exact",
+        test,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdout(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -390,6 +399,47 @@ async fn real_unanswerable_discount_is_refused_with_handoff() {
         h.iter()
             .any(|h| h.kind == pb::HandoffKind::RepRequested as i32),
         "{h:?}"
+    );
+}
+
+/// A question the classifier may read as "let me talk to someone" is answered when a fact surely
+/// answers it; a request for a person still fetches one and states no fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_question_for_sales_gets_its_fact_and_a_person_request_a_person() {
+    let ts = spawn(real_models()).await;
+    let mut kb = pb::knowledge_client::KnowledgeClient::connect(ts.url.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::IngestChunk {
+        tenant: "applinks".into(),
+        file_name: "phone.csv".into(),
+        data: "id,question,answer\nsales-phone,What is the phone number for sales?,\"Applinks sales answers the phone at +1 415 555 0142, Monday to Friday from 9:00 to 17:00 Pacific time.\"\n"
+            .as_bytes()
+            .to_vec(),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    kb.ingest(ReceiverStream::new(rx)).await.unwrap();
+    let events = one_turn(&ts, None, "whats the phone number to call your sales team?")
+        .await
+        .unwrap();
+    let intents: Vec<&str> = match &events[0] {
+        Event::Intents(i) => i.intents.iter().map(|x| x.name.as_str()).collect(),
+        e => panic!("first event {e:?}"),
+    };
+    let f = final_of(&events);
+    assert!(f.text.contains("555 0142"), "{intents:?}: {}", f.text);
+    let events = one_turn(&ts, None, "Can I talk to a human?").await.unwrap();
+    let f = final_of(&events);
+    assert!(!f.text.contains("555"), "{}", f.text);
+    assert!(
+        handoffs(&events)
+            .iter()
+            .any(|h| h.kind == pb::HandoffKind::RepRequested as i32),
+        "{}",
+        f.text
     );
 }
 

@@ -440,10 +440,9 @@ fn http_get_with_key(addr: std::net::SocketAddr, path: &str, key: &str) -> (u16,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_a_tenant_admin_its_own_tenant_and_the_operator_every_tenant() {
     let (data, keys) = keyed_data();
-    let store = closer_store::sqlite::SqliteStore::open(
-        &data.path().join(closer_store::SQLITE_FILE),
-    )
-    .unwrap();
+    let store =
+        closer_store::sqlite::SqliteStore::open(&data.path().join(closer_store::SQLITE_FILE))
+            .unwrap();
     let (operator, stored) = new_key(closer_server::auth::OPERATOR_TENANT, Role::Operator, "ops");
     store.create_key(&stored).unwrap();
     drop(store);

@@ -10,7 +10,9 @@ pub(crate) async fn leads(
     leads_at(&ts.url).await
 }
 
-pub(crate) async fn leads_at(url: &str) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
+pub(crate) async fn leads_at(
+    url: &str,
+) -> pb::leads_client::LeadsClient<tonic::transport::Channel> {
     pb::leads_client::LeadsClient::connect(url.to_string())
         .await
         .unwrap()

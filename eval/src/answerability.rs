@@ -341,7 +341,8 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
     // Lazy: the server may still be starting; wait_serving polls until it serves.
     let channel = tonic::transport::Endpoint::from_shared(args.server.clone())?.connect_lazy();
     crate::ui::wait_serving(channel.clone(), &args.server).await?;
-    let paths = closer_models::source::ModelPaths::new(closer_models::source::ModelPaths::default_root());
+    let paths =
+        closer_models::source::ModelPaths::new(closer_models::source::ModelPaths::default_root());
     let mpnet = closer_models::source::EncoderModel::MpNet;
     let encoder = closer_models::cache::CachedEmbedder::new(
         std::sync::Arc::new(

@@ -102,7 +102,11 @@ pub fn answer_cosines(
                 .iter()
                 .map(|s| dot(&q, s))
                 .fold(f32::NEG_INFINITY, f32::max);
-            Ok([dot(&q, &v[0]), dot(&q, &v[1]), if best.is_finite() { best } else { 0.0 }])
+            Ok([
+                dot(&q, &v[0]),
+                dot(&q, &v[1]),
+                if best.is_finite() { best } else { 0.0 },
+            ])
         })
         .collect()
 }
@@ -372,7 +376,12 @@ mod tests {
     fn an_answer_splits_into_sentences_at_stops_followed_by_space() {
         assert_eq!(
             sentences("Plans cost $6.50 a month. Is it free? No! Ask v2.1 support"),
-            vec!["Plans cost $6.50 a month.", "Is it free?", "No!", "Ask v2.1 support"]
+            vec![
+                "Plans cost $6.50 a month.",
+                "Is it free?",
+                "No!",
+                "Ask v2.1 support"
+            ]
         );
         assert_eq!(sentences("  "), Vec::<&str>::new());
     }

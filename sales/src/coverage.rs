@@ -280,7 +280,9 @@ fn inverted(words: &[String]) -> bool {
     const AUX: &[&str] = &[
         "can", "could", "do", "does", "did", "is", "are", "will", "would", "should", "may",
     ];
-    const SUBJECTS: &[&str] = &["i", "we", "you", "u", "they", "there", "my", "our", "your", "ur"];
+    const SUBJECTS: &[&str] = &[
+        "i", "we", "you", "u", "they", "there", "my", "our", "your", "ur",
+    ];
     words.windows(2).any(|w| {
         AUX.contains(&w[0].as_str())
             && SUBJECTS.contains(&w[1].as_str())
@@ -348,9 +350,13 @@ mod tests {
 
     #[test]
     fn a_question_after_a_condition_is_a_question() {
-        assert!(is_question("if we bail after 2 weeks can we get our money back"));
+        assert!(is_question(
+            "if we bail after 2 weeks can we get our money back"
+        ));
         assert!(is_question("so do you take amex"));
-        assert!(!is_question("we are 300 people and want to buy this quarter"));
+        assert!(!is_question(
+            "we are 300 people and want to buy this quarter"
+        ));
         assert!(!is_question("thanks, we do our payroll in house"));
         assert!(!is_question("great, running it by my CFO"));
     }

@@ -219,7 +219,14 @@ pub async fn start(config: ServeConfig, models: ModelSource) -> anyhow::Result<R
     }));
     tracing::info!(%addr, api_keys = ?key_policy, tls = tls_on, "listening (NOT_SERVING until models and tenants are loaded)");
 
-    let ready_rx = spawn_loader(models, &config, connectors, state.clone(), health.clone(), started);
+    let ready_rx = spawn_loader(
+        models,
+        &config,
+        connectors,
+        state.clone(),
+        health.clone(),
+        started,
+    );
 
     Ok(RunningServer {
         addr,

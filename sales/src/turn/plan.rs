@@ -51,7 +51,9 @@ pub enum Plan {
     },
     UnknownAccount,
     Uncovered,
-    Handoff,
+    /// The visitor asked for a person; the facts the judgement is sure answer the question
+    /// asked with it ("number to call sales?") are stated too.
+    Handoff(Vec<(Fact, Answers)>),
     Canned(&'static str),
 }
 
@@ -146,6 +148,27 @@ pub fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
     }
 }
 
+/// Adds a clause's facts to the plan: a sure one covers the clause, a closest one adds the offer
+/// of a rep.
+fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
+    for (f, sure) in facts {
+        let closest = sure == Answers::Closest;
+        match p.cited.iter_mut().find(|c| c.id == f.id) {
+            Some(c) => c.closest &= closest,
+            None => p.cited.push(Cited {
+                closest,
+                ..Cited::fact(&f)
+            }),
+        }
+        if closest {
+            p.tail.push(CLOSEST);
+            p.ask.get_or_insert(HandoffAsk::Unconfirmed);
+        } else if !p.covered_clauses.iter().any(|c| c == clause) {
+            p.covered_clauses.push(clause.to_string());
+        }
+    }
+}
+
 /// Plans every intent, in the order the visitor wrote them.
 pub fn plan_turn(
     tenant: &Tenant,
@@ -163,24 +186,7 @@ pub fn plan_turn(
     for intent in &ordered {
         let clause = context(text, intent.span, ordered.len());
         match plan_for(tenant, kb, &vocab, set, visitor, clause, intent)? {
-            Plan::Facts(facts) => {
-                for (f, sure) in facts {
-                    let closest = sure == Answers::Closest;
-                    match p.cited.iter_mut().find(|c| c.id == f.id) {
-                        Some(c) => c.closest &= closest,
-                        None => p.cited.push(Cited {
-                            closest,
-                            ..Cited::fact(&f)
-                        }),
-                    }
-                    if closest {
-                        p.tail.push(CLOSEST);
-                        p.ask.get_or_insert(HandoffAsk::Unconfirmed);
-                    } else if !p.covered_clauses.iter().any(|c| c == clause) {
-                        p.covered_clauses.push(clause.to_string());
-                    }
-                }
-            }
+            Plan::Facts(facts) => cite(&mut p, facts, clause),
             Plan::Owner { account, rep } => {
                 p.cited.push(Cited::account(&account, &rep));
                 p.covered_clauses.push(clause.to_string());
@@ -194,7 +200,8 @@ pub fn plan_turn(
                 p.tail.push(DONT_KNOW);
                 p.ask.get_or_insert(HandoffAsk::Unanswered);
             }
-            Plan::Handoff => {
+            Plan::Handoff(facts) => {
+                cite(&mut p, facts, clause);
                 p.tail.push(HANDOFF_ACK);
                 p.ask = Some(HandoffAsk::AskedForPerson);
             }
@@ -245,10 +252,21 @@ pub fn plan_for(
                     rep: Box::new(r.clone()),
                 })
             });
-        return Ok(found.unwrap_or(Plan::UnknownAccount));
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        // A question the classifier read as "who is our rep?" that a fact surely answers ("do
+        // we sign up through you or someone else?") is answered from it.
+        if let Some(facts) = surely_answered(tenant, kb, vocab, clause, &intent.name)? {
+            return Ok(Plan::Facts(facts));
+        }
+        return Ok(Plan::UnknownAccount);
     }
     if flags.contains(&IntentFlag::Handoff) {
-        return Ok(Plan::Handoff);
+        // A person is fetched whatever else; a question a fact surely answers ("number to call
+        // sales?") is answered meanwhile.
+        let facts = surely_answered(tenant, kb, vocab, clause, &intent.name)?;
+        return Ok(Plan::Handoff(facts.unwrap_or_default()));
     }
     let knowledge = flags.contains(&IntentFlag::Knowledge);
     // A disqualified visitor's question ("is there a student discount?") is still a question:
@@ -264,59 +282,9 @@ pub fn plan_for(
         return Ok(Plan::Canned(statement_reply(clause, flags)));
     }
     if knowledge || oos {
-        let asked_as = crate::coverage::spelled_out(clause);
-        let hits = tenant.kb.search(
-            &asked_as,
-            CANDIDATES,
-            knowledge.then_some(intent.name.as_str()),
-        )?;
-        // The answer encoder's cosines, when the server has one (a failure there is logged and
-        // judged without them, by the weights that never read them).
-        let deep = tenant.answer_embedder.as_deref().and_then(|e| {
-            let facts: Vec<(&str, &str)> = hits
-                .iter()
-                .map(|h| (h.fact.question.as_str(), h.fact.answer.as_str()))
-                .collect();
-            answer_cosines(e, &asked_as, &facts)
-                .map_err(|e| tracing::warn!(error = %e, "answer encoder failed"))
-                .ok()
-        });
-        let cands: Vec<Candidate<'_>> = hits
-            .iter()
-            .enumerate()
-            .map(|(i, h)| Candidate {
-                question: &h.fact.question,
-                answer: &h.fact.answer,
-                tags: &h.fact.tags,
-                intents: &h.fact.intents,
-                dense: h.dense,
-                bm25: h.bm25,
-                answer_encoder: deep.as_ref().map(|d| d[i]),
-            })
-            .collect();
-        // Built once per turn, by the first clause that needs it.
-        let vocab = vocab.get_or_init(|| {
-            let profile = &tenant.kb.profile;
-            let names = std::iter::once(profile.company.as_str())
-                .chain(profile.names.iter().map(String::as_str));
-            Vocabulary::of_facts(kb.facts(), names)
-        });
-        let asked = Clause {
-            text: &asked_as,
-            intent: &intent.name,
-            out_of_scope: oos,
-        };
-        let picked = Judge::builtin(deep.is_some()).pick(asked, &cands, vocab, FACTS_PER_CLAUSE);
-        if !picked.is_empty() {
-            for (i, p, sure) in &picked {
-                tracing::debug!(fact = %hits[*i].fact.id, p, ?sure, "answerable");
-            }
-            return Ok(Plan::Facts(
-                picked
-                    .into_iter()
-                    .map(|(i, _, sure)| (hits[i].fact.clone(), sure))
-                    .collect(),
-            ));
+        let facts = judged(tenant, kb, vocab, clause, &intent.name, knowledge, oos)?;
+        if !facts.is_empty() {
+            return Ok(Plan::Facts(facts));
         }
         return Ok(if asks {
             Plan::Uncovered
@@ -329,6 +297,84 @@ pub fn plan_for(
         None if !asks => Plan::Canned(statement_reply(clause, flags)),
         None => Plan::Uncovered,
     })
+}
+
+/// The facts of a question under an intent that needs none (account owner, hand-off), when the
+/// judgement is sure of every one of them; `None` for a statement or anything less sure.
+fn surely_answered(
+    tenant: &Tenant,
+    kb: &Snapshot,
+    vocab: &std::cell::OnceCell<Vocabulary>,
+    clause: &str,
+    intent: &str,
+) -> Result<Option<Vec<(closer_kb::Fact, Answers)>>> {
+    if !is_question(clause) {
+        return Ok(None);
+    }
+    let facts = judged(tenant, kb, vocab, clause, intent, false, true)?;
+    Ok((!facts.is_empty() && facts.iter().all(|(_, a)| *a == Answers::Yes)).then_some(facts))
+}
+
+/// The facts the judgement accepts for a clause, best first (empty: none answers it):
+/// retrieval's candidates (boosted for `intent` when it is a knowledge intent), judged with the
+/// clause's words written out.
+fn judged(
+    tenant: &Tenant,
+    kb: &Snapshot,
+    vocab: &std::cell::OnceCell<Vocabulary>,
+    clause: &str,
+    intent: &str,
+    knowledge: bool,
+    oos: bool,
+) -> Result<Vec<(closer_kb::Fact, Answers)>> {
+    let asked_as = crate::coverage::spelled_out(clause);
+    let hits = tenant
+        .kb
+        .search(&asked_as, CANDIDATES, knowledge.then_some(intent))?;
+    // The answer encoder's cosines, when the server has one (a failure there is logged and
+    // judged without them, by the weights that never read them).
+    let deep = tenant.answer_embedder.as_deref().and_then(|e| {
+        let facts: Vec<(&str, &str)> = hits
+            .iter()
+            .map(|h| (h.fact.question.as_str(), h.fact.answer.as_str()))
+            .collect();
+        answer_cosines(e, &asked_as, &facts)
+            .map_err(|e| tracing::warn!(error = %e, "answer encoder failed"))
+            .ok()
+    });
+    let cands: Vec<Candidate<'_>> = hits
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Candidate {
+            question: &h.fact.question,
+            answer: &h.fact.answer,
+            tags: &h.fact.tags,
+            intents: &h.fact.intents,
+            dense: h.dense,
+            bm25: h.bm25,
+            answer_encoder: deep.as_ref().map(|d| d[i]),
+        })
+        .collect();
+    // Built once per turn, by the first clause that needs it.
+    let vocab = vocab.get_or_init(|| {
+        let profile = &tenant.kb.profile;
+        let names = std::iter::once(profile.company.as_str())
+            .chain(profile.names.iter().map(String::as_str));
+        Vocabulary::of_facts(kb.facts(), names)
+    });
+    let asked = Clause {
+        text: &asked_as,
+        intent,
+        out_of_scope: oos,
+    };
+    let picked = Judge::builtin(deep.is_some()).pick(asked, &cands, vocab, FACTS_PER_CLAUSE);
+    for (i, p, sure) in &picked {
+        tracing::debug!(fact = %hits[*i].fact.id, p, ?sure, "answerable");
+    }
+    Ok(picked
+        .into_iter()
+        .map(|(i, _, sure)| (hits[i].fact.clone(), sure))
+        .collect())
 }
 
 /// The text a clause is answered from: the whole message when it carries one intent (the

@@ -207,16 +207,28 @@ fn choose_thresholds(
     }
 }
 
+/// What `collect` gathers over the tenants: the step's timings, every candidate's row, and
+/// each message's gold facts.
+#[derive(Default)]
+struct Collected {
+    timings: Vec<f64>,
+    rows: Vec<Row>,
+    messages: Vec<Message>,
+}
+
 async fn collect(
     channel: tonic::transport::Channel,
     dir: &Path,
     tenant_no: usize,
     candidates: usize,
     answer_encoder: &dyn closer_models::Embedder,
-    timings: &mut Vec<f64>,
-    rows: &mut Vec<Row>,
-    messages: &mut Vec<Message>,
+    out: &mut Collected,
 ) -> anyhow::Result<()> {
+    let Collected {
+        timings,
+        rows,
+        messages,
+    } = out;
     let kb = dir.join("kb");
     let ty = std::fs::read_to_string(kb.join("tenant.yaml"))?;
     let tenant = yaml_field(&ty, "id").context("tenant.yaml: id")?;
@@ -351,20 +363,15 @@ pub async fn run(args: AnswerabilityArgs) -> anyhow::Result<()> {
         ),
         16_384,
     );
-    let (mut rows, mut messages, mut timings) = (vec![], vec![], vec![]);
+    let mut got = Collected::default();
     for (t, dir) in args.tenants.iter().enumerate() {
-        collect(
-            channel.clone(),
-            dir,
-            t,
-            args.candidates,
-            &encoder,
-            &mut timings,
-            &mut rows,
-            &mut messages,
-        )
-        .await?;
+        collect(channel.clone(), dir, t, args.candidates, &encoder, &mut got).await?;
     }
+    let Collected {
+        mut timings,
+        rows,
+        messages,
+    } = got;
     if let Some(p) = &args.dump {
         let lines: Vec<String> = rows
             .iter()

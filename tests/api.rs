@@ -227,6 +227,14 @@ fn deltas(events: &[Event]) -> String {
         .collect()
 }
 
+/// The intents a turn's first event names.
+fn intent_names(events: &[Event]) -> Vec<&str> {
+    match &events[0] {
+        Event::Intents(i) => i.intents.iter().map(|x| x.name.as_str()).collect(),
+        e => panic!("first event {e:?}"),
+    }
+}
+
 fn handoffs(events: &[Event]) -> Vec<&pb::HandoffSignal> {
     events
         .iter()
@@ -425,10 +433,7 @@ async fn real_a_question_for_sales_gets_its_fact_and_a_person_request_a_person()
     let events = one_turn(&ts, None, "whats the phone number to call your sales team?")
         .await
         .unwrap();
-    let intents: Vec<&str> = match &events[0] {
-        Event::Intents(i) => i.intents.iter().map(|x| x.name.as_str()).collect(),
-        e => panic!("first event {e:?}"),
-    };
+    let intents = intent_names(&events);
     let f = final_of(&events);
     assert!(f.text.contains("555 0142"), "{intents:?}: {}", f.text);
     let events = one_turn(&ts, None, "Can I talk to a human?").await.unwrap();
@@ -449,10 +454,7 @@ async fn real_disqualified_visitors_questions_are_not_brushed_off() {
     let events = one_turn(&ts, None, "Is there a student discount?")
         .await
         .unwrap();
-    let intents: Vec<&str> = match &events[0] {
-        Event::Intents(i) => i.intents.iter().map(|x| x.name.as_str()).collect(),
-        e => panic!("first event {e:?}"),
-    };
+    let intents = intent_names(&events);
     let f = final_of(&events);
     // No fact states a student discount: the visitor hears "I don't have that" or the closest
     // documented answer with a rep to confirm, and a rep is asked for either way.

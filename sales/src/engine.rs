@@ -65,7 +65,8 @@ impl Models {
         answer_encoder: AnswerEncoder,
     ) -> Result<Self> {
         let mut models = Self::load_encoders(paths, intent_encoder)?;
-        models.answer_embedder = Self::load_answer_encoder(paths, answer_encoder)?;
+        models.answer_embedder =
+            Self::load_answer_encoder(paths, answer_encoder, models.answer_embedder.take())?;
         models.generator = match fake {
             Some((delay, prefill)) => {
                 let mut g = closer_models::fake::ScriptedGenerator::echo_facts();
@@ -103,6 +104,7 @@ impl Models {
             4096,
         ));
         tracing::info!(ms = t.elapsed().as_millis() as u64, "encoder loaded");
+        let mut mpnet = None;
         let intent_embedder: Option<Arc<dyn Embedder>> = if intent_encoder.is_default() {
             None
         } else {
@@ -114,13 +116,11 @@ impl Models {
                     parts.push(embedder.clone());
                     continue;
                 }
-                let t = Instant::now();
-                let e: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, m)?);
-                tracing::info!(
-                    ms = t.elapsed().as_millis() as u64,
-                    encoder = m.name(),
-                    "intent encoder loaded"
-                );
+                let e = open_encoder(paths, m, "intent encoder loaded")?;
+                if m == EncoderModel::MpNet {
+                    // The same weights serve the answerability judgement (one copy in memory).
+                    mpnet = Some(e.clone());
+                }
                 parts.push(e);
             }
             let e: Arc<dyn Embedder> = match <[_; 1]>::try_from(parts) {
@@ -132,19 +132,25 @@ impl Models {
         Ok(Self {
             embedder,
             intent_embedder,
-            answer_embedder: None,
+            answer_embedder: mpnet.map(cached_answers),
             generator: Arc::new(NoGenerator),
         })
     }
 
-    /// The answer encoder `choice` asks for: MPNet (`auto`: where its files are pulled).
+    /// The answer encoder `choice` asks for: MPNet (`auto`: where its files are pulled), the
+    /// intent encoder's copy when it is one.
     fn load_answer_encoder(
         paths: &closer_models::source::ModelPaths,
         choice: AnswerEncoder,
+        loaded: Option<Arc<dyn Embedder>>,
     ) -> Result<Option<Arc<dyn Embedder>>> {
         let m = EncoderModel::MpNet;
         match choice {
             AnswerEncoder::Off => return Ok(None),
+            _ if loaded.is_some() => {
+                tracing::info!("answer encoder: the intent encoder's all-mpnet-base-v2");
+                return Ok(loaded);
+            }
             AnswerEncoder::Auto if paths.check_encoder(m).is_err() => {
                 tracing::warn!(
                     "answerability without the answer encoder (MPNet is not pulled): weaker \
@@ -154,17 +160,33 @@ impl Models {
             }
             _ => {}
         }
-        let t = Instant::now();
-        let e: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, m)?);
-        tracing::info!(
-            ms = t.elapsed().as_millis() as u64,
-            encoder = m.name(),
-            "answer encoder loaded"
-        );
-        Ok(Some(Arc::new(closer_models::cache::CachedEmbedder::new(
-            e, 16_384,
-        ))))
+        Ok(Some(cached_answers(open_encoder(
+            paths,
+            m,
+            "answer encoder loaded",
+        )?)))
     }
+}
+
+/// Loads encoder `m`, logging how long it took.
+fn open_encoder(
+    paths: &closer_models::source::ModelPaths,
+    m: EncoderModel,
+    what: &'static str,
+) -> Result<Arc<dyn Embedder>> {
+    let t = Instant::now();
+    let e: Arc<dyn Embedder> = Arc::new(TextEncoder::open(paths, m)?);
+    tracing::info!(
+        ms = t.elapsed().as_millis() as u64,
+        encoder = m.name(),
+        "{what}"
+    );
+    Ok(e)
+}
+
+/// The answer encoder behind its own cache: a fact's texts are embedded once.
+fn cached_answers(e: Arc<dyn Embedder>) -> Arc<dyn Embedder> {
+    Arc::new(closer_models::cache::CachedEmbedder::new(e, 16_384))
 }
 
 /// The generator of a process that loaded none ([`Models::load_encoders`]).

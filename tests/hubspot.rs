@@ -652,6 +652,41 @@ async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_tra
     assert!(hooks.endpoints.is_empty(), "{hooks:?}");
 }
 
+/// A connector whose `base_url` changed writes to the new address after a restart, with its
+/// cursor kept, and `closer sync status` names the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_moved_base_url_is_followed_and_shown_after_a_restart() {
+    let (old, new) = (FakeHubSpot::start().await, FakeHubSpot::start().await);
+    let data = demo_data();
+    let server = serve_ready(synced_config(data.path(), &old.url, TOKEN, 0.001), models()).await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let first = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &first).await;
+    old.until("the first conversation", |f| {
+        holds(f, "sam@acme.com", &first, "3", &texts)
+    })
+    .await;
+    drained(&ch, CONNECTOR).await;
+    server.shutdown(Duration::from_secs(5)).await.unwrap();
+    let server = serve_ready(synced_config(data.path(), &new.url, TOKEN, 0.001), models()).await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let status = consumer(&ch, CONNECTOR).await;
+    let url = status.url.clone().unwrap();
+    assert!(
+        url.contains(&new.url) && !url.contains(&old.url),
+        "{status:?}"
+    );
+    let second = demo(&ch, "kim@acme.com").await;
+    let texts = transcript(&ch, &second).await;
+    new.until("the second conversation", |f| {
+        holds(f, "kim@acme.com", &second, "3", &texts)
+    })
+    .await;
+    // The cursor was kept: the new address got only what came after the restart.
+    assert!(new.by("contacts", "email", "sam@acme.com").is_empty());
+    assert!(old.by("contacts", "email", "kim@acme.com").is_empty());
+}
+
 /// The whole outbox replayed (as `closer sync replay` does) leaves one record of each kind and
 /// the latest score; a rep's later score arrives; `faults` are injected from the start.
 async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {

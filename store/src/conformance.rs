@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             an_attempt_cut_short_by_a_crash_is_due_again_after_reopening,
             rotation_keeps_the_old_secret_and_delete_removes_deliveries,
             consumers_their_lag_and_an_endpoints_last_failure,
+            an_endpoints_url_changes_and_keeps_its_cursor,
             documents_are_read_after_a_version_latest_per_name,
             documents_put_together_are_seen_all_or_none,
             each_tenants_newest_cursor_after_a_cursor,
@@ -626,6 +627,28 @@ fn endpoint(id: &str, kinds: &[&str]) -> WebhookEndpoint {
 
 fn body(e: &Event) -> String {
     format!("body-{}", e.cursor)
+}
+
+pub(crate) fn an_endpoints_url_changes_and_keeps_its_cursor(b: &dyn Backend) {
+    let s = b.open();
+    s.create_endpoint(&endpoint("wh_u", &["cql_scored"]))
+        .unwrap();
+    s.append_events(&[wh_event("t", "cql_scored", Some("c1"))])
+        .unwrap();
+    assert_eq!(s.scan_events("wh_u", 100, &body).unwrap(), (1, true));
+    s.set_endpoint_url("t", "wh_u", "connector:hubspot https://eu1.example.invalid")
+        .unwrap();
+    let ep = s.endpoint("t", "wh_u").unwrap().unwrap();
+    assert_eq!(ep.url, "connector:hubspot https://eu1.example.invalid");
+    assert_eq!(
+        (ep.scan_cursor, ep.pending),
+        (1, 1),
+        "cursor and deliveries kept"
+    );
+    assert!(matches!(
+        s.set_endpoint_url("other", "wh_u", "x"),
+        Err(Error::NotFound(_))
+    ));
 }
 
 pub(crate) fn endpoints_see_only_later_matching_events_of_their_tenant(b: &dyn Backend) {

@@ -142,6 +142,9 @@ pub trait WebhookStore {
     fn endpoint(&self, tenant: &str, id: &str) -> Result<Option<WebhookEndpoint>>;
     /// Removes an endpoint and its deliveries; `NotFound` when the tenant has none by that id.
     fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<()>;
+    /// Changes where an endpoint points (a connector's base URL changed in its configuration),
+    /// keeping its cursor and deliveries; `NotFound` when the tenant has none by that id.
+    fn set_endpoint_url(&self, tenant: &str, id: &str, url: &str) -> Result<()>;
     /// Makes `secret` the signing secret; the one before keeps signing until `previous_until_ms`.
     fn rotate_endpoint_secret(
         &self,

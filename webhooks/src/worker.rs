@@ -130,7 +130,33 @@ async fn register(shared: &Arc<Shared>) {
             Ok(_) => {
                 tracing::info!(connector = %c.id(), tenant = %c.tenant(), "connector registered")
             }
-            Err(crate::Error::Store(closer_store::Error::Conflict(_))) => {}
+            // Registered before: its cursor and deliveries stay; where it writes may have moved
+            // (a changed `base_url`), which `closer sync status` shows.
+            Err(crate::Error::Store(closer_store::Error::Conflict(_))) => {
+                let (s, url) = (shared.clone(), c.url());
+                let (tenant, id) = (c.tenant().to_string(), c.id().to_string());
+                let moved = blocking(move || {
+                    let stored = s.store.endpoint(&tenant, &id)?;
+                    match stored {
+                        Some(e) if e.url != url => {
+                            s.store.set_endpoint_url(&tenant, &id, &url)?;
+                            Ok(Some(e.url))
+                        }
+                        _ => Ok(None),
+                    }
+                })
+                .await;
+                match moved {
+                    Ok(Some(before)) => tracing::info!(
+                        connector = %c.id(), before = %before, now = %c.url(),
+                        "connector now writes elsewhere"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(connector = %c.id(), error = %e, "connector row not read")
+                    }
+                }
+            }
             Err(e) => tracing::error!(connector = %c.id(), error = %e, "connector not registered"),
         }
     }

@@ -56,7 +56,9 @@ fn row_to_delivery(r: &Row) -> Delivery {
         status: DeliveryStatus::parse(r.get(6)),
         attempts: u32::try_from(r.get::<_, i32>(7)).unwrap_or(0),
         next_attempt_ms: r.get(8),
-        last_status: r.get::<_, Option<i32>>(9).and_then(|s| u16::try_from(s).ok()),
+        last_status: r
+            .get::<_, Option<i32>>(9)
+            .and_then(|s| u16::try_from(s).ok()),
         last_response: r.get(10),
         created_ms: r.get(11),
         updated_ms: r.get(12),
@@ -164,6 +166,19 @@ impl WebhookStore for PgStore {
         self.with(|c| read_endpoint(c, tenant, id))
     }
 
+    fn set_endpoint_url(&self, tenant: &str, id: &str, url: &str) -> Result<()> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE webhook_endpoints SET url = $3 WHERE tenant = $1 AND id = $2",
+                &[&tenant, &id, &url],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
+            }
+            Ok(())
+        })
+    }
+
     fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<()> {
         self.tx(|tx| {
             let n = tx.execute(
@@ -173,7 +188,10 @@ impl WebhookStore for PgStore {
             if n == 0 {
                 return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
             }
-            tx.execute("DELETE FROM webhook_deliveries WHERE endpoint_id = $1", &[&id])?;
+            tx.execute(
+                "DELETE FROM webhook_deliveries WHERE endpoint_id = $1",
+                &[&id],
+            )?;
             Ok(())
         })
     }
@@ -409,7 +427,11 @@ impl WebhookStore for PgStore {
             )?
             .map(|r| {
                 let status: Option<i32> = r.get(0);
-                (status.and_then(|s| u16::try_from(s).ok()), r.get(1), r.get(2))
+                (
+                    status.and_then(|s| u16::try_from(s).ok()),
+                    r.get(1),
+                    r.get(2),
+                )
             }))
         })
     }

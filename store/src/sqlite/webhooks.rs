@@ -157,6 +157,17 @@ impl WebhookStore for SqliteStore {
         read_endpoint(&self.conn.lock(), tenant, id)
     }
 
+    fn set_endpoint_url(&self, tenant: &str, id: &str, url: &str) -> Result<()> {
+        let n = self.conn.lock().execute(
+            "UPDATE webhook_endpoints SET url = ?3 WHERE tenant = ?1 AND id = ?2",
+            params![tenant, id, url],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("webhook endpoint {id:?}")));
+        }
+        Ok(())
+    }
+
     fn delete_endpoint(&self, tenant: &str, id: &str) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -115,7 +115,7 @@ pub struct ServeConfig {
     pub intent_encoder: closer_models::source::IntentEncoder,
 
     /// The larger encoder the answerability judgement reads beside retrieval's: `auto` (MPNet
-    /// where it is pulled; README's answer figures are with it; 440 MB more memory and one
+    /// where it is pulled; README's answer figures are with it; about 590 MiB more memory and one
     /// MPNet pass per question), `mpnet` (required: start-up fails without its files) or `off`
     /// (the MiniLM-only judgement: fewer questions answered).
     #[arg(long, env = "CLOSER_ANSWER_ENCODER", default_value = "auto")]

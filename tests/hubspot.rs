@@ -650,6 +650,26 @@ async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_tra
         .unwrap()
         .into_inner();
     assert!(hooks.endpoints.is_empty(), "{hooks:?}");
+    // A later event of the conversation costs two calls: the contact and the note (the company
+    // and both associations were made already).
+    let before = fake.requests();
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .set_score(pb::SetScoreRequest {
+            tenant: "applinks".into(),
+            conversation_id: id.clone(),
+            rep_id: "r-chelsea".into(),
+            score: 2,
+            note: "wants a pilot first".into(),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    fake.until("the rep's score", |f| {
+        holds(f, "sam@acme.com", &id, "2", &texts)
+    })
+    .await;
+    drained(&ch, CONNECTOR).await;
+    assert_eq!(fake.requests() - before, 2);
 }
 
 /// A connector whose `base_url` changed writes to the new address after a restart, with its

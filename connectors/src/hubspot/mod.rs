@@ -11,7 +11,10 @@
 //!    upserted by the unique note property `closer_conversation_id`, associated to the contact.
 //!
 //! Every write is an upsert or an idempotent PUT, so an event applied twice (a retry after an
-//! answer lost, a replay, a restart after kill -9) leaves the same records. Events of a
+//! answer lost, a replay, a restart after kill -9) leaves the same records. A process remembers
+//! the companies it upserted and the associations it made, so a conversation's later events cost
+//! two calls (its contact and its note) instead of five; a failed association forgets the
+//! company, so the next attempt upserts it again. Events of a
 //! conversation without an e-mail yet write nothing (there is no contact to upsert).
 
 pub mod client;
@@ -45,6 +48,20 @@ pub struct HubSpot {
     owners: Mutex<HashMap<String, Option<String>>>,
     /// The `closer_*` properties exist.
     ready: AtomicBool,
+    /// Company ids by domain and associations made, by this process.
+    made: Mutex<Made>,
+}
+
+/// What this process already wrote that never changes: a domain's company (its properties are
+/// the domain alone) and associations. Forgotten wholesale past [`Made::MAX`] entries.
+#[derive(Default)]
+struct Made {
+    companies: HashMap<String, String>,
+    links: std::collections::HashSet<(String, String)>,
+}
+
+impl Made {
+    const MAX: usize = 100_000;
 }
 
 impl HubSpot {
@@ -62,6 +79,7 @@ impl HubSpot {
             reps,
             owners: Mutex::default(),
             ready: AtomicBool::new(false),
+            made: Mutex::default(),
         })
     }
 
@@ -121,7 +139,25 @@ impl HubSpot {
             })
     }
 
+    /// The default association `from` → `to`, unless this process made it already.
     async fn associate(&self, from: (&str, &str), to: (&str, &str)) -> Result<(), Answer> {
+        let key = (
+            format!("{}/{}", from.0, from.1),
+            format!("{}/{}", to.0, to.1),
+        );
+        if self.made.lock().links.contains(&key) {
+            return Ok(());
+        }
+        self.put_association(from, to).await?;
+        let mut made = self.made.lock();
+        if made.links.len() >= Made::MAX {
+            made.links.clear();
+        }
+        made.links.insert(key);
+        Ok(())
+    }
+
+    async fn put_association(&self, from: (&str, &str), to: (&str, &str)) -> Result<(), Answer> {
         self.client
             .call(
                 Method::PUT,
@@ -167,15 +203,33 @@ impl HubSpot {
         let contact_id = self.upsert("contacts", "email", &email, contact).await?;
         let mut wrote = format!("contact {contact_id}");
         if let Some(domain) = lead::domain(lead) {
-            let mut company = Map::new();
-            company.insert("closer_domain".into(), domain.clone().into());
-            company.insert("domain".into(), domain.clone().into());
-            company.insert("name".into(), domain.clone().into());
-            let company_id = self
-                .upsert("companies", "closer_domain", &domain, company)
-                .await?;
-            self.associate(("contact", &contact_id), ("company", &company_id))
-                .await?;
+            let known = self.made.lock().companies.get(&domain).cloned();
+            let company_id = match known {
+                Some(id) => id,
+                None => {
+                    let mut company = Map::new();
+                    company.insert("closer_domain".into(), domain.clone().into());
+                    company.insert("domain".into(), domain.clone().into());
+                    company.insert("name".into(), domain.clone().into());
+                    let id = self
+                        .upsert("companies", "closer_domain", &domain, company)
+                        .await?;
+                    let mut made = self.made.lock();
+                    if made.companies.len() >= Made::MAX {
+                        made.companies.clear();
+                    }
+                    made.companies.insert(domain.clone(), id.clone());
+                    id
+                }
+            };
+            if let Err(e) = self
+                .associate(("contact", &contact_id), ("company", &company_id))
+                .await
+            {
+                // The company may be gone from HubSpot: upserted again next time.
+                self.made.lock().companies.remove(&domain);
+                return Err(e);
+            }
             wrote.push_str(&format!(", company {company_id}"));
         }
         let mut note = Map::new();

@@ -274,6 +274,82 @@ pub fn is_question(clause: &str) -> bool {
         || inverted(&words(&lower))
 }
 
+/// The questions of one clause, when the classifier gave several one intent: "whats enterprise
+/// cost on annual and do u have soc 2" → "whats enterprise cost on annual", "do u have soc 2";
+/// "next day deposits? also is there a 401k" → two. A clause splits after a question mark, and
+/// before "and" / "also" / "&" followed by a word that opens a question; a part of fewer than
+/// two words stays with the one before. One part (the clause itself) when nothing splits.
+pub fn questions(clause: &str) -> Vec<&str> {
+    const OPENERS: &[&str] = &[
+        "what", "whats", "how", "is", "are", "do", "does", "can", "could", "will", "would",
+        "which", "who", "when", "where", "why", "any", "u", "r",
+    ];
+    let lower = clause.to_ascii_lowercase();
+    let words: Vec<(usize, &str)> = lower
+        .split_ascii_whitespace()
+        .map(|w| (w.as_ptr() as usize - lower.as_ptr() as usize, w))
+        .collect();
+    let mut cuts = vec![];
+    for (k, &(at, w)) in words.iter().enumerate() {
+        let bare = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '&');
+        let next = words
+            .get(k + 1)
+            .map(|(_, n)| n.trim_matches(|c: char| !c.is_alphanumeric()));
+        if k > 0 && words[k - 1].1.ends_with('?') {
+            cuts.push(at);
+        } else if k > 0 && JOINERS.contains(&bare) && next.is_some_and(|n| OPENERS.contains(&n)) {
+            cuts.push(at);
+        }
+    }
+    // Ranges of the parts; one that is not a question of its own ("legal wants data kept in
+    // canada", "flat fee or per head") or has fewer than two words joins the one before.
+    let mut ranges: Vec<(usize, usize)> = vec![];
+    let mut start = 0;
+    for cut in cuts.into_iter().chain(std::iter::once(clause.len())) {
+        let part = without_joiner(clause[start..cut].trim());
+        let words = part
+            .split_whitespace()
+            .filter(|w| !JOINERS.contains(&w.to_ascii_lowercase().as_str()))
+            .count();
+        match ranges.last_mut() {
+            Some(last) if words < 2 || !is_question(part) => last.1 = cut,
+            _ => ranges.push((start, cut)),
+        }
+        start = cut;
+    }
+    if ranges.len() <= 1 {
+        return vec![clause.trim()];
+    }
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(k, &(a, b))| {
+            let part = clause[a..b].trim();
+            // A joiner leads the part it opens ("and do u have soc 2"): dropped.
+            if k > 0 {
+                without_joiner(part)
+            } else {
+                part
+            }
+        })
+        .collect()
+}
+
+/// Words that join two questions ("… and do you …").
+const JOINERS: &[&str] = &["and", "also", "&"];
+
+/// `part` without a leading joiner.
+fn without_joiner(part: &str) -> &str {
+    JOINERS
+        .iter()
+        .find_map(|j| {
+            part.get(..j.len() + 1)
+                .filter(|p| p.eq_ignore_ascii_case(&format!("{j} ")))
+                .map(|_| part[j.len() + 1..].trim_start())
+        })
+        .unwrap_or(part)
+}
+
 /// An auxiliary before its subject anywhere in the clause: "if we bail after 2 weeks *can we*
 /// get our money back", "so *do you* take amex".
 fn inverted(words: &[String]) -> bool {
@@ -347,6 +423,34 @@ mod tests {
     use super::*;
 
     const SEAT: &str = "How much does each seat cost? Each seat costs $80 per user per month. price, pricing, cost, seat";
+
+    #[test]
+    fn a_clause_of_several_questions_splits_into_them() {
+        assert_eq!(
+            questions("whats enterprise cost on annual and do u have soc 2"),
+            vec!["whats enterprise cost on annual", "do u have soc 2"]
+        );
+        assert_eq!(
+            questions("do you do next day deposits? also is there a 401k"),
+            vec!["do you do next day deposits?", "is there a 401k"]
+        );
+        assert_eq!(
+            questions("plus w/ yearly billing - what does it run? and do the reminder emails come with it"),
+            vec!["plus w/ yearly billing - what does it run?", "do the reminder emails come with it"]
+        );
+        // One question: the clause itself.
+        for one in [
+            "do you integrate with salesforce and hubspot",
+            "How much does each seat cost?",
+            "pricing? ",
+            "what does it cost and why",
+            "pricing? soc2?",
+            "do u have a canadian data center? legal wants data kept in canada",
+            "hey whats the damage for like 15 ppl? flat fee or per head",
+        ] {
+            assert_eq!(questions(one), vec![one.trim()], "{one}");
+        }
+    }
 
     #[test]
     fn a_question_after_a_condition_is_a_question() {

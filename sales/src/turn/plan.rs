@@ -45,6 +45,8 @@ pub const FACTS_PER_CLAUSE: usize = 2;
 pub enum Plan {
     /// Facts that answer the clause (`Answers::Yes`), or are the closest the team documented.
     Facts(Vec<(Fact, Answers)>),
+    /// Facts for some of the clause's questions; no fact answers the others.
+    Partly(Vec<(Fact, Answers)>),
     Owner {
         account: Box<Account>,
         rep: Box<Rep>,
@@ -169,6 +171,13 @@ fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
     }
 }
 
+/// A question no fact answers: "I don't have that information" and a rep asked for.
+fn unanswered(p: &mut TurnPlan) {
+    p.unanswered = true;
+    p.tail.push(DONT_KNOW);
+    p.ask.get_or_insert(HandoffAsk::Unanswered);
+}
+
 /// Plans every intent, in the order the visitor wrote them.
 pub fn plan_turn(
     tenant: &Tenant,
@@ -187,6 +196,10 @@ pub fn plan_turn(
         let clause = context(text, intent.span, ordered.len());
         match plan_for(tenant, kb, &vocab, set, visitor, clause, intent)? {
             Plan::Facts(facts) => cite(&mut p, facts, clause),
+            Plan::Partly(facts) => {
+                cite(&mut p, facts, clause);
+                unanswered(&mut p);
+            }
             Plan::Owner { account, rep } => {
                 p.cited.push(Cited::account(&account, &rep));
                 p.covered_clauses.push(clause.to_string());
@@ -195,11 +208,7 @@ pub fn plan_turn(
                 p.tail.push(UNKNOWN_ACCOUNT);
                 p.ask.get_or_insert(HandoffAsk::UnknownAccount);
             }
-            Plan::Uncovered => {
-                p.unanswered = true;
-                p.tail.push(DONT_KNOW);
-                p.ask.get_or_insert(HandoffAsk::Unanswered);
-            }
+            Plan::Uncovered => unanswered(&mut p),
             Plan::Handoff(facts) => {
                 cite(&mut p, facts, clause);
                 p.tail.push(HANDOFF_ACK);
@@ -282,9 +291,26 @@ pub fn plan_for(
         return Ok(Plan::Canned(statement_reply(clause, flags)));
     }
     if knowledge || oos {
-        let facts = judged(tenant, kb, vocab, clause, &intent.name, knowledge, oos)?;
+        // Each question of the clause judged on its own ("whats enterprise cost on annual and
+        // do u have soc 2"): one retrieval for both would find facts for one of them.
+        let parts = crate::coverage::questions(clause);
+        let mut facts: Vec<(Fact, Answers)> = vec![];
+        let mut missed = false;
+        for part in &parts {
+            let found = judged(tenant, kb, vocab, part, &intent.name, knowledge, oos)?;
+            missed |= found.is_empty();
+            for (f, a) in found {
+                if !facts.iter().any(|(g, _)| g.id == f.id) {
+                    facts.push((f, a));
+                }
+            }
+        }
         if !facts.is_empty() {
-            return Ok(Plan::Facts(facts));
+            return Ok(if missed {
+                Plan::Partly(facts)
+            } else {
+                Plan::Facts(facts)
+            });
         }
         return Ok(if asks {
             Plan::Uncovered

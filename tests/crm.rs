@@ -314,6 +314,21 @@ pub(crate) async fn transcript(ch: &tonic::transport::Channel, id: &str) -> Vec<
 }
 
 /// The consumer `name` as `Events.ListConsumers` shows it.
+/// A rep (Chelsea) scores the conversation: one more event for the connectors.
+pub(crate) async fn set_score(ch: &tonic::transport::Channel, conv: &str, score: i32, note: &str) {
+    pb::leads_client::LeadsClient::new(ch.clone())
+        .set_score(pb::SetScoreRequest {
+            tenant: "applinks".into(),
+            conversation_id: conv.into(),
+            rep_id: "r-chelsea".into(),
+            score,
+            note: note.into(),
+            clear: false,
+        })
+        .await
+        .unwrap();
+}
+
 pub(crate) async fn consumer(ch: &tonic::transport::Channel, name: &str) -> pb::ConsumerStatus {
     pb::events_client::EventsClient::new(ch.clone())
         .list_consumers(pb::ListConsumersRequest {

@@ -14,7 +14,8 @@ use closer_store::{Store, WebhookStore};
 use serde_json::{json, Value};
 
 use super::crm::{
-    channel, consumer, decode, demo, drained, models, take, transcript, FakeServer, Reply, Request,
+    channel, consumer, decode, demo, drained, models, set_score, take, transcript, FakeServer,
+    Reply, Request,
 };
 use super::*;
 
@@ -653,17 +654,7 @@ async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_tra
     // A later event of the conversation costs two calls: the contact and the note (the company
     // and both associations were made already).
     let before = fake.requests();
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .set_score(pb::SetScoreRequest {
-            tenant: "applinks".into(),
-            conversation_id: id.clone(),
-            rep_id: "r-chelsea".into(),
-            score: 2,
-            note: "wants a pilot first".into(),
-            clear: false,
-        })
-        .await
-        .unwrap();
+    set_score(&ch, &id, 2, "wants a pilot first").await;
     fake.until("the rep's score", |f| {
         holds(f, "sam@acme.com", &id, "2", &texts)
     })
@@ -748,17 +739,7 @@ async fn replay_duplicates_nothing(faults: impl Fn(&Faults)) -> FakeHubSpot {
     assert!(one(&fake, "3"));
 
     // A rep's score (disqualified) arrives, and a replay after it keeps it.
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .set_score(pb::SetScoreRequest {
-            tenant: "applinks".into(),
-            conversation_id: a.clone(),
-            rep_id: "r-chelsea".into(),
-            score: -1,
-            note: "student project, no budget".into(),
-            clear: false,
-        })
-        .await
-        .unwrap();
+    set_score(&ch, &a, -1, "student project, no budget").await;
     fake.until("the rep's score", |f| one(f, "-1")).await;
     replay(store).await;
     drained(&ch, CONNECTOR).await;
@@ -997,17 +978,7 @@ async fn hubspot_property_removed_in_hubspot_is_made_again() {
     // An admin removes the score property; the rep's score fails once with
     // PROPERTY_DOESNT_EXIST, and the next attempt makes it again and writes the score.
     fake.delete_property("contacts", "closer_cql");
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .set_score(pb::SetScoreRequest {
-            tenant: "applinks".into(),
-            conversation_id: id.clone(),
-            rep_id: "r-chelsea".into(),
-            score: 2,
-            note: "call booked".into(),
-            clear: false,
-        })
-        .await
-        .unwrap();
+    set_score(&ch, &id, 2, "call booked").await;
     fake.until("the score after the property is made again", |f| {
         holds(f, "sam@acme.com", &id, "2", &texts)
     })

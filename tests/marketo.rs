@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::crm::{
-    channel, consumer, decode, demo, drained, models, take, FakeServer, Reply, Request,
+    channel, consumer, decode, demo, drained, models, set_score, take, FakeServer, Reply, Request,
 };
 use super::*;
 
@@ -314,20 +314,6 @@ fn attempts(data: &Path) -> Vec<u32> {
         .collect()
 }
 
-async fn set_score(ch: &tonic::transport::Channel, conv: &str, score: i32) {
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .set_score(pb::SetScoreRequest {
-            tenant: "applinks".into(),
-            conversation_id: conv.into(),
-            rep_id: "r-chelsea".into(),
-            score,
-            note: "rep's call".into(),
-            clear: false,
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marketo_shows_the_demo_conversation_within_5_s_with_score_3() {
     let fake = FakeMarketo::start().await;
@@ -361,7 +347,7 @@ async fn marketo_replay_duplicates_nothing_and_keeps_the_latest_score_when_answe
     })
     .await;
     drained(&ch, CONNECTOR).await;
-    set_score(&ch, &a, -1).await;
+    set_score(&ch, &a, -1, "rep's call").await;
     fake.until("the rep's score", |f| holds(f, "sam@acme.com", &a, -1))
         .await;
     drained(&ch, CONNECTOR).await;
@@ -394,7 +380,7 @@ async fn marketo_expired_token_602_is_refreshed_once_and_606_waited_out() {
     drained(&ch, CONNECTOR).await;
     fake.faults.expire_token.store(1, Ordering::SeqCst);
     fake.faults.rate_606.store(1, Ordering::SeqCst);
-    set_score(&ch, &id, 2).await;
+    set_score(&ch, &id, 2, "rep's call").await;
     fake.until("the score after 602 and 606", |f| {
         holds(f, "sam@acme.com", &id, 2)
     })

@@ -19,7 +19,8 @@ use closer_store::{Store, WebhookStore};
 use serde_json::{json, Value};
 
 use super::crm::{
-    channel, consumer, decode, demo, drained, models, take, transcript, FakeServer, Reply, Request,
+    channel, consumer, decode, demo, drained, models, set_score, take, transcript, FakeServer,
+    Reply, Request,
 };
 use super::*;
 
@@ -801,20 +802,6 @@ async fn started(
     .await;
     let ch = channel(format!("http://{}", server.addr)).await;
     (data, server, ch)
-}
-
-async fn set_score(ch: &tonic::transport::Channel, conv: &str, score: i32, note: &str) {
-    pb::leads_client::LeadsClient::new(ch.clone())
-        .set_score(pb::SetScoreRequest {
-            tenant: "applinks".into(),
-            conversation_id: conv.into(),
-            rep_id: "r-chelsea".into(),
-            score,
-            note: note.into(),
-            clear: false,
-        })
-        .await
-        .unwrap();
 }
 
 fn attempts(data: &Path) -> Vec<u32> {

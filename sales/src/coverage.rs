@@ -295,9 +295,10 @@ pub fn questions(clause: &str) -> Vec<&str> {
         let next = words
             .get(k + 1)
             .map(|(_, n)| n.trim_matches(|c: char| !c.is_alphanumeric()));
-        if k > 0 && words[k - 1].1.ends_with('?') {
-            cuts.push(at);
-        } else if k > 0 && JOINERS.contains(&bare) && next.is_some_and(|n| OPENERS.contains(&n)) {
+        let after_question = k > 0 && words[k - 1].1.ends_with('?');
+        let joins_a_question =
+            JOINERS.contains(&bare) && next.is_some_and(|n| OPENERS.contains(&n));
+        if k > 0 && (after_question || joins_a_question) {
             cuts.push(at);
         }
     }

@@ -287,6 +287,7 @@ impl Tenant {
             model = how,
             version = %trained.report.version,
             oos_threshold = trained.threshold,
+            nearest_threshold = trained.nearest_threshold,
             ms = t.elapsed().as_millis() as u64,
             "tenant ready"
         );

@@ -142,6 +142,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CLOSER_AMBIGUITY_MARGIN", default_value_t = 0.15)]
     pub ambiguity_margin: f32,
 
+    /// The distance gate: a clause less similar to its nearest intent example than this share
+    /// of a tenant's examples are to their nearest ones in other folds is out of scope, however
+    /// sure the softmax is (0 turns it off). Changing it retrains every tenant once.
+    #[arg(long, env = "CLOSER_NEAREST_REJECT_RATE", default_value_t = closer_models::intent::NEAREST_REJECT_RATE, value_parser = share)]
+    pub nearest_reject_rate: f32,
+
     /// API keys: `keys` (every call but health and reflection needs a key; see `closer keys`),
     /// `off`, or `auto` = `keys` unless the server listens on a loopback address only.
     #[arg(long, env = "CLOSER_AUTH", value_enum, default_value_t = AuthMode::Auto)]
@@ -215,6 +221,7 @@ impl ServeConfig {
             max_request_bytes: 4 << 20,
             stream_buffer: 64,
             ambiguity_margin: 0.15,
+            nearest_reject_rate: closer_models::intent::NEAREST_REJECT_RATE,
             auth: AuthMode::Auto,
             tls_cert: None,
             tls_key: None,
@@ -293,6 +300,7 @@ impl ServeConfig {
     pub fn classifier_config(&self) -> closer_models::intent::ClassifierConfig {
         closer_models::intent::ClassifierConfig {
             ambiguity_margin: self.ambiguity_margin,
+            nearest_reject_rate: self.nearest_reject_rate,
             ..Default::default()
         }
     }
@@ -317,6 +325,29 @@ impl KeyPolicy {
             KeyPolicy::ProxiedOnly => ["forwarded", "x-forwarded-for", "x-real-ip"]
                 .iter()
                 .any(|h| req.headers().contains_key(*h)),
+        }
+    }
+}
+
+/// A share in [0, 0.5).
+fn share(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..0.5).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a share from 0 to below 0.5, e.g. 0.015"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    #[test]
+    fn a_reject_rate_is_a_share_below_one_half() {
+        assert_eq!(super::share("0.015"), Ok(0.015));
+        assert_eq!(super::share("0"), Ok(0.0));
+        for bad in ["-0.1", "0.5", "2", "lots"] {
+            let e = super::share(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("share"), "{e}");
         }
     }
 }

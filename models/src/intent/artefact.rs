@@ -10,6 +10,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::Digest;
 
 use super::head::{Featurizer, LinearHead};
+use super::nearest::Examples;
 use super::ngrams::Ngrams;
 use super::train::{ClassifierConfig, TrainReport, TrainedHead};
 use crate::{Error, Result};
@@ -23,8 +24,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The head's arrays, named, in the order they are hashed.
-fn arrays(head: &LinearHead) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+/// The head's arrays and the distance gate's examples, named, in the order they are hashed.
+fn arrays(
+    head: &LinearHead,
+    examples: &Examples,
+) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
     let k = head.labels.len();
     let (hashes, idf): (&[u64], &[f32]) = match &head.featurizer.ngrams {
         Some(n) => (&n.hashes, &n.idf),
@@ -60,6 +64,12 @@ fn arrays(head: &LinearHead) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> 
         ),
         ("ngram_hashes", Dtype::U64, vec![vocab], hash_bytes),
         ("ngram_idf", Dtype::F32, vec![vocab], f32_bytes(idf)),
+        (
+            "examples",
+            Dtype::F32,
+            vec![examples.len(), examples.dim],
+            f32_bytes(&examples.rows),
+        ),
     ]
 }
 
@@ -79,13 +89,17 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String> {
 impl TrainedHead {
     /// Writes the classifier to `path` (see the module's documentation).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let arrays = arrays(&self.head);
+        let arrays = arrays(&self.head, &self.examples);
         let sha = digest(&arrays.iter().map(|a| a.3.as_slice()).collect::<Vec<_>>());
         let meta = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("labels".to_string(), json(&self.head.labels)?),
             ("temperature".to_string(), json(&self.head.temperature)?),
             ("oos_threshold".to_string(), json(&self.threshold)?),
+            (
+                "nearest_threshold".to_string(),
+                json(&self.nearest_threshold)?,
+            ),
             ("report".to_string(), json(&self.report)?),
             ("config".to_string(), json(&self.config)?),
             ("sha256".to_string(), sha),
@@ -141,7 +155,7 @@ impl TrainedHead {
         let threshold: f32 = read(field("oos_threshold")?).map_err(|e| of("oos_threshold", e))?;
         let report: TrainReport = read(field("report")?).map_err(|e| of("report", e))?;
         let config: ClassifierConfig = read(field("config")?).map_err(|e| of("config", e))?;
-        let names = [
+        let mut names = vec![
             "weights",
             "sparse_weights",
             "bias",
@@ -150,8 +164,12 @@ impl TrainedHead {
             "ngram_hashes",
             "ngram_idf",
         ];
+        // A model written before the distance gate has no examples: it is served without one.
+        if st.names().contains(&"examples") {
+            names.push("examples");
+        }
         let mut data = HashMap::new();
-        for name in names {
+        for &name in &names {
             let t = st.tensor(name).map_err(|e| bad(&e.to_string()))?;
             data.insert(name, (t.shape().to_vec(), t.data()));
         }
@@ -184,6 +202,27 @@ impl TrainedHead {
                 .collect();
             Ngrams::from_parts(cfg, hashes, f32s("ngram_idf"))
         });
+        let (examples, nearest_threshold) = match data.get("examples") {
+            Some((shape, _)) => {
+                let (n, d) = (shape.first().copied().unwrap_or(0), shape.get(1).copied());
+                let rows = f32s("examples");
+                if shape.len() != 2 || rows.len() != n * d.unwrap_or(0) {
+                    return Err(bad("the examples' array has the wrong size"));
+                }
+                let t: f32 = match meta.get("nearest_threshold") {
+                    Some(t) => read(t).map_err(|e| of("nearest_threshold", e))?,
+                    None => -1.0,
+                };
+                (
+                    Examples {
+                        dim: d.unwrap_or(0),
+                        rows,
+                    },
+                    t,
+                )
+            }
+            None => (Examples::default(), -1.0),
+        };
         let head = LinearHead {
             labels,
             dim,
@@ -200,6 +239,8 @@ impl TrainedHead {
         Ok(Self {
             head,
             threshold,
+            examples,
+            nearest_threshold,
             report,
             config,
         })

@@ -10,6 +10,7 @@ pub mod clauses;
 #[cfg(feature = "finetune")]
 pub mod finetune;
 pub mod head;
+pub mod nearest;
 pub mod ngrams;
 pub mod set;
 pub mod train;
@@ -19,7 +20,7 @@ pub use clauses::clauses;
 pub use set::{IntentDef, IntentFlag, IntentSet, OUT_OF_SCOPE};
 pub use train::{
     name_as_words, stratified_split, training_version, ClassifierConfig, Decision, TrainProgress,
-    TrainReport, TrainedHead, TrainingData,
+    TrainReport, TrainedHead, TrainingData, NEAREST_REJECT_RATE,
 };
 
 #[cfg(test)]

@@ -303,16 +303,19 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         whitened: false,
         temperature: 1.0,
         oos_threshold: 0.3,
+        nearest_threshold: -1.0,
         training_ms: 0,
     };
     let t = TrainedHead {
         head,
         threshold: 0.3,
+        examples: Default::default(),
+        nearest_threshold: -1.0,
         report,
         config: ClassifierConfig::default(),
     };
     assert_eq!(
-        t.decide(&[0.8, 0.15, 0.05]),
+        t.decide(&[0.8, 0.15, 0.05], 1.0),
         Decision::Intent {
             index: 0,
             confidence: 0.8,
@@ -320,7 +323,7 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         }
     );
     assert_eq!(
-        t.decide(&[0.5, 0.4, 0.1]),
+        t.decide(&[0.5, 0.4, 0.1], 1.0),
         Decision::Intent {
             index: 0,
             confidence: 0.5,
@@ -328,13 +331,16 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         }
     );
     assert!(matches!(
-        t.decide(&[0.25, 0.24, 0.51]),
+        t.decide(&[0.25, 0.24, 0.51], 1.0),
         Decision::OutOfScope { .. }
     ));
     let mut t = t;
     t.threshold = 0.4;
     assert!(
-        matches!(t.decide(&[0.38, 0.33, 0.29]), Decision::OutOfScope { .. }),
+        matches!(
+            t.decide(&[0.38, 0.33, 0.29], 1.0),
+            Decision::OutOfScope { .. }
+        ),
         "below the threshold"
     );
 
@@ -353,9 +359,67 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         calibrated[0] > 0.5 && raw[0] < 0.5,
         "{calibrated:?} {raw:?}"
     );
-    assert!(matches!(t.decide(&calibrated), Decision::OutOfScope { .. }));
+    assert!(matches!(
+        t.decide(&calibrated, 1.0),
+        Decision::OutOfScope { .. }
+    ));
     t.head.temperature = 1.0;
     assert_eq!(t.oos_score(&raw), raw[0]);
+}
+
+#[test]
+fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_sure_the_softmax() {
+    let set = IntentSet::from_yaml(
+        "intents:\n  - name: book_demo\n    examples: [can I see a demo, show me a demo please, set up a demo call, a demo walkthrough please, demo next week]\n  - name: pricing\n    examples: [how much is the price, price per seat, the price with discounts, annual plan price, what price is it]\n",
+    )
+    .unwrap();
+    let data = TrainingData::from_set(&set, true);
+    let emb = crate::fake::HashEmbedder::new(64);
+    let x = emb.embed(&data.text_refs()).unwrap();
+    let t = TrainedHead::train(&data, x, "hash", &ClassifierConfig::default(), &mut |_| {});
+    assert!(
+        t.nearest_threshold > -1.0,
+        "a held-out share calibrates a cut"
+    );
+    // Every example but the names (5 + 5 + 2 names) is kept.
+    assert_eq!(t.examples.len(), 12);
+    let read = |text: &str| {
+        let f = t.head.features(&[text], emb.embed(&[text]).unwrap());
+        t.nearest(&f[0])
+    };
+    let sure = [0.03, 0.97];
+    let near = read("price per seat");
+    assert!(near > 0.99, "an example is its own nearest: {near}");
+    assert!(matches!(
+        t.decide(&sure, near),
+        Decision::Intent { index: 1, .. }
+    ));
+    let far = read("zebra yodel quark");
+    assert!(
+        far < t.nearest_threshold,
+        "{far} vs {}",
+        t.nearest_threshold
+    );
+    match t.decide(&sure, far) {
+        Decision::OutOfScope { confidence } => {
+            assert!(confidence >= 1.0 - NEAREST_REJECT_RATE, "{confidence}")
+        }
+        d => panic!("{d:?}"),
+    }
+    // Turned off, nothing is gated.
+    let cfg = ClassifierConfig {
+        nearest_reject_rate: 0.0,
+        ..Default::default()
+    };
+    let x = emb.embed(&data.text_refs()).unwrap();
+    let off = TrainedHead::train(&data, x, "hash", &cfg, &mut |_| {});
+    assert_eq!(off.nearest_threshold, -1.0);
+    assert!(off.examples.is_empty());
+    let f = off.head.features(
+        &["zebra yodel quark"],
+        emb.embed(&["zebra yodel quark"]).unwrap(),
+    );
+    assert_eq!(off.nearest(&f[0]), 1.0);
 }
 
 #[test]
@@ -384,6 +448,9 @@ fn a_stored_classifier_reads_back_the_same_and_a_damaged_or_old_file_is_refused(
     assert_eq!(back.head.featurizer.whiten, t.head.featurizer.whiten);
     assert_eq!(back.head.featurizer.center, t.head.featurizer.center);
     assert_eq!(back.threshold, t.threshold);
+    assert!(!t.examples.is_empty() && t.nearest_threshold > -1.0);
+    assert_eq!(back.examples, t.examples);
+    assert_eq!(back.nearest_threshold, t.nearest_threshold);
     assert_eq!(back.report, t.report);
     assert_eq!(back.config, t.config);
     let texts = ["price per seat?"];

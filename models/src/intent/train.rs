@@ -6,7 +6,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::head::{fit_temperature, softmax_in_place, HeadConfig, LinearHead};
+use super::head::{fit_temperature, softmax_in_place, Features, HeadConfig, LinearHead};
+use super::nearest::{self, Examples};
 use super::set::{IntentSet, OUT_OF_SCOPE};
 use crate::rng::Rng;
 
@@ -48,6 +49,12 @@ pub struct ClassifierConfig {
     /// 96.70 % / 88 %), so there it is skipped: less work and a smaller stored model.
     #[serde(default)]
     pub whiten_below: usize,
+    /// Share of the in-scope examples the distance gate would reject, each read against the
+    /// examples of the other folds: a clause whose nearest in-scope example is less similar
+    /// than that share of the examples' nearest ones is out of scope, whatever the softmax
+    /// says (see [`nearest`]). 0 turns the gate off.
+    #[serde(default)]
+    pub nearest_reject_rate: f32,
 }
 
 impl Default for ClassifierConfig {
@@ -65,9 +72,13 @@ impl Default for ClassifierConfig {
             l2_choices: vec![3e-6],
             l2_choice_min_rows: 20,
             whiten_below: 50,
+            nearest_reject_rate: NEAREST_REJECT_RATE,
         }
     }
 }
+
+/// The distance gate's default share (see [`ClassifierConfig::nearest_reject_rate`]).
+pub const NEAREST_REJECT_RATE: f32 = 0.015;
 
 /// Where training is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +111,14 @@ pub struct TrainReport {
     pub whitened: bool,
     pub temperature: f32,
     pub oos_threshold: f32,
+    /// The distance gate's cut (−1: no gate).
+    #[serde(default = "no_gate")]
+    pub nearest_threshold: f32,
     pub training_ms: u64,
+}
+
+fn no_gate() -> f32 {
+    -1.0
 }
 
 /// Texts and labels (indices into `labels`) to train on.
@@ -189,6 +207,9 @@ pub fn name_as_words(name: &str) -> String {
 pub struct TrainedHead {
     pub head: LinearHead,
     pub threshold: f32,
+    /// The in-scope examples the distance gate compares a clause with, and its cut.
+    pub examples: Examples,
+    pub nearest_threshold: f32,
     pub report: TrainReport,
     pub config: ClassifierConfig,
 }
@@ -237,8 +258,8 @@ pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConf
     let mut h = sha2::Sha256::new();
     // v2: the out-of-scope threshold applies to the top probability before temperature scaling;
     // v3: each intent's name is an example too; v4: embeddings are centred on the examples'
-    // mean; v5: within-class whitening (and word stems as an option).
-    h.update(b"closer-intent-head v5\0");
+    // mean; v5: within-class whitening (and word stems as an option); v6: the distance gate.
+    h.update(b"closer-intent-head v6\0");
     h.update(encoder.as_bytes());
     // The margin only affects how results are reported, not what is trained.
     let cfg = ClassifierConfig {
@@ -372,6 +393,29 @@ impl TrainedHead {
             };
         }
         let (ng, x) = LinearHead::fit_features(&data.text_refs(), embeddings, &data.y, oos, &base);
+        // The distance gate: in-scope examples against those of the other folds.
+        let (examples, nearest_threshold) = if cfg.nearest_reject_rate > 0.0 {
+            let bank = Examples::from_features(&x, &data.y, oos);
+            let probes = data.y[..data.examples]
+                .iter()
+                .filter(|&&c| Some(c) != oos)
+                .count();
+            // Seeded folds over the examples (names, after them, are in none).
+            let mut fold: Vec<usize> = (0..probes).map(|i| i % nearest::FOLDS).collect();
+            Rng::new(cfg.head.seed ^ 0xF01D).shuffle(&mut fold);
+            let sample = nearest::sample(probes, nearest::MAX_PROBES, cfg.head.seed);
+            let cut = nearest::calibrate(
+                bank.nearest_in_other_folds(&sample, &fold),
+                cfg.nearest_reject_rate,
+            );
+            if cut > -1.0 {
+                (bank, cut)
+            } else {
+                (Examples::default(), -1.0)
+            }
+        } else {
+            (Examples::default(), -1.0)
+        };
         let done = steps * (rounds - 1);
         let mut head = LinearHead::train(
             &x,
@@ -397,14 +441,26 @@ impl TrainedHead {
             whitened: !head.featurizer.whiten.is_empty(),
             temperature,
             oos_threshold: threshold,
+            nearest_threshold,
             training_ms: t0.elapsed().as_millis() as u64,
         };
         Self {
             head,
             threshold,
+            examples,
+            nearest_threshold,
             report,
             config: cfg.clone(),
         }
+    }
+
+    /// The distance gate's reading of a featurized clause: the cosine with its nearest in-scope
+    /// example (1 without a gate).
+    pub fn nearest(&self, f: &Features) -> f32 {
+        if self.nearest_threshold <= -1.0 {
+            return 1.0;
+        }
+        self.examples.nearest(&f.dense)
     }
 
     /// What the out-of-scope threshold is compared with: the top probability of the head's own
@@ -425,14 +481,26 @@ impl TrainedHead {
         1.0 / sum
     }
 
-    /// The intent of one featurized clause: (label index, probability, runner-up when within the
-    /// ambiguity margin), or `None` when the clause is out of scope.
-    pub fn decide(&self, probs: &[f32]) -> Decision {
+    /// The intent of one featurized clause from its probabilities and its nearest-example
+    /// cosine ([`TrainedHead::nearest`]): (label index, probability, runner-up when within the
+    /// ambiguity margin), or out of scope when the top label is `out_of_scope`, the top
+    /// probability is under the threshold, or the clause is farther from every example than the
+    /// distance gate allows.
+    pub fn decide(&self, probs: &[f32], nearest: f32) -> Decision {
         let ((i, p), (j, q)) = top2(probs);
         let oos = |x: usize| self.head.labels[x] == OUT_OF_SCOPE;
-        if oos(i) || self.oos_score(probs) < self.threshold {
-            let conf = if oos(i) { p } else { 1.0 - p };
-            return Decision::OutOfScope { confidence: conf };
+        let gated = nearest < self.nearest_threshold;
+        if oos(i) || self.oos_score(probs) < self.threshold || gated {
+            let confidence = if oos(i) {
+                p
+            } else if gated {
+                // Fewer than `nearest_reject_rate` of the examples are this far from the rest:
+                // the gate is at least that sure, however sure the softmax was of an intent.
+                (1.0 - p).max(1.0 - self.config.nearest_reject_rate)
+            } else {
+                1.0 - p
+            };
+            return Decision::OutOfScope { confidence };
         }
         let alternative =
             (probs.len() > 1 && !oos(j) && p - q < self.config.ambiguity_margin).then_some((j, q));

@@ -23,6 +23,7 @@ fn done_of(r: &closer_models::intent::TrainReport) -> pb::TrainingDone {
             r.holdout_accuracy
         },
         oos_threshold: r.oos_threshold,
+        nearest_threshold: r.nearest_threshold,
         temperature: r.temperature,
     }
 }

@@ -52,9 +52,12 @@ pub struct Report {
     pub oos_groups: Vec<(String, usize, f64)>,
     /// The out-of-scope threshold used for the figures above.
     pub threshold: Option<f32>,
+    /// The distance gate's cut used for them (−1: no gate; see `closer_models::intent::nearest`).
+    #[serde(default)]
+    pub nearest_threshold: Option<f32>,
     pub threshold_sweep: Vec<ThresholdRow>,
     pub expected_calibration_error: f64,
-    /// (bin lower edge, correct, wrong), 10 bins of top-class confidence.
+    /// (bin lower edge, correct, wrong), 10 bins of the served confidence.
     pub confidence_histogram: Vec<(f32, usize, usize)>,
     pub fold_accuracies: Vec<f64>,
     pub training_seconds: f64,
@@ -89,6 +92,9 @@ impl Report {
         );
         if let (Some(o), Some(t)) = (&self.oos, self.threshold) {
             let _ = writeln!(s, "| OOS threshold | {t:.2} |");
+            if let Some(n) = self.nearest_threshold {
+                let _ = writeln!(s, "| nearest-example cut (distance gate) | {n:.3} |");
+            }
             let _ = writeln!(s, "| in-scope accuracy | {} |", pct(o.in_scope_accuracy));
             let _ = writeln!(
                 s,
@@ -103,7 +109,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "| expected calibration error | {:.4} |",
+            "| expected calibration error (served decision and confidence) | {:.4} |",
             self.expected_calibration_error
         );
         if !self.fold_accuracies.is_empty() {

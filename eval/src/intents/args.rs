@@ -39,6 +39,10 @@ pub(crate) struct IntentArgs {
     /// Held-out in-scope accuracy the calibrated threshold may cost (default the server's).
     #[arg(long)]
     pub(crate) in_scope_loss: Option<f32>,
+    /// Share of held-out in-scope examples the distance gate may reject (0: no gate; default
+    /// the server's).
+    #[arg(long)]
+    pub(crate) nearest_reject_rate: Option<f32>,
     /// Also build this many multi-intent messages from the test rows and score them.
     #[arg(long, default_value_t = 0)]
     pub(crate) multi: usize,
@@ -145,6 +149,7 @@ impl IntentArgs {
         cfg.name_examples = !self.no_name_examples;
         cfg.fixed_threshold = self.threshold;
         cfg.in_scope_loss = self.in_scope_loss.unwrap_or(cfg.in_scope_loss);
+        cfg.nearest_reject_rate = self.nearest_reject_rate.unwrap_or(cfg.nearest_reject_rate);
         cfg
     }
 }

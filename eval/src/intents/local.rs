@@ -76,8 +76,9 @@ impl LabelMap {
 
 /// What one prediction pass produced, in dataset label names.
 pub(crate) struct Predictions {
+    /// The served prediction (the out-of-scope label when the decision is out of scope).
     pub(crate) pred: Vec<String>,
-    /// Top-class calibrated probability.
+    /// The confidence served with `pred`.
     pub(crate) conf: Vec<f32>,
     /// Top class ignoring the out-of-scope threshold (for the sweep).
     pub(crate) top: Vec<String>,
@@ -192,12 +193,15 @@ impl Local {
                     .enumerate()
                     .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             let top = self.map.to_dataset(&trained.head.labels[best]);
-            let pred = match trained.decide(&p) {
-                Decision::OutOfScope { .. } if has_oos => self.map.to_dataset(OUT_OF_SCOPE),
-                _ => top.clone(),
+            // What a visitor is served, and the confidence served with it.
+            let (pred, conf) = match trained.decide(&p, trained.nearest(f)) {
+                Decision::OutOfScope { confidence } if has_oos => {
+                    (self.map.to_dataset(OUT_OF_SCOPE), confidence)
+                }
+                _ => (top.clone(), bp),
             };
             out.pred.push(pred);
-            out.conf.push(bp);
+            out.conf.push(conf);
             out.score.push(trained.oos_score(&p));
             out.top.push(top);
         }
@@ -218,7 +222,7 @@ impl Local {
                 None => self.encoder.embed(&[r.text.as_str()])?,
             };
             let f = trained.head.features(&[r.text.as_str()], v);
-            let _ = trained.decide(&trained.head.predict(&f[0]));
+            let _ = trained.decide(&trained.head.predict(&f[0]), trained.nearest(&f[0]));
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         Ok(lat)

@@ -111,7 +111,7 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     let (test_rows, groups) = test_rows(&args, test)?;
     let (trained, secs, top) = local.train(&train_rows)?;
     eprintln!(
-        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, {}, temperature {:.2}, OOS threshold {:.2})",
+        "trained on {} rows in {secs:.1} s (held-out accuracy {:.2} %, L2 {:e}, {}, temperature {:.2}, OOS threshold {:.2}, nearest-example cut {:.3})",
         train_rows.len(),
         trained.report.holdout_accuracy * 100.0,
         trained.report.l2,
@@ -121,7 +121,8 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
             "not whitened"
         },
         trained.report.temperature,
-        trained.threshold
+        trained.threshold,
+        trained.nearest_threshold
     );
     let known: BTreeSet<&str> = train_rows.iter().map(|r| r.intent.as_str()).collect();
     let unknown = test_rows
@@ -142,6 +143,7 @@ pub(crate) fn run_local(args: IntentArgs) -> anyhow::Result<Report> {
     r.latency_ms_p99 = metrics::percentile(&lat, 0.99);
     r.training_seconds = secs;
     r.threshold = args.oos_label.as_ref().map(|_| trained.threshold);
+    r.nearest_threshold = args.oos_label.as_ref().map(|_| trained.nearest_threshold);
     if args.multi > 0 {
         let multi =
             data::multi_intent(&test_rows, args.multi, args.seed, args.oos_label.as_deref());
@@ -270,6 +272,7 @@ pub(crate) async fn run_server(args: IntentArgs, addr: String) -> anyhow::Result
     r.multi_intent = multi_scores;
     r.oos_groups = oos_group_recall(&groups, &p.pred, &oos_name);
     r.threshold_sweep.clear();
-    r.threshold = served.map(|m| m.oos_threshold);
+    r.threshold = served.as_ref().map(|m| m.oos_threshold);
+    r.nearest_threshold = served.map(|m| m.nearest_threshold);
     Ok(r)
 }

@@ -30,9 +30,11 @@ pub(crate) fn score(
     let m = metrics::confusion(&gold, &pred, labels.len());
     let per = metrics::per_label(&m, &labels);
     let (macro_f1, weighted_f1) = metrics::f1_averages(&per);
+    // Calibration of the served decision (threshold and distance gate applied), out-of-scope
+    // decisions and rows included: `conf` is the confidence served with `pred`.
     let correct: Vec<bool> = gold_rows
         .iter()
-        .zip(&p.top)
+        .zip(&p.pred)
         .map(|(r, t)| &r.intent == t)
         .collect();
     let oos_idx = args.oos_label.as_deref().and_then(|l| idx.get(l).copied());
@@ -87,6 +89,7 @@ pub(crate) fn score(
         oos: oos_idx.map(|o| metrics::oos_scores(&gold, &pred, o)),
         oos_groups: vec![],
         threshold: None,
+        nearest_threshold: None,
         threshold_sweep: sweep,
         expected_calibration_error: metrics::expected_calibration_error(&p.conf, &correct, 10),
         confidence_histogram: metrics::confidence_histogram(&p.conf, &correct, 10)

@@ -372,3 +372,45 @@ pub(crate) async fn replay_all(store: Arc<dyn closer_store::Store>, consumer: &s
     .await
     .unwrap()
 }
+
+/// The environment a connector's kill -9 child server reads: its data folder and the fake's URL.
+const KILL_DATA: &str = "CLOSER_CRM_KILL_DATA";
+const KILL_FAKE: &str = "CLOSER_CRM_KILL_FAKE";
+
+/// The child half of a connector's kill -9 test (an ignored test run by
+/// [`two_demos_on_a_child`]): serves `config(data folder, fake URL)` until it is killed.
+pub(crate) async fn serve_until_killed(config: impl Fn(&Path, &str) -> ServeConfig) {
+    let (Ok(dir), Ok(fake)) = (std::env::var(KILL_DATA), std::env::var(KILL_FAKE)) else {
+        return;
+    };
+    let server = serve_ready(config(Path::new(&dir), &fake), models()).await;
+    println!("serving {}", server.addr);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+/// The parent half: a child server (the ignored test `child`, see [`serve_until_killed`]) on a
+/// fresh demo tenant syncing to `fake`, and two demo conversations through it (sam@ and kim@
+/// acme.com): the child to kill, the data folder to restart on, and the conversations' ids and
+/// transcripts.
+pub(crate) async fn two_demos_on_a_child(
+    child: &str,
+    fake: &str,
+) -> (
+    std::process::Child,
+    tempfile::TempDir,
+    [(String, Vec<String>); 2],
+) {
+    let data = demo_data();
+    let (child, url) = spawn_child_server(
+        child,
+        &[
+            (KILL_DATA, data.path().as_os_str()),
+            (KILL_FAKE, std::ffi::OsStr::new(fake)),
+        ],
+    );
+    let ch = channel(url).await;
+    let a = demo(&ch, "sam@acme.com").await;
+    let b = demo(&ch, "kim@acme.com").await;
+    let (ta, tb) = (transcript(&ch, &a).await, transcript(&ch, &b).await);
+    (child, data, [(a, ta), (b, tb)])
+}

@@ -776,19 +776,7 @@ async fn hubspot_replay_duplicates_nothing_when_answers_are_lost_after_the_write
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of the HubSpot kill -9 test"]
 async fn child_serve_hubspot_until_killed() {
-    let (Ok(dir), Ok(fake)) = (
-        std::env::var("CLOSER_HUBSPOT_KILL_DATA"),
-        std::env::var("CLOSER_HUBSPOT_KILL_FAKE"),
-    ) else {
-        return;
-    };
-    let server = serve_ready(
-        synced_config(Path::new(&dir), &fake, TOKEN, 0.001),
-        models(),
-    )
-    .await;
-    println!("serving {}", server.addr);
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    super::crm::serve_until_killed(|dir, fake| synced_config(dir, fake, TOKEN, 0.001)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -796,18 +784,9 @@ async fn hubspot_sync_cut_by_kill_9_completes_after_restart_without_duplicates()
     let fake = FakeHubSpot::start().await;
     // The first contact write is applied, and its answer never comes: the server dies then.
     fake.faults.hang_after_commit.store(1, Ordering::SeqCst);
-    let data = demo_data();
-    let (mut child, url) = spawn_child_server(
-        "hubspot::child_serve_hubspot_until_killed",
-        &[
-            ("CLOSER_HUBSPOT_KILL_DATA", data.path().as_os_str()),
-            ("CLOSER_HUBSPOT_KILL_FAKE", std::ffi::OsStr::new(&fake.url)),
-        ],
-    );
-    let ch = channel(url).await;
-    let a = demo(&ch, "sam@acme.com").await;
-    let b = demo(&ch, "kim@acme.com").await;
-    let (ta, tb) = (transcript(&ch, &a).await, transcript(&ch, &b).await);
+    let (mut child, data, [(a, ta), (b, tb)]) =
+        super::crm::two_demos_on_a_child("hubspot::child_serve_hubspot_until_killed", &fake.url)
+            .await;
     fake.until("the first contact write", |f| {
         !f.records("contacts").is_empty()
     })

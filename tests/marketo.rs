@@ -4,7 +4,8 @@
 //! as HTTP 200 with `success: false`: 601 (a token it does not know), 602 (a token it expired on
 //! demand), 606 (its own limit of 100 calls per 20 s, or injected); the leads push must be
 //! `createOrUpdate` by `email` with 1 to 300 leads, and a lead naming a field the instance does
-//! not have is `skipped` (1006). It injects 503s and answers dropped after the push committed.
+//! not have is `skipped` (1006). It injects 503s, answers dropped after the push committed, and
+//! a push applied whose answer never comes (the server is killed then).
 //! Its state lets the tests count leads per e-mail.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -43,6 +44,8 @@ pub(crate) struct Faults {
     pub(crate) expire_token: AtomicU32,
     /// Answer 606 without applying.
     pub(crate) rate_606: AtomicU32,
+    /// Apply the next push, then hold the connection open without an answer.
+    pub(crate) hang_after_commit: AtomicU32,
 }
 
 #[derive(Default)]
@@ -101,6 +104,11 @@ impl FakeMarketo {
 
     pub(crate) fn issued(&self) -> u64 {
         self.state.lock().unwrap().issued
+    }
+
+    /// Pushes applied.
+    pub(crate) fn pushes(&self) -> u64 {
+        self.state.lock().unwrap().pushes
     }
 
     /// Error codes answered (inside HTTP 200).
@@ -260,6 +268,9 @@ fn rest(st: &mut State, faults: &Faults, req: &Request) -> Reply {
     if st.pushes.is_multiple_of(2) && take(&faults.drop_after_commit) {
         return Reply::Drop;
     }
+    if take(&faults.hang_after_commit) {
+        return Reply::Hang;
+    }
     Reply::Answer(
         200,
         json!({"requestId": "e42b#2", "success": true, "result": results}),
@@ -269,27 +280,32 @@ fn rest(st: &mut State, faults: &Faults, req: &Request) -> Reply {
 // ---------------------------------------------------------------------------------------------
 // The server with the connector.
 
-async fn started(
-    fake: &FakeMarketo,
-    secret: &str,
-) -> (tempfile::TempDir, RunningServer, tonic::transport::Channel) {
-    let data = demo_data();
-    let dir = data.path();
+/// A server with the Marketo connector to `fake` (credentials in secret files); an attempt may
+/// take `attempt_secs`.
+fn synced_config(dir: &Path, fake: &str, secret: &str, attempt_secs: u64) -> ServeConfig {
     std::fs::write(dir.join("mkto-id"), CLIENT_ID).unwrap();
     std::fs::write(dir.join("mkto-secret"), secret).unwrap();
     let connectors = json!({"marketo": [{
         "tenant": "applinks",
-        "base_url": fake.url,
+        "base_url": fake,
         "client_id_file": dir.join("mkto-id"),
         "client_secret_file": dir.join("mkto-secret"),
         "request_timeout_secs": 2,
-        "attempt_timeout_secs": 15,
+        "attempt_timeout_secs": attempt_secs,
     }]});
     std::fs::write(dir.join("connectors.json"), connectors.to_string()).unwrap();
     let mut cfg = ServeConfig::for_tests(dir.to_path_buf(), ModelPaths::default_root());
     cfg.connectors = Some(dir.join("connectors.json"));
     cfg.webhooks_retry_scale = 0.001;
-    let server = serve_ready(cfg, models()).await;
+    cfg
+}
+
+async fn started(
+    fake: &FakeMarketo,
+    secret: &str,
+) -> (tempfile::TempDir, RunningServer, tonic::transport::Channel) {
+    let data = demo_data();
+    let server = serve_ready(synced_config(data.path(), &fake.url, secret, 15), models()).await;
     let ch = channel(format!("http://{}", server.addr)).await;
     (data, server, ch)
 }
@@ -416,4 +432,42 @@ async fn marketo_wrong_secret_is_shown_without_the_secret() {
     );
     assert!(!error.contains("wrong-secret"), "{error}");
     assert_eq!(fake.leads(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the Marketo kill -9 test"]
+async fn child_serve_marketo_until_killed() {
+    super::crm::serve_until_killed(|dir, fake| synced_config(dir, fake, CLIENT_SECRET, 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketo_sync_cut_by_kill_9_completes_after_restart_without_duplicates() {
+    let fake = FakeMarketo::start().await;
+    // The first push is applied, and its answer never comes: the server dies then.
+    fake.faults.hang_after_commit.store(1, Ordering::SeqCst);
+    let (mut child, data, [(a, _), (b, _)]) =
+        super::crm::two_demos_on_a_child("marketo::child_serve_marketo_until_killed", &fake.url)
+            .await;
+    fake.until("the first lead", |f| f.leads() > 0).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The push applied without an answer (a connector batches each lead's latest state, so it
+    // may already hold everything) is not acknowledged: the restarted server sends it again.
+    assert_eq!(fake.faults.hang_after_commit.load(Ordering::SeqCst), 0);
+    let pushed = fake.pushes();
+    let both = |f: &FakeMarketo| holds(f, "sam@acme.com", &a, 3) && holds(f, "kim@acme.com", &b, 3);
+
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, CLIENT_SECRET, 3),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    fake.until("everything after the restart", |f| {
+        both(f) && f.pushes() > pushed
+    })
+    .await;
+    let status = drained(&ch, CONNECTOR).await;
+    assert_eq!(fake.leads(), 2);
+    assert_eq!(status.dead, 0, "{status:?}");
 }

@@ -6,8 +6,9 @@
 //! fields (400 `INVALID_FIELD`), a `Description` over 32,000 characters (400
 //! `STRING_TOO_LONG`), rolls the whole composite back when one subrequest fails, answers 300 to
 //! an upsert whose key matches several Leads and `CANNOT_UPDATE_CONVERTED_LEAD` to a converted
-//! one, sends `Sforce-Limit-Info` on every data answer, and injects faults: 503s and answers
-//! dropped after the writes committed. Its state lets the tests count Leads per e-mail and
+//! one, sends `Sforce-Limit-Info` on every data answer, and injects faults: 503s, answers
+//! dropped after the writes committed, and a write applied whose answer never comes (the server
+//! is killed then). Its state lets the tests count Leads per e-mail and
 //! Tasks per conversation.
 
 use std::collections::{BTreeMap, HashSet};
@@ -77,6 +78,8 @@ pub(crate) struct Faults {
     pub(crate) drop_after_commit: AtomicU32,
     /// Expire every token at the next data call (which answers 401).
     pub(crate) expire_token: AtomicU32,
+    /// Apply the next composite call, then hold the connection open without an answer.
+    pub(crate) hang_after_commit: AtomicU32,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +356,9 @@ fn data(state: &Mutex<State>, faults: &Faults, req: &Request) -> Reply {
                 st.composites += 1;
                 if st.composites.is_multiple_of(2) && take(&faults.drop_after_commit) {
                     return Reply::Drop;
+                }
+                if take(&faults.hang_after_commit) {
+                    return Reply::Hang;
                 }
             }
             reply
@@ -1069,4 +1075,44 @@ async fn salesforce_pauses_at_its_share_of_the_daily_api_requests() {
     assert!(status.last_error.unwrap().contains("4500 of its 5000"));
     let status = consumer(&ch, CONNECTOR).await;
     assert!(status.pending > 0 && status.dead == 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the Salesforce kill -9 test"]
+async fn child_serve_salesforce_until_killed() {
+    super::crm::serve_until_killed(|dir, fake| synced_config(dir, fake, CLIENT_SECRET, 0.001, 0.9))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_sync_cut_by_kill_9_completes_after_restart_without_duplicates() {
+    let fake = FakeSalesforce::start().await;
+    // The first composite calls (a Lead and its Task; one per conversation, as conversations
+    // sync side by side) are applied, and their answers never come: the server dies then.
+    fake.faults.hang_after_commit.store(2, Ordering::SeqCst);
+    let (mut child, data, [(a, ta), (b, tb)]) = super::crm::two_demos_on_a_child(
+        "salesforce::child_serve_salesforce_until_killed",
+        &fake.url,
+    )
+    .await;
+    fake.until("the first Lead write", |f| !f.objects().leads.is_empty())
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let both = |f: &FakeSalesforce| {
+        holds(f, "sam@acme.com", &a, 3, &ta) && holds(f, "kim@acme.com", &b, 3, &tb)
+    };
+    assert!(!both(&fake), "killed mid-sync");
+
+    let server = serve_ready(
+        synced_config(data.path(), &fake.url, CLIENT_SECRET, 0.001, 0.9),
+        models(),
+    )
+    .await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    fake.until("everything after the restart", both).await;
+    let status = drained(&ch, CONNECTOR).await;
+    let o = fake.objects();
+    assert_eq!((o.leads.len(), o.tasks.len()), (2, 2));
+    assert_eq!(status.dead, 0, "{status:?}");
 }

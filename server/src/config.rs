@@ -144,7 +144,8 @@ pub struct ServeConfig {
 
     /// The distance gate: a clause less similar to its nearest intent example than this share
     /// of a tenant's examples are to their nearest ones in other folds is out of scope, however
-    /// sure the softmax is (0 turns it off). Changing it retrains every tenant once.
+    /// sure the softmax is, as is one farther from its top intent's examples than each of them
+    /// is from the others (0 turns both off). Changing it retrains every tenant once.
     #[arg(long, env = "CLOSER_NEAREST_REJECT_RATE", default_value_t = closer_models::intent::NEAREST_REJECT_RATE, value_parser = share)]
     pub nearest_reject_rate: f32,
 

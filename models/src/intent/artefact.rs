@@ -70,6 +70,16 @@ fn arrays(
             vec![examples.len(), examples.dim],
             f32_bytes(&examples.rows),
         ),
+        (
+            "example_labels",
+            Dtype::U32,
+            vec![examples.labels.len()],
+            examples
+                .labels
+                .iter()
+                .flat_map(|l| l.to_le_bytes())
+                .collect(),
+        ),
     ]
 }
 
@@ -100,6 +110,7 @@ impl TrainedHead {
                 "nearest_threshold".to_string(),
                 json(&self.nearest_threshold)?,
             ),
+            ("intent_cuts".to_string(), json(&self.intent_cuts)?),
             ("report".to_string(), json(&self.report)?),
             ("config".to_string(), json(&self.config)?),
             ("sha256".to_string(), sha),
@@ -165,8 +176,8 @@ impl TrainedHead {
             "ngram_idf",
         ];
         // A model written before the distance gate has no examples: it is served without one.
-        if st.names().contains(&"examples") {
-            names.push("examples");
+        if st.names().contains(&"examples") && st.names().contains(&"example_labels") {
+            names.extend(["examples", "example_labels"]);
         }
         let mut data = HashMap::new();
         for &name in &names {
@@ -202,26 +213,34 @@ impl TrainedHead {
                 .collect();
             Ngrams::from_parts(cfg, hashes, f32s("ngram_idf"))
         });
-        let (examples, nearest_threshold) = match data.get("examples") {
+        let (examples, nearest_threshold, intent_cuts) = match data.get("examples") {
             Some((shape, _)) => {
                 let (n, d) = (shape.first().copied().unwrap_or(0), shape.get(1).copied());
                 let rows = f32s("examples");
-                if shape.len() != 2 || rows.len() != n * d.unwrap_or(0) {
-                    return Err(bad("the examples' array has the wrong size"));
+                let labels: Vec<u32> = data["example_labels"]
+                    .1
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                if shape.len() != 2
+                    || rows.len() != n * d.unwrap_or(0)
+                    || labels.len() != n
+                    || labels.iter().any(|&l| l as usize >= k)
+                {
+                    return Err(bad("the examples' arrays have the wrong size"));
                 }
                 let t: f32 = match meta.get("nearest_threshold") {
                     Some(t) => read(t).map_err(|e| of("nearest_threshold", e))?,
                     None => -1.0,
                 };
-                (
-                    Examples {
-                        dim: d.unwrap_or(0),
-                        rows,
-                    },
-                    t,
-                )
+                let cuts: Vec<f32> = match meta.get("intent_cuts") {
+                    Some(t) => read(t).map_err(|e| of("intent_cuts", e))?,
+                    None => vec![],
+                };
+                let dim = d.unwrap_or(0);
+                (Examples { dim, rows, labels }, t, cuts)
             }
-            None => (Examples::default(), -1.0),
+            None => (Examples::default(), -1.0, vec![]),
         };
         let head = LinearHead {
             labels,
@@ -241,6 +260,7 @@ impl TrainedHead {
             threshold,
             examples,
             nearest_threshold,
+            intent_cuts,
             report,
             config,
         })

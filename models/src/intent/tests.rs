@@ -1,4 +1,5 @@
 use super::head::{HeadConfig, LinearHead};
+use super::nearest::Near;
 use super::train::{calibrate_threshold, top2};
 use super::*;
 use crate::Embedder;
@@ -311,11 +312,12 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         threshold: 0.3,
         examples: Default::default(),
         nearest_threshold: -1.0,
+        intent_cuts: vec![],
         report,
         config: ClassifierConfig::default(),
     };
     assert_eq!(
-        t.decide(&[0.8, 0.15, 0.05], 1.0),
+        t.decide(&[0.8, 0.15, 0.05], &Near::open()),
         Decision::Intent {
             index: 0,
             confidence: 0.8,
@@ -323,7 +325,7 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         }
     );
     assert_eq!(
-        t.decide(&[0.5, 0.4, 0.1], 1.0),
+        t.decide(&[0.5, 0.4, 0.1], &Near::open()),
         Decision::Intent {
             index: 0,
             confidence: 0.5,
@@ -331,14 +333,14 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         }
     );
     assert!(matches!(
-        t.decide(&[0.25, 0.24, 0.51], 1.0),
+        t.decide(&[0.25, 0.24, 0.51], &Near::open()),
         Decision::OutOfScope { .. }
     ));
     let mut t = t;
     t.threshold = 0.4;
     assert!(
         matches!(
-            t.decide(&[0.38, 0.33, 0.29], 1.0),
+            t.decide(&[0.38, 0.33, 0.29], &Near::open()),
             Decision::OutOfScope { .. }
         ),
         "below the threshold"
@@ -360,7 +362,7 @@ fn decisions_report_ambiguity_and_out_of_scope() {
         "{calibrated:?} {raw:?}"
     );
     assert!(matches!(
-        t.decide(&calibrated, 1.0),
+        t.decide(&calibrated, &Near::open()),
         Decision::OutOfScope { .. }
     ));
     t.head.temperature = 1.0;
@@ -387,20 +389,40 @@ fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_su
         let f = t.head.features(&[text], emb.embed(&[text]).unwrap());
         t.nearest(&f[0])
     };
+    assert!(
+        t.intent_cuts.len() == 2 && t.intent_cuts.iter().all(|&c| c > -1.0),
+        "{:?}",
+        t.intent_cuts
+    );
     let sure = [0.03, 0.97];
     let near = read("price per seat");
-    assert!(near > 0.99, "an example is its own nearest: {near}");
+    assert!(near.any > 0.99, "an example is its own nearest: {near:?}");
     assert!(matches!(
-        t.decide(&sure, near),
+        t.decide(&sure, &near),
         Decision::Intent { index: 1, .. }
+    ));
+    // Close to the demo examples, far from every pricing one: not served as pricing, however
+    // sure the softmax.
+    let demo = read("can I see a demo");
+    assert!(
+        demo.any > 0.99 && demo.to_intent(1) < t.intent_cuts[1],
+        "{demo:?}"
+    );
+    assert!(matches!(
+        t.decide(&sure, &demo),
+        Decision::OutOfScope { .. }
+    ));
+    assert!(matches!(
+        t.decide(&[0.97, 0.03], &demo),
+        Decision::Intent { index: 0, .. }
     ));
     let far = read("zebra yodel quark");
     assert!(
-        far < t.nearest_threshold,
-        "{far} vs {}",
+        far.any < t.nearest_threshold,
+        "{far:?} vs {}",
         t.nearest_threshold
     );
-    match t.decide(&sure, far) {
+    match t.decide(&sure, &far) {
         Decision::OutOfScope { confidence } => {
             assert!(confidence >= 1.0 - NEAREST_REJECT_RATE, "{confidence}")
         }
@@ -414,12 +436,12 @@ fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_su
     let x = emb.embed(&data.text_refs()).unwrap();
     let off = TrainedHead::train(&data, x, "hash", &cfg, &mut |_| {});
     assert_eq!(off.nearest_threshold, -1.0);
-    assert!(off.examples.is_empty());
+    assert!(off.examples.is_empty() && off.intent_cuts.is_empty());
     let f = off.head.features(
         &["zebra yodel quark"],
         emb.embed(&["zebra yodel quark"]).unwrap(),
     );
-    assert_eq!(off.nearest(&f[0]), 1.0);
+    assert_eq!(off.nearest(&f[0]), Near::open());
 }
 
 #[test]
@@ -451,6 +473,7 @@ fn a_stored_classifier_reads_back_the_same_and_a_damaged_or_old_file_is_refused(
     assert!(!t.examples.is_empty() && t.nearest_threshold > -1.0);
     assert_eq!(back.examples, t.examples);
     assert_eq!(back.nearest_threshold, t.nearest_threshold);
+    assert_eq!(back.intent_cuts, t.intent_cuts);
     assert_eq!(back.report, t.report);
     assert_eq!(back.config, t.config);
     let texts = ["price per seat?"];

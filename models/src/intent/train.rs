@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::head::{fit_temperature, softmax_in_place, Features, HeadConfig, LinearHead};
-use super::nearest::{self, Examples};
+use super::nearest::{self, Examples, Near};
 use super::set::{IntentSet, OUT_OF_SCOPE};
 use crate::rng::Rng;
 
@@ -207,9 +207,11 @@ pub fn name_as_words(name: &str) -> String {
 pub struct TrainedHead {
     pub head: LinearHead,
     pub threshold: f32,
-    /// The in-scope examples the distance gate compares a clause with, and its cut.
+    /// The in-scope examples the distance gate compares a clause with, its cut on the nearest
+    /// of any intent, and its cut per intent on the nearest of that intent (−1: none).
     pub examples: Examples,
     pub nearest_threshold: f32,
+    pub intent_cuts: Vec<f32>,
     pub report: TrainReport,
     pub config: ClassifierConfig,
 }
@@ -258,8 +260,9 @@ pub fn training_version(data: &TrainingData, encoder: &str, cfg: &ClassifierConf
     let mut h = sha2::Sha256::new();
     // v2: the out-of-scope threshold applies to the top probability before temperature scaling;
     // v3: each intent's name is an example too; v4: embeddings are centred on the examples'
-    // mean; v5: within-class whitening (and word stems as an option); v6: the distance gate.
-    h.update(b"closer-intent-head v6\0");
+    // mean; v5: within-class whitening (and word stems as an option); v6: the distance gate;
+    // v7: its cut per intent.
+    h.update(b"closer-intent-head v7\0");
     h.update(encoder.as_bytes());
     // The margin only affects how results are reported, not what is trained.
     let cfg = ClassifierConfig {
@@ -394,7 +397,7 @@ impl TrainedHead {
         }
         let (ng, x) = LinearHead::fit_features(&data.text_refs(), embeddings, &data.y, oos, &base);
         // The distance gate: in-scope examples against those of the other folds.
-        let (examples, nearest_threshold) = if cfg.nearest_reject_rate > 0.0 {
+        let (examples, nearest_threshold, intent_cuts) = if cfg.nearest_reject_rate > 0.0 {
             let bank = Examples::from_features(&x, &data.y, oos);
             let probes = data.y[..data.examples]
                 .iter()
@@ -404,17 +407,18 @@ impl TrainedHead {
             let mut fold: Vec<usize> = (0..probes).map(|i| i % nearest::FOLDS).collect();
             Rng::new(cfg.head.seed ^ 0xF01D).shuffle(&mut fold);
             let sample = nearest::sample(probes, nearest::MAX_PROBES, cfg.head.seed);
-            let cut = nearest::calibrate(
-                bank.nearest_in_other_folds(&sample, &fold),
+            let (cut, cuts) = nearest::calibrate_all(
+                &bank.nearest_in_other_folds(&sample, &fold),
+                k,
                 cfg.nearest_reject_rate,
             );
-            if cut > -1.0 {
-                (bank, cut)
+            if cut > -1.0 || cuts.iter().any(|&c| c > -1.0) {
+                (bank, cut, cuts)
             } else {
-                (Examples::default(), -1.0)
+                (Examples::default(), -1.0, vec![])
             }
         } else {
-            (Examples::default(), -1.0)
+            (Examples::default(), -1.0, vec![])
         };
         let done = steps * (rounds - 1);
         let mut head = LinearHead::train(
@@ -449,18 +453,16 @@ impl TrainedHead {
             threshold,
             examples,
             nearest_threshold,
+            intent_cuts,
             report,
             config: cfg.clone(),
         }
     }
 
-    /// The distance gate's reading of a featurized clause: the cosine with its nearest in-scope
-    /// example (1 without a gate).
-    pub fn nearest(&self, f: &Features) -> f32 {
-        if self.nearest_threshold <= -1.0 {
-            return 1.0;
-        }
-        self.examples.nearest(&f.dense)
+    /// The distance gate's reading of a featurized clause: its cosines with the nearest
+    /// in-scope example and with each intent's nearest ([`Near::open`] without a gate).
+    pub fn nearest(&self, f: &Features) -> Near {
+        self.examples.nearest(&f.dense, self.head.labels.len())
     }
 
     /// What the out-of-scope threshold is compared with: the top probability of the head's own
@@ -482,14 +484,15 @@ impl TrainedHead {
     }
 
     /// The intent of one featurized clause from its probabilities and its nearest-example
-    /// cosine ([`TrainedHead::nearest`]): (label index, probability, runner-up when within the
+    /// cosines ([`TrainedHead::nearest`]): (label index, probability, runner-up when within the
     /// ambiguity margin), or out of scope when the top label is `out_of_scope`, the top
-    /// probability is under the threshold, or the clause is farther from every example than the
-    /// distance gate allows.
-    pub fn decide(&self, probs: &[f32], nearest: f32) -> Decision {
+    /// probability is under the threshold, or the clause is farther from every example, or
+    /// from the top intent's, than the distance gate allows.
+    pub fn decide(&self, probs: &[f32], near: &Near) -> Decision {
         let ((i, p), (j, q)) = top2(probs);
         let oos = |x: usize| self.head.labels[x] == OUT_OF_SCOPE;
-        let gated = nearest < self.nearest_threshold;
+        let gated = near.any < self.nearest_threshold
+            || near.to_intent(i) < self.intent_cuts.get(i).copied().unwrap_or(-1.0);
         if oos(i) || self.oos_score(probs) < self.threshold || gated {
             let confidence = if oos(i) {
                 p

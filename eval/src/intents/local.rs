@@ -194,7 +194,7 @@ impl Local {
                     .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             let top = self.map.to_dataset(&trained.head.labels[best]);
             // What a visitor is served, and the confidence served with it.
-            let (pred, conf) = match trained.decide(&p, trained.nearest(f)) {
+            let (pred, conf) = match trained.decide(&p, &trained.nearest(f)) {
                 Decision::OutOfScope { confidence } if has_oos => {
                     (self.map.to_dataset(OUT_OF_SCOPE), confidence)
                 }
@@ -222,7 +222,7 @@ impl Local {
                 None => self.encoder.embed(&[r.text.as_str()])?,
             };
             let f = trained.head.features(&[r.text.as_str()], v);
-            let _ = trained.decide(&trained.head.predict(&f[0]), trained.nearest(&f[0]));
+            let _ = trained.decide(&trained.head.predict(&f[0]), &trained.nearest(&f[0]));
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         Ok(lat)

@@ -146,7 +146,7 @@ pub struct ServeConfig {
     /// of a tenant's examples are to their nearest ones in other folds is out of scope, however
     /// sure the softmax is, as is one farther from its top intent's examples than each of them
     /// is from the others (0 turns both off). Changing it retrains every tenant once.
-    #[arg(long, env = "CLOSER_NEAREST_REJECT_RATE", default_value_t = closer_models::intent::NEAREST_REJECT_RATE, value_parser = share)]
+    #[arg(long, env = "CLOSER_NEAREST_REJECT_RATE", default_value_t = closer_models::intent::NEAREST_REJECT_RATE, value_parser = closer_models::intent::nearest::parse_share)]
     pub nearest_reject_rate: f32,
 
     /// API keys: `keys` (every call but health and reflection needs a key; see `closer keys`),
@@ -326,29 +326,6 @@ impl KeyPolicy {
             KeyPolicy::ProxiedOnly => ["forwarded", "x-forwarded-for", "x-real-ip"]
                 .iter()
                 .any(|h| req.headers().contains_key(*h)),
-        }
-    }
-}
-
-/// A share in [0, 0.5).
-fn share(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if (0.0..0.5).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s:?}: expected a share from 0 to below 0.5, e.g. 0.015"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod share_tests {
-    #[test]
-    fn a_reject_rate_is_a_share_below_one_half() {
-        assert_eq!(super::share("0.015"), Ok(0.015));
-        assert_eq!(super::share("0"), Ok(0.0));
-        for bad in ["-0.1", "0.5", "2", "lots"] {
-            let e = super::share(bad).unwrap_err();
-            assert!(e.contains(bad) && e.contains("share"), "{e}");
         }
     }
 }

@@ -39,9 +39,9 @@ pub(crate) struct IntentArgs {
     /// Held-out in-scope accuracy the calibrated threshold may cost (default the server's).
     #[arg(long)]
     pub(crate) in_scope_loss: Option<f32>,
-    /// Share of held-out in-scope examples the distance gate may reject (0: no gate; default
-    /// the server's).
-    #[arg(long)]
+    /// Share of the examples, each read against the other folds, the distance gate may reject
+    /// (0: no gate, neither cut; default the server's, `--nearest-reject-rate` of `closer serve`).
+    #[arg(long, value_parser = closer_models::intent::nearest::parse_share)]
     pub(crate) nearest_reject_rate: Option<f32>,
     /// Also build this many multi-intent messages from the test rows and score them.
     #[arg(long, default_value_t = 0)]

@@ -15,6 +15,7 @@
 //! near-domain recall from 14–37 % to 21–54 % (README, "Near-domain out-of-scope: the served
 //! decision").
 
+use super::head::whiten::unit;
 use super::head::Features;
 
 /// The in-scope training examples' dense features at unit length, one row each, with their
@@ -149,11 +150,19 @@ pub fn sample(n: usize, max: usize, seed: u64) -> Vec<usize> {
 }
 
 fn unit_copy(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 1e-12 {
-        v.iter().map(|x| x / norm).collect()
-    } else {
-        v.to_vec()
+    let mut v = v.to_vec();
+    unit(&mut v);
+    v
+}
+
+/// Parses a share for [`crate::intent::ClassifierConfig::nearest_reject_rate`] from a command
+/// line: 0 (off) up to below one half, an error naming the value otherwise.
+pub fn parse_share(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..0.5).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: expected a share from 0 to below 0.5, e.g. 0.015"
+        )),
     }
 }
 
@@ -275,7 +284,17 @@ mod tests {
     }
 
     #[test]
-    fn the_cut_rejects_at_most_the_share_of_held_out_rows() {
+    fn a_share_is_from_0_to_below_one_half() {
+        assert_eq!(parse_share("0.015"), Ok(0.015));
+        assert_eq!(parse_share("0"), Ok(0.0));
+        for bad in ["-0.1", "0.5", "2", "lots"] {
+            let e = parse_share(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("share"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_cut_rejects_at_most_the_share_of_the_readings() {
         let scores: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
         let t = calibrate(scores.clone(), 0.02);
         assert_eq!(scores.iter().filter(|&&s| s < t).count(), 2);

@@ -369,19 +369,24 @@ fn decisions_report_ambiguity_and_out_of_scope() {
     assert_eq!(t.oos_score(&raw), raw[0]);
 }
 
+/// A head trained on the YAML intent set `yaml` over the hash embedder of `dim` dimensions.
+fn hash_trained(yaml: &str, dim: usize, cfg: &ClassifierConfig) -> TrainedHead {
+    let set = IntentSet::from_yaml(yaml).unwrap();
+    let data = TrainingData::from_set(&set, true);
+    let x = crate::fake::HashEmbedder::new(dim)
+        .embed(&data.text_refs())
+        .unwrap();
+    TrainedHead::train(&data, x, "hash", cfg, &mut |_| {})
+}
+
 #[test]
 fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_sure_the_softmax() {
-    let set = IntentSet::from_yaml(
-        "intents:\n  - name: book_demo\n    examples: [can I see a demo, show me a demo please, set up a demo call, a demo walkthrough please, demo next week]\n  - name: pricing\n    examples: [how much is the price, price per seat, the price with discounts, annual plan price, what price is it]\n",
-    )
-    .unwrap();
-    let data = TrainingData::from_set(&set, true);
+    let yaml = "intents:\n  - name: book_demo\n    examples: [can I see a demo, show me a demo please, set up a demo call, a demo walkthrough please, demo next week]\n  - name: pricing\n    examples: [how much is the price, price per seat, the price with discounts, annual plan price, what price is it]\n";
     let emb = crate::fake::HashEmbedder::new(64);
-    let x = emb.embed(&data.text_refs()).unwrap();
-    let t = TrainedHead::train(&data, x, "hash", &ClassifierConfig::default(), &mut |_| {});
+    let t = hash_trained(yaml, 64, &ClassifierConfig::default());
     assert!(
         t.nearest_threshold > -1.0,
-        "a held-out share calibrates a cut"
+        "the examples' readings in other folds calibrate a cut"
     );
     // Every example but the names (5 + 5 + 2 names) is kept.
     assert_eq!(t.examples.len(), 12);
@@ -433,8 +438,7 @@ fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_su
         nearest_reject_rate: 0.0,
         ..Default::default()
     };
-    let x = emb.embed(&data.text_refs()).unwrap();
-    let off = TrainedHead::train(&data, x, "hash", &cfg, &mut |_| {});
+    let off = hash_trained(yaml, 64, &cfg);
     assert_eq!(off.nearest_threshold, -1.0);
     assert!(off.examples.is_empty() && off.intent_cuts.is_empty());
     let f = off.head.features(
@@ -446,14 +450,12 @@ fn the_distance_gate_sends_a_clause_unlike_every_example_out_of_scope_however_su
 
 #[test]
 fn a_stored_classifier_reads_back_the_same_and_a_damaged_or_old_file_is_refused() {
-    let set = IntentSet::from_yaml(
+    let t = hash_trained(
         "intents:\n  - name: book_demo\n    examples: [can I see a demo, show me the product, set up a call, a walkthrough please, demo next week]\n  - name: pricing\n    examples: [how much is it, price per seat, any discounts, annual plan cost, what does it cost]\n  - name: out_of_scope\n    examples: [weather, football, a poem, recipes, jokes]\n",
-    )
-    .unwrap();
-    let data = TrainingData::from_set(&set, true);
+        16,
+        &ClassifierConfig::default(),
+    );
     let emb = crate::fake::HashEmbedder::new(16);
-    let x = emb.embed(&data.text_refs()).unwrap();
-    let t = TrainedHead::train(&data, x, "hash", &ClassifierConfig::default(), &mut |_| {});
     assert!(!t.head.featurizer.whiten.is_empty() && t.head.featurizer.ngrams.is_some());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("intent-model.bin");

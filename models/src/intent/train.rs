@@ -52,7 +52,8 @@ pub struct ClassifierConfig {
     /// Share of the in-scope examples the distance gate would reject, each read against the
     /// examples of the other folds: a clause whose nearest in-scope example is less similar
     /// than that share of the examples' nearest ones is out of scope, whatever the softmax
-    /// says (see [`nearest`]). 0 turns the gate off.
+    /// says, as is one farther from its top intent's examples than each of them is from the
+    /// others (see [`nearest`]). 0 turns both cuts off.
     #[serde(default)]
     pub nearest_reject_rate: f32,
 }

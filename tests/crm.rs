@@ -3,7 +3,7 @@
 //! with the status answered, 0 for none), and the server side: a server with the demo tenant,
 //! the demo conversation, its transcript, and the connector as `Events.ListConsumers` shows it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -20,6 +20,8 @@ pub(crate) struct Request {
     /// (lower-case name, value)
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
+    /// Requests the fake was handling when this one arrived, itself included.
+    pub(crate) in_flight: usize,
 }
 
 impl Request {
@@ -49,6 +51,17 @@ pub(crate) type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 pub(crate) struct FakeServer {
     pub(crate) url: String,
     log: Arc<Mutex<Vec<(String, String, u16)>>>,
+    /// Milliseconds each answer is held back (a remote that takes its time).
+    latency_ms: Arc<AtomicU64>,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FakeServer {
@@ -57,18 +70,24 @@ impl FakeServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let log: Arc<Mutex<Vec<(String, String, u16)>>> = Arc::default();
-        let server_log = log.clone();
+        let latency_ms: Arc<AtomicU64> = Arc::default();
+        let in_flight: Arc<AtomicUsize> = Arc::default();
+        let (server_log, server_latency) = (log.clone(), latency_ms.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
                 let (handler, log) = (handler.clone(), server_log.clone());
+                let (latency, in_flight) = (server_latency.clone(), in_flight.clone());
                 tokio::spawn(async move {
-                    let Some(req) = read(&mut s).await else {
+                    let Some(mut req) = read(&mut s).await else {
                         return;
                     };
+                    req.in_flight = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _counted = InFlight(in_flight);
                     let reply = handler(&req);
+                    tokio::time::sleep(Duration::from_millis(latency.load(Ordering::SeqCst))).await;
                     let status = match &reply {
                         Reply::Answer(s, _) | Reply::With(s, _, _) => *s,
                         _ => 0,
@@ -98,7 +117,17 @@ impl FakeServer {
                 });
             }
         });
-        FakeServer { url, log }
+        FakeServer {
+            url,
+            log,
+            latency_ms,
+        }
+    }
+
+    /// Holds every answer back `latency` from now on.
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests answered with `status` (0: none).
@@ -191,6 +220,7 @@ pub(crate) async fn read(s: &mut tokio::net::TcpStream) -> Option<Request> {
         query: query.to_string(),
         headers,
         body: buf[head_end..head_end + len].to_vec(),
+        in_flight: 0,
     })
 }
 

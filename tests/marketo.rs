@@ -4,7 +4,8 @@
 //! as HTTP 200 with `success: false`: 601 (a token it does not know), 602 (a token it expired on
 //! demand), 606 (its own limit of 100 calls per 20 s, or injected); the leads push must be
 //! `createOrUpdate` by `email` with 1 to 300 leads, and a lead naming a field the instance does
-//! not have is `skipped` (1006). It injects 503s, answers dropped after the push committed, and
+//! not have is `skipped` (1006); a REST call arriving while 10 are being answered gets 615 (its
+//! answers can be held back to make calls overlap). It injects 503s, answers dropped after the push committed, and
 //! a push applied whose answer never comes (the server is killed then).
 //! Its state lets the tests count leads per e-mail.
 
@@ -55,6 +56,11 @@ struct State {
     tokens: HashSet<String>,
     issued: u64,
     pushes: u64,
+    /// Leads in all pushes applied, and in the largest.
+    pushed_leads: u64,
+    largest_push: usize,
+    /// The most REST calls it was answering at once.
+    most_in_flight: usize,
     window: VecDeque<Instant>,
     codes: Vec<String>,
 }
@@ -109,6 +115,12 @@ impl FakeMarketo {
     /// Pushes applied.
     pub(crate) fn pushes(&self) -> u64 {
         self.state.lock().unwrap().pushes
+    }
+
+    /// (leads in all pushes applied, leads in the largest, most REST calls at once)
+    pub(crate) fn batching(&self) -> (u64, usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.pushed_leads, st.largest_push, st.most_in_flight)
     }
 
     /// Error codes answered (inside HTTP 200).
@@ -193,6 +205,10 @@ fn rest(st: &mut State, faults: &Faults, req: &Request) -> Reply {
     if !st.tokens.contains(bearer) {
         return refused("601", "Access token invalid");
     }
+    st.most_in_flight = st.most_in_flight.max(req.in_flight);
+    if req.in_flight > 10 {
+        return refused("615", "Concurrent access limit reached");
+    }
     // Its own limit: 100 calls in any 20 s.
     let now = Instant::now();
     while st
@@ -265,6 +281,8 @@ fn rest(st: &mut State, faults: &Faults, req: &Request) -> Reply {
         results.push(json!({"id": entry.0, "status": if created { "created" } else { "updated" }}));
     }
     st.pushes += 1;
+    st.pushed_leads += input.len() as u64;
+    st.largest_push = st.largest_push.max(input.len());
     if st.pushes.is_multiple_of(2) && take(&faults.drop_after_commit) {
         return Reply::Drop;
     }
@@ -283,16 +301,31 @@ fn rest(st: &mut State, faults: &Faults, req: &Request) -> Reply {
 /// A server with the Marketo connector to `fake` (credentials in secret files); an attempt may
 /// take `attempt_secs`.
 fn synced_config(dir: &Path, fake: &str, secret: &str, attempt_secs: u64) -> ServeConfig {
+    synced_config_with(dir, fake, secret, attempt_secs, json!({}))
+}
+
+/// The same with more fields of the instance's configuration.
+fn synced_config_with(
+    dir: &Path,
+    fake: &str,
+    secret: &str,
+    attempt_secs: u64,
+    more: Value,
+) -> ServeConfig {
     std::fs::write(dir.join("mkto-id"), CLIENT_ID).unwrap();
     std::fs::write(dir.join("mkto-secret"), secret).unwrap();
-    let connectors = json!({"marketo": [{
+    let mut instance = json!({
         "tenant": "applinks",
         "base_url": fake,
         "client_id_file": dir.join("mkto-id"),
         "client_secret_file": dir.join("mkto-secret"),
         "request_timeout_secs": 2,
         "attempt_timeout_secs": attempt_secs,
-    }]});
+    });
+    for (k, v) in more.as_object().cloned().unwrap_or_default() {
+        instance[k] = v;
+    }
+    let connectors = json!({ "marketo": [instance] });
     std::fs::write(dir.join("connectors.json"), connectors.to_string()).unwrap();
     let mut cfg = ServeConfig::for_tests(dir.to_path_buf(), ModelPaths::default_root());
     cfg.connectors = Some(dir.join("connectors.json"));
@@ -345,6 +378,46 @@ async fn marketo_shows_the_demo_conversation_within_5_s_with_score_3() {
         ("connector", 0, None)
     );
     assert_eq!((fake.leads(), fake.issued()), (1, 1));
+    assert!(attempts(data.path()).iter().all(|a| *a == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marketo_pushes_many_conversations_in_shared_calls_within_its_concurrent_slots() {
+    let fake = FakeMarketo::start().await;
+    // Every answer takes 400 ms, and the connector may have 2 calls in flight: events of the
+    // other conversations arrive while both are out.
+    fake.server.set_latency(Duration::from_millis(400));
+    let data = demo_data();
+    let cfg = synced_config_with(
+        data.path(),
+        &fake.url,
+        CLIENT_SECRET,
+        15,
+        json!({"concurrent_calls": 2}),
+    );
+    let server = serve_ready(cfg, models()).await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let emails: Vec<String> = (0..8).map(|i| format!("v{i}@acme.com")).collect();
+    let mut ids = vec![];
+    for e in &emails {
+        ids.push(demo(&ch, e).await);
+    }
+    fake.until("every lead", |f| {
+        emails.iter().zip(&ids).all(|(e, id)| holds(f, e, id, 3))
+    })
+    .await;
+    let status = drained(&ch, CONNECTOR).await;
+    assert_eq!((status.dead, status.last_error), (0, None));
+    let (leads, largest, most) = fake.batching();
+    let pushes = fake.pushes();
+    eprintln!("{leads} leads in {pushes} pushes, the largest {largest}, {most} calls at once");
+    assert_eq!(fake.leads(), 8);
+    assert!(most <= 2, "{most} calls at once, configured 2");
+    assert_eq!(fake.codes("615"), 0);
+    assert!(
+        largest >= 3 && leads >= 2 * pushes,
+        "{leads} leads in {pushes} pushes, the largest {largest}"
+    );
     assert!(attempts(data.path()).iter().all(|a| *a == 1));
 }
 

@@ -62,6 +62,12 @@ pub trait Connector: Send + Sync {
     /// The longest one attempt may take: the worker holds the delivery this long (plus a
     /// second) before any replica, or this one after a restart, tries it again.
     fn hold(&self) -> Duration;
+    /// Its deliveries in flight at once; `None`: the worker's limit per endpoint
+    /// ([`crate::worker::WorkerConfig::per_endpoint`]). A connector that batches events into
+    /// one remote call lets a batch's worth wait together.
+    fn in_flight(&self) -> Option<usize> {
+        None
+    }
     /// Applies one event; a 2xx answer means the remote acknowledged every write.
     fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a>;
 }

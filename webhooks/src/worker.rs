@@ -1,6 +1,7 @@
 //! The delivery worker: one tokio task started by `closer serve`. Each round it queues every
 //! enabled endpoint's new events (`WebhookStore::scan_events`) and starts the due deliveries,
-//! each in its own task, at most [`WorkerConfig::per_endpoint`] at once per endpoint, so a
+//! each in its own task, at most [`WorkerConfig::per_endpoint`] at once per endpoint (or what
+//! the connector asks, [`Connector::in_flight`]), so a
 //! slow or failing endpoint never delays another, and a conversation's later event waits for
 //! its earlier one (the store's due query) while other conversations go on. It wakes on the
 //! bus (new events), when a delivery ends, when the next retry falls due, and every
@@ -263,9 +264,14 @@ async fn round(
         shared
             .metrics
             .set_lag(&ep.tenant, &ep.id, newest.saturating_sub(through));
+        let slots = shared
+            .connectors
+            .get(&ep.id)
+            .and_then(|c| c.in_flight())
+            .unwrap_or(shared.config.per_endpoint);
         let limit = limits
             .entry(ep.id.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(shared.config.per_endpoint.max(1))))
+            .or_insert_with(|| Arc::new(Semaphore::new(slots.max(1))))
             .clone();
         dispatch(shared, ep, limit).await?;
     }
@@ -282,7 +288,8 @@ async fn dispatch(
         return Ok(());
     }
     let (s, id) = (shared.clone(), ep.id.clone());
-    let due = blocking(move || s.store.due_deliveries(&id, now_ms(), 64)).await?;
+    let take = limit.available_permits().max(64);
+    let due = blocking(move || s.store.due_deliveries(&id, now_ms(), take)).await?;
     let ep = Arc::new(ep);
     for d in due {
         let key = (ep.id.clone(), d.cursor);

@@ -3,14 +3,16 @@
 //! secret), sent as a bearer header; errors arrive as HTTP 200 with `success: false` and codes:
 //! 601/602 (token invalid or expired) fetch a new token once and send the call again, 606 (the
 //! 100-calls-per-20-s rate) and 615 (the 10-concurrent-calls limit) are waited out (20 s at
-//! most, three times) and the call sent again. Calls wait for the instance's [`Budget`] (100 per
-//! rolling 20 s by default) and for one of its concurrent slots (10).
+//! most, three times) and the call sent again. A call first takes one of the instance's
+//! concurrent slots (10 by default), held until its answer, retries included, then the
+//! instance's [`Budget`] (100 per rolling 20 s by default; each retry and token takes one more).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use closer_webhooks::connector::Answer;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::budget::Budget;
 use crate::config::{MarketoConfig, Token};
@@ -26,7 +28,12 @@ pub struct Client {
     client_secret: Token,
     token: tokio::sync::Mutex<Option<Token>>,
     budget: Budget,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+}
+
+/// One of the instance's concurrent slots, and the budget taken for a call's first request.
+pub struct Ready {
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Client {
@@ -38,7 +45,7 @@ impl Client {
             client_secret: c.client_secret.clone().ok_or("no client secret read")?,
             token: tokio::sync::Mutex::new(None),
             budget: Budget::new(c.calls_per_20s, Duration::from_secs(20)),
-            slots: Semaphore::new(c.concurrent_calls.max(1) as usize),
+            slots: Arc::new(Semaphore::new(c.concurrent_calls.max(1) as usize)),
         })
     }
 
@@ -79,36 +86,46 @@ impl Client {
         }
     }
 
-    /// One call with the bearer token; `Ok` with the body when Marketo says `success: true`.
-    pub async fn call(&self, path: &str, body: &Value) -> Result<Value, Answer> {
+    /// Waits for a free concurrent slot, then for the budget: a call may go now.
+    pub async fn ready(&self) -> Result<Ready, Answer> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Answer::none("closed"))?;
+        self.budget.take().await;
+        Ok(Ready { _slot: slot })
+    }
+
+    /// One call with the bearer token, sent in the slot `ready` holds; `Ok` with the body when
+    /// Marketo says `success: true`.
+    pub async fn call(&self, path: &str, body: &Value, ready: Ready) -> Result<Value, Answer> {
+        let _slot = ready;
         let url = format!("{}{path}", self.base);
         let what = format!("POST {path}");
         let mut stale: Option<Token> = None;
         let mut rate = 0;
+        let mut first = true;
         loop {
             let token = self.access_token(stale.as_ref()).await?;
-            self.budget.take().await;
-            let sent = {
-                let _slot = self
-                    .slots
-                    .acquire()
-                    .await
-                    .map_err(|_| Answer::none("closed"))?;
-                let resp = self
-                    .http
-                    .post(&url)
-                    .bearer_auth(token.expose())
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(body).unwrap_or_default())
-                    .send()
-                    .await;
-                match resp {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        r.bytes().await.map(|b| (status, b))
-                    }
-                    Err(e) => Err(e),
+            if !std::mem::take(&mut first) {
+                self.budget.take().await;
+            }
+            let sent = match self
+                .http
+                .post(&url)
+                .bearer_auth(token.expose())
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(body).unwrap_or_default())
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    r.bytes().await.map(|b| (status, b))
                 }
+                Err(e) => Err(e),
             };
             let (status, bytes) = match sent {
                 Ok(x) => x,

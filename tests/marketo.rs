@@ -34,6 +34,8 @@ const FIELDS: &[&str] = &[
     "closerSlots",
     "closerMeeting",
     "closerConversation",
+    "closerOwnerEmail",
+    "closerTranscript",
 ];
 
 #[derive(Default)]
@@ -343,10 +345,12 @@ async fn started(
     (data, server, ch)
 }
 
-/// One lead for the e-mail with `score`, names filled, the conversation named.
+/// One lead for the e-mail with `score`, names filled, the conversation named, Chelsea (the
+/// account's owner, routed) as its owner.
 fn holds(f: &FakeMarketo, email: &str, conv: &str, score: i64) -> bool {
     f.lead(email).is_some_and(|l| {
         l.get("closerCQL").and_then(Value::as_i64) == Some(score)
+            && l.get("closerOwnerEmail") == Some(&json!("chelsea.ward@applinks.example"))
             && l.get("closerConversation") == Some(&json!(conv))
             && l.get("lastName") == Some(&json!(email.split('@').next().unwrap()))
             && l.get("company") == Some(&json!("acme.com"))
@@ -364,7 +368,7 @@ fn attempts(data: &Path) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn marketo_shows_the_demo_conversation_within_5_s_with_score_3() {
+async fn marketo_shows_the_demo_conversation_within_5_s_with_score_owner_and_transcript() {
     let fake = FakeMarketo::start().await;
     let (data, _server, ch) = started(&fake, CLIENT_SECRET).await;
     let id = demo(&ch, "sam@acme.com").await;
@@ -379,6 +383,14 @@ async fn marketo_shows_the_demo_conversation_within_5_s_with_score_3() {
     );
     assert_eq!((fake.leads(), fake.issued()), (1, 1));
     assert!(attempts(data.path()).iter().all(|a| *a == 1));
+    let texts = super::crm::transcript(&ch, &id).await;
+    let lead = fake.lead("sam@acme.com").unwrap();
+    let written = lead["closerTranscript"].as_str().unwrap();
+    assert!(texts.len() >= 5, "{texts:?}");
+    for t in &texts {
+        assert!(written.contains(t.as_str()), "{t:?} not in {written:?}");
+    }
+    assert!(written.starts_with("Visitor: ") && written.contains("\nRep: Hi, Chelsea here"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

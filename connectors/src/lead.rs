@@ -124,6 +124,27 @@ pub fn author(a: &Author) -> &'static str {
     }
 }
 
+/// What a transcript cut at its start begins with.
+pub const CUT_MARKER: &str = "[start of the conversation cut]\n";
+
+/// The transcript as plain text, one message a line, author first; at most `max` characters,
+/// the start cut behind [`CUT_MARKER`].
+pub fn transcript_text(transcript: &[Message], max: usize) -> String {
+    let lines: Vec<String> = transcript
+        .iter()
+        .map(|m| format!("{}: {}", author(&m.author), m.text))
+        .collect();
+    keep_end(lines.join("\n"), max, CUT_MARKER)
+}
+
+/// The routed rep's e-mail from the tenant's directory, if any.
+pub fn rep_email(reps: &RepEmails, tenant: &str, lead: &Lead) -> Option<String> {
+    lead.rep_id
+        .as_deref()
+        .and_then(|r| reps(tenant, r))
+        .filter(|e| !e.is_empty())
+}
+
 /// `text` cut to at most `max` characters by dropping its start, `marker` put in front.
 pub fn keep_end(text: String, max: usize, marker: &str) -> String {
     let len = text.chars().count();

@@ -45,7 +45,11 @@ pub fn build(
         )?));
     }
     for m in &config.marketo {
-        out.push(Arc::new(marketo::Marketo::new(m.clone(), store.clone())?));
+        out.push(Arc::new(marketo::Marketo::new(
+            m.clone(),
+            store.clone(),
+            reps.clone(),
+        )?));
     }
     Ok(out)
 }

@@ -187,11 +187,7 @@ impl HubSpot {
             properties::ensure(&self.client).await?;
             self.ready.store(true, Ordering::SeqCst);
         }
-        let rep_email = lead
-            .rep_id
-            .as_deref()
-            .and_then(|r| (self.reps)(&self.config.tenant, r))
-            .filter(|e| !e.is_empty());
+        let rep_email = lead::rep_email(&self.reps, &self.config.tenant, lead);
         let owner = match &rep_email {
             Some(e) => self.owner(e).await?,
             None => None,

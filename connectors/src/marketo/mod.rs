@@ -5,8 +5,12 @@
 //! `firstName`/`lastName` and `company` like the Salesforce connector's, and the custom fields
 //! [`FIELDS`]. A lead the answer marks `skipped` (a field not created, say) fails the attempt
 //! with Marketo's reason. `createOrUpdate` by e-mail makes a replay or a retry after a lost
-//! answer harmless. Marketo has no per-conversation record here: the transcript stays in Closer
-//! (`Leads.GetTranscript`); `closerConversation` names the latest conversation.
+//! answer harmless. Marketo's own lead-owner fields are left to its CRM sync, and it has no
+//! per-conversation record an upsert keeps single, so the lead carries both as fields: `closerOwnerEmail` (the routed rep's e-mail,
+//! for a smart campaign to assign), `closerConversation` (the latest conversation) and
+//! `closerTranscript` (that conversation's every message, one a line, at most
+//! [`TRANSCRIPT_MAX_CHARS`], the start cut); every conversation's stays in Closer
+//! (`Leads.GetTranscript`).
 //!
 //! Pushes are batched across conversations ([`pusher`]): an event's lead joins a queue, and a
 //! push takes everything queued (up to [`MAX_BATCH`]) once it has a concurrent slot and the
@@ -28,7 +32,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{ConfigError, MarketoConfig};
-use crate::lead;
+use crate::lead::{self, RepEmails};
 use client::Client;
 
 /// The custom lead fields written (REST API names).
@@ -38,7 +42,12 @@ pub const FIELDS: &[&str] = &[
     "closerSlots",
     "closerMeeting",
     "closerConversation",
+    "closerOwnerEmail",
+    "closerTranscript",
 ];
+
+/// The most of a transcript written to `closerTranscript` (a Text Area field).
+pub const TRANSCRIPT_MAX_CHARS: usize = 32_000;
 
 /// Leads in one push at most (Marketo's limit for `leads.json`).
 pub const MAX_BATCH: usize = 300;
@@ -58,13 +67,18 @@ pub struct Marketo {
     id: String,
     client: Arc<Client>,
     store: Arc<dyn Store>,
+    reps: RepEmails,
     queue: mpsc::UnboundedSender<Queued>,
     /// The queue's other end, until the first event starts the [`pusher`].
     idle: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
 }
 
 impl Marketo {
-    pub fn new(config: MarketoConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
+    pub fn new(
+        config: MarketoConfig,
+        store: Arc<dyn Store>,
+        reps: RepEmails,
+    ) -> Result<Self, ConfigError> {
         let client = Arc::new(Client::new(&config).map_err(ConfigError::Invalid)?);
         let (queue, idle) = mpsc::unbounded_channel();
         Ok(Marketo {
@@ -72,6 +86,7 @@ impl Marketo {
             config,
             client,
             store,
+            reps,
             queue,
             idle: Mutex::new(Some(idle)),
         })
@@ -91,10 +106,17 @@ impl Marketo {
             tokio::spawn(pusher(self.client.clone(), idle));
         }
         let (result, answer) = oneshot::channel();
+        let mut fields = lead_fields(&snap.lead, &email, snap.meeting.as_deref());
+        let owner = lead::rep_email(&self.reps, &self.config.tenant, &snap.lead);
+        fields.insert("closerOwnerEmail".into(), owner.unwrap_or_default().into());
+        fields.insert(
+            "closerTranscript".into(),
+            lead::transcript_text(&snap.transcript, TRANSCRIPT_MAX_CHARS).into(),
+        );
         let queued = Queued {
             email: email.to_lowercase(),
             cursor: d.cursor,
-            fields: lead_fields(&snap.lead, &email, snap.meeting.as_deref()),
+            fields,
             result,
         };
         self.queue

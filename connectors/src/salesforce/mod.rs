@@ -36,8 +36,7 @@ use client::Client;
 
 /// Salesforce's limit on a Task's `Description`.
 pub const DESCRIPTION_MAX_CHARS: usize = 32_000;
-/// What a transcript cut at its start begins with.
-pub const CUT_MARKER: &str = "[start of the conversation cut]\n";
+pub use crate::lead::CUT_MARKER;
 /// The Lead's external id: tenant + ":" + e-mail.
 pub const LEAD_KEY: &str = "Closer_Key__c";
 /// The Task's external id: the conversation.
@@ -225,11 +224,7 @@ impl Salesforce {
             return Ok("no e-mail yet: nothing to write".into());
         };
         let key = format!("{}:{}", self.config.tenant, email.to_lowercase());
-        let rep_email = lead
-            .rep_id
-            .as_deref()
-            .and_then(|r| (self.reps)(&self.config.tenant, r))
-            .filter(|e| !e.is_empty());
+        let rep_email = lead::rep_email(&self.reps, &self.config.tenant, lead);
         let owner = match &rep_email {
             Some(e) => self.owner(e).await?,
             None => None,
@@ -384,11 +379,7 @@ fn task_body(
 /// The transcript as plain text, one message a line, author first; at most
 /// [`DESCRIPTION_MAX_CHARS`], the start cut behind [`CUT_MARKER`].
 pub fn description(transcript: &[Message]) -> String {
-    let lines: Vec<String> = transcript
-        .iter()
-        .map(|m| format!("{}: {}", lead::author(&m.author), m.text))
-        .collect();
-    lead::keep_end(lines.join("\n"), DESCRIPTION_MAX_CHARS, CUT_MARKER)
+    lead::transcript_text(transcript, DESCRIPTION_MAX_CHARS)
 }
 
 /// A value inside a SOQL string literal.

@@ -12,8 +12,9 @@
 //!   no (not, only, cannot…) where it says no;
 //! - comparisons ([`compare`]): "lower", "cheaper", "more"… must be a comparison a fact makes,
 //!   with the same things on the same sides of it;
-//! - prose: the sentence's content words must be the facts' words (one in three may be new);
-//!   steps and capabilities the facts do not state fail here.
+//! - prose: the sentence's content words must be the facts' words (one in three may be new,
+//!   none of them taken from the visitor's message: [`Evidence::asked`]); steps and
+//!   capabilities the facts do not state fail here.
 //!
 //! This is code, not a prompt instruction: the 0.5B generator invents prices, discounts,
 //! arithmetic and "yes" answers freely. A failing sentence gives way to the fact's own answer.
@@ -146,6 +147,8 @@ pub struct Evidence {
     words: HashSet<String>,
     sentences: Vec<FactSentence>,
     comparisons: Vec<compare::Comparison>,
+    /// The visitor's content words ([`Evidence::asked`]): never evidence.
+    asked: Vec<String>,
 }
 
 impl Evidence {
@@ -155,6 +158,14 @@ impl Evidence {
             e.add(t);
         }
         e
+    }
+
+    /// Registers what the visitor wrote. Their words back nothing, and a word no fact uses that
+    /// the generator took from them is their premise restated as the team's ("There is a
+    /// totally free version…" asked "is there a totally free version"): such a sentence fails,
+    /// without the one-in-three allowance other new words get.
+    pub fn asked(&mut self, text: &str) {
+        self.asked.extend(content_terms(&spell_out(text)));
     }
 
     /// Adds an authored text (a fact's answer, an account line, a name).
@@ -335,6 +346,13 @@ impl Evidence {
             bad.push(Claim::Prose(
                 new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
             ));
+        }
+        for t in new {
+            if self.asked.iter().any(|a| term_matches(t, a)) {
+                bad.push(Claim::Prose(format!(
+                    "{t} (the visitor's word, in no fact)"
+                )));
+            }
         }
         bad
     }

@@ -1,7 +1,7 @@
 //! Streamed text cut into sentences for the guard.
 
-/// Cuts streamed text into sentences: a sentence ends at `.`, `!` or `?` followed by whitespace,
-/// or at a line break. What is left at the end of the stream is the last sentence.
+/// Cuts streamed text into sentences: a sentence ends at `.`, `!` or `?` followed by whitespace
+/// (not the dot of an abbreviation such as "U.S." or "e.g."), or at a line break. What is left at the end of the stream is the last sentence.
 #[derive(Debug, Default)]
 pub struct SentenceSplitter {
     buf: String,
@@ -24,6 +24,7 @@ impl SentenceSplitter {
                 if matches!(c, b'.' | b'!' | b'?')
                     && i + 1 < bytes.len()
                     && bytes[i + 1].is_ascii_whitespace()
+                    && !(c == b'.' && abbreviation(&self.buf[..i]))
                 {
                     cut = Some(i + 1);
                     break;
@@ -47,5 +48,43 @@ impl SentenceSplitter {
         let s = std::mem::take(&mut self.buf);
         let s = s.trim();
         (!s.is_empty()).then(|| s.to_string())
+    }
+}
+
+/// Whether the word ending where a dot follows is dotted initials ("U.S", "e.g", "a.m") or "vs":
+/// the dot does not end the sentence.
+fn abbreviation(before: &str) -> bool {
+    let word = before
+        .rsplit(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("");
+    if word.eq_ignore_ascii_case("vs") {
+        return true;
+    }
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() >= 2
+        && parts
+            .iter()
+            .all(|p| p.chars().count() == 1 && p.chars().all(char::is_alphabetic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abbreviations_do_not_end_a_sentence() {
+        let mut sp = SentenceSplitter::default();
+        let mut got = sp.push("Fees are billed in U.S. dollars, e.g. for ");
+        got.extend(sp.push("annual plans. Taxes vs. fees differ. It ends."));
+        got.extend(sp.finish());
+        assert_eq!(
+            got,
+            [
+                "Fees are billed in U.S. dollars, e.g. for annual plans.",
+                "Taxes vs. fees differ.",
+                "It ends."
+            ]
+        );
     }
 }

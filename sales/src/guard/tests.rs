@@ -176,6 +176,20 @@ fn tags_and_a_facts_question_are_not_evidence() {
 }
 
 #[test]
+fn the_visitors_premise_restated_is_caught_even_within_the_new_word_allowance() {
+    let fact = "The mobile app syncs vault data across all of your devices.";
+    let mut e = Evidence::new([fact, "Applinks"]);
+    let restated =
+        "The mobile app also works offline and syncs vault data across all of your devices.";
+    // Two new words of eleven: within the allowance when nobody asked about them.
+    passes(&e, restated);
+    e.asked("does the app work offline??");
+    fails(&e, restated);
+    passes(&e, fact);
+    passes(&e, "The mobile app syncs your vault data across devices.");
+}
+
+#[test]
 fn prose_the_facts_do_not_state_is_caught() {
     let e = Evidence::new([
         "Bank accounts can be paid by ACH direct debit; credit cards are not accepted.",

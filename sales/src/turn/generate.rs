@@ -46,8 +46,18 @@ impl Reply {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        // A sentence whose words all stand, in order, inside one already said is a repeat too.
         let key = words(s);
-        if key.is_empty() || self.sentences.iter().any(|x| words(x) == key) {
+        // A list's bare number ("2.") or a lone symbol is no sentence.
+        let wordless = !s
+            .split(|c: char| !c.is_alphabetic())
+            .any(|w| w.chars().count() >= 2);
+        if wordless
+            || self
+                .sentences
+                .iter()
+                .any(|x| format!(" {} ", words(x)).contains(&format!(" {key} ")))
+        {
             return ControlFlow::Continue(());
         }
         let text = if self.sentences.is_empty() {
@@ -57,6 +67,22 @@ impl Reply {
         };
         self.sentences.push(s.to_string());
         emit(TurnEvent::Delta { turn, text })
+    }
+
+    /// Releases an authored text sentence by sentence, so none of its sentences is said twice.
+    pub fn send_all(
+        &mut self,
+        text: &str,
+        turn: u32,
+        emit: &mut dyn FnMut(TurnEvent) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let mut split = SentenceSplitter::default();
+        let mut parts = split.push(text);
+        parts.extend(split.finish());
+        for part in parts {
+            self.send(&part, turn, emit)?;
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -99,7 +125,7 @@ impl Guarded<'_> {
         match best {
             Some(c) if overlap(&sentence, &c.answer) > 0 => {
                 self.replaced_with.push(c.id.clone());
-                reply.send(&without_yes_no(&c.answer), turn, emit)
+                reply.send_all(&without_yes_no(&c.answer), turn, emit)
             }
             _ => ControlFlow::Continue(()),
         }
@@ -124,6 +150,9 @@ pub fn generate_answer(
     evidence.add(&tenant.kb.profile.company);
     for n in &tenant.kb.profile.names {
         evidence.add(n);
+    }
+    for c in clauses {
+        evidence.asked(c);
     }
     let owner_cited = cited.iter().any(Cited::is_account);
     let instructions = instructions(&tenant.kb.profile.company, account.filter(|_| owner_cited));
@@ -168,7 +197,12 @@ pub fn generate_answer(
     if gone {
         return Ok(None);
     }
-    if let Some(s) = splitter.finish() {
+    // What is left unfinished when generation stopped (the token limit, mid-sentence) is cut
+    // off: it is dropped, and a fact it began is stated below in the team's words.
+    if let Some(s) = splitter
+        .finish()
+        .filter(|s| s.ends_with(['.', '!', '?', ')']))
+    {
         if guard.handle(s, &mut reply, turn, emit).is_break() {
             return Ok(None);
         }
@@ -190,13 +224,8 @@ pub fn generate_answer(
             continue;
         }
         // Sentence by sentence, so a sentence the model already said is not said twice.
-        let mut split = SentenceSplitter::default();
-        let mut parts = split.push(&own);
-        parts.extend(split.finish());
-        for part in parts {
-            if reply.send(&part, turn, emit).is_break() {
-                return Ok(None);
-            }
+        if reply.send_all(&own, turn, emit).is_break() {
+            return Ok(None);
         }
     }
     Ok(Some(reply))
@@ -330,6 +359,35 @@ mod tests {
             [
                 "You can move to a paid plan at any time.",
                 " A trial lasts 14 days."
+            ]
+        );
+    }
+
+    #[test]
+    fn an_authored_answer_goes_sentence_by_sentence_and_no_part_of_it_is_said_again() {
+        let mut reply = Reply::default();
+        let mut sent = vec![];
+        let mut emit = |e: TurnEvent| {
+            if let TurnEvent::Delta { text, .. } = e {
+                sent.push(text);
+            }
+            ControlFlow::Continue(())
+        };
+        let _ = reply.send_all(
+            "Fees are billed in U.S. dollars. Sales tax is charged by state law.",
+            1,
+            &mut emit,
+        );
+        let _ = reply.send("Sales tax is charged by state law.", 1, &mut emit);
+        let _ = reply.send("billed in U.S. dollars", 1, &mut emit);
+        let _ = reply.send("Refunds are not given.", 1, &mut emit);
+        let _ = reply.send("2.", 1, &mut emit);
+        assert_eq!(
+            sent,
+            [
+                "Fees are billed in U.S. dollars.",
+                " Sales tax is charged by state law.",
+                " Refunds are not given."
             ]
         );
     }

@@ -222,7 +222,8 @@ impl Local {
                 None => self.encoder.embed(&[r.text.as_str()])?,
             };
             let f = trained.head.features(&[r.text.as_str()], v);
-            let _ = trained.decide(&trained.head.predict(&f[0]), &trained.nearest(&f[0]));
+            let p = trained.head.predict(&f[0]);
+            let _ = trained.decide(&p, &trained.nearest_for(&f[0], &p));
             lat.push(t.elapsed().as_secs_f64() * 1e3);
         }
         Ok(lat)

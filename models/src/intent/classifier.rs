@@ -61,7 +61,10 @@ impl IntentClassifier for HeadClassifier {
         let mut best_oos: Option<IntentPrediction> = None;
         for (span, f) in spans.iter().zip(&feats) {
             let probs = head.predict(f);
-            match self.trained.decide(&probs, &self.trained.nearest(f)) {
+            match self
+                .trained
+                .decide(&probs, &self.trained.nearest_for(f, &probs))
+            {
                 Decision::OutOfScope { confidence } => {
                     if best_oos.as_ref().is_none_or(|b| confidence > b.confidence) {
                         best_oos = Some(IntentPrediction::new(OUT_OF_SCOPE, confidence, *span));

@@ -466,6 +466,18 @@ impl TrainedHead {
         self.examples.nearest(&f.dense, self.head.labels.len())
     }
 
+    /// What [`Self::decide`] reads of a clause whose probabilities are `probs`
+    /// ([`Examples::nearest_for`]: the same decision as with [`Self::nearest`], for less).
+    pub fn nearest_for(&self, f: &Features, probs: &[f32]) -> Near {
+        let ((top, _), _) = top2(probs);
+        self.examples.nearest_for(
+            &f.dense,
+            self.head.labels.len(),
+            top,
+            self.nearest_threshold,
+        )
+    }
+
     /// What the out-of-scope threshold is compared with: the top probability of the head's own
     /// softmax (temperature 1), recovered from the calibrated `probs` (`softmax(z / T)`):
     /// `1 / Σ_j (p_j / p_max)^T = 1 / Σ_j exp(z_j − z_max)`.

@@ -278,7 +278,7 @@ pub fn is_question(clause: &str) -> bool {
 /// cost on annual and do u have soc 2" → "whats enterprise cost on annual", "do u have soc 2";
 /// "next day deposits? also is there a 401k" → two. A clause splits after a question mark, and
 /// before "and" / "also" / "&" followed by a word that opens a question; a part of fewer than
-/// two words stays with the one before. One part (the clause itself) when nothing splits.
+/// two words, or without a topic word of its own ("how long?"), stays with the one before. One part (the clause itself) when nothing splits.
 pub fn questions(clause: &str) -> Vec<&str> {
     const OPENERS: &[&str] = &[
         "what", "whats", "how", "is", "are", "do", "does", "can", "could", "will", "would",
@@ -303,7 +303,9 @@ pub fn questions(clause: &str) -> Vec<&str> {
         }
     }
     // Ranges of the parts; one that is not a question of its own ("legal wants data kept in
-    // canada", "flat fee or per head") or has fewer than two words joins the one before.
+    // canada", "flat fee or per head"), has fewer than two words, or has no topic word of its
+    // own ("how long?", "where do i find it": it asks about the one before) joins the one
+    // before.
     let mut ranges: Vec<(usize, usize)> = vec![];
     let mut start = 0;
     for cut in cuts.into_iter().chain(std::iter::once(clause.len())) {
@@ -313,7 +315,9 @@ pub fn questions(clause: &str) -> Vec<&str> {
             .filter(|w| !JOINERS.contains(&w.to_ascii_lowercase().as_str()))
             .count();
         match ranges.last_mut() {
-            Some(last) if words < 2 || !is_question(part) => last.1 = cut,
+            Some(last) if words < 2 || !is_question(part) || content_terms(part).is_empty() => {
+                last.1 = cut
+            }
             _ => ranges.push((start, cut)),
         }
         start = cut;
@@ -448,6 +452,9 @@ mod tests {
             "pricing? soc2?",
             "do u have a canadian data center? legal wants data kept in canada",
             "hey whats the damage for like 15 ppl? flat fee or per head",
+            "free trial?? how long",
+            "can we try it without a card? for how long?",
+            "the api keeps asking for a token?? where do i find it",
         ] {
             assert_eq!(questions(one), vec![one.trim()], "{one}");
         }

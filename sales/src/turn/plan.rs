@@ -405,7 +405,8 @@ fn judged(
 
 /// The text a clause is answered from: the whole message when it carries one intent (the
 /// classifier's span is often a fragment: "flat fee or per head" of "whats the damage for 15 ppl?
-/// flat fee or per head"), else the sentences the span touches.
+/// flat fee or per head"), else the sentences the span touches, and the one before when those
+/// have no topic word of their own ("free trial?? how long").
 pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
     if intents <= 1 {
         return text.trim();
@@ -414,10 +415,13 @@ pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
         matches!(c, '?' | '!' | '\n')
             || (c == '.' && text[i + 1..].starts_with(char::is_whitespace))
     };
-    let start = text[..span.0]
-        .char_indices()
-        .rfind(|&(i, c)| ends(i, c))
-        .map_or(0, |(i, c)| i + c.len_utf8());
+    let sentence_start = |at: usize| {
+        text[..at]
+            .char_indices()
+            .rfind(|&(i, c)| ends(i, c))
+            .map_or(0, |(i, c)| i + c.len_utf8())
+    };
+    let mut start = sentence_start(span.0);
     // The span's last character (a char boundary, whatever its width).
     let from_end = text[..span.1]
         .char_indices()
@@ -428,7 +432,17 @@ pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
         .char_indices()
         .find(|&(i, c)| ends(from_end + i, c))
         .map_or(text.len(), |(i, c)| from_end + i + c.len_utf8());
-    text[start..end.max(span.1)].trim()
+    let end = end.max(span.1);
+    // A sentence without a topic word of its own ("how long?") asks about the one before.
+    while start > 0 && crate::coverage::content_terms(&text[start..end]).is_empty() {
+        start = sentence_start(text[..start].trim_end_matches(|c| ends_char(c)).len());
+    }
+    text[start..end].trim()
+}
+
+/// Whether `c` can end a sentence (a period only before whitespace: see `context`).
+fn ends_char(c: char) -> bool {
+    matches!(c, '?' | '!' | '\n' | '.')
 }
 
 /// Whether a clause whose intent no fact is tagged with is still looked up in the facts: out of
@@ -478,6 +492,10 @@ mod tests {
         assert_eq!(context(t, (4, 18), 3), "How much is a seat?");
         assert_eq!(context(t, (24, 44), 3), "Are you SOC II compliant?");
         assert_eq!(context(t, (50, 64), 3), "And who is our rep?");
+        // A sentence with no topic word of its own is read with the one before.
+        let t = "need sso. free trial?? how long";
+        assert_eq!(context(t, (23, 31), 2), "free trial?? how long");
+        assert_eq!(context(t, (10, 20), 2), "free trial?");
         let t = "パスワードは何ですか？\nHow much does each seat cost?";
         assert_eq!(context(t, (0, 33), 2), "パスワードは何ですか？");
     }

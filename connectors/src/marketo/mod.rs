@@ -52,6 +52,11 @@ pub const TRANSCRIPT_MAX_CHARS: usize = 32_000;
 /// Leads in one push at most (Marketo's limit for `leads.json`).
 pub const MAX_BATCH: usize = 300;
 
+/// The connector's events in flight at once, waiting to join a push: a burst fills pushes of up
+/// to this many (500 leads a second within the default 100 calls per 20 s) without a blocking
+/// store read per event of a whole batch of 300 at once.
+pub const IN_FLIGHT: usize = 100;
+
 const PATH: &str = "/rest/v1/leads.json";
 
 /// One event's lead waiting for a push, and the event's attempt waiting for its result.
@@ -259,9 +264,8 @@ impl Connector for Marketo {
         Duration::from_secs(self.config.attempt_timeout_secs)
     }
 
-    /// A full push's worth of events may wait in the queue at once.
     fn in_flight(&self) -> Option<usize> {
-        Some(MAX_BATCH)
+        Some(IN_FLIGHT)
     }
 
     fn deliver<'a>(&'a self, d: &'a Delivery) -> Sending<'a> {

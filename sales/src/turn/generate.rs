@@ -337,8 +337,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_repeated_sentence_is_sent_once_whatever_its_spacing_or_case() {
+    /// The deltas a reply sends for `parts`: (text, whether as one authored answer).
+    fn deltas(parts: &[(&str, bool)]) -> Vec<String> {
         let mut reply = Reply::default();
         let mut sent = vec![];
         let mut emit = |e: TurnEvent| {
@@ -347,13 +347,23 @@ mod tests {
             }
             ControlFlow::Continue(())
         };
-        for s in [
-            "You can move to a paid plan at any time.",
-            "you can move to a paid plan  at any time",
-            "A trial lasts 14 days.",
-        ] {
-            let _ = reply.send(s, 1, &mut emit);
+        for &(text, authored) in parts {
+            let _ = if authored {
+                reply.send_all(text, 1, &mut emit)
+            } else {
+                reply.send(text, 1, &mut emit)
+            };
         }
+        sent
+    }
+
+    #[test]
+    fn a_repeated_sentence_is_sent_once_whatever_its_spacing_or_case() {
+        let sent = deltas(&[
+            ("You can move to a paid plan at any time.", false),
+            ("you can move to a paid plan  at any time", false),
+            ("A trial lasts 14 days.", false),
+        ]);
         assert_eq!(
             sent,
             [
@@ -365,23 +375,16 @@ mod tests {
 
     #[test]
     fn an_authored_answer_goes_sentence_by_sentence_and_no_part_of_it_is_said_again() {
-        let mut reply = Reply::default();
-        let mut sent = vec![];
-        let mut emit = |e: TurnEvent| {
-            if let TurnEvent::Delta { text, .. } = e {
-                sent.push(text);
-            }
-            ControlFlow::Continue(())
-        };
-        let _ = reply.send_all(
-            "Fees are billed in U.S. dollars. Sales tax is charged by state law.",
-            1,
-            &mut emit,
-        );
-        let _ = reply.send("Sales tax is charged by state law.", 1, &mut emit);
-        let _ = reply.send("billed in U.S. dollars", 1, &mut emit);
-        let _ = reply.send("Refunds are not given.", 1, &mut emit);
-        let _ = reply.send("2.", 1, &mut emit);
+        let sent = deltas(&[
+            (
+                "Fees are billed in U.S. dollars. Sales tax is charged by state law.",
+                true,
+            ),
+            ("Sales tax is charged by state law.", false),
+            ("billed in U.S. dollars", false),
+            ("Refunds are not given.", false),
+            ("2.", false),
+        ]);
         assert_eq!(
             sent,
             [

@@ -435,7 +435,7 @@ pub fn context(text: &str, span: (usize, usize), intents: usize) -> &str {
     let end = end.max(span.1);
     // A sentence without a topic word of its own ("how long?") asks about the one before.
     while start > 0 && crate::coverage::content_terms(&text[start..end]).is_empty() {
-        start = sentence_start(text[..start].trim_end_matches(|c| ends_char(c)).len());
+        start = sentence_start(text[..start].trim_end_matches(ends_char).len());
     }
     text[start..end].trim()
 }

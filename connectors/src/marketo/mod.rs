@@ -6,11 +6,11 @@
 //! [`FIELDS`]. A lead the answer marks `skipped` (a field not created, say) fails the attempt
 //! with Marketo's reason. `createOrUpdate` by e-mail makes a replay or a retry after a lost
 //! answer harmless. Marketo's own lead-owner fields are left to its CRM sync, and it has no
-//! per-conversation record an upsert keeps single, so the lead carries both as fields: `closerOwnerEmail` (the routed rep's e-mail,
-//! for a smart campaign to assign), `closerConversation` (the latest conversation) and
-//! `closerTranscript` (that conversation's every message, one a line, at most
-//! [`TRANSCRIPT_MAX_CHARS`], the start cut); every conversation's stays in Closer
-//! (`Leads.GetTranscript`).
+//! per-conversation record an upsert keeps single, so the lead carries both as fields:
+//! `closerOwnerEmail` (the routed rep's e-mail, for a smart campaign to assign),
+//! `closerConversation` (the latest conversation) and `closerTranscript` (that conversation's
+//! every message, one a line, at most [`TRANSCRIPT_MAX_CHARS`], the start cut); every
+//! conversation's stays in Closer (`Leads.GetTranscript`).
 //!
 //! Pushes are batched across conversations ([`pusher`]): an event's lead joins a queue, and a
 //! push takes everything queued (up to [`MAX_BATCH`]) once it has a concurrent slot and the

@@ -426,8 +426,10 @@ async fn marketo_pushes_many_conversations_in_shared_calls_within_its_concurrent
     assert_eq!(fake.leads(), 8);
     assert!(most <= 2, "{most} calls at once, configured 2");
     assert_eq!(fake.codes("615"), 0);
+    // One lead a push without batching; measured here: 47 in 19, the largest 6. The bound
+    // leaves room for a slower machine, where fewer events wait at once.
     assert!(
-        largest >= 3 && leads >= 2 * pushes,
+        largest >= 2 && 4 * leads >= 5 * pushes,
         "{leads} leads in {pushes} pushes, the largest {largest}"
     );
     assert!(attempts(data.path()).iter().all(|a| *a == 1));

@@ -194,7 +194,7 @@ impl Local {
                     .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
             let top = self.map.to_dataset(&trained.head.labels[best]);
             // What a visitor is served, and the confidence served with it.
-            let (pred, conf) = match trained.decide(&p, &trained.nearest(f)) {
+            let (pred, conf) = match trained.decide(&p, &trained.nearest_for(f, &p)) {
                 Decision::OutOfScope { confidence } if has_oos => {
                     (self.map.to_dataset(OUT_OF_SCOPE), confidence)
                 }

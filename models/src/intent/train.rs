@@ -460,8 +460,9 @@ impl TrainedHead {
         }
     }
 
-    /// The distance gate's reading of a featurized clause: its cosines with the nearest
-    /// in-scope example and with each intent's nearest ([`Near::open`] without a gate).
+    /// The distance gate's full reading of a featurized clause: its cosines with the nearest
+    /// in-scope example and with each intent's nearest ([`Near::open`] without a gate). What is
+    /// served reads less ([`Self::nearest_for`]); the tests compare the two.
     pub fn nearest(&self, f: &Features) -> Near {
         self.examples.nearest(&f.dense, self.head.labels.len())
     }

@@ -328,6 +328,28 @@ pub(crate) async fn demo(ch: &tonic::transport::Channel, email: &str) -> String 
     id
 }
 
+/// The demo conversation (sam@acme.com) on a server of `cfg` with the **real** models, as a
+/// visitor gets it: the server (kept alive by the caller), the conversation's id and its
+/// transcript's texts.
+pub(crate) async fn real_demo(
+    cfg: ServeConfig,
+) -> (
+    RunningServer,
+    tonic::transport::Channel,
+    String,
+    Vec<String>,
+) {
+    let server = serve_ready(cfg, super::real_models()).await;
+    let ch = channel(format!("http://{}", server.addr)).await;
+    let id = demo(&ch, "sam@acme.com").await;
+    let texts = transcript(&ch, &id).await;
+    assert!(
+        texts.len() >= 5 && texts.iter().any(|t| t == SEED),
+        "two visitor turns, two replies, the rep: {texts:?}"
+    );
+    (server, ch, id, texts)
+}
+
 pub(crate) async fn transcript(ch: &tonic::transport::Channel, id: &str) -> Vec<String> {
     pb::leads_client::LeadsClient::new(ch.clone())
         .get_transcript(pb::GetTranscriptRequest {

@@ -604,6 +604,21 @@ fn holds(f: &FakeHubSpot, email: &str, conv: &str, score: &str, texts: &[String]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubspot_shows_the_demo_conversation_of_the_real_models_with_score_owner_and_transcript() {
+    let fake = FakeHubSpot::start().await;
+    let data = demo_data();
+    let (_server, ch, id, texts) =
+        super::crm::real_demo(synced_config(data.path(), &fake.url, TOKEN, 0.001)).await;
+    let took = fake
+        .until("the demo conversation", |f| {
+            holds(f, "sam@acme.com", &id, "3", &texts)
+        })
+        .await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(drained(&ch, CONNECTOR).await.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_shows_the_demo_conversation_within_5_s_with_score_owner_and_transcript() {
     let fake = FakeHubSpot::start().await;
     let data = demo_data();

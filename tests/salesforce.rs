@@ -820,6 +820,22 @@ fn attempts(data: &Path) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_shows_the_demo_conversation_of_the_real_models_with_score_owner_and_transcript()
+{
+    let fake = FakeSalesforce::start().await;
+    let data = demo_data();
+    let cfg = synced_config(data.path(), &fake.url, CLIENT_SECRET, 0.001, 0.9);
+    let (_server, ch, id, texts) = super::crm::real_demo(cfg).await;
+    let took = fake
+        .until("the demo conversation", |f| {
+            holds(f, "sam@acme.com", &id, 3, &texts)
+        })
+        .await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(drained(&ch, CONNECTOR).await.dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_shows_the_demo_conversation_within_5_s_with_score_owner_and_transcript() {
     let fake = FakeSalesforce::start().await;
     let (data, _server, ch) = started(&fake, CLIENT_SECRET, 0.9).await;

@@ -11,6 +11,22 @@ def rows(ds, split):
         return [json.loads(l) for l in f]
 
 
+def best_within(correct, sv, si, so, points=0.03):
+    """The best threshold on a score that keeps in-scope accuracy within `points` of the
+    no-threshold accuracy, chosen on the labels (an upper bound, not an operating point):
+    (in-scope accuracy, near OOS recall, far OOS recall) there. `correct`: per in-scope row,
+    whether the top intent is right; `sv`, `si`, `so`: the score of in-scope, near and far rows
+    (numpy arrays; lower means out of scope)."""
+    import numpy as np
+
+    best = None
+    for t in np.quantile(sv, np.linspace(0, 0.5, 201)):
+        acc = (correct & (sv >= t)).mean()
+        if acc >= correct.mean() - points:
+            best = (acc, (si < t).mean(), (so < t).mean())
+    return best
+
+
 def shots_of(train, shots, seed=7):
     """`shots` rows per intent, seeded; all rows when `shots` is 0."""
     if not shots:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 from tokenizers import Tokenizer
 
-from common import rows, shots_of
+from common import best_within, rows, shots_of
 
 MODEL = os.path.expanduser("~/.cache/closer/models/all-minilm-l6-v2")
 ds = sys.argv[1]
@@ -164,12 +164,7 @@ if os.path.exists(f"{os.path.dirname(os.path.abspath(__file__))}/../../../shared
     for name, f in scores.items():
         p = preds.get(name, pred)
         acc0 = (p == yva).mean()
-        sv, si, so = f(Xva), f(near), f(far)
-        best = None
-        for t in np.quantile(sv, np.linspace(0, 0.5, 201)):
-            acc = ((p == yva) & (sv >= t)).mean()
-            if acc >= acc0 - 0.03:
-                best = (acc, (si < t).mean(), (so < t).mean())
+        best = best_within(p == yva, f(Xva), f(near), f(far))
         print(
             f"  {name}: no threshold {100 * acc0:.2f} %; best threshold within 3 points: in-scope "
             f"{100 * best[0]:.2f} %, near OOS {100 * best[1]:.1f} %, far OOS {100 * best[2]:.1f} %"

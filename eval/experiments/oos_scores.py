@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from common import rows
+from common import best_within, rows
 
 prefix, dim = sys.argv[1], int(sys.argv[2])
 dataset = sys.argv[3] if len(sys.argv) > 3 else "banking77-oos"
@@ -70,12 +70,7 @@ scores = {
     "Mahalanobis": maha,
 }
 for name, f in scores.items():
-    sv, si, so = f(b), f(i), f(o)
-    best = None
-    for t in np.quantile(sv, np.linspace(0, 0.5, 201)):
-        acc = ((pred == yva) & (sv >= t)).mean()
-        if acc >= acc0 - 0.03:
-            best = (acc, (si < t).mean(), (so < t).mean())
+    best = best_within(pred == yva, f(b), f(i), f(o))
     print(f"{name:>13}: best threshold within 3 points: in-scope {best[0]:.4f}, near {best[1]:.3f}, far {best[2]:.3f}")
 
 # The label-free rule.

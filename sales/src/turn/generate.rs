@@ -19,9 +19,21 @@ use crate::guard::{claims, Claim, Evidence, SentenceSplitter};
 #[derive(Debug, Default)]
 pub struct Reply {
     /// Released sentences, in order.
-    pub sentences: Vec<String>,
+    sentences: Vec<String>,
     /// Whether the guard dropped or replaced anything.
     pub guard_replaced: bool,
+    /// Each released sentence's words, lowercase, one space apart and padded with one at each
+    /// end (what a repeat is looked for in).
+    said: Vec<String>,
+}
+
+/// A sentence's words, lowercase, one space apart: spacing, case and punctuation aside.
+fn words(x: &str) -> String {
+    x.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Reply {
@@ -38,26 +50,13 @@ impl Reply {
     ) -> ControlFlow<()> {
         // The model sometimes repeats a sentence; a fact may be appended that it already said.
         // Compared by their words, so a repeat that differs in spacing, case or punctuation
-        // is dropped too.
-        let words = |x: &str| -> String {
-            x.split(|c: char| !c.is_alphanumeric())
-                .filter(|w| !w.is_empty())
-                .map(str::to_lowercase)
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        // A sentence whose words all stand, in order, inside one already said is a repeat too.
-        let key = words(s);
+        // is dropped too; so is a sentence whose words all stand, in order, inside one said.
+        let key = format!(" {} ", words(s));
         // A list's bare number ("2.") or a lone symbol is no sentence.
         let wordless = !s
             .split(|c: char| !c.is_alphabetic())
             .any(|w| w.chars().count() >= 2);
-        if wordless
-            || self
-                .sentences
-                .iter()
-                .any(|x| format!(" {} ", words(x)).contains(&format!(" {key} ")))
-        {
+        if wordless || self.said.iter().any(|x| x.contains(&key)) {
             return ControlFlow::Continue(());
         }
         let text = if self.sentences.is_empty() {
@@ -66,6 +65,7 @@ impl Reply {
             format!(" {s}")
         };
         self.sentences.push(s.to_string());
+        self.said.push(key);
         emit(TurnEvent::Delta { turn, text })
     }
 

@@ -40,8 +40,10 @@ impl TextEncoder {
     pub fn load(dir: &Path, name: &str) -> Result<Self> {
         let device = Device::Cpu;
         let (config, model) = Self::load_candle(dir)?;
-        let int8 = crate::qwen2::Kernels::detect().int8();
-        let fast = FastBert::from_bert(&model, config.layer_norm_eps, config.pad_token_id, int8)?;
+        let kernels = crate::kernels::fastbert::int8_kernels();
+        let int8 = kernels.is_some();
+        let fast =
+            FastBert::from_bert(&model, config.layer_norm_eps, config.pad_token_id, kernels)?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         // The packaged tokenizer pads every text to 128 tokens; with that, cosines collapse.
@@ -95,14 +97,15 @@ impl TextEncoder {
         self.pooled_by(texts, layers, Route::BySize)
     }
 
-    /// As [`Self::pooled_layers`], always through the int8 linears (f32 where this CPU has no
-    /// VNNI: see [`Self::int8`]).
+    /// As [`Self::pooled_layers`], always through the int8 linears (f32 where this CPU has
+    /// none: see [`Self::int8`]).
     pub fn pooled_layers_int8(&self, texts: &[&str], layers: &[usize]) -> Result<Vec<Vec<f32>>> {
         self.pooled_by(texts, layers, Route::Int8)
     }
 
-    /// Whether inputs are served through int8 linears (CPUs with AVX-512 VNNI or AVX-VNNI,
-    /// unless `MISTRALRS_FORCE_AVX2=1`).
+    /// Whether inputs are served through int8 linears: candle's on CPUs with AVX-512 VNNI or
+    /// AVX-VNNI, [`crate::kernels::int8`]'s on the other AVX2 CPUs; f32 elsewhere or with
+    /// `CLOSER_INT8=0` (see [`crate::kernels::fastbert::int8_kernels`]).
     pub fn int8(&self) -> bool {
         self.fast.has_int8()
     }

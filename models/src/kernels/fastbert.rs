@@ -27,7 +27,10 @@
 //! VNNI kernels apply), activations quantised per 256 values. That is what ONNX Runtime's int8
 //! export does too; it is served at every batch size there (faster for one message and for
 //! batches: figures in README, "Encoder paths"), and stays within cosine 0.985 of the f32
-//! vectors (test `real_int8_encoder_path_stays_close_to_f32`).
+//! vectors (test `real_int8_encoder_path_stays_close_to_f32`). On AVX2 CPUs without VNNI the
+//! int8 linears are [`crate::kernels::int8`]'s (weights and inputs per 128 values), served the
+//! same way: on a 2-core AMD EPYC (Zen 3) they take MPNet's pass over a clause from 55 to 37 ms
+//! on one thread, 36 to 33 ms on two (README, "Encoder paths").
 
 use std::sync::OnceLock;
 
@@ -37,6 +40,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::bert::Bert;
+use crate::kernels::int8::QLinear;
 
 struct Linear {
     /// Packed in panels of [`NR`] outputs: panel `p` holds, for each input `i` in order, the
@@ -49,9 +53,40 @@ struct Linear {
     b: Vec<f32>,
     out: usize,
     inp: usize,
-    /// The same weights as Q8_0 for candle's int8 VNNI kernels, and the input width they take
-    /// (`inp` rounded up to a multiple of 256; the extra inputs are zeros).
-    int8: Option<(QMatMul, usize)>,
+    /// The same weights in int8, where built.
+    int8: Option<Int8>,
+}
+
+/// A linear's int8 weights, for the kernels this CPU has.
+enum Int8 {
+    /// Q8_0 for candle's int8 VNNI kernels, and the input width they take (`inp` rounded up to
+    /// a multiple of 256; the extra inputs are zeros).
+    Vnni(QMatMul, usize),
+    /// Packed for [`crate::kernels::int8`] (AVX2 without VNNI).
+    Avx2(QLinear),
+}
+
+/// Which int8 kernels this CPU runs, if any: candle's where it has VNNI
+/// ([`crate::qwen2::Kernels`]), else [`crate::kernels::int8`] where it has AVX2
+/// (`CLOSER_INT8=0` turns int8 off, leaving the f32 linears).
+pub fn int8_kernels() -> Option<Int8Kernels> {
+    if std::env::var("CLOSER_INT8").as_deref() == Ok("0") {
+        return None;
+    }
+    if crate::qwen2::Kernels::detect().int8() {
+        Some(Int8Kernels::Vnni)
+    } else if QLinear::available() {
+        Some(Int8Kernels::Avx2)
+    } else {
+        None
+    }
+}
+
+/// See [`int8_kernels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernels {
+    Vnni,
+    Avx2,
 }
 
 struct Layer {
@@ -95,7 +130,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-fn linear(ws: &[&candle_nn::Linear], int8: bool) -> Result<Linear> {
+fn linear(ws: &[&candle_nn::Linear], int8: Option<Int8Kernels>) -> Result<Linear> {
     let mut b = vec![];
     let mut out = 0;
     let mut inp = 0;
@@ -106,15 +141,20 @@ fn linear(ws: &[&candle_nn::Linear], int8: bool) -> Result<Linear> {
         inp = i;
     }
     let src: Vec<Tensor> = ws.iter().map(|l| l.weight().clone()).collect();
-    let int8 = if int8 {
-        let k_to = inp.div_ceil(256) * 256;
-        let wt = Tensor::cat(&src, 0)?.pad_with_zeros(1, 0, k_to - inp)?;
-        Some((
-            QMatMul::from_qtensor(QTensor::quantize(&wt, GgmlDType::Q8_0)?)?,
-            k_to,
-        ))
-    } else {
-        None
+    let int8 = match int8 {
+        Some(Int8Kernels::Vnni) => {
+            let k_to = inp.div_ceil(256) * 256;
+            let wt = Tensor::cat(&src, 0)?.pad_with_zeros(1, 0, k_to - inp)?;
+            Some(Int8::Vnni(
+                QMatMul::from_qtensor(QTensor::quantize(&wt, GgmlDType::Q8_0)?)?,
+                k_to,
+            ))
+        }
+        Some(Int8Kernels::Avx2) => {
+            let w = flat(&Tensor::cat(&src, 0)?)?;
+            Some(Int8::Avx2(QLinear::new(&w, out, inp)))
+        }
+        None => None,
     };
     let l = Linear {
         packed: OnceLock::new(),
@@ -160,9 +200,9 @@ fn norm(ln: &candle_nn::LayerNorm) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 impl FastBert {
-    /// Copies the weights of a loaded candle model; with `int8`, also as Q8_0 for candle's
-    /// int8 VNNI kernels (only worth it where the CPU has VNNI: see [`crate::qwen2::Kernels`]).
-    pub fn from_bert(b: &Bert, eps: f64, pad_id: usize, int8: bool) -> Result<Self> {
+    /// Copies the weights of a loaded candle model; with `int8`, also in int8 for those
+    /// kernels (see [`int8_kernels`]).
+    pub fn from_bert(b: &Bert, eps: f64, pad_id: usize, int8: Option<Int8Kernels>) -> Result<Self> {
         let layers = b
             .layers
             .iter()
@@ -325,11 +365,18 @@ impl FastBert {
         y: &mut Vec<f32>,
     ) -> Result<()> {
         let (n, k) = (l.out, l.inp);
-        if let (true, Some((q, k_to))) = (int8, &l.int8) {
-            // Inputs quantised per 256 values, weights per 32; int32 sums (candle's kernels).
-            let xt = Tensor::from_slice(&x[..rows * k], (rows, k), &candle_core::Device::Cpu)?
-                .pad_with_zeros(1, 0, k_to - k)?;
-            *y = q.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+        if let (true, Some(q)) = (int8, &l.int8) {
+            match q {
+                Int8::Vnni(q, k_to) => {
+                    // Inputs quantised per 256 values, weights per 32; int32 sums (candle's
+                    // kernels).
+                    let xt =
+                        Tensor::from_slice(&x[..rows * k], (rows, k), &candle_core::Device::Cpu)?
+                            .pad_with_zeros(1, 0, k_to - k)?;
+                    *y = q.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?;
+                }
+                Int8::Avx2(q) => q.forward(x, rows, y),
+            }
             for row in y.chunks_exact_mut(n) {
                 for (v, b) in row.iter_mut().zip(&l.b) {
                     *v += b;

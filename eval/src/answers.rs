@@ -213,6 +213,27 @@ fn backing(dir: &Path, facts: &[FactLine]) -> anyhow::Result<Backing> {
     Ok(Backing::new(texts.iter().map(String::as_str)))
 }
 
+/// The reply (lowercase) without the service's own fixed lines ("I don't have that
+/// information…", "If that doesn't fully answer your question…"), so that a required "not" or
+/// "n't" is found only in what was said about the question, not in a refusal or a hedge.
+fn without_canned_lines(lower: &str) -> String {
+    use closer_sales::turn::plan;
+    let mut said = lower.to_string();
+    for line in [
+        plan::DONT_KNOW,
+        plan::HANDOFF_ACK,
+        plan::NOTED,
+        plan::BUYING_NOTED,
+        plan::WELCOME,
+        plan::CLOSEST_INTRO,
+        plan::CLOSEST,
+        plan::UNKNOWN_ACCOUNT,
+    ] {
+        said = said.replace(&line.to_lowercase(), " ");
+    }
+    said
+}
+
 fn refused(reply: &Reply) -> bool {
     let t = reply.text.to_lowercase();
     t.contains("don't have that information") || t.contains("couldn't find")
@@ -258,13 +279,14 @@ async fn run_tenant(
         .await
         .with_context(|| format!("{tenant} {}: {}", q.id, q.text))?;
         let lower = reply.text.to_lowercase();
+        let said = without_canned_lines(&lower);
         let missing: Vec<String> = q
             .must_contain
             .iter()
             .filter(|m| {
                 !m.options()
                     .iter()
-                    .any(|o| lower.contains(&o.to_lowercase()))
+                    .any(|o| said.contains(&o.to_lowercase()))
             })
             .map(|m| m.options().join(" | "))
             .collect();
@@ -450,4 +472,28 @@ pub async fn run(args: AnswersArgs) -> anyhow::Result<()> {
         }
     }
     crate::ui::write_report(&args.out, &reports, &full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_canned_lines;
+
+    #[test]
+    fn a_refusal_or_a_hedge_does_not_supply_a_required_negation() {
+        let refusal = closer_sales::turn::plan::DONT_KNOW.to_lowercase();
+        assert!(refusal.contains("n't"));
+        assert!(!without_canned_lines(&refusal).contains("n't"));
+        let hedged = format!(
+            "{} annual plans are refunded. {}",
+            closer_sales::turn::plan::CLOSEST_INTRO,
+            closer_sales::turn::plan::CLOSEST
+        )
+        .to_lowercase();
+        let said = without_canned_lines(&hedged);
+        assert!(!said.contains("n't") && !said.contains("not"), "{said}");
+        assert!(said.contains("annual plans are refunded"));
+        let answer = "no, annual plans are not refunded. i don't have that information, but i can \
+                      connect you with a rep who does.";
+        assert!(without_canned_lines(answer).contains(" not "));
+    }
 }

@@ -2,10 +2,11 @@
 # The answer evaluation of issue 28: the evaluation tenants (and the demo tenant's grounding set)
 # through a server with the real models, started here on loopback. Figures go to
 # target/answers/ (report.md, report.json; grounding/ for the demo tenant).
-# Usage: eval/answers.sh [tenant ...]   (default: gusto bitwarden bigcommerce zohobooks)
+# Usage: eval/answers.sh [tenant ...]   (default: every tenant: gusto bitwarden bigcommerce
+#                                         pipedrive sentry zohobooks)
 #        eval/answers.sh train            (fits the answerability judgement on the tuning tenants
-#                                          gusto bitwarden bigcommerce -> sales/src/answerable.json;
-#                                          rebuild afterwards)
+#                                          gusto bitwarden bigcommerce pipedrive sentry ->
+#                                          sales/src/answerable.json; rebuild afterwards)
 # SERVE_ARGS adds flags to the server (e.g. SERVE_ARGS="--answer-encoder off": the judgement
 # without MPNet). Needs `make build models`.
 set -euo pipefail
@@ -14,9 +15,9 @@ CLOSER=${CLOSER:-target/release/closer}
 EVAL=${EVAL:-target/release/closer-eval}
 OUT=${OUT:-target/answers}
 TRAIN=
-if [ "${1:-}" = train ]; then TRAIN=1; set -- gusto bitwarden bigcommerce; fi
+if [ "${1:-}" = train ]; then TRAIN=1; set -- gusto bitwarden bigcommerce pipedrive sentry; fi
 TENANTS=("$@")
-[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce zohobooks)
+[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce pipedrive sentry zohobooks)
 mkdir -p "$OUT"
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT

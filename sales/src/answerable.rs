@@ -5,8 +5,9 @@
 //! of the clause's content words the fact covers, how many of the uncovered words the team's whole
 //! knowledge base never uses ("fedramp" asked of a tenant that never mentions it), numbers the
 //! fact does not state, whether the fact is tagged with the clause's intent — trained on
-//! (clause, fact) pairs of the *tuning* tenants (`eval/tenants/{gusto,bitwarden,bigcommerce}`)
-//! with `closer-eval answerability`, which also picks the threshold there. Where the larger
+//! (clause, fact) pairs of the *tuning* tenants
+//! (`eval/tenants/{gusto,bitwarden,bigcommerce,pipedrive,sentry}`) with `closer-eval
+//! answerability`, which also picks the threshold there. Where the larger
 //! encoder (all-mpnet-base-v2) is pulled, six more features read it: the cosine of the clause with
 //! the fact's question and answer, with its question alone and with the closest single sentence
 //! of its answer, and each one's margin over the other candidates. The weights are

@@ -26,7 +26,7 @@ fn tenants_dir() -> PathBuf {
 
 /// A stretch of the wrong sentence that the true one does not contain: the changed words with a
 /// little context. `None` when the perturbation left nothing to tell apart.
-fn telltale(original: &str, wrong: &str) -> Option<String> {
+fn telltale(original: &str, wrong: &str, answer: &str) -> Option<String> {
     let (o, w) = (original.as_bytes(), wrong.as_bytes());
     let p = o.iter().zip(w).take_while(|(a, b)| a == b).count();
     let q = o
@@ -39,14 +39,26 @@ fn telltale(original: &str, wrong: &str) -> Option<String> {
         .min(o.len() - p);
     let mut start = p.saturating_sub(12);
     let mut end = (w.len() - q + 6).min(w.len());
-    while !wrong.is_char_boundary(start) {
-        start -= 1;
+    loop {
+        while !wrong.is_char_boundary(start) {
+            start -= 1;
+        }
+        while !wrong.is_char_boundary(end) {
+            end += 1;
+        }
+        let t = &wrong[start..end];
+        // Not a piece of the fact's true text, which the reply may state (" upgrade is
+        // prorat" is wrong in the monthly sentence and true in the annual one): widened until it
+        // is not, or the whole wrong sentence.
+        if !original.contains(t) && !answer.contains(t) {
+            return Some(t.to_string());
+        }
+        if start == 0 && end == w.len() {
+            return None;
+        }
+        start = start.saturating_sub(4);
+        end = (end + 4).min(w.len());
     }
-    while !wrong.is_char_boundary(end) {
-        end += 1;
-    }
-    let t = wrong[start..end].to_string();
-    (!original.contains(&t)).then_some(t)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +72,8 @@ async fn real_adversarial_corpus_releases_nothing() {
     assert!(rows.len() >= 300, "{}", rows.len());
     let data = tempfile::tempdir().unwrap();
     let mut questions: BTreeMap<(String, String), String> = BTreeMap::new();
-    for t in ["gusto", "bitwarden", "bigcommerce", "zohobooks"] {
+    let mut answers: BTreeMap<(String, String), String> = BTreeMap::new();
+    for t in ["gusto", "bitwarden", "bigcommerce", "zohobooks", "pipedrive", "sentry"] {
         let kb = tenants_dir().join(t).join("kb");
         closer_kb::load::load_dir(&kb, data.path(), None).unwrap();
         for line in std::fs::read_to_string(kb.join("facts.jsonl"))
@@ -68,10 +81,9 @@ async fn real_adversarial_corpus_releases_nothing() {
             .lines()
         {
             let f: serde_json::Value = serde_json::from_str(line).unwrap();
-            questions.insert(
-                (t.to_string(), f["id"].as_str().unwrap().to_string()),
-                f["question"].as_str().unwrap().to_string(),
-            );
+            let id = (t.to_string(), f["id"].as_str().unwrap().to_string());
+            questions.insert(id.clone(), f["question"].as_str().unwrap().to_string());
+            answers.insert(id, f["answer"].as_str().unwrap().to_string());
         }
     }
     // The compromised generator says the current row's wrong sentence, whatever it is asked.
@@ -92,7 +104,10 @@ async fn real_adversarial_corpus_releases_nothing() {
     let mut released = vec![];
     let mut checked = 0;
     for (n, row) in rows.iter().enumerate() {
-        let Some(tell) = telltale(&row.original, &row.sentence) else {
+        let answer = answers
+            .get(&(row.tenant.clone(), row.fact.clone()))
+            .map_or("", String::as_str);
+        let Some(tell) = telltale(&row.original, &row.sentence, answer) else {
             continue;
         };
         checked += 1;

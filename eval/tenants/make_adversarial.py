@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
-TENANTS = ["gusto", "bitwarden", "bigcommerce", "zohobooks"]
+TENANTS = ["gusto", "bitwarden", "bigcommerce", "zohobooks", "pipedrive", "sentry"]
 WORDS = {2: "two", 3: "three", 5: "five", 6: "six", 7: "seven", 10: "ten", 12: "twelve",
          15: "fifteen", 20: "twenty", 25: "twenty-five", 30: "thirty", 40: "forty", 45: "forty-five",
          50: "fifty", 60: "sixty", 90: "ninety"}
@@ -25,7 +25,7 @@ def sentences(text):
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
 
 
-def perturb(s, fact_text):
+def perturb(s, fact_text, own_names=()):
     out = []
     nums_in_fact = set(re.findall(r"\d+(?:\.\d+)?", fact_text.replace(",", "")))
     m = re.search(r"\$(\d+(?:\.\d+)?)", s)
@@ -80,7 +80,8 @@ def perturb(s, fact_text):
     caps = [w for w in re.findall(r"(?<=\s)([A-Z][a-z]{3,})\b", s)]
     if caps:
         for p in PRODUCTS:
-            if p.lower() not in fact_text.lower():
+            # A product the tenant is (Pipedrive's own name) would make a true sentence.
+            if p.lower() not in fact_text.lower() and p.lower() not in own_names:
                 out.append(("product", re.sub(r"\b" + caps[0] + r"\b", p, s, count=1)))
                 break
     return out
@@ -90,9 +91,12 @@ def main():
     rows = []
     for t in TENANTS:
         facts = [json.loads(l) for l in (HERE / t / "kb" / "facts.jsonl").open() if l.strip()]
+        yaml = (HERE / t / "kb" / "tenant.yaml").read_text()
+        m = re.search(r"^names:\s*\[(.*)\]", yaml, re.M)
+        own = {n.strip().strip("'\"").lower() for n in m.group(1).split(",")} if m else set()
         for f in facts:
             for n, s in enumerate(sentences(f["answer"])):
-                for kind, bad in perturb(s, f["answer"]):
+                for kind, bad in perturb(s, f["answer"], own):
                     # One product swap per fact keeps the types balanced.
                     if bad != s and (kind != "product" or n == 0):
                         rows.append({"tenant": t, "fact": f["id"], "type": kind, "original": s, "sentence": bad})

@@ -263,7 +263,9 @@ impl Evidence {
         }
     }
 
-    /// The fact sentences sharing the most content words (at least two) with `terms`.
+    /// The fact sentences sharing the most content words with `terms`: at least two, or the one
+    /// word a short clause has ("…; it can be reserved" is read against "it cannot be
+    /// reserved").
     fn closest(&self, terms: &[String]) -> Vec<&FactSentence> {
         let shared = |s: &FactSentence| {
             terms
@@ -272,7 +274,7 @@ impl Evidence {
                 .count()
         };
         let best = self.sentences.iter().map(shared).max().unwrap_or(0);
-        if best < 2 {
+        if best < terms.len().clamp(1, 2) {
             return vec![];
         }
         self.sentences

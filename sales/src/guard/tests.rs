@@ -162,6 +162,14 @@ fn polarity_is_checked_against_the_fact() {
         "Gusto",
     ]);
     fails(&e, "Gusto does accept credit cards for its subscription or for payroll; invoices are debited from the company's bank account.");
+    // A clause too short to find its fact sentence alone is read with its whole sentence
+    // (released by the adversarial corpus of a tenant the guard had never seen, 2026-12-07).
+    let e = Evidence::new([
+        "Profiling can only be paid for from the pay-as-you-go budget; it cannot be reserved.",
+        "Sentry",
+    ]);
+    fails(&e, "Profiling can only be paid for from the pay-as-you-go budget; it can be reserved.");
+    passes(&e, "Profiling can only be paid for from the pay-as-you-go budget; it cannot be reserved.");
 }
 
 #[test]

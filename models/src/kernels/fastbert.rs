@@ -29,15 +29,14 @@
 //! batches: figures in README, "Encoder paths"), and stays within cosine 0.985 of the f32
 //! vectors (test `real_int8_encoder_path_stays_close_to_f32`). On AVX2 CPUs without VNNI the
 //! int8 linears are [`crate::kernels::int8`]'s (weights and inputs per 128 values), served the
-//! same way: on a 2-core AMD EPYC (Zen 3) they take MPNet's pass over a clause from 55 to 37 ms
-//! on one thread, 36 to 33 ms on two (README, "Encoder paths").
+//! same way: on a 2-core AMD EPYC (Zen 3) they take MPNet's pass over a clause from 49–55 to
+//! 37–41 ms on one thread, and gain little on two (README, "Encoder paths").
 
 use std::sync::OnceLock;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Result, Tensor};
 use pulp::{Arch, Simd, WithSimd};
-use rayon::prelude::*;
 
 use crate::bert::Bert;
 use crate::kernels::int8::QLinear;
@@ -385,46 +384,24 @@ impl FastBert {
             return Ok(());
         }
         let packed = l.packed()?;
-        let panels = n.div_ceil(NR);
-        // Each panel's outputs, `rows × NR`, contiguous; a task takes a run of panels.
-        let mut outs = vec![0f32; panels * rows * NR];
-        let work = rows * n * k;
-        let threads = rayon::current_num_threads();
-        let per = if work >= PARALLEL_MIN_FMA && threads > 1 {
-            panels.div_ceil(threads * 2)
-        } else {
-            panels
-        };
-        let run = |c: usize, out: &mut [f32]| {
-            let p0 = c * per;
-            let np = out.len() / (rows * NR);
-            self.arch.dispatch(Kernel {
-                x,
-                rows,
-                k,
-                packed: &packed[p0 * k * NR..(p0 + np) * k * NR],
-                out,
-            });
-        };
-        if per < panels {
-            outs.par_chunks_mut(per * rows * NR)
-                .enumerate()
-                .for_each(|(c, o)| run(c, o));
-        } else {
-            run(0, &mut outs);
-        }
-        y.clear();
-        y.resize(rows * n, 0.0);
-        for (p, panel) in outs.chunks_exact(rows * NR).enumerate() {
-            let o0 = p * NR;
-            let w = NR.min(n - o0);
-            for (r, prow) in panel.chunks_exact(NR).enumerate() {
-                let yrow = &mut y[r * n + o0..r * n + o0 + w];
-                for ((yv, pv), b) in yrow.iter_mut().zip(prow).zip(&l.b[o0..o0 + w]) {
-                    *yv = pv + b;
-                }
-            }
-        }
+        super::by_panels(
+            n,
+            NR,
+            rows,
+            rows * n * k >= PARALLEL_MIN_FMA,
+            Some(&l.b),
+            y,
+            |p0, out| {
+                let np = out.len() / (rows * NR);
+                self.arch.dispatch(Kernel {
+                    x,
+                    rows,
+                    k,
+                    packed: &packed[p0 * k * NR..(p0 + np) * k * NR],
+                    out,
+                });
+            },
+        );
         Ok(())
     }
 

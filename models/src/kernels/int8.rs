@@ -20,9 +20,6 @@
 
 #![allow(unsafe_code)]
 
-#[cfg(target_arch = "x86_64")]
-use rayon::prelude::*;
-
 /// Outputs per weight panel.
 const NC: usize = 4;
 /// Input rows per register block.
@@ -121,18 +118,15 @@ impl QLinear {
                 dx[r * nb + b] = quantize_block(vals, &mut xq[r * k + b * KB..][..vals.len()]);
             }
         }
-        let panels = self.out.div_ceil(NC);
-        let mut outs = vec![0f32; panels * rows * NC];
         #[cfg(target_arch = "x86_64")]
-        {
-            let threads = rayon::current_num_threads();
-            let per = if rows * self.out * self.inp >= PARALLEL_MIN_MACS && threads > 1 {
-                panels.div_ceil(threads * 2)
-            } else {
-                panels
-            };
-            let run = |c: usize, o: &mut [f32]| {
-                let p0 = c * per;
+        super::by_panels(
+            self.out,
+            NC,
+            rows,
+            rows * self.out * self.inp >= PARALLEL_MIN_MACS,
+            None,
+            y,
+            |p0, o| {
                 let np = o.len() / (rows * NC);
                 // SAFETY: `available()` was asserted (AVX2 and FMA); the slices hold exactly
                 // `np` panels, `rows` rows of `k` inputs and `np · rows · NC` outputs.
@@ -147,25 +141,8 @@ impl QLinear {
                         o,
                     )
                 }
-            };
-            if per < panels {
-                outs.par_chunks_mut(per * rows * NC)
-                    .enumerate()
-                    .for_each(|(c, o)| run(c, o));
-            } else {
-                run(0, &mut outs);
-            }
-        }
-        y.clear();
-        y.resize(rows * self.out, 0.0);
-        let n = self.out;
-        for (p, panel) in outs.chunks_exact(rows * NC).enumerate() {
-            let o0 = p * NC;
-            let w = NC.min(n - o0);
-            for (r, prow) in panel.chunks_exact(NC).enumerate() {
-                y[r * n + o0..r * n + o0 + w].copy_from_slice(&prow[..w]);
-            }
-        }
+            },
+        );
     }
 }
 

@@ -73,7 +73,14 @@ async fn real_adversarial_corpus_releases_nothing() {
     let data = tempfile::tempdir().unwrap();
     let mut questions: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut answers: BTreeMap<(String, String), String> = BTreeMap::new();
-    for t in ["gusto", "bitwarden", "bigcommerce", "zohobooks", "pipedrive", "sentry"] {
+    for t in [
+        "gusto",
+        "bitwarden",
+        "bigcommerce",
+        "zohobooks",
+        "pipedrive",
+        "sentry",
+    ] {
         let kb = tenants_dir().join(t).join("kb");
         closer_kb::load::load_dir(&kb, data.path(), None).unwrap();
         for line in std::fs::read_to_string(kb.join("facts.jsonl"))

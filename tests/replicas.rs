@@ -685,8 +685,7 @@ async fn killing_replica_a_mid_burst_moves_its_visitors_to_b_and_loses_nothing()
             let e = on_a.entry(a.n).or_insert((0, a.at));
             e.0 += 1;
         }
-        on_a
-            .values()
+        on_a.values()
             .any(|&(k, at)| k == 1 && at.elapsed() < Duration::from_millis(10))
     };
     loop {

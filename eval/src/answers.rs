@@ -283,11 +283,7 @@ async fn run_tenant(
         let missing: Vec<String> = q
             .must_contain
             .iter()
-            .filter(|m| {
-                !m.options()
-                    .iter()
-                    .any(|o| said.contains(&o.to_lowercase()))
-            })
+            .filter(|m| !m.options().iter().any(|o| said.contains(&o.to_lowercase())))
             .map(|m| m.options().join(" | "))
             .collect();
         let forbidden: Vec<String> = q

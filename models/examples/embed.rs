@@ -32,7 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
-        eprintln!("{} lines one by one: p50 {:.1} ms, p90 {:.1} ms", ms.len(), at(0.5), at(0.9));
+        eprintln!(
+            "{} lines one by one: p50 {:.1} ms, p90 {:.1} ms",
+            ms.len(),
+            at(0.5),
+            at(0.9)
+        );
         return Ok(());
     }
     for chunk in refs.chunks(32) {

@@ -72,10 +72,12 @@ pub async fn consumers(store: Arc<dyn Store>, tenant: &str) -> Result<(Vec<Consu
             });
         }
         for e in store.endpoints(Some(&tenant))? {
-            let last_error = store.last_failure(&e.id)?.map(|(status, text, _)| match status {
-                Some(s) => format!("HTTP {s}: {text}"),
-                None => format!("no answer: {text}"),
-            });
+            let last_error = store
+                .last_failure(&e.id)?
+                .map(|(status, text, _)| match status {
+                    Some(s) => format!("HTTP {s}: {text}"),
+                    None => format!("no answer: {text}"),
+                });
             let connector = crate::connector::is_connector(&e);
             // A connector's cursor: every event up to it was acknowledged by the remote (or
             // dead-lettered); its lag counts the events after it.

@@ -284,7 +284,11 @@ mod tests {
                     let want: i64 = (0..inp)
                         .map(|i| x[r * inp + i] as i64 * w[o * inp + i] as i64)
                         .sum();
-                    assert_eq!(y[r * out + o], want as f32, "({rows},{out},{inp}) at {r},{o}");
+                    assert_eq!(
+                        y[r * out + o],
+                        want as f32,
+                        "({rows},{out},{inp}) at {r},{o}"
+                    );
                 }
             }
         }

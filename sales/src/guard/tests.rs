@@ -168,8 +168,14 @@ fn polarity_is_checked_against_the_fact() {
         "Profiling can only be paid for from the pay-as-you-go budget; it cannot be reserved.",
         "Sentry",
     ]);
-    fails(&e, "Profiling can only be paid for from the pay-as-you-go budget; it can be reserved.");
-    passes(&e, "Profiling can only be paid for from the pay-as-you-go budget; it cannot be reserved.");
+    fails(
+        &e,
+        "Profiling can only be paid for from the pay-as-you-go budget; it can be reserved.",
+    );
+    passes(
+        &e,
+        "Profiling can only be paid for from the pay-as-you-go budget; it cannot be reserved.",
+    );
 }
 
 #[test]

@@ -183,7 +183,15 @@ impl pb::conversations_server::Conversations for ConversationsService {
             taken_over_by: Some(rep.id),
             closed: false,
         };
-        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
+        set_control(
+            engine,
+            &tenant.id,
+            req.conversation_id,
+            control,
+            requires,
+            ev,
+        )
+        .await
     }
 
     async fn send_message(
@@ -246,7 +254,15 @@ impl pb::conversations_server::Conversations for ConversationsService {
             taken_over_by: None,
             closed: false,
         };
-        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
+        set_control(
+            engine,
+            &tenant.id,
+            req.conversation_id,
+            control,
+            requires,
+            ev,
+        )
+        .await
     }
 
     async fn revoke_resume(
@@ -280,6 +296,14 @@ impl pb::conversations_server::Conversations for ConversationsService {
             closed: true,
         };
         let requires = Requires::Nothing;
-        set_control(engine, &tenant.id, req.conversation_id, control, requires, ev).await
+        set_control(
+            engine,
+            &tenant.id,
+            req.conversation_id,
+            control,
+            requires,
+            ev,
+        )
+        .await
     }
 }

@@ -2,9 +2,10 @@
 //! lock (replicas starting together apply each once; the others wait, then find it applied).
 
 /// `(version, statements)`, in order. Never edit a released one: add the next.
-pub(super) const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE conversations (
     tenant TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -121,7 +122,7 @@ CREATE TABLE idempotency (
     PRIMARY KEY (tenant, scope, key)
 );
 "#,
-),
+    ),
     (
         2,
         r#"

@@ -21,7 +21,9 @@ pub(crate) fn pg() -> Option<PgSchema> {
             "CLOSER_TEST_REQUIRE_BACKENDS=1 but CLOSER_TEST_DATABASE_URL is not set \
              (run the tests through scripts/backends.sh)"
         );
-        eprintln!("skipped: CLOSER_TEST_DATABASE_URL is not set (scripts/backends.sh starts PostgreSQL)");
+        eprintln!(
+            "skipped: CLOSER_TEST_DATABASE_URL is not set (scripts/backends.sh starts PostgreSQL)"
+        );
         return None;
     };
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -68,7 +70,9 @@ fn a_lost_database_is_a_transient_error_and_a_bad_url_names_the_flag() {
         .err()
         .expect("nothing listens on port 1");
     assert!(e.is_transient(), "{e}");
-    let e = PgStore::connect("postgresql://x@h:notaport/db").err().unwrap();
+    let e = PgStore::connect("postgresql://x@h:notaport/db")
+        .err()
+        .unwrap();
     assert!(!e.is_transient());
     assert!(e.to_string().contains("--database-url"), "{e}");
 }

@@ -37,5 +37,9 @@ fn turns_survive_reopening_the_file() {
     let s = SqliteStore::open(&path).unwrap();
     assert_eq!(s.lead("t", "c1").unwrap().unwrap().turns, 1);
     assert_eq!(s.transcript("t", "c1").unwrap().len(), 1);
-    assert!(SqliteStore::in_memory().unwrap().lead("t", "c1").unwrap().is_none());
+    assert!(SqliteStore::in_memory()
+        .unwrap()
+        .lead("t", "c1")
+        .unwrap()
+        .is_none());
 }

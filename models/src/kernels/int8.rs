@@ -25,7 +25,7 @@ const NC: usize = 4;
 /// Input rows per register block.
 const MR: usize = 3;
 /// Inputs per quantisation block.
-pub const KB: usize = 128;
+const KB: usize = 128;
 /// Inputs per AVX2 step (one 256-bit register of bytes).
 const STEP: usize = 32;
 /// Multiply-adds below which a linear runs on the calling thread.
@@ -95,14 +95,6 @@ impl QLinear {
             w: q,
             scales,
         }
-    }
-
-    pub fn out(&self) -> usize {
-        self.out
-    }
-
-    pub fn inp(&self) -> usize {
-        self.inp
     }
 
     /// `y = x · wᵀ` (no bias) for `rows` rows of `inp` inputs; `y` becomes `rows × out`.

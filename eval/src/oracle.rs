@@ -522,6 +522,10 @@ impl Backing {
                 if !first.is_uppercase() || COMMON.contains(&lower.as_str()) {
                     continue;
                 }
+                // "US$1,000" is an amount (checked as money above), not a name.
+                if t.contains(['$', '€', '£']) && t.chars().any(|c| c.is_ascii_digit()) {
+                    continue;
+                }
                 let letters: Vec<char> = t.chars().filter(|c| c.is_alphabetic()).collect();
                 let acronym = letters.len() >= 2 && letters.iter().all(|c| c.is_uppercase());
                 let name = lower.trim_end_matches("'s").trim_end_matches("’s");
@@ -641,6 +645,20 @@ mod tests {
             .unbacked("Use the Knowledge Base's contact link, or ask Chelsea Ward's team.")
             .is_empty());
         assert_eq!(b.unbacked("Ask the Help Center's team.").len(), 2);
+    }
+
+    #[test]
+    fn a_currency_prefixed_amount_is_no_name() {
+        let b = Backing::new(["Check payments need a minimum invoice of US$1,000."]);
+        assert!(b
+            .unbacked("Check payments need a minimum invoice of US$1,000.")
+            .is_empty());
+        let u = b.unbacked("Check payments need a minimum invoice of US$2,000.");
+        assert!(
+            u.iter().any(|x| x.starts_with("amount"))
+                && !u.iter().any(|x| x.starts_with("name")),
+            "{u:?}"
+        );
     }
 
     #[test]

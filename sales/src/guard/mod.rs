@@ -80,6 +80,17 @@ const CRITICAL: &[&str] = &[
     "cheapest",
     "lowest",
     "highest",
+    // Bounds: "a maximum of 30 seats" where the fact says the price drops above 30.
+    "maximum",
+    "minimum",
+    "max",
+    "least",
+    "limit",
+    "limits",
+    "limited",
+    "cap",
+    "capped",
+    "ceiling",
 ];
 
 /// Words that make a sentence say no. ("Only" restricts: a sentence saying it needs a fact that

@@ -56,6 +56,26 @@ fn invented_prices_discounts_and_arithmetic_are_caught() {
     }
 }
 
+/// A bound no fact sets is a claim: the number it bounds may be the fact's own (a Calendly
+/// tenant's fact: the price drops above 30 seats; the generator: "a maximum of 30 seats").
+#[test]
+fn a_bound_no_fact_sets_is_caught() {
+    let e = Evidence::new([
+        "On a Teams plan billed annually, the per-seat price goes down once the organization has more than 30 seats.",
+        "Enterprise starts at $15,000 per year and has a 5-day limit on refunds.",
+    ]);
+    for s in [
+        "Yes, there is a maximum of 30 seats on a Teams plan.",
+        "A Teams plan needs a minimum of 30 seats.",
+        "Teams is capped at 30 seats.",
+        "Enterprise needs at least 30 seats.",
+    ] {
+        fails(&e, s);
+    }
+    passes(&e, "The per-seat price goes down once the organization has more than 30 seats.");
+    passes(&e, "Enterprise has a 5-day limit on refunds.");
+}
+
 // Each bypass of issue 28, one test: all of them passed the token-bag guard.
 
 #[test]

@@ -31,7 +31,7 @@ PORT=${PORT:-50941}
 # shellcheck disable=SC2086
 $CLOSER serve --addr 127.0.0.1:$PORT --data-dir "$DATA" --auth off ${SERVE_ARGS:-} >"$OUT/server.log" 2>&1 &
 if [ -n "$TRAIN" ]; then
-  $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out sales/src/answerable.json | tee "$OUT/answerability.md"
+  $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "${TRAIN_OUT:-sales/src/answerable.json}" | tee "$OUT/answerability.md"
   exit 0
 fi
 $EVAL answers --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "$OUT"

@@ -51,10 +51,14 @@ pub enum Plan {
         account: Box<Account>,
         rep: Box<Rep>,
     },
-    UnknownAccount,
+    /// The visitor asked for their rep and their company is not known; the facts the judgement
+    /// offers for the question, if it is one ("can an admin swap a rep's calendar?" read as "who is
+    /// our rep?"), are stated as the closest documented answers.
+    UnknownAccount(Vec<(Fact, Answers)>),
     Uncovered,
-    /// The visitor asked for a person; the facts the judgement is sure answer the question
-    /// asked with it ("number to call sales?") are stated too.
+    /// The visitor asked for a person; the facts the judgement offers for the question asked
+    /// with it ("number to call sales?", "we sell to dealers - need quotes, company logins…") are
+    /// stated too, the ones it is unsure of as the closest documented answers.
     Handoff(Vec<(Fact, Answers)>),
     Canned(&'static str),
 }
@@ -171,6 +175,20 @@ fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
     }
 }
 
+/// Adds the facts of a clause whose reply fetches a person anyway (a hand-off, an unknown
+/// account): a closest fact adds no offer of a rep, and the reason a rep is asked for stays the
+/// visitor's.
+fn cite_beside_a_person(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
+    let (ask, said) = (p.ask, p.tail.len());
+    cite(p, facts, clause);
+    let mut i = 0;
+    p.tail.retain(|l| {
+        i += 1;
+        i <= said || *l != CLOSEST
+    });
+    p.ask = ask;
+}
+
 /// A question no fact answers: "I don't have that information" and a rep asked for.
 fn unanswered(p: &mut TurnPlan) {
     p.unanswered = true;
@@ -204,13 +222,14 @@ pub fn plan_turn(
                 p.cited.push(Cited::account(&account, &rep));
                 p.covered_clauses.push(clause.to_string());
             }
-            Plan::UnknownAccount => {
+            Plan::UnknownAccount(facts) => {
+                cite_beside_a_person(&mut p, facts, clause);
                 p.tail.push(UNKNOWN_ACCOUNT);
                 p.ask.get_or_insert(HandoffAsk::UnknownAccount);
             }
             Plan::Uncovered => unanswered(&mut p),
             Plan::Handoff(facts) => {
-                cite(&mut p, facts, clause);
+                cite_beside_a_person(&mut p, facts, clause);
                 p.tail.push(HANDOFF_ACK);
                 p.ask = Some(HandoffAsk::AskedForPerson);
             }
@@ -265,17 +284,19 @@ pub fn plan_for(
             return Ok(found);
         }
         // A question the classifier read as "who is our rep?" that a fact surely answers ("do
-        // we sign up through you or someone else?") is answered from it.
-        if let Some(facts) = surely_answered(tenant, kb, vocab, clause, &intent.name)? {
+        // we sign up through you or someone else?") is answered from it; the closest documented
+        // answers the judgement offers are stated beside the unknown-account line.
+        let facts = judged_question(tenant, kb, vocab, clause, &intent.name)?;
+        if !facts.is_empty() && facts.iter().all(|(_, a)| *a == Answers::Yes) {
             return Ok(Plan::Facts(facts));
         }
-        return Ok(Plan::UnknownAccount);
+        return Ok(Plan::UnknownAccount(facts));
     }
     if flags.contains(&IntentFlag::Handoff) {
-        // A person is fetched whatever else; a question a fact surely answers ("number to call
-        // sales?") is answered meanwhile.
-        let facts = surely_answered(tenant, kb, vocab, clause, &intent.name)?;
-        return Ok(Plan::Handoff(facts.unwrap_or_default()));
+        // A person is fetched whatever else; a question asked with the request ("number to call
+        // sales?") is answered meanwhile, as any question is.
+        let facts = judged_question(tenant, kb, vocab, clause, &intent.name)?;
+        return Ok(Plan::Handoff(facts));
     }
     let knowledge = flags.contains(&IntentFlag::Knowledge);
     // A disqualified visitor's question ("is there a student discount?") is still a question:
@@ -325,20 +346,19 @@ pub fn plan_for(
     })
 }
 
-/// The facts of a question under an intent that needs none (account owner, hand-off), when the
-/// judgement is sure of every one of them; `None` for a statement or anything less sure.
-fn surely_answered(
+/// The facts the judgement offers for a question under an intent that needs none (account
+/// owner, hand-off), sure or closest; none for a statement.
+fn judged_question(
     tenant: &Tenant,
     kb: &Snapshot,
     vocab: &std::cell::OnceCell<Vocabulary>,
     clause: &str,
     intent: &str,
-) -> Result<Option<Vec<(closer_kb::Fact, Answers)>>> {
+) -> Result<Vec<(closer_kb::Fact, Answers)>> {
     if !is_question(clause) {
-        return Ok(None);
+        return Ok(vec![]);
     }
-    let facts = judged(tenant, kb, vocab, clause, intent, false, true)?;
-    Ok((!facts.is_empty() && facts.iter().all(|(_, a)| *a == Answers::Yes)).then_some(facts))
+    judged(tenant, kb, vocab, clause, intent, false, true)
 }
 
 /// The facts the judgement accepts for a clause, best first (empty: none answers it):

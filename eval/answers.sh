@@ -2,11 +2,12 @@
 # The answer evaluation of issue 28: the evaluation tenants (and the demo tenant's grounding set)
 # through a server with the real models, started here on loopback. Figures go to
 # target/answers/ (report.md, report.json; grounding/ for the demo tenant).
-# Usage: eval/answers.sh [tenant ...]   (default: every tenant: gusto bitwarden bigcommerce
-#                                         pipedrive sentry zohobooks)
+# Usage: eval/answers.sh [tenant ...]   (default: every tenant: the tuning tenants gusto bitwarden
+#                                         bigcommerce pipedrive sentry calendly calendly-b, the
+#                                         locked zohobooks dropboxsign helpscout)
 #        eval/answers.sh train            (fits the answerability judgement on the tuning tenants
-#                                          gusto bitwarden bigcommerce pipedrive sentry ->
-#                                          sales/src/answerable.json; rebuild afterwards)
+#                                          (TRAIN_TENANTS) -> sales/src/answerable.json and
+#                                          answerable-minilm.json, or TRAIN_OUT; rebuild afterwards)
 # SERVE_ARGS adds flags to the server (e.g. SERVE_ARGS="--answer-encoder off": the judgement
 # without MPNet). Needs `make build models`.
 set -euo pipefail
@@ -15,9 +16,9 @@ CLOSER=${CLOSER:-target/release/closer}
 EVAL=${EVAL:-target/release/closer-eval}
 OUT=${OUT:-target/answers}
 TRAIN=
-if [ "${1:-}" = train ]; then TRAIN=1; set -- gusto bitwarden bigcommerce pipedrive sentry; fi
+if [ "${1:-}" = train ]; then TRAIN=1; set -- ${TRAIN_TENANTS:-gusto bitwarden bigcommerce pipedrive sentry calendly calendly-b}; fi
 TENANTS=("$@")
-[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce pipedrive sentry zohobooks)
+[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce pipedrive sentry calendly calendly-b zohobooks dropboxsign helpscout)
 mkdir -p "$OUT"
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT

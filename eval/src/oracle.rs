@@ -655,8 +655,7 @@ mod tests {
             .is_empty());
         let u = b.unbacked("Check payments need a minimum invoice of US$2,000.");
         assert!(
-            u.iter().any(|x| x.starts_with("amount"))
-                && !u.iter().any(|x| x.starts_with("name")),
+            u.iter().any(|x| x.starts_with("amount")) && !u.iter().any(|x| x.starts_with("name")),
             "{u:?}"
         );
     }

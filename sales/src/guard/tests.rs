@@ -72,7 +72,10 @@ fn a_bound_no_fact_sets_is_caught() {
     ] {
         fails(&e, s);
     }
-    passes(&e, "The per-seat price goes down once the organization has more than 30 seats.");
+    passes(
+        &e,
+        "The per-seat price goes down once the organization has more than 30 seats.",
+    );
     passes(&e, "Enterprise has a 5-day limit on refunds.");
 }
 

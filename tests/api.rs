@@ -177,9 +177,19 @@ async fn one_turn(
     domain: Option<&str>,
     text: &str,
 ) -> Result<Vec<Event>, tonic::Status> {
+    one_turn_in(ts, "applinks", domain, text).await
+}
+
+/// One message to `tenant` in a new conversation: the turn's events up to its final.
+async fn one_turn_in(
+    ts: &TestServer,
+    tenant: &str,
+    domain: Option<&str>,
+    text: &str,
+) -> Result<Vec<Event>, tonic::Status> {
     let mut client = ts.assistant().await;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(start_event("applinks", domain)).await.unwrap();
+    tx.send(start_event(tenant, domain)).await.unwrap();
     tx.send(message(text)).await.unwrap();
     let mut stream = client.converse(ReceiverStream::new(rx)).await?.into_inner();
     // Every stream opens with the conversation's id and resume token; the turn's events follow.
@@ -446,6 +456,43 @@ async fn real_a_question_for_sales_gets_its_fact_and_a_person_request_a_person()
         "{}",
         f.text
     );
+}
+
+/// A question the classifier reads as a request for a person or as "who is our rep?" is still
+/// answered from the facts, beside the hand-off (messages of the evaluation tenant `calendly`,
+/// a tuning tenant, that the real classifier routes that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_question_routed_to_a_person_still_gets_its_facts() {
+    let data = tempfile::tempdir().unwrap();
+    let kb = Path::new(env!("CARGO_MANIFEST_DIR")).join("../eval/tenants/calendly/kb");
+    closer_kb::load::load_dir(&kb, data.path(), None).unwrap();
+    let ts = spawn_in(real_models(), data).await;
+    let events = one_turn_in(
+        &ts,
+        "calendly",
+        None,
+        "can ppl pay me for a consult when they book? im on the free plan",
+    )
+    .await
+    .unwrap();
+    let f = final_of(&events);
+    assert!(
+        f.text.contains("not available on the Free plan"),
+        "{}",
+        f.text
+    );
+    assert!(!handoffs(&events).is_empty(), "{}", f.text);
+    let events = one_turn_in(
+        &ts,
+        "calendly",
+        None,
+        "as admin can i swap the connected calendar on a rep's account for them",
+    )
+    .await
+    .unwrap();
+    let f = final_of(&events);
+    assert!(f.text.contains("calendar connections"), "{}", f.text);
+    assert!(f.text.contains("couldn't find your company"), "{}", f.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,9 @@ PORT=${PORT:-50941}
 # shellcheck disable=SC2086
 $CLOSER serve --addr 127.0.0.1:$PORT --data-dir "$DATA" --auth off ${SERVE_ARGS:-} >"$OUT/server.log" 2>&1 &
 if [ -n "$TRAIN" ]; then
-  $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "${TRAIN_OUT:-sales/src/answerable.json}" | tee "$OUT/answerability.md"
+  # TRAIN_ARGS adds flags (e.g. "--dump candidates.jsonl": every candidate's features).
+  # shellcheck disable=SC2086
+  $EVAL answerability --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "${TRAIN_OUT:-sales/src/answerable.json}" ${TRAIN_ARGS:-} | tee "$OUT/answerability.md"
   exit 0
 fi
 $EVAL answers --server http://127.0.0.1:$PORT "${ARGS[@]}" --out "$OUT"

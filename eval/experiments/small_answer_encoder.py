@@ -15,8 +15,8 @@ No setting is fitted here, so the tenants' role does not matter; still, only tun
     python3 eval/experiments/small_answer_encoder.py /tmp/n5 score   # needs numpy
 
 Measured 2026-12-07 (259 answerable messages of the five tuning tenants, 230 facts), right fact
-first: MiniLM 193, MPNet (question and answer) 199, MPNet (answer) 204, e5-small 196 (answer
-198 with the query prefix on both sides, 178 on the answer alone); MiniLM + MPNet's two 213,
+first: MiniLM 193, MPNet (question and answer) 199, MPNet (answer) 204, e5-small 196 (198 with
+the query prefix on the fact's side too, 178 on the answer alone); MiniLM + MPNet's two 213,
 MiniLM + e5's two 203; all three 214. e5-small is no stand-in for MPNet here: about as good
 as MiniLM, which the judgement already reads."""
 import json

@@ -262,15 +262,17 @@ pub fn is_question(clause: &str) -> bool {
             .map(str::to_string)
             .collect()
     };
+    // "what's" opens as "what" does ("I'm" stays one word for `inverted`).
+    let stem = |w: &String| w.split('\'').next().unwrap_or_default().to_string();
     t.contains('?')
         || lower
             .split(['.', ',', ';', ':', '!', '-', '–', '—', '\n'])
             .any(|part| {
                 words(part)
                     .first()
-                    .is_some_and(|w| OPENERS.contains(&w.as_str()))
+                    .is_some_and(|w| OPENERS.contains(&stem(w).as_str()))
             })
-        || words(&lower).iter().any(|w| WH.contains(&w.as_str()))
+        || words(&lower).iter().any(|w| WH.contains(&stem(w).as_str()))
         || inverted(&words(&lower))
 }
 
@@ -471,6 +473,12 @@ mod tests {
         ));
         assert!(!is_question("thanks, we do our payroll in house"));
         assert!(!is_question("great, running it by my CFO"));
+        // A contraction opens a question as its first word does (calendly, a tuning tenant:
+        // "what's the api rate limit per minute" was answered as a statement).
+        assert!(is_question("what's the api rate limit per minute"));
+        assert!(is_question("who's the ceo these days"));
+        assert!(is_question("ok and how's billing handled for contractors"));
+        assert!(!is_question("I'm a freelancer, it's just me"));
     }
 
     #[test]

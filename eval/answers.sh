@@ -4,7 +4,7 @@
 # target/answers/ (report.md, report.json; grounding/ for the demo tenant).
 # Usage: eval/answers.sh [tenant ...]   (default: every tenant: the tuning tenants gusto bitwarden
 #                                         bigcommerce pipedrive sentry calendly calendly-b, the
-#                                         locked zohobooks dropboxsign helpscout)
+#                                         locked zohobooks dropboxsign helpscout mailchimp netlify)
 #        eval/answers.sh train            (fits the answerability judgement on the tuning tenants
 #                                          (TRAIN_TENANTS) -> sales/src/answerable.json and
 #                                          answerable-minilm.json, or TRAIN_OUT; rebuild afterwards)
@@ -18,7 +18,7 @@ OUT=${OUT:-target/answers}
 TRAIN=
 if [ "${1:-}" = train ]; then TRAIN=1; set -- ${TRAIN_TENANTS:-gusto bitwarden bigcommerce pipedrive sentry calendly calendly-b}; fi
 TENANTS=("$@")
-[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce pipedrive sentry calendly calendly-b zohobooks dropboxsign helpscout)
+[ ${#TENANTS[@]} -gt 0 ] || TENANTS=(gusto bitwarden bigcommerce pipedrive sentry calendly calendly-b zohobooks dropboxsign helpscout mailchimp netlify)
 mkdir -p "$OUT"
 DATA=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DATA"' EXIT

@@ -32,7 +32,7 @@ pub struct AnswersArgs {
     #[arg(long = "tenant", required = true)]
     tenants: Vec<PathBuf>,
     /// Tenants whose figures are reported but never used to choose a setting.
-    #[arg(long, default_values = ["zohobooks", "dropboxsign", "helpscout"])]
+    #[arg(long, default_values = ["zohobooks", "dropboxsign", "helpscout", "mailchimp", "netlify"])]
     locked: Vec<String>,
     #[arg(long, default_value = "answers-report")]
     out: PathBuf,

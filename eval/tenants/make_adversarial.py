@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 TENANTS = ["gusto", "bitwarden", "bigcommerce", "zohobooks", "pipedrive", "sentry",
-           "dropboxsign", "helpscout", "calendly", "calendly-b"]
+           "dropboxsign", "helpscout", "calendly", "calendly-b", "mailchimp", "netlify"]
 WORDS = {2: "two", 3: "three", 5: "five", 6: "six", 7: "seven", 10: "ten", 12: "twelve",
          15: "fifteen", 20: "twenty", 25: "twenty-five", 30: "thirty", 40: "forty", 45: "forty-five",
          50: "fifty", 60: "sixty", 90: "ninety"}

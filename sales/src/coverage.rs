@@ -263,16 +263,18 @@ pub fn is_question(clause: &str) -> bool {
             .collect()
     };
     // "what's" opens as "what" does ("I'm" stays one word for `inverted`).
-    let stem = |w: &String| w.split('\'').next().unwrap_or_default().to_string();
+    fn stem(w: &str) -> &str {
+        w.split('\'').next().unwrap_or(w)
+    }
     t.contains('?')
         || lower
             .split(['.', ',', ';', ':', '!', '-', '–', '—', '\n'])
             .any(|part| {
                 words(part)
                     .first()
-                    .is_some_and(|w| OPENERS.contains(&stem(w).as_str()))
+                    .is_some_and(|w| OPENERS.contains(&stem(w)))
             })
-        || words(&lower).iter().any(|w| WH.contains(&stem(w).as_str()))
+        || words(&lower).iter().any(|w| WH.contains(&stem(w)))
         || inverted(&words(&lower))
 }
 

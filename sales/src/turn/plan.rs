@@ -155,8 +155,9 @@ pub fn canned(name: &str, flags: &[IntentFlag]) -> Option<&'static str> {
 }
 
 /// Adds a clause's facts to the plan: a sure one covers the clause, a closest one adds the offer
-/// of a rep.
-fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
+/// of a rep unless the reply fetches a person anyway (`person_asked`: a hand-off, an unknown
+/// account, whose line and reason for the rep stand).
+fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str, person_asked: bool) {
     for (f, sure) in facts {
         let closest = sure == Answers::Closest;
         match p.cited.iter_mut().find(|c| c.id == f.id) {
@@ -167,26 +168,14 @@ fn cite(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
             }),
         }
         if closest {
-            p.tail.push(CLOSEST);
-            p.ask.get_or_insert(HandoffAsk::Unconfirmed);
+            if !person_asked {
+                p.tail.push(CLOSEST);
+                p.ask.get_or_insert(HandoffAsk::Unconfirmed);
+            }
         } else if !p.covered_clauses.iter().any(|c| c == clause) {
             p.covered_clauses.push(clause.to_string());
         }
     }
-}
-
-/// Adds the facts of a clause whose reply fetches a person anyway (a hand-off, an unknown
-/// account): a closest fact adds no offer of a rep, and the reason a rep is asked for stays the
-/// visitor's.
-fn cite_beside_a_person(p: &mut TurnPlan, facts: Vec<(Fact, Answers)>, clause: &str) {
-    let (ask, said) = (p.ask, p.tail.len());
-    cite(p, facts, clause);
-    let mut i = 0;
-    p.tail.retain(|l| {
-        i += 1;
-        i <= said || *l != CLOSEST
-    });
-    p.ask = ask;
 }
 
 /// A question no fact answers: "I don't have that information" and a rep asked for.
@@ -213,9 +202,9 @@ pub fn plan_turn(
     for intent in &ordered {
         let clause = context(text, intent.span, ordered.len());
         match plan_for(tenant, kb, &vocab, set, visitor, clause, intent)? {
-            Plan::Facts(facts) => cite(&mut p, facts, clause),
+            Plan::Facts(facts) => cite(&mut p, facts, clause, false),
             Plan::Partly(facts) => {
-                cite(&mut p, facts, clause);
+                cite(&mut p, facts, clause, false);
                 unanswered(&mut p);
             }
             Plan::Owner { account, rep } => {
@@ -223,13 +212,13 @@ pub fn plan_turn(
                 p.covered_clauses.push(clause.to_string());
             }
             Plan::UnknownAccount(facts) => {
-                cite_beside_a_person(&mut p, facts, clause);
+                cite(&mut p, facts, clause, true);
                 p.tail.push(UNKNOWN_ACCOUNT);
                 p.ask.get_or_insert(HandoffAsk::UnknownAccount);
             }
             Plan::Uncovered => unanswered(&mut p),
             Plan::Handoff(facts) => {
-                cite_beside_a_person(&mut p, facts, clause);
+                cite(&mut p, facts, clause, true);
                 p.tail.push(HANDOFF_ACK);
                 p.ask = Some(HandoffAsk::AskedForPerson);
             }
